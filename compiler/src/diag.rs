@@ -1,0 +1,209 @@
+//! Diagnostics: every error a `.muse` program can cause, with a location, a class, a
+//! one-line message and a hint; rendered with miette.
+
+use crate::source::{Loc, SourceMap};
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode};
+use std::fmt;
+
+/// The class of a diagnostic; tests and tools match on it, users see it as the error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DiagClass {
+    /// The text does not follow the grammar.
+    Syntax,
+    /// A name that is not defined.
+    UnknownName,
+    /// Too many, too few, unknown or repeated arguments.
+    Arity,
+    /// Shapes that do not fit.
+    Shape,
+    /// Element types that do not fit.
+    DType,
+    /// A `--set` key the model's config does not have.
+    UnknownConfigKey,
+    /// Files that import each other.
+    CyclicImport,
+    /// A value needed at compile time (repeat count, `if` condition, shape) that is a tensor.
+    NotCompileTime,
+    /// A value of the wrong kind (a string where a number is needed, ...).
+    Type,
+    /// An imported file that can't be read.
+    Import,
+    /// A name defined twice.
+    Duplicate,
+    /// A statement in the wrong place or a malformed model.
+    Invalid,
+    /// A user `assert` failed.
+    Assert,
+    /// A program too large to elaborate (runaway `repeat` or recursion).
+    Limit,
+}
+
+impl DiagClass {
+    /// The code shown to users, e.g. `muse::shape`.
+    pub fn code(self) -> &'static str {
+        match self {
+            DiagClass::Syntax => "muse::syntax",
+            DiagClass::UnknownName => "muse::unknown_name",
+            DiagClass::Arity => "muse::arity",
+            DiagClass::Shape => "muse::shape",
+            DiagClass::DType => "muse::dtype",
+            DiagClass::UnknownConfigKey => "muse::unknown_config_key",
+            DiagClass::CyclicImport => "muse::cyclic_import",
+            DiagClass::NotCompileTime => "muse::not_compile_time",
+            DiagClass::Type => "muse::type",
+            DiagClass::Import => "muse::import",
+            DiagClass::Duplicate => "muse::duplicate",
+            DiagClass::Invalid => "muse::invalid",
+            DiagClass::Assert => "muse::assert",
+            DiagClass::Limit => "muse::limit",
+        }
+    }
+}
+
+/// A compile error with its location and the chain of block calls that led to it.
+#[derive(Clone, Debug)]
+pub struct Diag {
+    /// Class of error.
+    pub class: DiagClass,
+    /// Primary location (`None` only for errors about the command line).
+    pub loc: Option<Loc>,
+    /// One-line explanation.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+    /// Call sites from the innermost block call outwards.
+    pub trace: Vec<Loc>,
+}
+
+/// Result type of the compiler front end.
+pub type Result<T> = std::result::Result<T, Box<Diag>>;
+
+impl Diag {
+    /// A new diagnostic at `loc`.
+    pub fn new(class: DiagClass, loc: Loc, message: impl Into<String>) -> Box<Diag> {
+        Box::new(Diag { class, loc: Some(loc), message: message.into(), hint: None, trace: vec![] })
+    }
+    /// A diagnostic without a source location.
+    pub fn bare(class: DiagClass, message: impl Into<String>) -> Box<Diag> {
+        Box::new(Diag { class, loc: None, message: message.into(), hint: None, trace: vec![] })
+    }
+    /// Adds a hint.
+    pub fn with_hint(mut self: Box<Self>, hint: impl Into<String>) -> Box<Diag> {
+        self.hint = Some(hint.into());
+        self
+    }
+    /// Adds an optional hint.
+    pub fn with_opt_hint(mut self: Box<Self>, hint: Option<String>) -> Box<Diag> {
+        if hint.is_some() {
+            self.hint = hint;
+        }
+        self
+    }
+    /// `file:line:col: message` in one line.
+    pub fn short(&self, sm: &SourceMap) -> String {
+        match self.loc {
+            Some(l) => format!("{}: {}: {}", sm.describe(l), self.class.code(), self.message),
+            None => format!("{}: {}", self.class.code(), self.message),
+        }
+    }
+    /// 1-based line and column of the primary location.
+    pub fn line_col(&self, sm: &SourceMap) -> Option<(usize, usize)> {
+        self.loc.map(|l| sm.line_col(l))
+    }
+    /// The full report with source excerpt, as miette draws it (no colours).
+    pub fn render(&self, sm: &SourceMap) -> String {
+        let mut out = String::new();
+        let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor());
+        let r = Rendered::new(self, sm);
+        if handler.render_report(&mut out, &r).is_err() {
+            return self.short(sm);
+        }
+        out
+    }
+}
+
+/// A diagnostic paired with the sources, so miette can draw it.
+struct Rendered {
+    class: DiagClass,
+    message: String,
+    help: Option<String>,
+    src: Option<NamedSource<String>>,
+    label: Option<(usize, usize)>,
+}
+
+impl Rendered {
+    fn new(d: &Diag, sm: &SourceMap) -> Rendered {
+        let mut help = d.hint.clone().unwrap_or_default();
+        if !d.trace.is_empty() {
+            let calls: Vec<String> = d.trace.iter().map(|l| sm.describe(*l)).collect();
+            if !help.is_empty() {
+                help.push('\n');
+            }
+            help.push_str(&format!("in the block called at {}", calls.join(", called at ")));
+        }
+        let (src, label) = match d.loc {
+            Some(l) => {
+                let f = sm.get(l.file);
+                let len = l.span.end.saturating_sub(l.span.start);
+                (Some(NamedSource::new(f.name.clone(), f.text.to_string())), Some((l.span.start, len)))
+            }
+            None => (None, None),
+        };
+        Rendered { class: d.class, message: d.message.clone(), help: (!help.is_empty()).then_some(help), src, label }
+    }
+}
+
+impl fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Rendered {}
+
+impl Diagnostic for Rendered {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.class.code()))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        self.src.as_ref().map(|s| s as &dyn SourceCode)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let (s, l) = self.label?;
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(Some("here".into()), (s, l)))))
+    }
+}
+
+/// The closest of `candidates` to `name` by edit distance, if close enough to suggest.
+pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        let d = edit_distance(name, c);
+        if d <= (name.len() / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
