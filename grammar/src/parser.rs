@@ -452,10 +452,20 @@ fn describe_at(src: &str, pos: usize) -> String {
     }
 }
 
+/// The reserved words of the language.
+pub const KEYWORDS: &[&str] = &[
+    "import", "config", "block", "model", "input", "output", "loss", "param", "repeat", "as", "if", "else",
+    "return", "true", "false", "none", "and", "or", "not",
+];
+
 /// Likely fixes for the commonest slips, judged from the text around the error.
 fn syntax_hint(src: &str, pos: usize) -> Option<String> {
     let before = src[..pos].trim_end_matches([' ', '\t']);
     let rest = &src[pos..];
+    let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    if KEYWORDS.contains(&word.as_str()) {
+        return Some(format!("`{word}` is a keyword and can't be used as a name; rename it"));
+    }
     let opens = |o: char, c: char| {
         let mut depth = 0i32;
         for ch in src[..pos].chars() {
