@@ -480,6 +480,17 @@ fn syntax_hint(src: &str, pos: usize) -> Option<String> {
     if rest.is_empty() && opens('{', '}') > 0 {
         return Some("a `{` is never closed: add the missing `}`".into());
     }
+    if rest.starts_with('"') && !rest[1..].split('\n').next().unwrap_or("").contains('"') {
+        return Some("this string is never closed: add `\"` before the end of the line".into());
+    }
+    if rest.starts_with(['\n', '\r']) || rest.is_empty() {
+        if opens('(', ')') > 0 {
+            return Some("a `(` is never closed: add the missing `)`".into());
+        }
+        if opens('[', ']') > 0 {
+            return Some("a `[` is never closed: add the missing `]`".into());
+        }
+    }
     if before.ends_with([',', '(', '[']) && (rest.starts_with('\n') || rest.is_empty()) {
         return None;
     }
