@@ -34,14 +34,31 @@ pub struct Compiled {
     pub result: Result<Vec<Model>, Box<Diag>>,
 }
 
+/// Stack for the recursive parser and elaborator: deep enough that the limits on nesting,
+/// operators per statement and call depth are always reached first.
+const STACK_BYTES: usize = 256 << 20;
+
+/// Runs `f` on a thread with a large stack.
+fn with_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("muse-compile".into())
+            .stack_size(STACK_BYTES)
+            .spawn_scoped(s, f)
+            .expect("cannot start the compiler thread")
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// Compiles every model of the file at `path`.
 pub fn compile_path(path: &Path, opts: &Options) -> Compiled {
-    finish(Program::load_path(path), opts)
+    with_stack(|| finish(Program::load_path(path), opts))
 }
 
 /// Compiles every model of source text named `name`.
 pub fn compile_source(name: &str, text: &str, opts: &Options) -> Compiled {
-    finish(Program::load_source(name, text), opts)
+    with_stack(|| finish(Program::load_source(name, text), opts))
 }
 
 fn finish(loaded: Result<Program, (Program, Box<Diag>)>, opts: &Options) -> Compiled {

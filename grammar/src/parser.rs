@@ -23,6 +23,7 @@ pub struct SyntaxError {
 
 /// Parses one `.muse` source text.
 pub fn parse(src: &str) -> Result<File, SyntaxError> {
+    check_limits(src)?;
     let mut pairs = MuseParser::parse(Rule::file, src).map_err(|e| convert_error(src, e))?;
     let file = pairs.next().expect("the file rule always yields one pair");
     let mut items = Vec::new();
@@ -36,6 +37,67 @@ pub fn parse(src: &str) -> Result<File, SyntaxError> {
         }
     }
     Ok(File { items })
+}
+
+/// Deepest bracket nesting accepted.
+pub const MAX_NESTING: usize = 64;
+/// Most operators in one statement.
+pub const MAX_OPERATORS: usize = 512;
+
+/// Rejects text whose syntax tree would be pathologically deep (machine-made input), so
+/// the recursive parser and elaborator stay far from the stack limit.
+fn check_limits(src: &str) -> Result<(), SyntaxError> {
+    let mut depth = 0usize;
+    let mut ops = 0usize;
+    let mut last_is_op = false;
+    let mut chars = src.char_indices().peekable();
+    let too_deep = |pos: usize, msg: String| SyntaxError {
+        span: Span::new(pos, pos + 1),
+        message: msg,
+        hint: Some("split the expression into several statements".into()),
+    };
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '#' => {
+                while chars.peek().is_some_and(|(_, c)| *c != '\n') {
+                    chars.next();
+                }
+                continue;
+            }
+            '"' => {
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' | '\n' => break,
+                        _ => {}
+                    }
+                }
+                last_is_op = false;
+                continue;
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(too_deep(i, format!("brackets nest deeper than {MAX_NESTING}")));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '\n' | ';' if depth == 0 && !last_is_op => ops = 0,
+            '+' | '-' | '*' | '/' | '%' | '@' | '<' | '>' | '=' | '!' | ',' => {
+                ops += 1;
+                if ops > MAX_OPERATORS {
+                    return Err(too_deep(i, format!("more than {MAX_OPERATORS} operators in one statement")));
+                }
+            }
+            _ => {}
+        }
+        if !c.is_whitespace() {
+            last_is_op = matches!(c, '+' | '-' | '*' | '/' | '%' | '@' | '<' | '>' | '=' | '!' | ',' | '(' | '[');
+        }
+    }
+    Ok(())
 }
 
 fn not_keyword(p: &Pair<Rule>) -> bool {

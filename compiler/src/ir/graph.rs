@@ -95,6 +95,14 @@ impl Graph {
         es.into_iter().map(|e| e.1).collect()
     }
 
+    /// Nodes that use `n` as an operand (each once).
+    pub fn users(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        let mut u: Vec<NodeIndex> = self.g.neighbors_directed(n, Direction::Outgoing).collect();
+        u.sort();
+        u.dedup();
+        u
+    }
+
     /// Number of nodes.
     pub fn node_count(&self) -> usize {
         self.g.node_count()
