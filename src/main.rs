@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "muse", version, about = "A compiler and runtime for text-to-image model architectures")]
+#[command(
+    name = "muse",
+    version,
+    about = "A compiler and runtime for text-to-image model architectures"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,11 +53,16 @@ fn options(o: &ModelOpts) -> Result<Options, String> {
     let mut overrides = Vec::new();
     for s in &o.set {
         let Some((k, v)) = s.split_once('=') else {
-            return Err(format!("--set {s}: expected KEY=VALUE, e.g. --set depth=24"));
+            return Err(format!(
+                "--set {s}: expected KEY=VALUE, e.g. --set depth=24"
+            ));
         };
         overrides.push((k.trim().to_string(), v.trim().to_string()));
     }
-    Ok(Options { overrides, model: o.model.clone() })
+    Ok(Options {
+        overrides,
+        model: o.model.clone(),
+    })
 }
 
 fn compile(file: &Path, opts: &Options) -> Result<(Compiled, Vec<Model>), ()> {
@@ -74,7 +83,7 @@ fn group_digits(n: i64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -85,9 +94,16 @@ fn group_digits(n: i64) -> String {
 fn report(file: &Path, m: &Model) {
     let g = &m.graph;
     println!("{}: model {} ok", file.display(), m.name);
-    println!("  parameters: {} in {} tensors", group_digits(g.param_count()), g.params.len());
+    println!(
+        "  parameters: {} in {} tensors",
+        group_digits(g.param_count()),
+        g.params.len()
+    );
     let show = |list: &[(String, muse_compiler::ir::NodeIndex)]| {
-        list.iter().map(|(n, i)| format!("{n} {}", g.ty(*i))).collect::<Vec<_>>().join(", ")
+        list.iter()
+            .map(|(n, i)| format!("{n} {}", g.ty(*i)))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     println!("  inputs:  {}", show(&g.inputs));
     if !g.outputs.is_empty() {
@@ -144,13 +160,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let Ok((c, models)) = compile(&file, &opts) else { return ExitCode::FAILURE };
+            let Ok((c, models)) = compile(&file, &opts) else {
+                return ExitCode::FAILURE;
+            };
             let mut text = String::new();
             for m in &models {
                 if dot {
                     text.push_str(&print::to_dot(&m.graph, &m.name));
                 } else {
-                    text.push_str(&format!("# model {} ({} nodes)\n", m.name, m.graph.node_count()));
+                    text.push_str(&format!(
+                        "# model {} ({} nodes)\n",
+                        m.name,
+                        m.graph.node_count()
+                    ));
                     text.push_str(&print::to_text(&m.graph, Some(&c.sources)));
                 }
             }

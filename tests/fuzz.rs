@@ -7,14 +7,20 @@ use muse_compiler::{compile_source, Options};
 use proptest::prelude::*;
 
 fn cases() -> u32 {
-    std::env::var("MUSE_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(48)
+    std::env::var("MUSE_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(48)
 }
 
 fn seeds() -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let mut files: Vec<String> = Vec::new();
     for d in [dir.clone(), dir.join("std")] {
-        let mut paths: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut paths: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         paths.sort();
         for p in paths {
             if p.extension().is_some_and(|x| x == "muse") {
@@ -27,12 +33,80 @@ fn seeds() -> Vec<String> {
 
 /// Tokens of the language, including ones that are easy to misuse.
 const TOKENS: &[&str] = &[
-    "model", "block", "import", "config", "input", "output", "loss", "param", "repeat", "as", "if", "else",
-    "return", "true", "false", "none", "and", "or", "not", "x", "h", "B", "f32", "i32", "bool", "linear",
-    "mamba", "sum", "reshape", "split", "scan", "take", "where", "mean", "layernorm", "attention", "0", "1",
-    "-1", "2", "4", "16", "1e-5", "0.5", "\"std/nn.muse\"", "\"s\"", "(", ")", "[", "]", "{", "}", ",", ":",
-    "=", "==", "+=", "+", "-", "*", "/", "//", "%", "@", "<", ">=", "~", ".", ".shape", "\n", "  ", "#c\n",
-    ";", "\\\n",
+    "model",
+    "block",
+    "import",
+    "config",
+    "input",
+    "output",
+    "loss",
+    "param",
+    "repeat",
+    "as",
+    "if",
+    "else",
+    "return",
+    "true",
+    "false",
+    "none",
+    "and",
+    "or",
+    "not",
+    "x",
+    "h",
+    "B",
+    "f32",
+    "i32",
+    "bool",
+    "linear",
+    "mamba",
+    "sum",
+    "reshape",
+    "split",
+    "scan",
+    "take",
+    "where",
+    "mean",
+    "layernorm",
+    "attention",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "4",
+    "16",
+    "1e-5",
+    "0.5",
+    "\"std/nn.muse\"",
+    "\"s\"",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    "=",
+    "==",
+    "+=",
+    "+",
+    "-",
+    "*",
+    "/",
+    "//",
+    "%",
+    "@",
+    "<",
+    ">=",
+    "~",
+    ".",
+    ".shape",
+    "\n",
+    "  ",
+    "#c\n",
+    ";",
+    "\\\n",
 ];
 
 /// Compiles and checks the invariants; a panic fails the property.
@@ -41,7 +115,11 @@ fn check(text: &str) -> Result<(), TestCaseError> {
     if let Err(d) = &c.result {
         if let Some(loc) = d.loc {
             let len = c.sources.get(loc.file).text.len();
-            prop_assert!(loc.span.start <= loc.span.end && loc.span.end <= len, "span {:?} outside {len} bytes", loc.span);
+            prop_assert!(
+                loc.span.start <= loc.span.end && loc.span.end <= len,
+                "span {:?} outside {len} bytes",
+                loc.span
+            );
         }
         let rendered = d.render(&c.sources);
         prop_assert!(!rendered.is_empty());
@@ -61,7 +139,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), 1usize..40).prop_map(|(a, n)| Mutation::Delete(a, n)),
         (any::<usize>(), 0..TOKENS.len()).prop_map(|(a, t)| Mutation::Insert(a, t)),
-        (any::<usize>(), 1usize..80, any::<usize>()).prop_map(|(a, n, b)| Mutation::Duplicate(a, n, b)),
+        (any::<usize>(), 1usize..80, any::<usize>())
+            .prop_map(|(a, n, b)| Mutation::Duplicate(a, n, b)),
         (any::<usize>(), 0..TOKENS.len()).prop_map(|(a, t)| Mutation::Replace(a, t)),
     ]
 }
@@ -96,7 +175,10 @@ fn apply(mut s: String, m: &Mutation) -> String {
         }
         Mutation::Replace(a, t) => {
             let a = boundary(&s, a);
-            let word_end = s[a..].find(|c: char| !c.is_alphanumeric() && c != '_').map(|k| a + k.max(1)).unwrap_or(s.len());
+            let word_end = s[a..]
+                .find(|c: char| !c.is_alphanumeric() && c != '_')
+                .map(|k| a + k.max(1))
+                .unwrap_or(s.len());
             let e = boundary(&s, word_end);
             s.replace_range(a..e, TOKENS[t]);
         }
@@ -132,16 +214,39 @@ proptest! {
 /// Inputs the fuzzer found or that stress the limits; kept as regression cases.
 #[test]
 fn corpus() {
-    let deep = format!("model m {{\n  y = {}1{}\n}}\n", "(".repeat(5000), ")".repeat(5000));
-    let long = format!("model m {{\n  input x: f32[B]\n  y = x{}\n  output y\n}}\n", " + x".repeat(100_000));
+    let deep = format!(
+        "model m {{\n  y = {}1{}\n}}\n",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    let long = format!(
+        "model m {{\n  input x: f32[B]\n  y = x{}\n  output y\n}}\n",
+        " + x".repeat(100_000)
+    );
     let negs = format!("model m {{\n  y = {}1\n}}\n", "- ".repeat(100_000));
     let nots = format!("model m {{\n  y = {}true\n}}\n", "not ".repeat(100_000));
-    let lines = format!("model m {{\n  input x: f32[B]\n  y = x{}\n  output y\n}}\n", " +\n x".repeat(100_000));
+    let lines = format!(
+        "model m {{\n  input x: f32[B]\n  y = x{}\n  output y\n}}\n",
+        " +\n x".repeat(100_000)
+    );
     for text in [deep, long, negs, nots, lines] {
         let c = compile_source("corpus.muse", &text, &Options::default());
-        assert!(c.result.is_err(), "pathological input is rejected with a diagnostic");
+        assert!(
+            c.result.is_err(),
+            "pathological input is rejected with a diagnostic"
+        );
     }
-    for text in ["", "\n\n", "model", "model m", "model m {", "block f(", "import", "\u{feff}model m {}", "model m { output o = 1 }"] {
+    for text in [
+        "",
+        "\n\n",
+        "model",
+        "model m",
+        "model m {",
+        "block f(",
+        "import",
+        "\u{feff}model m {}",
+        "model m { output o = 1 }",
+    ] {
         let c = compile_source("corpus.muse", text, &Options::default());
         assert!(c.result.is_err(), "{text:?} is rejected");
         check(text).unwrap();

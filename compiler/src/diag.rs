@@ -2,7 +2,9 @@
 //! one-line message and a hint; rendered with miette.
 
 use crate::source::{Loc, SourceMap};
-use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode};
+use miette::{
+    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode,
+};
 use std::fmt;
 
 /// The class of a diagnostic; tests and tools match on it, users see it as the error code.
@@ -81,11 +83,23 @@ pub type Result<T> = std::result::Result<T, Box<Diag>>;
 impl Diag {
     /// A new diagnostic at `loc`.
     pub fn new(class: DiagClass, loc: Loc, message: impl Into<String>) -> Box<Diag> {
-        Box::new(Diag { class, loc: Some(loc), message: message.into(), hint: None, trace: vec![] })
+        Box::new(Diag {
+            class,
+            loc: Some(loc),
+            message: message.into(),
+            hint: None,
+            trace: vec![],
+        })
     }
     /// A diagnostic without a source location.
     pub fn bare(class: DiagClass, message: impl Into<String>) -> Box<Diag> {
-        Box::new(Diag { class, loc: None, message: message.into(), hint: None, trace: vec![] })
+        Box::new(Diag {
+            class,
+            loc: None,
+            message: message.into(),
+            hint: None,
+            trace: vec![],
+        })
     }
     /// Adds a hint.
     pub fn with_hint(mut self: Box<Self>, hint: impl Into<String>) -> Box<Diag> {
@@ -102,7 +116,12 @@ impl Diag {
     /// `file:line:col: message` in one line.
     pub fn short(&self, sm: &SourceMap) -> String {
         match self.loc {
-            Some(l) => format!("{}: {}: {}", sm.describe(l), self.class.code(), self.message),
+            Some(l) => format!(
+                "{}: {}: {}",
+                sm.describe(l),
+                self.class.code(),
+                self.message
+            ),
             None => format!("{}: {}", self.class.code(), self.message),
         }
     }
@@ -139,17 +158,29 @@ impl Rendered {
             if !help.is_empty() {
                 help.push('\n');
             }
-            help.push_str(&format!("in the block called at {}", calls.join(", called at ")));
+            help.push_str(&format!(
+                "in the block called at {}",
+                calls.join(", called at ")
+            ));
         }
         let (src, label) = match d.loc {
             Some(l) => {
                 let f = sm.get(l.file);
                 let len = l.span.end.saturating_sub(l.span.start);
-                (Some(NamedSource::new(f.name.clone(), f.text.to_string())), Some((l.span.start, len)))
+                (
+                    Some(NamedSource::new(f.name.clone(), f.text.to_string())),
+                    Some((l.span.start, len)),
+                )
             }
             None => (None, None),
         };
-        Rendered { class: d.class, message: d.message.clone(), help: (!help.is_empty()).then_some(help), src, label }
+        Rendered {
+            class: d.class,
+            message: d.message.clone(),
+            help: (!help.is_empty()).then_some(help),
+            src,
+            label,
+        }
     }
 }
 
@@ -172,14 +203,19 @@ impl Diagnostic for Rendered {
         Some(Box::new(self.class.code()))
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn SourceCode> {
         self.src.as_ref().map(|s| s as &dyn SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let (s, l) = self.label?;
-        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(Some("here".into()), (s, l)))))
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some("here".into()),
+            (s, l),
+        ))))
     }
 }
 
@@ -195,15 +231,49 @@ pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     best.map(|(_, c)| format!("did you mean `{c}`?"))
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and adjacent
+/// transpositions each cost one.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest("depht", ["depth", "dim"]).as_deref(),
+            Some("did you mean `depth`?")
+        );
+        assert_eq!(
+            suggest("lienar", ["linear", "layernorm"]).as_deref(),
+            Some("did you mean `linear`?")
+        );
+        assert_eq!(suggest("zzz", ["depth", "dim"]), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+    }
 }

@@ -63,10 +63,16 @@ pub fn compile_source(name: &str, text: &str, opts: &Options) -> Compiled {
 
 fn finish(loaded: Result<Program, (Program, Box<Diag>)>, opts: &Options) -> Compiled {
     match loaded {
-        Err((p, d)) => Compiled { sources: p.sources, result: Err(d) },
+        Err((p, d)) => Compiled {
+            sources: p.sources,
+            result: Err(d),
+        },
         Ok(p) => {
             let result = elaborate_all(&p, opts);
-            Compiled { sources: p.sources, result }
+            Compiled {
+                sources: p.sources,
+                result,
+            }
         }
     }
 }
@@ -76,30 +82,56 @@ fn elaborate_all(p: &Program, opts: &Options) -> Result<Vec<Model>, Box<Diag>> {
     let models: Vec<&ast::ModelDef> = file
         .items
         .iter()
-        .filter_map(|i| if let ast::Item::Model(m) = i { Some(m) } else { None })
+        .filter_map(|i| {
+            if let ast::Item::Model(m) = i {
+                Some(m)
+            } else {
+                None
+            }
+        })
         .collect();
     let mut seen = std::collections::HashMap::new();
     for m in &models {
         if let Some(prev) = seen.insert(m.name.name.as_str(), m.name.span) {
             let _ = prev;
-            return Err(Diag::new(DiagClass::Duplicate, source::Loc { file: root, span: m.name.span }, format!("model `{}` is defined twice", m.name.name)));
+            return Err(Diag::new(
+                DiagClass::Duplicate,
+                source::Loc {
+                    file: root,
+                    span: m.name.span,
+                },
+                format!("model `{}` is defined twice", m.name.name),
+            ));
         }
     }
     let chosen: Vec<&ast::ModelDef> = match &opts.model {
         Some(name) => {
-            let found: Vec<_> = models.iter().copied().filter(|m| &m.name.name == name).collect();
+            let found: Vec<_> = models
+                .iter()
+                .copied()
+                .filter(|m| &m.name.name == name)
+                .collect();
             if found.is_empty() {
                 let names: Vec<&str> = models.iter().map(|m| m.name.name.as_str()).collect();
-                return Err(Diag::bare(DiagClass::UnknownName, format!("no model `{name}` in {}", p.sources.get(root).name))
-                    .with_hint(format!("the file defines: {}", names.join(", "))));
+                return Err(Diag::bare(
+                    DiagClass::UnknownName,
+                    format!("no model `{name}` in {}", p.sources.get(root).name),
+                )
+                .with_hint(format!("the file defines: {}", names.join(", "))));
             }
             found
         }
         None => models,
     };
     if chosen.is_empty() {
-        return Err(Diag::bare(DiagClass::Invalid, format!("{} defines no model", p.sources.get(root).name))
-            .with_hint("a file to check or run needs a `model Name { ... }`"));
+        return Err(Diag::bare(
+            DiagClass::Invalid,
+            format!("{} defines no model", p.sources.get(root).name),
+        )
+        .with_hint("a file to check or run needs a `model Name { ... }`"));
     }
-    chosen.into_iter().map(|m| elaborate::elaborate_model(p, m, root, &opts.overrides)).collect()
+    chosen
+        .into_iter()
+        .map(|m| elaborate::elaborate_model(p, m, root, &opts.overrides))
+        .collect()
 }

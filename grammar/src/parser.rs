@@ -27,7 +27,7 @@ pub fn parse(src: &str) -> Result<File, SyntaxError> {
     let mut pairs = MuseParser::parse(Rule::file, src).map_err(|e| convert_error(src, e))?;
     let file = pairs.next().expect("the file rule always yields one pair");
     let mut items = Vec::new();
-    for p in file.into_inner().filter(not_keyword) {
+    for p in inner(file) {
         match p.as_rule() {
             Rule::import => items.push(Item::Import(import(p))),
             Rule::block_def => items.push(Item::Block(block_def(p)?)),
@@ -80,7 +80,10 @@ fn check_limits(src: &str) -> Result<(), SyntaxError> {
             '(' | '[' | '{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return Err(too_deep(i, format!("brackets nest deeper than {MAX_NESTING}")));
+                    return Err(too_deep(
+                        i,
+                        format!("brackets nest deeper than {MAX_NESTING}"),
+                    ));
                 }
             }
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
@@ -88,16 +91,27 @@ fn check_limits(src: &str) -> Result<(), SyntaxError> {
             '+' | '-' | '*' | '/' | '%' | '@' | '<' | '>' | '=' | '!' | ',' => {
                 ops += 1;
                 if ops > MAX_OPERATORS {
-                    return Err(too_deep(i, format!("more than {MAX_OPERATORS} operators in one statement")));
+                    return Err(too_deep(
+                        i,
+                        format!("more than {MAX_OPERATORS} operators in one statement"),
+                    ));
                 }
             }
             _ => {}
         }
         if !c.is_whitespace() {
-            last_is_op = matches!(c, '+' | '-' | '*' | '/' | '%' | '@' | '<' | '>' | '=' | '!' | ',' | '(' | '[');
+            last_is_op = matches!(
+                c,
+                '+' | '-' | '*' | '/' | '%' | '@' | '<' | '>' | '=' | '!' | ',' | '(' | '['
+            );
         }
     }
     Ok(())
+}
+
+/// The children of a pair without the keyword tokens.
+fn inner(p: Pair<Rule>) -> impl Iterator<Item = Pair<Rule>> {
+    p.into_inner().filter(not_keyword)
 }
 
 fn not_keyword(p: &Pair<Rule>) -> bool {
@@ -126,17 +140,23 @@ fn span(p: &Pair<Rule>) -> Span {
 
 fn ident(p: Pair<Rule>) -> Ident {
     debug_assert_eq!(p.as_rule(), Rule::ident);
-    Ident { name: p.as_str().to_string(), span: span(&p) }
+    Ident {
+        name: p.as_str().to_string(),
+        span: span(&p),
+    }
 }
 
 fn import(p: Pair<Rule>) -> Import {
     let sp = span(&p);
-    let s = p.into_inner().filter(not_keyword).next().expect("import has a string");
-    Import { path: unescape(s), span: sp }
+    let s = inner(p).next().expect("import has a string");
+    Import {
+        path: unescape(s),
+        span: sp,
+    }
 }
 
 fn unescape(p: Pair<Rule>) -> String {
-    let inner = p.into_inner().filter(not_keyword).next().map(|i| i.as_str()).unwrap_or("");
+    let inner = inner(p).next().map(|i| i.as_str()).unwrap_or("");
     let mut out = String::new();
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
@@ -156,14 +176,14 @@ fn unescape(p: Pair<Rule>) -> String {
 
 fn block_def(p: Pair<Rule>) -> Result<BlockDef, SyntaxError> {
     let sp = span(&p);
-    let mut it = p.into_inner().filter(not_keyword);
+    let mut it = inner(p);
     let name = ident(it.next().expect("block name"));
     let mut formals = Vec::new();
     let mut body = Vec::new();
     for q in it {
         match q.as_rule() {
             Rule::formals => {
-                for f in q.into_inner().filter(not_keyword) {
+                for f in inner(q) {
                     formals.push(formal(f)?);
                 }
             }
@@ -171,11 +191,16 @@ fn block_def(p: Pair<Rule>) -> Result<BlockDef, SyntaxError> {
             r => unreachable!("block: {r:?}"),
         }
     }
-    Ok(BlockDef { name, formals, body, span: sp })
+    Ok(BlockDef {
+        name,
+        formals,
+        body,
+        span: sp,
+    })
 }
 
 fn formal(p: Pair<Rule>) -> Result<Formal, SyntaxError> {
-    let mut it = p.into_inner().filter(not_keyword);
+    let mut it = inner(p);
     let name = ident(it.next().expect("formal name"));
     let mut kind = None;
     let mut default = None;
@@ -186,30 +211,38 @@ fn formal(p: Pair<Rule>) -> Result<Formal, SyntaxError> {
             r => unreachable!("formal: {r:?}"),
         }
     }
-    Ok(Formal { name, kind, default })
+    Ok(Formal {
+        name,
+        kind,
+        default,
+    })
 }
 
 fn model_def(p: Pair<Rule>) -> Result<ModelDef, SyntaxError> {
     let sp = span(&p);
-    let mut it = p.into_inner().filter(not_keyword);
+    let mut it = inner(p);
     let name = ident(it.next().expect("model name"));
     let body = stmts(it.next().expect("model body"))?;
-    Ok(ModelDef { name, body, span: sp })
+    Ok(ModelDef {
+        name,
+        body,
+        span: sp,
+    })
 }
 
 fn stmts(body: Pair<Rule>) -> Result<Vec<Stmt>, SyntaxError> {
-    body.into_inner().filter(not_keyword).map(stmt).collect()
+    inner(body).map(stmt).collect()
 }
 
 fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
     let sp = span(&p);
     let rule = p.as_rule();
-    let mut it = p.into_inner().filter(not_keyword);
+    let mut it = inner(p);
     let kind = match rule {
         Rule::config => {
             let mut entries = Vec::new();
             for e in it {
-                let mut kv = e.into_inner().filter(not_keyword);
+                let mut kv = inner(e);
                 let key = ident(kv.next().expect("config key"));
                 let value = expr(kv.next().expect("config value"))?;
                 entries.push(ConfigEntry { key, value });
@@ -218,7 +251,11 @@ fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
         }
         Rule::input_decl => {
             let name = ident(it.next().expect("input name"));
-            let mut ty = it.next().expect("input type").into_inner().filter(not_keyword);
+            let mut ty = it
+                .next()
+                .expect("input type")
+                .into_inner()
+                .filter(not_keyword);
             let dtype = ident(ty.next().expect("dtype"));
             let dims = ty.map(expr).collect::<Result<_, _>>()?;
             StmtKind::Input { name, dtype, dims }
@@ -245,7 +282,12 @@ fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
                     r => unreachable!("repeat: {r:?}"),
                 }
             }
-            StmtKind::Repeat { count, label, index, body }
+            StmtKind::Repeat {
+                count,
+                label,
+                index,
+                body,
+            }
         }
         Rule::if_stmt => {
             let cond = expr(it.next().expect("if condition"))?;
@@ -255,7 +297,11 @@ fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
                 Some(q) if q.as_rule() == Rule::if_stmt => Some(vec![stmt(q)?]),
                 Some(q) => Some(stmts(q)?),
             };
-            StmtKind::If { cond, then, otherwise }
+            StmtKind::If {
+                cond,
+                then,
+                otherwise,
+            }
         }
         Rule::return_stmt => StmtKind::Return(it.map(expr).collect::<Result<_, _>>()?),
         Rule::assign => {
@@ -268,7 +314,10 @@ fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
                     r => unreachable!("assign: {r:?}"),
                 }
             }
-            StmtKind::Assign { targets, value: value.expect("assign value") }
+            StmtKind::Assign {
+                targets,
+                value: value.expect("assign value"),
+            }
         }
         Rule::aug_assign => {
             let target = ident(it.next().expect("target"));
@@ -321,8 +370,15 @@ fn pratt_expr(pairs: Pairs<Rule>) -> Result<Expr, SyntaxError> {
         .map_prefix(|op, rhs| {
             let rhs = rhs?;
             let sp = span(&op).join(rhs.span);
-            let u = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
-            Ok(Expr { kind: ExprKind::Unary(u, Box::new(rhs)), span: sp })
+            let u = if op.as_rule() == Rule::neg {
+                UnOp::Neg
+            } else {
+                UnOp::Not
+            };
+            Ok(Expr {
+                kind: ExprKind::Unary(u, Box::new(rhs)),
+                span: sp,
+            })
         })
         .map_infix(|lhs, op, rhs| {
             let (lhs, rhs) = (lhs?, rhs?);
@@ -345,24 +401,33 @@ fn pratt_expr(pairs: Pairs<Rule>) -> Result<Expr, SyntaxError> {
                 r => unreachable!("infix {r:?}"),
             };
             let sp = lhs.span.join(rhs.span);
-            Ok(Expr { kind: ExprKind::Binary(b, Box::new(lhs), Box::new(rhs)), span: sp })
+            Ok(Expr {
+                kind: ExprKind::Binary(b, Box::new(lhs), Box::new(rhs)),
+                span: sp,
+            })
         })
         .parse(pairs)
 }
 
 fn postfixed(p: Pair<Rule>) -> Result<Expr, SyntaxError> {
-    let mut it = p.into_inner().filter(not_keyword);
+    let mut it = inner(p);
     let mut e = primary(it.next().expect("primary"))?;
     for q in it {
         let sp = e.span.join(span(&q));
         e = match q.as_rule() {
             Rule::member => {
-                let name = ident(q.into_inner().filter(not_keyword).next().expect("member name"));
-                Expr { kind: ExprKind::Member(Box::new(e), name), span: sp }
+                let name = ident(inner(q).next().expect("member name"));
+                Expr {
+                    kind: ExprKind::Member(Box::new(e), name),
+                    span: sp,
+                }
             }
             Rule::index => {
-                let i = expr(q.into_inner().filter(not_keyword).next().expect("index"))?;
-                Expr { kind: ExprKind::Index(Box::new(e), Box::new(i)), span: sp }
+                let i = expr(inner(q).next().expect("index"))?;
+                Expr {
+                    kind: ExprKind::Index(Box::new(e), Box::new(i)),
+                    span: sp,
+                }
             }
             r => unreachable!("postfix {r:?}"),
         };
@@ -391,17 +456,17 @@ fn primary(p: Pair<Rule>) -> Result<Expr, SyntaxError> {
         Rule::none => ExprKind::None,
         Rule::string => ExprKind::Str(unescape(p)),
         Rule::ident => ExprKind::Name(p.as_str().to_string()),
-        Rule::paren => return expr(p.into_inner().filter(not_keyword).next().expect("parenthesised")),
-        Rule::list => ExprKind::List(p.into_inner().filter(not_keyword).map(expr).collect::<Result<_, _>>()?),
+        Rule::paren => return expr(inner(p).next().expect("parenthesised")),
+        Rule::list => ExprKind::List(inner(p).map(expr).collect::<Result<_, _>>()?),
         Rule::call => {
-            let mut it = p.into_inner().filter(not_keyword);
+            let mut it = inner(p);
             let callee = ident(it.next().expect("callee"));
             let mut args = Vec::new();
             let mut label = None;
             for q in it {
                 match q.as_rule() {
                     Rule::args => {
-                        for a in q.into_inner().filter(not_keyword) {
+                        for a in inner(q) {
                             args.push(arg(a)?);
                         }
                     }
@@ -409,15 +474,20 @@ fn primary(p: Pair<Rule>) -> Result<Expr, SyntaxError> {
                     r => unreachable!("call: {r:?}"),
                 }
             }
-            ExprKind::Call { callee, args, label }
+            ExprKind::Call {
+                callee,
+                args,
+                label,
+            }
         }
         Rule::param_expr => {
-            let mut it = p.into_inner().filter(not_keyword);
+            let mut it = inner(p);
             let name = ident(it.next().expect("param name"));
             let shape = it
                 .next()
                 .expect("param shape")
-                .into_inner().filter(not_keyword)
+                .into_inner()
+                .filter(not_keyword)
                 .map(expr)
                 .collect::<Result<_, _>>()?;
             let init = it.next().map(expr).transpose()?.map(Box::new);
@@ -429,13 +499,19 @@ fn primary(p: Pair<Rule>) -> Result<Expr, SyntaxError> {
 }
 
 fn arg(p: Pair<Rule>) -> Result<Arg, SyntaxError> {
-    let mut it = p.into_inner().filter(not_keyword);
+    let mut it = inner(p);
     let first = it.next().expect("argument");
     if first.as_rule() == Rule::ident {
         let value = expr(it.next().expect("keyword value"))?;
-        Ok(Arg { name: Some(ident(first)), value })
+        Ok(Arg {
+            name: Some(ident(first)),
+            value,
+        })
     } else {
-        Ok(Arg { name: None, value: expr(first)? })
+        Ok(Arg {
+            name: None,
+            value: expr(first)?,
+        })
     }
 }
 
@@ -483,7 +559,11 @@ fn convert_error(src: &str, e: pest::error::Error<Rule>) -> SyntaxError {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
-    let end = src[pos..].chars().next().map(|c| pos + c.len_utf8()).unwrap_or(pos);
+    let end = src[pos..]
+        .chars()
+        .next()
+        .map(|c| pos + c.len_utf8())
+        .unwrap_or(pos);
     let found = describe_at(src, pos);
     let mut expected: Vec<&str> = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
@@ -498,7 +578,11 @@ fn convert_error(src: &str, e: pest::error::Error<Rule>) -> SyntaxError {
     } else {
         format!("unexpected {found}; expected {}", expected.join(" or "))
     };
-    SyntaxError { span: Span::new(pos, end), message, hint: syntax_hint(src, pos) }
+    SyntaxError {
+        span: Span::new(pos, end),
+        message,
+        hint: syntax_hint(src, pos),
+    }
 }
 
 fn describe_at(src: &str, pos: usize) -> String {
@@ -507,7 +591,10 @@ fn describe_at(src: &str, pos: usize) -> String {
         None => "end of file".into(),
         Some('\n') | Some('\r') => "end of line".into(),
         Some(c) if c.is_alphanumeric() || c == '_' => {
-            let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let word: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
             format!("`{word}`")
         }
         Some(c) => format!("`{c}`"),
@@ -516,17 +603,22 @@ fn describe_at(src: &str, pos: usize) -> String {
 
 /// The reserved words of the language.
 pub const KEYWORDS: &[&str] = &[
-    "import", "config", "block", "model", "input", "output", "loss", "param", "repeat", "as", "if", "else",
-    "return", "true", "false", "none", "and", "or", "not",
+    "import", "config", "block", "model", "input", "output", "loss", "param", "repeat", "as", "if",
+    "else", "return", "true", "false", "none", "and", "or", "not",
 ];
 
 /// Likely fixes for the commonest slips, judged from the text around the error.
 fn syntax_hint(src: &str, pos: usize) -> Option<String> {
     let before = src[..pos].trim_end_matches([' ', '\t']);
     let rest = &src[pos..];
-    let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
     if KEYWORDS.contains(&word.as_str()) {
-        return Some(format!("`{word}` is a keyword and can't be used as a name; rename it"));
+        return Some(format!(
+            "`{word}` is a keyword and can't be used as a name; rename it"
+        ));
     }
     let opens = |o: char, c: char| {
         let mut depth = 0i32;

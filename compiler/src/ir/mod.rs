@@ -9,5 +9,5 @@ pub mod types;
 pub use graph::{Graph, Node, ParamInfo, Provenance};
 pub use infer::{broadcast_shapes, TypeError, TypeErrorKind};
 pub use op::{BinaryOp, Op, RandomDist, ReduceOp, UnaryOp};
-pub use types::{DType, Dim, Shape, TensorType};
 pub use petgraph::stable_graph::NodeIndex;
+pub use types::{DType, Dim, Shape, TensorType};

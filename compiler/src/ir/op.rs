@@ -374,7 +374,11 @@ impl Op {
     pub fn is_leaf(&self) -> bool {
         matches!(
             self,
-            Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } | Op::Random { .. }
+            Op::Input { .. }
+                | Op::Param { .. }
+                | Op::Const { .. }
+                | Op::Iota { .. }
+                | Op::Random { .. }
         )
     }
 }
@@ -391,16 +395,30 @@ impl fmt::Display for Op {
             Op::Reshape { shape } => write!(f, "reshape {shape}"),
             Op::Permute { perm } => write!(f, "permute {perm:?}"),
             Op::Broadcast { shape } => write!(f, "broadcast {shape}"),
-            Op::Slice { axis, start, end, step } => {
+            Op::Slice {
+                axis,
+                start,
+                end,
+                step,
+            } => {
                 write!(f, "slice axis={axis} {start}:{end}:{step}")
             }
-            Op::Pad { axis, before, after, value } => {
+            Op::Pad {
+                axis,
+                before,
+                after,
+                value,
+            } => {
                 write!(f, "pad axis={axis} ({before}, {after}) value={value}")
             }
             Op::Concat { axis } => write!(f, "concat axis={axis}"),
             Op::ScatterAdd { rows } => write!(f, "scatter_add rows={rows}"),
             Op::Scan { axis, reverse } => {
-                write!(f, "scan axis={axis}{}", if *reverse { " reverse" } else { "" })
+                write!(
+                    f,
+                    "scan axis={axis}{}",
+                    if *reverse { " reverse" } else { "" }
+                )
             }
             _ => f.write_str(self.name()),
         }

@@ -1,0 +1,118 @@
+//! The `muse` program as a user runs it: exit codes, what goes to stdout and stderr.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn muse(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_muse"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run muse");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn model_files() -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "muse"))
+            .map(|p| format!("models/{}", p.file_name().unwrap().to_string_lossy()))
+            .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn check_every_model() {
+    let files = model_files();
+    let mut args = vec!["check"];
+    args.extend(files.iter().map(String::as_str));
+    let (code, out, err) = muse(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches(" ok\n").count(), files.len());
+    assert_eq!(out.matches("  parameters: ").count(), files.len());
+    assert!(out.contains("models/mamba_xattn_xz.muse: model mamba_xattn_xz ok"));
+    assert!(out.contains("outputs: logits f32[B, 64, 256]"));
+}
+
+#[test]
+fn check_with_overrides_prints_the_larger_count() {
+    let (_, small, _) = muse(&["check", "models/muse_small.muse"]);
+    let (code, big, err) = muse(&[
+        "check",
+        "models/muse_small.muse",
+        "--set",
+        "depth=12",
+        "--set",
+        "dim=256",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let count = |s: &str| -> i64 {
+        let line = s.lines().find(|l| l.contains("parameters:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap()
+    };
+    assert!(count(&big) > 4 * count(&small));
+}
+
+#[test]
+fn bad_override_and_bad_file_fail_with_diagnostics() {
+    let (code, _, err) = muse(&["check", "models/muse_small.muse", "--set", "depht=3"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("muse::unknown_config_key") && err.contains("did you mean `depth`?"),
+        "{err}"
+    );
+    let (code, _, err) = muse(&["check", "models/muse_small.muse", "--set", "depth"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("expected KEY=VALUE"), "{err}");
+    let (code, _, err) = muse(&["check", "no/such/file.muse"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("muse::import") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_file_reports_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("muse-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.muse");
+    std::fs::write(
+        &f,
+        "model m {\n  input x: f32[B, 4]\n  output y = x @ x\n}\n",
+    )
+    .unwrap();
+    let (code, out, err) = muse(&["check", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("muse::shape") && err.contains("bad.muse:3:14"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn graph_as_text_and_dot() {
+    let (code, text, err) = muse(&["graph", "models/mamba_xattn_xz.muse"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.starts_with("# model mamba_xattn_xz ("));
+    assert!(text.contains("= scan "));
+    assert!(text.contains("param layers.0.mixer.in_proj.weight"));
+    let (code, dot, _) = muse(&["graph", "--dot", "models/mamba_xattn_xz.muse"]);
+    assert_eq!(code, 0);
+    assert!(dot.starts_with("digraph"));
+    assert!(dot.trim_end().ends_with('}'));
+}
