@@ -91,6 +91,54 @@ fn every_model_compiles_with_parameters_and_results() {
     }
 }
 
+/// The research log's scale: 12 layers, width 1024, codebook 8192, a 16x16 token grid; the
+/// tokenizer at 256x256 with 128 channels and four downsamplings.
+#[test]
+fn every_model_compiles_at_paper_scale() {
+    let masked = [
+        ("depth", "12"),
+        ("dim", "1024"),
+        ("heads", "16"),
+        ("codebook", "8192"),
+        ("grid", "16"),
+        ("text_len", "64"),
+    ];
+    for name in MODELS.iter().filter(|n| **n != "vq_tokenizer") {
+        let m = compile(name, &masked);
+        let logits = m
+            .graph
+            .outputs
+            .iter()
+            .find(|(n, _)| n == "logits")
+            .expect("logits")
+            .1;
+        let want = if *name == "token_critic" {
+            "f32[B, 256]"
+        } else {
+            "f32[B, 256, 8192]"
+        };
+        assert_eq!(m.graph.ty(logits).to_string(), want, "{name}");
+    }
+    let vq = compile(
+        "vq_tokenizer",
+        &[
+            ("channels", "128"),
+            ("codebook", "8192"),
+            ("resolution", "256"),
+            ("levels", "4"),
+            ("groups", "32"),
+        ],
+    );
+    let codes = vq
+        .graph
+        .outputs
+        .iter()
+        .find(|(n, _)| n == "codes")
+        .unwrap()
+        .1;
+    assert_eq!(vq.graph.ty(codes).to_string(), "i32[B, 16, 16]");
+}
+
 #[test]
 fn both_combinations_of_variants_compile() {
     compile("mamba_parallel", &[("combine", "product")]);

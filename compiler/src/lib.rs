@@ -92,8 +92,7 @@ fn elaborate_all(p: &Program, opts: &Options) -> Result<Vec<Model>, Box<Diag>> {
         .collect();
     let mut seen = std::collections::HashMap::new();
     for m in &models {
-        if let Some(prev) = seen.insert(m.name.name.as_str(), m.name.span) {
-            let _ = prev;
+        if seen.insert(m.name.name.as_str(), m.name.span).is_some() {
             return Err(Diag::new(
                 DiagClass::Duplicate,
                 source::Loc {

@@ -49,7 +49,7 @@ impl Program {
             done: HashMap::new(),
             stack: vec![],
         };
-        let r = loader.load(origin, path.display().to_string(), text, None);
+        let r = loader.load(origin, path.display().to_string(), text);
         match r {
             Ok(id) => {
                 p.root = Some(id);
@@ -75,7 +75,6 @@ impl Program {
             Origin::Memory(name.to_string()),
             name.to_string(),
             text.to_string(),
-            None,
         );
         match r {
             Ok(id) => {
@@ -103,13 +102,7 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn load(
-        &mut self,
-        origin: Origin,
-        name: String,
-        text: String,
-        _from: Option<Loc>,
-    ) -> Result<FileId> {
+    fn load(&mut self, origin: Origin, name: String, text: String) -> Result<FileId> {
         let id = self.prog.sources.add(name.clone(), text.as_str());
         let file = muse_grammar::parse(&text).map_err(|e| {
             Diag::new(
@@ -150,7 +143,7 @@ impl Loader<'_> {
                 if self.done.contains_key(&child) {
                     continue;
                 }
-                let cid = self.load(child.clone(), child_name, child_text, Some(at))?;
+                let cid = self.load(child.clone(), child_name, child_text)?;
                 self.done.insert(child, cid);
             }
         }

@@ -288,7 +288,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
                     }))
                 }
                 _ => {
-                    let (x, y) = pair(e, a, 0, 1, loc)?;
+                    let (x, y) = pair(e, a, 0, 1)?;
                     let n = elementwise2(e, bop, x, y, loc)?;
                     out(e, n)
                 }
@@ -605,7 +605,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             out(e, n)
         }
         "scan" => {
-            let (x, y) = pair(e, a, 0, 1, loc)?;
+            let (x, y) = pair(e, a, 0, 1)?;
             let s = broadcast_shapes(&e.ty(x).shape.clone(), &e.ty(y).shape.clone())
                 .map_err(|err| e.type_err(loc, err))?;
             let x = broadcast_to(e, x, &s, loc)?;
@@ -763,7 +763,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
 }
 
 /// Two operands as nodes; a number on one side becomes a constant of the other's type.
-fn pair(e: &mut Elab, a: &Args, i: usize, j: usize, loc: Loc) -> Result<(NodeIndex, NodeIndex)> {
+fn pair(e: &mut Elab, a: &Args, i: usize, j: usize) -> Result<(NodeIndex, NodeIndex)> {
     let (x, y) = (a.v(i).clone(), a.v(j).clone());
     let to_node = |e: &mut Elab, v: &Value, other: &Value, l: Loc| -> Result<NodeIndex> {
         match v {
@@ -802,7 +802,6 @@ fn pair(e: &mut Elab, a: &Args, i: usize, j: usize, loc: Loc) -> Result<(NodeInd
     };
     let xn = to_node(e, &x, &y, a.l(i))?;
     let yn = to_node(e, &y, &x, a.l(j))?;
-    let _ = loc;
     Ok((xn, yn))
 }
 

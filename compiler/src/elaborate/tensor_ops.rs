@@ -59,20 +59,15 @@ fn constant_like(
         }
         (Value::Bool(b), DType::Bool) => f64::from(u8::from(*b)),
         (v, dt) => {
+            let hint =
+                (dt == DType::Bool).then(|| "convert the mask with cast(x, f32)".to_string());
             return Err(e
                 .err_at(
                     DiagClass::DType,
                     loc,
                     format!("{} combined with a {dt} tensor", v.kind()),
                 )
-                .with_hint(
-                    if dt == DType::Bool {
-                        "convert the mask with cast(x, f32)"
-                    } else {
-                        ""
-                    }
-                    .to_string(),
-                ))
+                .with_opt_hint(hint));
         }
     };
     Ok(e.leaf(
