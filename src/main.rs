@@ -25,6 +25,9 @@ struct ModelOpts {
     /// Only this model of the file.
     #[arg(long)]
     model: Option<String>,
+    /// Print what each compiler pass did (nodes in and out, time) to stderr.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -65,8 +68,18 @@ fn options(o: &ModelOpts) -> Result<Options, String> {
     })
 }
 
-fn compile(file: &Path, opts: &Options) -> Result<(Compiled, Vec<Model>), ()> {
+fn compile(file: &Path, opts: &Options, verbose: bool) -> Result<(Compiled, Vec<Model>), ()> {
     let c = compile_path(file, opts);
+    if verbose {
+        if let Some(r) = &c.parse {
+            eprintln!("{}: {r}", file.display());
+        }
+        for m in c.result.iter().flatten() {
+            for r in &m.reports {
+                eprintln!("{}: {r}", m.name);
+            }
+        }
+    }
     match &c.result {
         Ok(models) => {
             let models = models.clone();
@@ -132,6 +145,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files, opts } => {
+            let verbose = opts.verbose;
             let opts = match options(&opts) {
                 Ok(o) => o,
                 Err(e) => {
@@ -141,7 +155,7 @@ fn main() -> ExitCode {
             };
             let mut failed = 0;
             for f in &files {
-                match compile(f, &opts) {
+                match compile(f, &opts, verbose) {
                     Ok((_, models)) => models.iter().for_each(|m| report(f, m)),
                     Err(()) => failed += 1,
                 }
@@ -153,6 +167,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Graph { file, dot, opts } => {
+            let verbose = opts.verbose;
             let opts = match options(&opts) {
                 Ok(o) => o,
                 Err(e) => {
@@ -160,7 +175,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let Ok((c, models)) = compile(&file, &opts) else {
+            let Ok((c, models)) = compile(&file, &opts, verbose) else {
                 return ExitCode::FAILURE;
             };
             let mut text = String::new();

@@ -5,6 +5,7 @@ pub mod diag;
 pub mod elaborate;
 pub mod ir;
 pub mod loader;
+pub mod report;
 pub mod source;
 pub mod stdlib;
 
@@ -32,6 +33,8 @@ pub struct Compiled {
     pub sources: SourceMap,
     /// The models, or the error that stopped compilation.
     pub result: Result<Vec<Model>, Box<Diag>>,
+    /// Reading and parsing the files (each model has the reports of its own passes).
+    pub parse: Option<report::PassReport>,
 }
 
 /// Stack for the recursive parser and elaborator: deep enough that the limits on nesting,
@@ -53,25 +56,38 @@ fn with_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 /// Compiles every model of the file at `path`.
 pub fn compile_path(path: &Path, opts: &Options) -> Compiled {
-    with_stack(|| finish(Program::load_path(path), opts))
+    with_stack(|| {
+        let t = report::PassTimer::start("parse", 0);
+        finish(Program::load_path(path), t, opts)
+    })
 }
 
 /// Compiles every model of source text named `name`.
 pub fn compile_source(name: &str, text: &str, opts: &Options) -> Compiled {
-    with_stack(|| finish(Program::load_source(name, text), opts))
+    with_stack(|| {
+        let t = report::PassTimer::start("parse", 0);
+        finish(Program::load_source(name, text), t, opts)
+    })
 }
 
-fn finish(loaded: Result<Program, (Program, Box<Diag>)>, opts: &Options) -> Compiled {
+fn finish(
+    loaded: Result<Program, (Program, Box<Diag>)>,
+    timer: report::PassTimer,
+    opts: &Options,
+) -> Compiled {
     match loaded {
         Err((p, d)) => Compiled {
             sources: p.sources,
             result: Err(d),
+            parse: None,
         },
         Ok(p) => {
+            let parse = timer.finish(0, format!("{} files", p.files.len()));
             let result = elaborate_all(&p, opts);
             Compiled {
                 sources: p.sources,
                 result,
+                parse: Some(parse),
             }
         }
     }

@@ -1,4 +1,11 @@
-//! The muse runtime. It will hold the reference interpreter (the oracle every backend is
-//! compared with), the CPU and CUDA backends, the memory planner, training, sampling, data
-//! loading and checkpoints; see docs/design.md. Nothing is implemented here yet: the front
-//! end (grammar, elaboration, graph IR) is in `muse-compiler`.
+//! The muse runtime: host tensors, the reference interpreter (the oracle every backend is
+//! compared with), counter-based random numbers and safetensors parameter files. Backends,
+//! the memory planner, training and sampling follow (see docs/design.md).
+
+pub mod checkpoint;
+pub mod interp;
+pub mod rng;
+pub mod tensor;
+
+pub use interp::{init_params, run, Precision, RunError, RunOptions, Values};
+pub use tensor::{Data, HostTensor};

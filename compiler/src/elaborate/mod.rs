@@ -12,6 +12,7 @@ use crate::ir::{
     DType, Dim, Graph, Op, ParamInfo, Provenance, Shape, TensorType, TypeError, TypeErrorKind,
 };
 use crate::loader::Program;
+use crate::report::{PassReport, PassTimer};
 use crate::source::{FileId, Loc};
 use muse_grammar::ast::{self, BinOp, BlockDef, Expr, ExprKind, Ident, Span, Stmt, StmtKind, UnOp};
 use petgraph::stable_graph::NodeIndex;
@@ -52,6 +53,8 @@ pub struct Model {
     pub config: Vec<(String, ConfigValue)>,
     /// Where the model was defined.
     pub loc: Loc,
+    /// What each pass did, in order.
+    pub reports: Vec<PassReport>,
 }
 
 /// Most nodes one model may produce before elaboration stops (runaway `repeat`).
@@ -105,6 +108,7 @@ pub fn elaborate_model(
     file: FileId,
     overrides: &[(String, String)],
 ) -> Result<Model> {
+    let timer = PassTimer::start("elaborate", 0);
     let mut blocks: HashMap<&str, (FileId, &BlockDef)> = HashMap::new();
     for (fid, f) in &prog.files {
         for item in &f.items {
@@ -195,12 +199,22 @@ pub fn elaborate_model(
         )
         .with_hint("declare one with `output name = expr` or `loss name = expr`"));
     }
-    e.graph.prune();
+    let elaborated = timer.finish(
+        e.graph.node_count(),
+        format!("{} parameters", e.graph.params.len()),
+    );
+    let timer = PassTimer::start("prune", e.graph.node_count());
+    let removed = e.graph.prune();
+    let pruned = timer.finish(
+        e.graph.node_count(),
+        format!("{removed} unused nodes removed"),
+    );
     Ok(Model {
         name: model.name.name.clone(),
         graph: e.graph,
         config: e.config,
         loc: mloc,
+        reports: vec![elaborated, pruned],
     })
 }
 

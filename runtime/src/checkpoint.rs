@@ -1,0 +1,197 @@
+//! safetensors files: load parameters by name, save them atomically (temporary file, then
+//! rename, so a half-written file is never taken for a checkpoint).
+
+use crate::interp::{check_params, RunError};
+use crate::tensor::{Data, HostTensor};
+use muse_compiler::ir::Graph;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+fn file_err(path: &Path, what: impl std::fmt::Display) -> RunError {
+    RunError::File(format!("{}: {what}", path.display()))
+}
+
+/// Reads every tensor of a safetensors file. Floats of any width become f32 values;
+/// integer types become i32 (an out-of-range value is an error); bool and u8 become bool.
+pub fn load(path: &Path) -> Result<HashMap<String, HostTensor>, RunError> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| file_err(path, format!("not a valid safetensors file ({e})")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let t = decode(&view).map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+fn decode(v: &TensorView) -> Result<HostTensor, String> {
+    let shape = v.shape().to_vec();
+    let b = v.data();
+    let words = |n: usize| b.chunks_exact(n);
+    let data = match v.dtype() {
+        Dtype::F32 => Data::F(
+            words(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+                .collect(),
+        ),
+        Dtype::F64 => Data::F(
+            words(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32 as f64)
+                .collect(),
+        ),
+        Dtype::F16 => Data::F(
+            words(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64)
+                .collect(),
+        ),
+        Dtype::BF16 => Data::F(
+            words(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
+                .collect(),
+        ),
+        Dtype::I32 => Data::I(
+            words(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        Dtype::I64 => Data::I(
+            words(8)
+                .map(|c| {
+                    i32::try_from(i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .map_err(|_| "an i64 value does not fit in i32".to_string())
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Dtype::BOOL | Dtype::U8 => Data::B(b.iter().map(|&x| x != 0).collect()),
+        other => return Err(format!(
+            "element type {other:?} is not supported (use f32, f16, bf16, f64, i32, i64 or bool)"
+        )),
+    };
+    Ok(HostTensor { shape, data })
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: normalise.
+            let mut e = 127 - 15 + 1;
+            let mut f = f;
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((f & 0x3ff) << 13)
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Loads a model's parameters from a safetensors file: each must be present with its
+/// declared shape; extra tensors in the file are ignored.
+pub fn load_params(g: &Graph, path: &Path) -> Result<HashMap<String, HostTensor>, RunError> {
+    let all = load(path)?;
+    let mut params = HashMap::new();
+    for p in &g.params {
+        let t = all.get(&p.name).ok_or_else(|| {
+            RunError::File(format!(
+                "{}: parameter `{}` is not in the file",
+                path.display(),
+                p.name
+            ))
+        })?;
+        params.insert(p.name.clone(), t.clone());
+    }
+    check_params(g, &params).map_err(|e| RunError::File(format!("{}: {e}", path.display())))?;
+    Ok(params)
+}
+
+/// Writes tensors (floats as f32) to `path` atomically: a temporary file in the same
+/// folder, flushed to disk, then renamed over `path`.
+pub fn save(path: &Path, tensors: &HashMap<String, HostTensor>) -> Result<(), RunError> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let bufs: Vec<(Dtype, Vec<u8>)> = names
+        .iter()
+        .map(|n| match &tensors[*n].data {
+            Data::F(v) => (
+                Dtype::F32,
+                v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+            ),
+            Data::I(v) => (Dtype::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Data::B(v) => (Dtype::BOOL, v.iter().map(|&x| u8::from(x)).collect()),
+        })
+        .collect();
+    let mut views = Vec::new();
+    for (n, (dt, b)) in names.iter().zip(&bufs) {
+        let v =
+            TensorView::new(*dt, tensors[*n].shape.clone(), b).map_err(|e| file_err(path, e))?;
+        views.push((n.as_str(), v));
+    }
+    let bytes = safetensors::serialize(views, &None).map_err(|e| file_err(path, e))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("checkpoint"),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        file_err(path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_decoding() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7e00).is_nan());
+        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+    }
+
+    #[test]
+    fn round_trip_and_corrupt_file() {
+        let dir = std::env::temp_dir().join(format!("muse-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.safetensors");
+        let mut t = HashMap::new();
+        t.insert(
+            "a.weight".to_string(),
+            HostTensor::f(&[2, 2], vec![1.0, -2.5, 3.25, 0.0]),
+        );
+        t.insert("ids".to_string(), HostTensor::i(&[3], vec![1, 2, -3]));
+        save(&path, &t).unwrap();
+        assert_eq!(load(&path).unwrap(), t);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("not a valid safetensors file"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
