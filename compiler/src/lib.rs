@@ -1,6 +1,7 @@
 //! The muse compiler: loading and elaborating `.muse` programs into the graph IR, with
 //! diagnostics. Later passes (autodiff, fusion, code generation) live here too.
 
+pub mod autodiff;
 pub mod diag;
 pub mod elaborate;
 pub mod ir;

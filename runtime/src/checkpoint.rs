@@ -67,9 +67,11 @@ fn decode(v: &TensorView) -> Result<HostTensor, String> {
                 .collect::<Result<_, _>>()?,
         ),
         Dtype::BOOL | Dtype::U8 => Data::B(b.iter().map(|&x| x != 0).collect()),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "element type {other:?} is not supported (use f32, f16, bf16, f64, i32, i64 or bool)"
-        )),
+        ))
+        }
     };
     Ok(HostTensor { shape, data })
 }

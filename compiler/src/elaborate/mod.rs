@@ -250,6 +250,7 @@ impl<'p> Elab<'p> {
         Provenance {
             loc: Some(loc),
             path: self.frame().path.clone(),
+            grad: false,
         }
     }
 

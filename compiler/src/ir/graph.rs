@@ -16,6 +16,8 @@ pub struct Provenance {
     pub loc: Option<Loc>,
     /// Dotted block path (`layers.3.mixer`), empty at model level.
     pub path: String,
+    /// Made by autodiff: part of the backward pass of the node at `loc`.
+    pub grad: bool,
 }
 
 /// A node: an op, its result type and where it came from.

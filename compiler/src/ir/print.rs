@@ -35,8 +35,13 @@ pub fn to_text(g: &Graph, sources: Option<&SourceMap>) -> String {
             let _ = write!(out, " {}", ops.join(", "));
         }
         let _ = write!(out, " : {}", node.ty);
-        if !node.prov.path.is_empty() {
-            let _ = write!(out, "  # {}", node.prov.path);
+        if !node.prov.path.is_empty() || node.prov.grad {
+            let _ = write!(
+                out,
+                "  #{} {}",
+                if node.prov.grad { " grad of" } else { "" },
+                node.prov.path
+            );
         }
         if let (Some(sm), Some(loc)) = (sources, node.prov.loc) {
             let _ = write!(out, "  ({})", sm.describe(loc));
