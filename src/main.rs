@@ -1,8 +1,12 @@
 //! `muse`: the command-line program of the muse compiler and runtime.
 
 use clap::{Parser, Subcommand};
+use muse_compiler::autodiff;
 use muse_compiler::ir::print;
 use muse_compiler::{compile_path, Compiled, Model, Options};
+use muse_runtime::inputs::random_inputs;
+use muse_runtime::{checkpoint, init_params, HostTensor, Precision, RunOptions};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -47,9 +51,53 @@ enum Command {
         /// Graphviz DOT, nodes grouped by block path.
         #[arg(long)]
         dot: bool,
+        /// The differentiated graph: forward and backward pass.
+        #[arg(long)]
+        backward: bool,
+        /// Only node counts: forward, backward and their ratio.
+        #[arg(long)]
+        stats: bool,
         #[command(flatten)]
         opts: ModelOpts,
     },
+    /// Run a model on random inputs with the reference interpreter; print output statistics.
+    Run {
+        /// The .muse file.
+        file: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        opts: ModelOpts,
+    },
+    /// Differentiate a model's loss; print the loss and every parameter's gradient norm.
+    Grad {
+        /// The .muse file.
+        file: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        opts: ModelOpts,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Where inputs come from (only `random` for now: normal floats, fair-coin masks,
+    /// ids uniform over the range their uses accept).
+    #[arg(long, default_value = "random")]
+    inputs: String,
+    /// Seed of the random inputs and of parameter initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Batch size (the value of every symbolic size).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Load parameters from a safetensors file instead of initialising them.
+    #[arg(long, value_name = "FILE")]
+    params: Option<PathBuf>,
+    /// Compute in f64 instead of f32.
+    #[arg(long)]
+    f64: bool,
 }
 
 fn options(o: &ModelOpts) -> Result<Options, String> {
@@ -128,6 +176,101 @@ fn report(file: &Path, m: &Model) {
     println!("  graph:   {} nodes", g.node_count());
 }
 
+fn prepare(
+    g: &muse_compiler::ir::Graph,
+    run: &RunArgs,
+) -> Result<
+    (
+        HashMap<String, HostTensor>,
+        HashMap<String, HostTensor>,
+        RunOptions,
+    ),
+    String,
+> {
+    if run.inputs != "random" {
+        return Err(format!(
+            "--inputs {}: only `random` is supported",
+            run.inputs
+        ));
+    }
+    if run.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let precision = if run.f64 {
+        Precision::F64
+    } else {
+        Precision::F32
+    };
+    let params = match &run.params {
+        Some(p) => checkpoint::load_params(g, p).map_err(|e| e.to_string())?,
+        None => init_params(g, run.seed, precision).map_err(|e| e.to_string())?,
+    };
+    let inputs = random_inputs(g, run.batch, run.seed);
+    Ok((
+        inputs,
+        params,
+        RunOptions {
+            precision,
+            seed: run.seed,
+        },
+    ))
+}
+
+fn run_model(m: &Model, run: &RunArgs) -> Result<String, String> {
+    let (inputs, params, ro) = prepare(&m.graph, run)?;
+    let vals = muse_runtime::run(&m.graph, &inputs, &params, &ro).map_err(|e| e.to_string())?;
+    let mut out = format!(
+        "model {} (batch {}, seed {})\n",
+        m.name, run.batch, run.seed
+    );
+    for (kind, list) in [("output", &m.graph.outputs), ("loss", &m.graph.losses)] {
+        for (name, n) in list {
+            let t = vals.get(*n);
+            out.push_str(&format!(
+                "  {kind} {name} {:?} {}: {}\n",
+                t.shape,
+                t.dtype(),
+                t.stats()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn grad_model(m: &Model, run: &RunArgs) -> Result<String, String> {
+    if m.graph.losses.is_empty() {
+        return Err(format!("model {} has no loss to differentiate", m.name));
+    }
+    let d = autodiff::differentiate(&m.graph, autodiff::Wrt::default());
+    let (inputs, params, ro) = prepare(&m.graph, run)?;
+    let vals = muse_runtime::run(&d.graph, &inputs, &params, &ro).map_err(|e| e.to_string())?;
+    let loss = vals.get(d.loss).to_f64()[0];
+    let mut out = format!(
+        "model {} (batch {}, seed {}): loss {loss:.6}\n",
+        m.name, run.batch, run.seed
+    );
+    let width = d.params.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let mut total = 0.0;
+    for (name, n) in &d.params {
+        let v = vals.get(*n).to_f64();
+        let sq: f64 = v.iter().map(|x| x * x).sum();
+        total += sq;
+        out.push_str(&format!("  {name:<width$}  {:.6e}\n", sq.sqrt()));
+    }
+    out.push_str(&format!(
+        "  {:<width$}  {:.6e}\n",
+        "global norm",
+        total.sqrt()
+    ));
+    if !d.unreached.is_empty() {
+        out.push_str(&format!(
+            "  no gradient reaches: {}\n",
+            d.unreached.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
 /// Writes to stdout; a closed pipe (`muse graph ... | head`) is not an error.
 fn write_stdout(text: &str) -> ExitCode {
     use std::io::Write;
@@ -143,6 +286,7 @@ fn write_stdout(text: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let is_grad = matches!(cli.command, Command::Grad { .. });
     match cli.command {
         Command::Check { files, opts } => {
             let verbose = opts.verbose;
@@ -166,7 +310,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Graph { file, dot, opts } => {
+        Command::Graph {
+            file,
+            dot,
+            backward,
+            stats,
+            opts,
+        } => {
             let verbose = opts.verbose;
             let opts = match options(&opts) {
                 Ok(o) => o,
@@ -180,15 +330,65 @@ fn main() -> ExitCode {
             };
             let mut text = String::new();
             for m in &models {
-                if dot {
-                    text.push_str(&print::to_dot(&m.graph, &m.name));
-                } else {
+                let diff = (backward || stats)
+                    .then(|| {
+                        (!m.graph.losses.is_empty())
+                            .then(|| autodiff::differentiate(&m.graph, autodiff::Wrt::default()))
+                    })
+                    .flatten();
+                if (backward || stats) && diff.is_none() {
+                    eprintln!("error: model {} has no loss to differentiate", m.name);
+                    return ExitCode::FAILURE;
+                }
+                if verbose {
+                    if let Some(d) = &diff {
+                        eprintln!("{}: {}", m.name, d.report);
+                    }
+                }
+                let g = diff.as_ref().map(|d| &d.graph).unwrap_or(&m.graph);
+                if stats {
+                    let fwd = m.graph.node_count();
+                    let total = g.node_count();
                     text.push_str(&format!(
-                        "# model {} ({} nodes)\n",
+                        "{}: forward {fwd} nodes, backward {} nodes, backward/forward {:.2}\n",
                         m.name,
-                        m.graph.node_count()
+                        total - fwd,
+                        (total - fwd) as f64 / fwd as f64
                     ));
-                    text.push_str(&print::to_text(&m.graph, Some(&c.sources)));
+                } else if dot {
+                    text.push_str(&print::to_dot(g, &m.name));
+                } else {
+                    text.push_str(&format!("# model {} ({} nodes)\n", m.name, g.node_count()));
+                    text.push_str(&print::to_text(g, Some(&c.sources)));
+                }
+            }
+            write_stdout(&text)
+        }
+        Command::Run { file, run, opts } | Command::Grad { file, run, opts } => {
+            let verbose = opts.verbose;
+            let opts = match options(&opts) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Ok((_, models)) = compile(&file, &opts, verbose) else {
+                return ExitCode::FAILURE;
+            };
+            let mut text = String::new();
+            for m in &models {
+                let r = if is_grad {
+                    grad_model(m, &run)
+                } else {
+                    run_model(m, &run)
+                };
+                match r {
+                    Ok(t) => text.push_str(&t),
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", file.display());
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
             write_stdout(&text)

@@ -1,0 +1,102 @@
+//! Random inputs for a model, for `muse run --inputs random` and the tests: f32 inputs
+//! standard normal, bool inputs fair coins, and i32 inputs uniform over the range their
+//! uses accept (the rows of the table they index, or the size of the axis they are
+//! compared with), so that random ids never index out of range.
+
+use crate::rng;
+use crate::tensor::HostTensor;
+use muse_compiler::ir::{BinaryOp, DType, Graph, NodeIndex, Op};
+use std::collections::HashMap;
+
+/// The largest valid value + 1 of each i32 input, from how the graph uses it.
+pub fn index_bounds(g: &Graph) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for (name, n) in &g.inputs {
+        if g.ty(*n).dtype != DType::I32 {
+            continue;
+        }
+        let mut bound: Option<i64> = None;
+        let mut tighten = |b: Option<i64>| {
+            if let Some(b) = b {
+                bound = Some(bound.map_or(b, |x| x.min(b)));
+            }
+        };
+        // Follow the value through views to the ops that interpret it.
+        let mut stack = vec![*n];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(v) = stack.pop() {
+            if !seen.insert(v) {
+                continue;
+            }
+            for u in g.users(v) {
+                let ops = g.operands(u);
+                match &g.node(u).op {
+                    op if op.is_view() => stack.push(u),
+                    Op::Gather if ops[1] == v => tighten(g.ty(ops[0]).shape.0[0].as_known()),
+                    Op::ScatterAdd { rows } if ops[0] == v => tighten(rows.as_known()),
+                    Op::Binary(BinaryOp::Eq) => {
+                        let other = if ops[0] == v { ops[1] } else { ops[0] };
+                        tighten(iota_extent(g, other));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.insert(name.clone(), bound.unwrap_or(2).max(1));
+    }
+    out
+}
+
+/// The extent of the iota behind `n` (through views), if `n` is one.
+fn iota_extent(g: &Graph, mut n: NodeIndex) -> Option<i64> {
+    loop {
+        let node = g.node(n);
+        match &node.op {
+            Op::Iota { axis } => return node.ty.shape.0[*axis].as_known(),
+            op if op.is_view() => n = g.operands(n)[0],
+            _ => return None,
+        }
+    }
+}
+
+/// Random inputs for every input of `g`, with every symbolic size (the batch) set to `batch`.
+pub fn random_inputs(g: &Graph, batch: usize, seed: u64) -> HashMap<String, HostTensor> {
+    let bounds = index_bounds(g);
+    let mut out = HashMap::new();
+    for (k, (name, n)) in g.inputs.iter().enumerate() {
+        let ty = g.ty(*n);
+        let shape: Vec<usize> = ty
+            .shape
+            .0
+            .iter()
+            .map(|d| d.eval(&|_| Some(batch as i64)).expect("sizes fit") as usize)
+            .collect();
+        let len: usize = shape.iter().product();
+        let key = rng::stream_key(seed, 0x1000 + k as u64);
+        let t = match ty.dtype {
+            DType::F32 => HostTensor::f(
+                &shape,
+                (0..len as u64)
+                    .map(|i| rng::normal(key, i) as f32 as f64)
+                    .collect(),
+            ),
+            DType::Bool => HostTensor::b(
+                &shape,
+                (0..len as u64)
+                    .map(|i| rng::uniform(key, i) < 0.5)
+                    .collect(),
+            ),
+            DType::I32 => {
+                let hi = bounds[name] as f64;
+                HostTensor::i(
+                    &shape,
+                    (0..len as u64)
+                        .map(|i| (rng::uniform(key, i) * hi) as i32)
+                        .collect(),
+                )
+            }
+        };
+        out.insert(name.clone(), t);
+    }
+    out
+}
