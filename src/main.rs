@@ -176,17 +176,14 @@ fn report(file: &Path, m: &Model) {
     println!("  graph:   {} nodes", g.node_count());
 }
 
+/// Tensors by name.
+type Tensors = HashMap<String, HostTensor>;
+
+/// Inputs, parameters and interpreter settings for `muse run` and `muse grad`.
 fn prepare(
     g: &muse_compiler::ir::Graph,
     run: &RunArgs,
-) -> Result<
-    (
-        HashMap<String, HostTensor>,
-        HashMap<String, HostTensor>,
-        RunOptions,
-    ),
-    String,
-> {
+) -> Result<(Tensors, Tensors, RunOptions), String> {
     if run.inputs != "random" {
         return Err(format!(
             "--inputs {}: only `random` is supported",

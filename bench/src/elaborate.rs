@@ -4,10 +4,10 @@
 //! `cargo run --release -p muse-bench --bin elaborate [RUNS]`
 
 use muse_compiler::{compile_path, Options};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-fn time(path: &PathBuf, opts: &Options, runs: usize) -> (f64, f64, usize) {
+fn time(path: &Path, opts: &Options, runs: usize) -> (f64, f64, usize) {
     let mut ms = Vec::with_capacity(runs);
     let mut nodes = 0;
     for _ in 0..runs {
