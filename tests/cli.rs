@@ -116,3 +116,61 @@ fn graph_as_text_and_dot() {
     assert!(dot.starts_with("digraph"));
     assert!(dot.trim_end().ends_with('}'));
 }
+
+#[test]
+fn run_grad_and_backward_graph() {
+    let tiny = [
+        "--set",
+        "depth=1",
+        "--set",
+        "dim=8",
+        "--set",
+        "heads=2",
+        "--set",
+        "codebook=7",
+        "--set",
+        "grid=2",
+        "--set",
+        "text_len=3",
+        "--set",
+        "text_vocab=11",
+        "--set",
+        "text_depth=1",
+        "--set",
+        "d_state=2",
+    ];
+    let mut args = vec!["run", "models/mamba_xattn_xz.muse", "--seed", "3"];
+    args.extend(tiny);
+    let (code, out, err) = muse(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("output logits [2, 4, 7] f32: mean"), "{out}");
+    assert!(out.contains("loss masked_ce [] f32: mean"), "{out}");
+    let (_, again, _) = muse(&args);
+    assert_eq!(out, again, "a seeded run is reproducible");
+
+    args[0] = "grad";
+    let (code, out, err) = muse(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("layers.0.mixer.in_proj.weight"), "{out}");
+    assert!(out.contains("global norm"), "{out}");
+    assert!(!out.contains("no gradient reaches"), "{out}");
+
+    let (code, out, _) = muse(&["graph", "--stats", "models/muse_small.muse"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("muse_small: forward 1104 nodes, backward "),
+        "{out}"
+    );
+    let (code, out, _) = muse(&["graph", "--backward", "models/muse_small.muse"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("# grad of layers.0.layer.self_attn"), "{out}");
+
+    let (code, _, err) = muse(&[
+        "run",
+        "models/muse_small.muse",
+        "--params",
+        "no/such.safetensors",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no/such.safetensors"), "{err}");
+}

@@ -2,6 +2,9 @@
 //! plain-Rust implementation of SPEC-models.md section 5 written here with loops: forward
 //! outputs, and gradients against central differences of the plain implementation.
 
+// Index loops mirror the equations of the spec, which is the point of this file.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use muse_compiler::autodiff::{differentiate, Wrt};
@@ -93,7 +96,7 @@ fn mamba_plain(x: &[f64], w: &HashMap<String, HostTensor>) -> Vec<f64> {
         // 5.-6. selective scan with A = -exp(A_log), plus the D skip
         let mut y = vec![vec![0.0; E]; L];
         for c in 0..E {
-            let mut h = vec![0.0; NST];
+            let mut h = [0.0; NST];
             for t in 0..L {
                 let mut acc = 0.0;
                 for n in 0..NST {
