@@ -4,8 +4,11 @@
 pub mod autodiff;
 pub mod diag;
 pub mod elaborate;
+pub mod fusion;
 pub mod ir;
+pub mod kernel;
 pub mod loader;
+pub mod render;
 pub mod report;
 pub mod source;
 pub mod stdlib;

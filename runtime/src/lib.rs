@@ -3,6 +3,7 @@
 //! the memory planner, training and sampling follow (see docs/design.md).
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod inputs;
 pub mod interp;
 pub mod rng;

@@ -1,0 +1,376 @@
+//! Lowering: each fusion group becomes one kernel of the kernel IR. Values computed inside
+//! a kernel are expressions at an index; views become index arithmetic on the way to a
+//! load; a gather is a load at an index read from another buffer.
+
+use super::ir::{Access, Body, BufParam, Builder, Expr, ExprId, IndexOp, KType, Kernel};
+use crate::fusion::{CutReason, FusionPlan, Group, GroupKind};
+use crate::ir::{BinaryOp, DType, Dim, Graph, NodeIndex, Op, Shape};
+use std::collections::{BTreeMap, HashMap};
+
+/// A kernel with the graph values its buffer parameters hold.
+#[derive(Clone, Debug)]
+pub struct LoweredKernel {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Graph node held by each buffer parameter.
+    pub buffers: Vec<NodeIndex>,
+    /// The fusion group it came from.
+    pub group: Group,
+}
+
+/// A matrix product run by the GEMM template: `out = a @ b`, batched over leading axes.
+#[derive(Clone, Debug)]
+pub struct MatMulStep {
+    /// Left operand `[..., M, K]`.
+    pub a: NodeIndex,
+    /// Right operand `[..., K, N]`.
+    pub b: NodeIndex,
+    /// Result `[..., M, N]`.
+    pub out: NodeIndex,
+    /// The fusion group it came from.
+    pub group: Group,
+}
+
+/// One step of a compiled program.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A generated kernel.
+    Kernel(LoweredKernel),
+    /// A GEMM template call.
+    MatMul(MatMulStep),
+}
+
+/// The kernels of a graph in execution order, with the symbols their sizes use.
+#[derive(Clone, Debug)]
+pub struct KernelProgram {
+    /// Steps in dependency order.
+    pub steps: Vec<Step>,
+    /// Symbolic sizes (`Expr::Size(k)` is `symbols[k]`).
+    pub symbols: Vec<String>,
+    /// Every materialized value and why.
+    pub materialized: BTreeMap<NodeIndex, CutReason>,
+}
+
+/// Lowers a fusion plan of `g` to kernels.
+pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
+    let mut symbols: Vec<String> = Vec::new();
+    for n in g.g.node_indices() {
+        for d in &g.ty(n).shape.0 {
+            for s in &d.syms {
+                if !symbols.contains(s) {
+                    symbols.push(s.clone());
+                }
+            }
+        }
+    }
+    symbols.sort();
+    let mut steps = Vec::new();
+    for (i, grp) in plan.groups.iter().enumerate() {
+        if grp.kind == GroupKind::MatMul {
+            let ops = g.operands(grp.root);
+            steps.push(Step::MatMul(MatMulStep { a: ops[0], b: ops[1], out: grp.root, group: grp.clone() }));
+            continue;
+        }
+        let mut l = Lower {
+            g,
+            mat: &plan.materialized,
+            b: Builder::default(),
+            bufs: Vec::new(),
+            buf_of: HashMap::new(),
+            symbols: &symbols,
+            memo: HashMap::new(),
+        };
+        let out = l.buf(grp.root);
+        let (lanes, body) = l.body(grp, out);
+        let bufs: Vec<BufParam> = l
+            .bufs
+            .iter()
+            .map(|&n| BufParam {
+                dtype: g.ty(n).dtype,
+                access: if n == grp.root { Access::Write } else { Access::Read },
+                label: label(g, n),
+            })
+            .collect();
+        let kernel = Kernel { name: format!("k{i}"), bufs, lanes, body, exprs: l.b.exprs };
+        steps.push(Step::Kernel(LoweredKernel { kernel, buffers: l.bufs, group: grp.clone() }));
+    }
+    KernelProgram { steps, symbols, materialized: plan.materialized.clone() }
+}
+
+/// A short description of a node for comments: op and block path.
+pub fn label(g: &Graph, n: NodeIndex) -> String {
+    let node = g.node(n);
+    let path = if node.prov.path.is_empty() { String::new() } else { format!(" @{}", node.prov.path) };
+    format!("%{} {}{}", n.index(), node.op.name(), path)
+}
+
+struct Lower<'a> {
+    g: &'a Graph,
+    mat: &'a BTreeMap<NodeIndex, CutReason>,
+    b: Builder,
+    bufs: Vec<NodeIndex>,
+    buf_of: HashMap<NodeIndex, u32>,
+    symbols: &'a [String],
+    memo: HashMap<(NodeIndex, Vec<ExprId>), ExprId>,
+}
+
+impl Lower<'_> {
+    fn buf(&mut self, n: NodeIndex) -> u32 {
+        if let Some(&b) = self.buf_of.get(&n) {
+            return b;
+        }
+        let b = self.bufs.len() as u32;
+        self.bufs.push(n);
+        self.buf_of.insert(n, b);
+        b
+    }
+    fn shape(&self, n: NodeIndex) -> Shape {
+        self.g.ty(n).shape.clone()
+    }
+    fn elem(&self, n: NodeIndex) -> KType {
+        KType::Elem(self.g.ty(n).dtype)
+    }
+    fn dim(&mut self, d: &Dim) -> ExprId {
+        let mut e = self.b.idx(d.coeff);
+        for s in &d.syms {
+            let k = self.symbols.iter().position(|x| x == s).expect("symbols collected") as u32;
+            let v = self.b.add(Expr::Size(k), KType::Index);
+            e = self.b.iop(IndexOp::Mul, e, v);
+        }
+        e
+    }
+    fn numel(&mut self, s: &Shape) -> ExprId {
+        let mut e = self.b.idx(1);
+        for d in &s.0 {
+            let x = self.dim(d);
+            e = self.b.iop(IndexOp::Mul, e, x);
+        }
+        e
+    }
+    /// Row-major linear index of a multi-index.
+    fn linear(&mut self, idx: &[ExprId], s: &Shape) -> ExprId {
+        let mut e = self.b.idx(0);
+        for (i, d) in idx.iter().zip(&s.0) {
+            let size = self.dim(d);
+            e = self.b.iop(IndexOp::Mul, e, size);
+            e = self.b.iop(IndexOp::Add, e, *i);
+        }
+        e
+    }
+    /// Multi-index of a row-major linear index.
+    fn delinear(&mut self, lin: ExprId, s: &Shape) -> Vec<ExprId> {
+        let mut out = vec![0; s.rank()];
+        let mut stride = self.b.idx(1);
+        for k in (0..s.rank()).rev() {
+            let size = self.dim(&s.0[k]);
+            let q = self.b.iop(IndexOp::Div, lin, stride);
+            out[k] = if s.0[k].is(1) { self.b.idx(0) } else { self.b.iop(IndexOp::Rem, q, size) };
+            stride = self.b.iop(IndexOp::Mul, stride, size);
+        }
+        out
+    }
+    fn clamp(&mut self, i: ExprId, size: i64) -> ExprId {
+        let lo = self.b.idx(0);
+        let hi = self.b.idx(size - 1);
+        let m = self.b.iop(IndexOp::Min, i, hi);
+        self.b.iop(IndexOp::Max, m, lo)
+    }
+    fn cmp(&mut self, op: BinaryOp, a: ExprId, b: ExprId) -> ExprId {
+        self.b.add(Expr::Binary(op, a, b), KType::Elem(DType::Bool))
+    }
+
+    /// The value of node `n` at multi-index `idx`: a load if it is in memory, else computed.
+    fn value(&mut self, n: NodeIndex, idx: &[ExprId]) -> ExprId {
+        if self.mat.contains_key(&n) {
+            let buf = self.buf(n);
+            let s = self.shape(n);
+            let index = self.linear(idx, &s);
+            let ty = self.elem(n);
+            return self.b.add(Expr::Load { buf, index }, ty);
+        }
+        let key = (n, idx.to_vec());
+        if let Some(&e) = self.memo.get(&key) {
+            return e;
+        }
+        let e = self.compute(n, idx);
+        self.memo.insert(key, e);
+        e
+    }
+
+    /// The value of node `n` at `idx` from its operands (never a load of `n` itself).
+    fn compute(&mut self, n: NodeIndex, idx: &[ExprId]) -> ExprId {
+        let node = self.g.node(n);
+        let ty = self.elem(n);
+        let ops = self.g.operands(n);
+        match &node.op {
+            Op::Const { value } => self.b.add(Expr::Const(value.to_bits()), ty),
+            Op::Iota { axis } => self.b.add(Expr::Cast(idx[*axis]), ty),
+            Op::Random { dist, seed } => {
+                let s = self.shape(n);
+                let index = self.linear(idx, &s);
+                self.b.add(Expr::Random { dist: *dist, seed: *seed, index }, ty)
+            }
+            Op::Unary(u) => {
+                let x = self.value(ops[0], idx);
+                self.b.add(Expr::Unary(*u, x), ty)
+            }
+            Op::Binary(op) => {
+                let x = self.value(ops[0], idx);
+                let y = self.value(ops[1], idx);
+                self.b.add(Expr::Binary(*op, x, y), ty)
+            }
+            Op::Select => {
+                let c = self.value(ops[0], idx);
+                let x = self.value(ops[1], idx);
+                let y = self.value(ops[2], idx);
+                self.b.add(Expr::Select(c, x, y), ty)
+            }
+            Op::Cast { .. } => {
+                let x = self.value(ops[0], idx);
+                self.b.add(Expr::Cast(x), ty)
+            }
+            Op::StopGradient => self.value(ops[0], idx),
+            Op::Reshape { .. } => {
+                let out_s = self.shape(n);
+                let in_s = self.shape(ops[0]);
+                let lin = self.linear(idx, &out_s);
+                let in_idx = self.delinear(lin, &in_s);
+                self.value(ops[0], &in_idx)
+            }
+            Op::Permute { perm } => {
+                let mut in_idx = vec![0; perm.len()];
+                for (k, &p) in perm.iter().enumerate() {
+                    in_idx[p] = idx[k];
+                }
+                self.value(ops[0], &in_idx)
+            }
+            Op::Broadcast { shape } => {
+                let in_s = self.shape(ops[0]);
+                let zero = self.b.idx(0);
+                let in_idx: Vec<ExprId> = (0..idx.len())
+                    .map(|k| if in_s.0[k].is(1) && !shape.0[k].is(1) { zero } else { idx[k] })
+                    .collect();
+                self.value(ops[0], &in_idx)
+            }
+            Op::Slice { axis, start, step, .. } => {
+                let mut in_idx = idx.to_vec();
+                let st = self.b.idx(*step);
+                let s0 = self.b.idx(*start);
+                let m = self.b.iop(IndexOp::Mul, idx[*axis], st);
+                in_idx[*axis] = self.b.iop(IndexOp::Add, m, s0);
+                self.value(ops[0], &in_idx)
+            }
+            Op::Pad { axis, before, value, .. } => {
+                let size = self.shape(ops[0]).0[*axis].as_known().expect("padded axes are known");
+                let bf = self.b.idx(*before);
+                let j = self.b.iop(IndexOp::Sub, idx[*axis], bf);
+                let zero = self.b.idx(0);
+                let end = self.b.idx(size);
+                let ge = self.cmp(BinaryOp::Ge, j, zero);
+                let lt = self.cmp(BinaryOp::Lt, j, end);
+                let inside = self.cmp(BinaryOp::And, ge, lt);
+                let mut in_idx = idx.to_vec();
+                in_idx[*axis] = self.clamp(j, size);
+                let v = self.value(ops[0], &in_idx);
+                let fill = self.b.add(Expr::Const(value.to_bits()), ty);
+                self.b.add(Expr::Select(inside, v, fill), ty)
+            }
+            Op::Concat { axis } => {
+                let mut parts = Vec::new();
+                let mut at = 0;
+                for &o in &ops {
+                    let len = self.shape(o).0[*axis].as_known().expect("joined axes are known");
+                    parts.push((o, at, len));
+                    at += len;
+                }
+                let (last, off, len) = *parts.last().expect("concat has operands");
+                let mut acc = self.part(last, idx, *axis, off, len);
+                for &(o, off, len) in parts.iter().rev().skip(1) {
+                    let v = self.part(o, idx, *axis, off, len);
+                    let end = self.b.idx(off + len);
+                    let c = self.cmp(BinaryOp::Lt, idx[*axis], end);
+                    acc = self.b.add(Expr::Select(c, v, acc), ty);
+                }
+                acc
+            }
+            Op::Gather => {
+                let r = self.shape(ops[1]).rank();
+                let id = self.value(ops[1], &idx[..r]);
+                let rows = self.shape(ops[0]).0[0].as_known().expect("table rows are known");
+                let id = self.b.add(Expr::Cast(id), KType::Index);
+                let mut t_idx = vec![self.clamp(id, rows)];
+                t_idx.extend_from_slice(&idx[r..]);
+                self.value(ops[0], &t_idx)
+            }
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Reduce { .. }
+            | Op::MatMul
+            | Op::Scan { .. }
+            | Op::ScatterAdd { .. } => unreachable!("{} is always materialized", node.op.name()),
+        }
+    }
+
+    fn part(&mut self, o: NodeIndex, idx: &[ExprId], axis: usize, off: i64, len: i64) -> ExprId {
+        let mut in_idx = idx.to_vec();
+        let offset = self.b.idx(off);
+        let j = self.b.iop(IndexOp::Sub, idx[axis], offset);
+        in_idx[axis] = self.clamp(j, len);
+        self.value(o, &in_idx)
+    }
+
+    /// The kernel body for a group rooted at `out`'s node; returns (lanes, body).
+    fn body(&mut self, grp: &Group, out: u32) -> (ExprId, Body) {
+        let n = grp.root;
+        let s = self.shape(n);
+        let ops = self.g.operands(n);
+        match (&grp.kind, &self.g.node(n).op) {
+            (GroupKind::Pointwise, _) => {
+                let lanes = self.numel(&s);
+                let lane = self.b.add(Expr::Lane, KType::Index);
+                let idx = self.delinear(lane, &s);
+                let v = self.compute(n, &idx);
+                (lanes, Body::Pointwise { stores: vec![(out, v)] })
+            }
+            (GroupKind::Reduce, Op::Reduce { op, axis }) => {
+                let lanes = self.numel(&s);
+                let lane = self.b.add(Expr::Lane, KType::Index);
+                let mut idx = self.delinear(lane, &s);
+                idx[*axis] = self.b.add(Expr::Step, KType::Index);
+                let value = self.value(ops[0], &idx);
+                let in_s = self.shape(ops[0]);
+                let inner = self.dim(&in_s.0[*axis]);
+                (lanes, Body::Reduce { op: *op, inner, value, out })
+            }
+            (GroupKind::Scan, Op::Scan { axis, reverse }) => {
+                let mut outer = s.clone();
+                outer.0.remove(*axis);
+                let lanes = self.numel(&outer);
+                let lane = self.b.add(Expr::Lane, KType::Index);
+                let mut idx = self.delinear(lane, &outer);
+                idx.insert(*axis, self.b.add(Expr::Step, KType::Index));
+                let a = self.value(ops[0], &idx);
+                let b = self.value(ops[1], &idx);
+                let index = self.linear(&idx, &s);
+                let inner = self.dim(&s.0[*axis]);
+                (lanes, Body::Scan { inner, reverse: *reverse, a, b, index, out })
+            }
+            (GroupKind::ScatterAdd, Op::ScatterAdd { rows }) => {
+                let us = self.shape(ops[1]);
+                let r = self.shape(ops[0]).rank();
+                let lanes = self.numel(&us);
+                let lane = self.b.add(Expr::Lane, KType::Index);
+                let uidx = self.delinear(lane, &us);
+                let id = self.value(ops[0], &uidx[..r]);
+                let row = self.b.add(Expr::Cast(id), KType::Index);
+                let rest = Shape(us.0[r..].to_vec());
+                let col = self.linear(&uidx[r..], &rest);
+                let row_len = self.numel(&rest);
+                let rows = self.dim(rows);
+                let value = self.value(ops[1], &uidx);
+                (lanes, Body::ScatterAdd { row, col, row_len, rows, value, out })
+            }
+            (k, op) => unreachable!("group kind {k:?} for {}", op.name()),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The C renderer: kernels as C functions for the CPU backend, compiled with the system C
+//! compiler and called through a stable signature `void k(void **bufs, const int64_t *sizes,
+//! uint64_t seed)`. Lanes run in parallel with OpenMP; the inner loop of a reduction or scan
+//! runs sequentially inside its lane.
+
+use super::{declare, levels, used, Dialect, Level};
+use crate::ir::{DType, ReduceOp};
+use crate::kernel::ir::{Access, Body, KType, Kernel};
+use std::fmt::Write;
+
+/// The C dialect.
+pub struct C;
+
+impl Dialect for C {
+    fn ty(&self, t: KType) -> &'static str {
+        match t {
+            KType::Elem(DType::F32) => "float",
+            KType::Elem(DType::I32) => "int32_t",
+            KType::Elem(DType::Bool) => "uint8_t",
+            KType::Index => "int64_t",
+        }
+    }
+}
+
+/// Helpers every C file starts with; `muse_key`, `muse_uniform` and `muse_normal` are the
+/// counter-based generator of `runtime/src/rng.rs`, bit for bit.
+pub const PRELUDE: &str = r#"#include <stdint.h>
+#include <math.h>
+#include <string.h>
+
+static inline uint64_t muse_mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+static inline uint64_t muse_key(uint64_t run_seed, uint64_t op_seed) { return muse_mix64(run_seed ^ muse_mix64(op_seed)); }
+static inline double muse_uniform(uint64_t key, uint64_t i) { return (double)(muse_mix64(key ^ muse_mix64(i)) >> 11) * (1.0 / 9007199254740992.0); }
+static inline double muse_normal(uint64_t key, uint64_t i) {
+  double u1 = 1.0 - muse_uniform(key, 2 * i), u2 = muse_uniform(key, 2 * i + 1);
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+static inline float muse_fmax(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
+static inline float muse_fmin(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
+static inline int32_t muse_idiv(int32_t a, int32_t b) { return b == 0 ? 0 : (b == -1 ? -a : a / b); }
+static inline int32_t muse_f2i(float x) { return x != x ? 0 : (x >= 2147483647.0f ? 2147483647 : (x <= -2147483648.0f ? (-2147483647 - 1) : (int32_t)x)); }
+"#;
+
+/// Source of one kernel as a C function.
+pub fn render_kernel(k: &Kernel) -> String {
+    let d = C;
+    let lv = levels(k);
+    let used = used(k);
+    let mut s = String::new();
+    let _ = writeln!(s, "/* {}: {} */", k.name, body_kind(&k.body));
+    let _ = writeln!(s, "void {}(void **bufs, const int64_t *sizes, uint64_t seed) {{", k.name);
+    let _ = writeln!(s, "  (void)sizes; (void)seed;");
+    for (i, b) in k.bufs.iter().enumerate() {
+        let konst = if b.access == Access::Read { "const " } else { "" };
+        let _ = writeln!(s, "  {konst}{} *restrict b{i} = ({konst}{} *)bufs[{i}]; /* {} */", d.ty(KType::Elem(b.dtype)), d.ty(KType::Elem(b.dtype)), b.label.replace("*/", "* /"));
+    }
+    declare(&d, k, &lv, &used, Level::Kernel, "  ", &mut s);
+    let lanes = format!("t{}", k.lanes);
+    match &k.body {
+        Body::ScatterAdd { row, col, row_len, rows, value, out } => {
+            // Lanes add into shared rows: run them in order (sequential and deterministic).
+            let o = format!("b{out}");
+            let _ = writeln!(s, "  memset({o}, 0, sizeof(*{o}) * (size_t)(t{rows} * t{row_len}));");
+            let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
+            declare(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
+            let _ = writeln!(s, "    int64_t r = t{row} < 0 ? 0 : (t{row} >= t{rows} ? t{rows} - 1 : t{row});");
+            let _ = writeln!(s, "    {o}[r * t{row_len} + t{col}] += t{value};");
+            let _ = writeln!(s, "  }}");
+        }
+        body => {
+            let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 2048)");
+            let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
+            declare(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
+            render_body(&d, k, body, &lv, &used, &mut s);
+            let _ = writeln!(s, "  }}");
+        }
+    }
+    let _ = writeln!(s, "}}");
+    s
+}
+
+fn body_kind(b: &Body) -> &'static str {
+    match b {
+        Body::Pointwise { .. } => "pointwise",
+        Body::Reduce { .. } => "reduction",
+        Body::Scan { .. } => "scan",
+        Body::ScatterAdd { .. } => "scatter-add",
+    }
+}
+
+fn render_body(d: &C, k: &Kernel, body: &Body, lv: &[Level], used: &[bool], s: &mut String) {
+    match body {
+        Body::Pointwise { stores } => {
+            for (buf, v) in stores {
+                let _ = writeln!(s, "    b{buf}[lane] = t{v};");
+            }
+        }
+        Body::Reduce { op, inner, value, out } => {
+            let (acc_ty, init, update) = match op {
+                ReduceOp::Sum => ("double", "0.0".to_string(), format!("acc += (double)t{value};")),
+                ReduceOp::Max => ("float", "-INFINITY".into(), format!("acc = muse_fmax(acc, t{value});")),
+                ReduceOp::Min => ("float", "INFINITY".into(), format!("acc = muse_fmin(acc, t{value});")),
+                ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                    let cmp = if *op == ReduceOp::ArgMax { ">" } else { "<" };
+                    ("float", "0.0f".into(), format!("if (step == 0 || t{value} {cmp} acc) {{ acc = t{value}; best = step; }}"))
+                }
+            };
+            let int_sum = *op == ReduceOp::Sum && k.bufs[*out as usize].dtype == DType::I32;
+            let acc_ty = if int_sum { "int64_t" } else { acc_ty };
+            let update = if int_sum { format!("acc += t{value};") } else { update };
+            let _ = writeln!(s, "    {acc_ty} acc = {}; int64_t best = 0; (void)best;", if int_sum { "0" } else { &init });
+            let _ = writeln!(s, "    for (int64_t step = 0; step < t{inner}; step++) {{");
+            declare(d, k, lv, used, Level::Step, "      ", s);
+            let _ = writeln!(s, "      {update}");
+            let _ = writeln!(s, "    }}");
+            let result = match op {
+                ReduceOp::ArgMax | ReduceOp::ArgMin => "(int32_t)best".to_string(),
+                _ => format!("({})acc", d.ty(KType::Elem(k.bufs[*out as usize].dtype))),
+            };
+            let _ = writeln!(s, "    b{out}[lane] = {result};");
+        }
+        Body::Scan { inner, reverse, a, b, index, out } => {
+            let _ = writeln!(s, "    float h = 0.0f;");
+            let _ = writeln!(s, "    for (int64_t it = 0; it < t{inner}; it++) {{");
+            let step = if *reverse { format!("t{inner} - 1 - it") } else { "it".into() };
+            let _ = writeln!(s, "      const int64_t step = {step};");
+            declare(d, k, lv, used, Level::Step, "      ", s);
+            let _ = writeln!(s, "      h = t{a} * h + t{b};");
+            let _ = writeln!(s, "      b{out}[t{index}] = h;");
+            let _ = writeln!(s, "    }}");
+        }
+        Body::ScatterAdd { .. } => unreachable!("rendered by the caller"),
+    }
+}
+
+/// One C translation unit holding every kernel.
+pub fn render_program(kernels: &[&Kernel]) -> String {
+    let mut s = String::from(PRELUDE);
+    for k in kernels {
+        s.push('\n');
+        s.push_str(&render_kernel(k));
+    }
+    s
+}

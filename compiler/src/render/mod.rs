@@ -1,0 +1,182 @@
+//! Renderers: kernel IR to source text. The expression printing is shared; a target
+//! language overrides a few spellings ([`Dialect`]), as in tinygrad's renderers, so what is
+//! checked on the CPU covers most of what runs on the GPU.
+
+pub mod c;
+
+use crate::ir::{BinaryOp, DType, RandomDist, UnaryOp};
+use crate::kernel::ir::{Body, Expr, ExprId, IndexOp, KType, Kernel};
+use std::fmt::Write;
+
+/// The spellings that differ between target languages.
+pub trait Dialect {
+    /// The type name of a kernel type.
+    fn ty(&self, t: KType) -> &'static str;
+    /// A float math function (`expf` in C, `__expf` or `expf` in CUDA).
+    fn math(&self, f: &'static str) -> String {
+        format!("{f}f")
+    }
+}
+
+/// Where an expression is evaluated: once per kernel, per lane, or per step of the inner loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Depends on nothing that varies.
+    Kernel,
+    /// Depends on the lane only.
+    Lane,
+    /// Depends on the inner-loop step (or the scan carry).
+    Step,
+}
+
+/// The level of every expression of a kernel.
+pub fn levels(k: &Kernel) -> Vec<Level> {
+    let mut lv = vec![Level::Kernel; k.exprs.len()];
+    for (i, n) in k.exprs.iter().enumerate() {
+        let kids = children(&n.expr);
+        let own = match n.expr {
+            Expr::Lane => Level::Lane,
+            Expr::Step | Expr::Carry => Level::Step,
+            _ => Level::Kernel,
+        };
+        lv[i] = kids.iter().map(|&c| lv[c as usize]).fold(own, Level::max);
+    }
+    lv
+}
+
+/// Operands of an expression.
+pub fn children(e: &Expr) -> Vec<ExprId> {
+    match e {
+        Expr::Const(_) | Expr::Lane | Expr::Step | Expr::Size(_) | Expr::Carry => vec![],
+        Expr::Load { index, .. } => vec![*index],
+        Expr::Index(_, a, b) | Expr::Binary(_, a, b) => vec![*a, *b],
+        Expr::Unary(_, a) | Expr::Cast(a) => vec![*a],
+        Expr::Select(c, a, b) => vec![*c, *a, *b],
+        Expr::Random { index, .. } => vec![*index],
+    }
+}
+
+/// The expressions a kernel body uses, transitively.
+pub fn used(k: &Kernel) -> Vec<bool> {
+    let mut roots = vec![k.lanes];
+    match &k.body {
+        Body::Pointwise { stores } => roots.extend(stores.iter().map(|s| s.1)),
+        Body::Reduce { inner, value, .. } => roots.extend([*inner, *value]),
+        Body::Scan { inner, a, b, index, .. } => roots.extend([*inner, *a, *b, *index]),
+        Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
+    }
+    let mut used = vec![false; k.exprs.len()];
+    while let Some(r) = roots.pop() {
+        if !std::mem::replace(&mut used[r as usize], true) {
+            roots.extend(children(&k.exprs[r as usize].expr));
+        }
+    }
+    used
+}
+
+fn float_lit(v: f64) -> String {
+    if v.is_nan() {
+        "NAN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "INFINITY".into() } else { "(-INFINITY)".into() }
+    } else {
+        let f = v as f32;
+        if f.is_infinite() {
+            // Finite in f64 but beyond f32: the f32 value the interpreter would store.
+            if f > 0.0 { "INFINITY".into() } else { "(-INFINITY)".into() }
+        } else {
+            format!("{:e}f", f)
+        }
+    }
+}
+
+/// The right-hand side of expression `id`, with operands named `t<k>`.
+pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
+    let node = &k.exprs[id as usize];
+    let t = |e: &ExprId| format!("t{e}");
+    let kty = |e: &ExprId| k.exprs[*e as usize].ty;
+    match &node.expr {
+        Expr::Const(bits) => {
+            let v = f64::from_bits(*bits);
+            match node.ty {
+                KType::Elem(DType::F32) => float_lit(v),
+                KType::Elem(DType::I32) => format!("{}", v as i32),
+                KType::Elem(DType::Bool) => format!("{}", u8::from(v != 0.0)),
+                KType::Index => format!("{}LL", v as i64),
+            }
+        }
+        Expr::Lane => "lane".into(),
+        Expr::Step => "step".into(),
+        Expr::Size(s) => format!("sizes[{s}]"),
+        Expr::Carry => "h".into(),
+        Expr::Load { buf, index } => format!("b{buf}[{}]", t(index)),
+        Expr::Index(op, a, b) => match op {
+            IndexOp::Add => format!("{} + {}", t(a), t(b)),
+            IndexOp::Sub => format!("{} - {}", t(a), t(b)),
+            IndexOp::Mul => format!("{} * {}", t(a), t(b)),
+            IndexOp::Div => format!("{} / {}", t(a), t(b)),
+            IndexOp::Rem => format!("{} % {}", t(a), t(b)),
+            IndexOp::Min => format!("{0} < {1} ? {0} : {1}", t(a), t(b)),
+            IndexOp::Max => format!("{0} > {1} ? {0} : {1}", t(a), t(b)),
+        },
+        Expr::Unary(u, a) => {
+            let float = kty(a) == KType::Elem(DType::F32);
+            match (u, float) {
+                (UnaryOp::Neg, _) => format!("-{}", t(a)),
+                (UnaryOp::Not, _) => format!("!{}", t(a)),
+                (UnaryOp::Abs, false) => format!("{0} < 0 ? -{0} : {0}", t(a)),
+                (UnaryOp::Abs, true) => format!("{}({})", d.math("fabs"), t(a)),
+                (UnaryOp::Rsqrt, _) => format!("1.0f / {}({})", d.math("sqrt"), t(a)),
+                (UnaryOp::Recip, _) => format!("1.0f / {}", t(a)),
+                (u, _) => format!("{}({})", d.math(u.name()), t(a)),
+            }
+        }
+        Expr::Binary(op, a, b) => {
+            let float = kty(a) == KType::Elem(DType::F32);
+            let int = kty(a) == KType::Elem(DType::I32);
+            let sym = match op {
+                BinaryOp::Add => "+",
+                BinaryOp::Sub => "-",
+                BinaryOp::Mul => "*",
+                BinaryOp::Div if int => return format!("muse_idiv({}, {})", t(a), t(b)),
+                BinaryOp::Div => "/",
+                BinaryOp::Max if float => return format!("muse_fmax({}, {})", t(a), t(b)),
+                BinaryOp::Min if float => return format!("muse_fmin({}, {})", t(a), t(b)),
+                BinaryOp::Max => return format!("{0} > {1} ? {0} : {1}", t(a), t(b)),
+                BinaryOp::Min => return format!("{0} < {1} ? {0} : {1}", t(a), t(b)),
+                BinaryOp::Lt => "<",
+                BinaryOp::Le => "<=",
+                BinaryOp::Gt => ">",
+                BinaryOp::Ge => ">=",
+                BinaryOp::Eq => "==",
+                BinaryOp::Ne => "!=",
+                BinaryOp::And => "&&",
+                BinaryOp::Or => "||",
+            };
+            format!("{} {sym} {}", t(a), t(b))
+        }
+        Expr::Select(c, a, b) => format!("{} ? {} : {}", t(c), t(a), t(b)),
+        Expr::Cast(a) => {
+            let from = kty(a);
+            match (from, node.ty) {
+                (KType::Elem(DType::F32), KType::Elem(DType::I32)) => format!("muse_f2i({})", t(a)),
+                (KType::Elem(DType::F32), KType::Index) => format!("(int64_t)muse_f2i({})", t(a)),
+                (_, KType::Elem(DType::Bool)) => format!("{} != 0", t(a)),
+                (_, to) => format!("({}){}", d.ty(to), t(a)),
+            }
+        }
+        Expr::Random { dist, seed, index } => {
+            let f = if *dist == RandomDist::Uniform { "muse_uniform" } else { "muse_normal" };
+            format!("(float){f}(muse_key(seed, {seed}ULL), (uint64_t){})", t(index))
+        }
+    }
+}
+
+/// Declarations `const T tK = ...;` of the used expressions at `level`, in arena order.
+pub fn declare(d: &dyn Dialect, k: &Kernel, lv: &[Level], used: &[bool], level: Level, indent: &str, out: &mut String) {
+    for (i, n) in k.exprs.iter().enumerate() {
+        if used[i] && lv[i] == level {
+            let _ = writeln!(out, "{indent}const {} t{i} = {};", d.ty(n.ty), expr_text(d, k, i as ExprId));
+        }
+    }
+}

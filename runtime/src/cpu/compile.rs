@@ -1,0 +1,186 @@
+//! Compiling generated C with the system compiler, with a kernel cache in memory and on
+//! disk keyed by a hash of the source, the compiler command, its version and the target.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// How generated C is compiled. Defaults: `cc -O3 -march=native -fopenmp -shared -fPIC`;
+/// `MUSE_CC` and `MUSE_CFLAGS` override the compiler and the flags, `MUSE_CACHE_DIR` the cache.
+#[derive(Clone, Debug)]
+pub struct CompilerSettings {
+    /// Compiler program.
+    pub cc: String,
+    /// Flags before the source file (the output flags `-shared -fPIC -o` are always added).
+    pub flags: Vec<String>,
+    /// Folder of compiled kernels.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for CompilerSettings {
+    fn default() -> Self {
+        let cc = std::env::var("MUSE_CC").unwrap_or_else(|_| "cc".into());
+        let flags = std::env::var("MUSE_CFLAGS")
+            .map(|f| f.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_else(|_| ["-O3", "-march=native", "-fopenmp"].iter().map(|s| s.to_string()).collect());
+        CompilerSettings { cc, flags, cache_dir: default_cache_dir() }
+    }
+}
+
+/// `$MUSE_CACHE_DIR`, else `$XDG_CACHE_HOME/muse/kernels`, else `~/.cache/muse/kernels`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("MUSE_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| {
+        std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache")).unwrap_or_else(|_| std::env::temp_dir())
+    });
+    base.join("muse").join("kernels")
+}
+
+/// Why generated C could not be compiled or loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompileError {
+    /// What went wrong, with the compiler's own message.
+    pub message: String,
+    /// The generated source, kept for the user to read.
+    pub source_path: Option<PathBuf>,
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(p) = &self.source_path {
+            write!(f, "\n  generated source: {}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// 128-bit FNV-1a: stable across runs and platforms, for cache keys.
+pub fn hash128(parts: &[&[u8]]) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for p in parts {
+        for b in p.iter().chain(&[0xffu8]) {
+            h ^= *b as u128;
+            h = h.wrapping_mul(0x0000000001000000000000000000013B);
+        }
+    }
+    format!("{h:032x}")
+}
+
+fn compiler_version(cc: &str) -> String {
+    static CACHE: OnceLock<Mutex<std::collections::HashMap<String, String>>> = OnceLock::new();
+    let map = CACHE.get_or_init(Default::default);
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    m.entry(cc.to_string())
+        .or_insert_with(|| {
+            Command::new(cc)
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+/// A loaded shared library of kernels.
+pub struct Library {
+    lib: libloading::Library,
+    /// Where the library is on disk.
+    pub path: PathBuf,
+    /// Whether it came from the cache rather than a fresh compilation.
+    pub cached: bool,
+}
+
+/// Signature of every generated kernel.
+pub type KernelFn = unsafe extern "C" fn(*mut *mut std::ffi::c_void, *const i64, u64);
+
+impl Library {
+    /// The kernel function called `name`.
+    pub fn kernel(&self, name: &str) -> Result<KernelFn, CompileError> {
+        // SAFETY: every generated kernel has the `KernelFn` signature (render::c).
+        unsafe {
+            self.lib.get::<KernelFn>(name.as_bytes()).map(|s| *s).map_err(|e| CompileError {
+                message: format!("kernel `{name}` is missing from {}: {e}", self.path.display()),
+                source_path: None,
+            })
+        }
+    }
+}
+
+fn loaded() -> &'static Mutex<std::collections::HashMap<String, Arc<Library>>> {
+    static L: OnceLock<Mutex<std::collections::HashMap<String, Arc<Library>>>> = OnceLock::new();
+    L.get_or_init(Default::default)
+}
+
+/// Compiles `source` (or finds it in the cache) and loads it.
+pub fn compile(source: &str, settings: &CompilerSettings) -> Result<Arc<Library>, CompileError> {
+    let version = compiler_version(&settings.cc);
+    let key = hash128(&[
+        source.as_bytes(),
+        settings.cc.as_bytes(),
+        settings.flags.join(" ").as_bytes(),
+        version.as_bytes(),
+        std::env::consts::ARCH.as_bytes(),
+        std::env::consts::OS.as_bytes(),
+    ]);
+    if let Some(l) = loaded().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(l.clone());
+    }
+    let dir = &settings.cache_dir;
+    std::fs::create_dir_all(dir).map_err(|e| CompileError {
+        message: format!("cannot create the kernel cache {}: {e} (set MUSE_CACHE_DIR to another folder)", dir.display()),
+        source_path: None,
+    })?;
+    let src_path = dir.join(format!("{key}.c"));
+    let so_path = dir.join(format!("{key}.so"));
+    let cached = so_path.exists();
+    if !cached {
+        write_atomic(&src_path, source.as_bytes())?;
+        let tmp = dir.join(format!("{key}.so.tmp-{}", std::process::id()));
+        let out = Command::new(&settings.cc)
+            .args(&settings.flags)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&tmp)
+            .arg(&src_path)
+            .output()
+            .map_err(|e| CompileError {
+                message: format!("cannot run the C compiler `{}`: {e} (install one, or set MUSE_CC)", settings.cc),
+                source_path: Some(src_path.clone()),
+            })?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(CompileError {
+                message: format!(
+                    "the C compiler `{}` failed on generated kernels:\n{}",
+                    settings.cc,
+                    String::from_utf8_lossy(&out.stderr).trim_end()
+                ),
+                source_path: Some(src_path),
+            });
+        }
+        std::fs::rename(&tmp, &so_path).map_err(|e| CompileError {
+            message: format!("cannot move the compiled kernels into the cache: {e}"),
+            source_path: Some(src_path.clone()),
+        })?;
+    }
+    // SAFETY: the library is generated C with no initialisers that could misbehave.
+    let lib = unsafe { libloading::Library::new(&so_path) }.map_err(|e| CompileError {
+        message: format!("cannot load {}: {e}", so_path.display()),
+        source_path: Some(src_path.clone()),
+    })?;
+    let lib = Arc::new(Library { lib, path: so_path, cached });
+    loaded().lock().unwrap_or_else(|e| e.into_inner()).insert(key, lib.clone());
+    Ok(lib)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| CompileError {
+        message: format!("cannot write {}: {e}", path.display()),
+        source_path: None,
+    })
+}

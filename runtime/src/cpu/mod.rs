@@ -1,0 +1,164 @@
+//! The CPU backend: fused kernels rendered to C, compiled by the system compiler, loaded
+//! with libloading and called in order over buffers; matrix products through the `gemm`
+//! crate.
+
+pub mod compile;
+
+use crate::interp::{bind_inputs, check_params, RunError};
+use crate::tensor::{Data, HostTensor};
+use compile::{CompileError, CompilerSettings, KernelFn, Library};
+use muse_compiler::fusion;
+use muse_compiler::ir::{DType, Graph, NodeIndex, Op};
+use muse_compiler::kernel::{self, KernelProgram, Step};
+use muse_compiler::render::c;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// A graph compiled for the CPU: its kernels and the loaded library.
+pub struct CpuProgram {
+    /// The kernels and GEMM calls, in order.
+    pub program: KernelProgram,
+    /// The generated C source.
+    pub source: String,
+    /// The loaded library.
+    pub library: Arc<Library>,
+    fns: Vec<Option<KernelFn>>,
+    requested: Vec<NodeIndex>,
+}
+
+enum Buf {
+    F(Vec<f32>),
+    I(Vec<i32>),
+    B(Vec<u8>),
+}
+
+impl Buf {
+    fn zeros(dtype: DType, n: usize) -> Buf {
+        match dtype {
+            DType::F32 => Buf::F(vec![0.0; n]),
+            DType::I32 => Buf::I(vec![0; n]),
+            DType::Bool => Buf::B(vec![0; n]),
+        }
+    }
+    fn from_host(t: &HostTensor) -> Buf {
+        match &t.data {
+            Data::F(v) => Buf::F(v.iter().map(|&x| x as f32).collect()),
+            Data::I(v) => Buf::I(v.clone()),
+            Data::B(v) => Buf::B(v.iter().map(|&b| u8::from(b)).collect()),
+        }
+    }
+    fn ptr(&mut self) -> *mut c_void {
+        match self {
+            Buf::F(v) => v.as_mut_ptr() as *mut c_void,
+            Buf::I(v) => v.as_mut_ptr() as *mut c_void,
+            Buf::B(v) => v.as_mut_ptr() as *mut c_void,
+        }
+    }
+    fn to_host(&self, shape: Vec<usize>) -> HostTensor {
+        let data = match self {
+            Buf::F(v) => Data::F(v.iter().map(|&x| x as f64).collect()),
+            Buf::I(v) => Data::I(v.clone()),
+            Buf::B(v) => Data::B(v.iter().map(|&x| x != 0).collect()),
+        };
+        HostTensor { shape, data }
+    }
+}
+
+impl CpuProgram {
+    /// Fuses, lowers, renders and compiles what computing `requested` takes.
+    pub fn compile(g: &Graph, requested: &[NodeIndex], settings: &CompilerSettings) -> Result<CpuProgram, CompileError> {
+        let plan = fusion::plan(g, requested);
+        let program = kernel::lower(g, &plan);
+        let kernels: Vec<&kernel::Kernel> = program
+            .steps
+            .iter()
+            .filter_map(|s| if let Step::Kernel(k) = s { Some(&k.kernel) } else { None })
+            .collect();
+        let source = c::render_program(&kernels);
+        let library = compile::compile(&source, settings)?;
+        let mut fns = Vec::new();
+        for s in &program.steps {
+            fns.push(match s {
+                Step::Kernel(k) => Some(library.kernel(&k.kernel.name)?),
+                Step::MatMul(_) => None,
+            });
+        }
+        Ok(CpuProgram { program, source, library, fns, requested: requested.to_vec() })
+    }
+
+    /// Number of kernel launches (generated kernels and GEMM calls).
+    pub fn launches(&self) -> usize {
+        self.program.steps.len()
+    }
+
+    /// Runs the program; returns the requested values.
+    pub fn run(
+        &self,
+        g: &Graph,
+        inputs: &HashMap<String, HostTensor>,
+        params: &HashMap<String, HostTensor>,
+        seed: u64,
+    ) -> Result<HashMap<NodeIndex, HostTensor>, RunError> {
+        let bindings = bind_inputs(g, inputs)?;
+        check_params(g, params)?;
+        let sizes: Vec<i64> = self.program.symbols.iter().map(|s| bindings.0[s]).collect();
+        let shape_of = |n: NodeIndex| bindings.shape(&g.ty(n).shape).expect("symbols are bound");
+        let mut bufs: HashMap<NodeIndex, Buf> = HashMap::new();
+        for &n in self.program.materialized.keys() {
+            let b = match &g.node(n).op {
+                Op::Input { name } => Buf::from_host(&inputs[name]),
+                Op::Param { name } => Buf::from_host(&params[name]),
+                _ => Buf::zeros(g.ty(n).dtype, shape_of(n).iter().product()),
+            };
+            bufs.insert(n, b);
+        }
+        let ptrs: HashMap<NodeIndex, *mut c_void> = bufs.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
+        for (step, f) in self.program.steps.iter().zip(&self.fns) {
+            match step {
+                Step::Kernel(k) => {
+                    let mut args: Vec<*mut c_void> = k.buffers.iter().map(|n| ptrs[n]).collect();
+                    let f = f.expect("kernel steps have functions");
+                    // SAFETY: each pointer is a live buffer of the element type and size the
+                    // kernel was generated for; the kernel writes only its output buffer.
+                    unsafe { f(args.as_mut_ptr(), sizes.as_ptr(), seed) };
+                }
+                Step::MatMul(m) => {
+                    let (sa, sb) = (shape_of(m.a), shape_of(m.b));
+                    let r = sa.len();
+                    let (rows, inner, cols) = (sa[r - 2], sa[r - 1], sb[r - 1]);
+                    let batch: usize = sa[..r - 2].iter().product();
+                    let (a, b, o) = (ptrs[&m.a] as *const f32, ptrs[&m.b] as *const f32, ptrs[&m.out] as *mut f32);
+                    for t in 0..batch {
+                        // SAFETY: the three buffers hold batch*rows*inner, batch*inner*cols and
+                        // batch*rows*cols f32 values, row-major.
+                        unsafe {
+                            gemm::gemm(
+                                rows,
+                                cols,
+                                inner,
+                                o.add(t * rows * cols),
+                                1,
+                                cols as isize,
+                                false,
+                                a.add(t * rows * inner),
+                                1,
+                                inner as isize,
+                                b.add(t * inner * cols),
+                                1,
+                                cols as isize,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::Rayon(0),
+                            )
+                        };
+                    }
+                }
+            }
+        }
+        Ok(self.requested.iter().map(|&n| (n, bufs[&n].to_host(shape_of(n)))).collect())
+    }
+}
