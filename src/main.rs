@@ -60,6 +60,25 @@ enum Command {
         #[command(flatten)]
         opts: ModelOpts,
     },
+    /// Show how a model is fused into kernels: one row per kernel and why values are cut.
+    Inspect {
+        /// The .muse file.
+        file: PathBuf,
+        /// Fuse the forward and backward pass (outputs, losses and every gradient).
+        #[arg(long)]
+        backward: bool,
+        /// Print only kernel N (with --emit, its code).
+        #[arg(long, value_name = "N")]
+        kernel: Option<usize>,
+        /// Print generated code: `c`, `cuda` or `kernel-ir`.
+        #[arg(long, value_name = "LANG")]
+        emit: Option<String>,
+        /// Batch size for the byte and FLOP counts.
+        #[arg(long, default_value_t = 8)]
+        batch: i64,
+        #[command(flatten)]
+        opts: ModelOpts,
+    },
     /// Run a model on random inputs with the reference interpreter; print output statistics.
     Run {
         /// The .muse file.
@@ -268,6 +287,95 @@ fn grad_model(m: &Model, run: &RunArgs) -> Result<String, String> {
     Ok(out)
 }
 
+fn inspect_model(
+    m: &Model,
+    sources: &muse_compiler::SourceMap,
+    backward: bool,
+    only: Option<usize>,
+    emit: Option<&str>,
+    batch: i64,
+) -> Result<String, String> {
+    use muse_compiler::kernel::Step;
+    let (graph, requested) = if backward {
+        if m.graph.losses.is_empty() {
+            return Err(format!("model {} has no loss to differentiate", m.name));
+        }
+        let d = autodiff::differentiate(&m.graph, autodiff::Wrt::default());
+        let mut req: Vec<_> = m
+            .graph
+            .outputs
+            .iter()
+            .chain(&m.graph.losses)
+            .map(|x| x.1)
+            .collect();
+        req.extend(d.params.iter().map(|x| x.1));
+        (d.graph, req)
+    } else {
+        (
+            m.graph.clone(),
+            m.graph
+                .outputs
+                .iter()
+                .chain(&m.graph.losses)
+                .map(|x| x.1)
+                .collect(),
+        )
+    };
+    let plan = muse_compiler::fusion::plan(&graph, &requested);
+    let program = muse_compiler::kernel::lower(&graph, &plan);
+    if let Some(k) = only {
+        if k >= program.steps.len() {
+            return Err(format!(
+                "--kernel {k}: the program has {} kernels (0..{})",
+                program.steps.len(),
+                program.steps.len()
+            ));
+        }
+    }
+    let mut out = format!(
+        "# model {} ({})\n",
+        m.name,
+        if backward {
+            "forward + backward"
+        } else {
+            "forward"
+        }
+    );
+    if let Some(lang) = emit {
+        for (i, step) in program.steps.iter().enumerate() {
+            if only.is_some_and(|k| k != i) {
+                continue;
+            }
+            match step {
+                Step::MatMul(mm) => out.push_str(&format!(
+                    "/* {i}: gemm template: {} = {} @ {} */\n",
+                    muse_compiler::kernel::lower::label(&graph, mm.out),
+                    muse_compiler::kernel::lower::label(&graph, mm.a),
+                    muse_compiler::kernel::lower::label(&graph, mm.b)
+                )),
+                Step::Kernel(k) => match lang {
+                    "c" => out.push_str(&muse_compiler::render::c::render_kernel(&k.kernel)),
+                    "kernel-ir" => out.push_str(&k.kernel.to_string()),
+                    "cuda" => {
+                        return Err(
+                            "--emit cuda: the CUDA renderer is not built yet (the next issue)"
+                                .into(),
+                        )
+                    }
+                    other => return Err(format!("--emit {other}: choose c, cuda or kernel-ir")),
+                },
+            }
+        }
+        return Ok(out);
+    }
+    let mut rows = muse_compiler::inspect::rows(&graph, &program, Some(sources), batch);
+    if let Some(k) = only {
+        rows.retain(|r| r.id == k);
+    }
+    out.push_str(&muse_compiler::inspect::table(&rows, &program));
+    Ok(out)
+}
+
 /// Writes to stdout; a closed pipe (`muse graph ... | head`) is not an error.
 fn write_stdout(text: &str) -> ExitCode {
     use std::io::Write;
@@ -357,6 +465,37 @@ fn main() -> ExitCode {
                 } else {
                     text.push_str(&format!("# model {} ({} nodes)\n", m.name, g.node_count()));
                     text.push_str(&print::to_text(g, Some(&c.sources)));
+                }
+            }
+            write_stdout(&text)
+        }
+        Command::Inspect {
+            file,
+            backward,
+            kernel,
+            emit,
+            batch,
+            opts,
+        } => {
+            let verbose = opts.verbose;
+            let opts = match options(&opts) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Ok((c, models)) = compile(&file, &opts, verbose) else {
+                return ExitCode::FAILURE;
+            };
+            let mut text = String::new();
+            for m in &models {
+                match inspect_model(m, &c.sources, backward, kernel, emit.as_deref(), batch) {
+                    Ok(t) => text.push_str(&t),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
                 }
             }
             write_stdout(&text)

@@ -31,7 +31,14 @@ const MODELS: &[&str] = &[
 
 fn tiny(name: &str) -> Vec<(&'static str, &'static str)> {
     if name == "vq_tokenizer" {
-        return vec![("resolution", "8"), ("channels", "4"), ("levels", "1"), ("codebook", "5"), ("code_dim", "3"), ("groups", "2")];
+        return vec![
+            ("resolution", "8"),
+            ("channels", "4"),
+            ("levels", "1"),
+            ("codebook", "5"),
+            ("code_dim", "3"),
+            ("groups", "2"),
+        ];
     }
     let mut v = vec![
         ("codebook", "7"),
@@ -54,7 +61,10 @@ pub fn rel_err(ours: &HostTensor, reference: &HostTensor) -> f64 {
     let (a, b) = (ours.to_f64(), reference.to_f64());
     assert_eq!(ours.shape, reference.shape);
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let diff = a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
     if scale == 0.0 {
         diff
     } else {
@@ -63,21 +73,43 @@ pub fn rel_err(ours: &HostTensor, reference: &HostTensor) -> f64 {
 }
 
 fn settings() -> CompilerSettings {
-    let mut s = CompilerSettings::default();
-    s.cache_dir = std::env::temp_dir().join(format!("muse-test-kernels-{}", std::process::id()));
-    s
+    let cache_dir = std::env::var("MUSE_TEST_KEEP")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::temp_dir().join(format!("muse-test-kernels-{}", std::process::id()))
+        });
+    CompilerSettings {
+        // -O1 compiles several times faster; the numerics checked here do not depend on it.
+        flags: ["-O1", "-march=native", "-fopenmp"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect(),
+        cache_dir,
+        ..CompilerSettings::default()
+    }
 }
 
 #[test]
 fn fused_cpu_equals_the_interpreter_for_every_model() {
     let settings = settings();
-    for name in MODELS {
+    let only = std::env::var("MUSE_TEST_MODEL").ok();
+    for name in MODELS
+        .iter()
+        .filter(|n| only.as_deref().is_none_or(|o| o == **n))
+    {
         let m = common::compile_model(name, &tiny(name));
         let d = differentiate(&m.graph, Wrt::default());
-        let mut requested: Vec<(String, NodeIndex)> = m.graph.outputs.iter().chain(&m.graph.losses).cloned().collect();
+        let mut requested: Vec<(String, NodeIndex)> = m
+            .graph
+            .outputs
+            .iter()
+            .chain(&m.graph.losses)
+            .cloned()
+            .collect();
         requested.extend(d.params.iter().map(|(n, g)| (format!("grad {n}"), *g)));
         let nodes: Vec<NodeIndex> = requested.iter().map(|r| r.1).collect();
-        let prog = CpuProgram::compile(&d.graph, &nodes, &settings).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let prog = CpuProgram::compile(&d.graph, &nodes, &settings)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let inputs = random_inputs(&m.graph, 2, 7);
         let params = init_params(&m.graph, 7, Precision::F32).unwrap();
         let ours = prog.run(&d.graph, &inputs, &params, 0).unwrap();
@@ -87,5 +119,7 @@ fn fused_cpu_equals_the_interpreter_for_every_model() {
             assert!(e < 1e-4, "{name}: {what}: relative error {e:e}");
         }
     }
-    std::fs::remove_dir_all(&settings.cache_dir).ok();
+    if std::env::var_os("MUSE_TEST_KEEP").is_none() {
+        std::fs::remove_dir_all(&settings.cache_dir).ok();
+    }
 }

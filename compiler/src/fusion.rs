@@ -87,9 +87,17 @@ pub struct FusionPlan {
 pub fn legality(g: &Graph, n: NodeIndex, requested: &HashSet<NodeIndex>) -> Result<(), CutReason> {
     match g.node(n).op {
         Op::Input { .. } | Op::Param { .. } => Err(CutReason::ExternalBuffer),
-        Op::Reduce { .. } | Op::MatMul | Op::Scan { .. } | Op::ScatterAdd { .. } => Err(CutReason::AnchorResult),
+        Op::Reduce { .. } | Op::MatMul | Op::Scan { .. } | Op::ScatterAdd { .. } => {
+            Err(CutReason::AnchorResult)
+        }
         _ if requested.contains(&n) => Err(CutReason::Requested),
-        _ if g.users(n).iter().any(|&u| matches!(g.node(u).op, Op::MatMul)) => Err(CutReason::MatmulOperand),
+        _ if g
+            .users(n)
+            .iter()
+            .any(|&u| matches!(g.node(u).op, Op::MatMul)) =>
+        {
+            Err(CutReason::MatmulOperand)
+        }
         _ => Ok(()),
     }
 }
@@ -146,7 +154,11 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
             stack.extend(g.operands(n));
         }
     }
-    let order: Vec<NodeIndex> = g.topo_order().into_iter().filter(|n| live.contains(n)).collect();
+    let order: Vec<NodeIndex> = g
+        .topo_order()
+        .into_iter()
+        .filter(|n| live.contains(n))
+        .collect();
     let mut materialized = BTreeMap::new();
     for &n in &order {
         if let Err(r) = legality(g, n, &requested).and_then(|_| profitability(g, n)) {
@@ -155,7 +167,9 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
     }
     let mut groups = Vec::new();
     for &n in &order {
-        if !materialized.contains_key(&n) || matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. }) {
+        if !materialized.contains_key(&n)
+            || matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. })
+        {
             continue;
         }
         let kind = match g.node(n).op {
@@ -181,9 +195,17 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         }
         inlined.sort();
         reads.sort();
-        groups.push(Group { root: n, kind, inlined, reads });
+        groups.push(Group {
+            root: n,
+            kind,
+            inlined,
+            reads,
+        });
     }
-    FusionPlan { materialized, groups }
+    FusionPlan {
+        materialized,
+        groups,
+    }
 }
 
 impl FusionPlan {

@@ -5,6 +5,7 @@ pub mod autodiff;
 pub mod diag;
 pub mod elaborate;
 pub mod fusion;
+pub mod inspect;
 pub mod ir;
 pub mod kernel;
 pub mod loader;

@@ -246,3 +246,24 @@ impl Builder {
         self.add(Expr::Index(op, a, b), KType::Index)
     }
 }
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "kernel {} (lanes t{})", self.name, self.lanes)?;
+        for (i, b) in self.bufs.iter().enumerate() {
+            writeln!(f, "  buf b{i}: {} {:?}  {}", b.dtype, b.access, b.label)?;
+        }
+        for (i, n) in self.exprs.iter().enumerate() {
+            let ty = match n.ty {
+                KType::Elem(d) => d.name(),
+                KType::Index => "idx",
+            };
+            let e = match &n.expr {
+                Expr::Const(bits) => format!("const {}", f64::from_bits(*bits)),
+                other => format!("{other:?}"),
+            };
+            writeln!(f, "  t{i}: {ty} = {e}")?;
+        }
+        writeln!(f, "  body: {:?}", self.body)
+    }
+}

@@ -62,8 +62,17 @@ pub fn used(k: &Kernel) -> Vec<bool> {
     match &k.body {
         Body::Pointwise { stores } => roots.extend(stores.iter().map(|s| s.1)),
         Body::Reduce { inner, value, .. } => roots.extend([*inner, *value]),
-        Body::Scan { inner, a, b, index, .. } => roots.extend([*inner, *a, *b, *index]),
-        Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
+        Body::Scan {
+            inner, a, b, index, ..
+        } => roots.extend([*inner, *a, *b, *index]),
+        Body::ScatterAdd {
+            row,
+            col,
+            row_len,
+            rows,
+            value,
+            ..
+        } => roots.extend([*row, *col, *row_len, *rows, *value]),
     }
     let mut used = vec![false; k.exprs.len()];
     while let Some(r) = roots.pop() {
@@ -78,12 +87,20 @@ fn float_lit(v: f64) -> String {
     if v.is_nan() {
         "NAN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "INFINITY".into() } else { "(-INFINITY)".into() }
+        if v > 0.0 {
+            "INFINITY".into()
+        } else {
+            "(-INFINITY)".into()
+        }
     } else {
         let f = v as f32;
         if f.is_infinite() {
             // Finite in f64 but beyond f32: the f32 value the interpreter would store.
-            if f > 0.0 { "INFINITY".into() } else { "(-INFINITY)".into() }
+            if f > 0.0 {
+                "INFINITY".into()
+            } else {
+                "(-INFINITY)".into()
+            }
         } else {
             format!("{:e}f", f)
         }
@@ -166,17 +183,37 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
             }
         }
         Expr::Random { dist, seed, index } => {
-            let f = if *dist == RandomDist::Uniform { "muse_uniform" } else { "muse_normal" };
-            format!("(float){f}(muse_key(seed, {seed}ULL), (uint64_t){})", t(index))
+            let f = if *dist == RandomDist::Uniform {
+                "muse_uniform"
+            } else {
+                "muse_normal"
+            };
+            format!(
+                "(float){f}(muse_key(seed, {seed}ULL), (uint64_t){})",
+                t(index)
+            )
         }
     }
 }
 
 /// Declarations `const T tK = ...;` of the used expressions at `level`, in arena order.
-pub fn declare(d: &dyn Dialect, k: &Kernel, lv: &[Level], used: &[bool], level: Level, indent: &str, out: &mut String) {
+pub fn declare(
+    d: &dyn Dialect,
+    k: &Kernel,
+    lv: &[Level],
+    used: &[bool],
+    level: Level,
+    indent: &str,
+    out: &mut String,
+) {
     for (i, n) in k.exprs.iter().enumerate() {
         if used[i] && lv[i] == level {
-            let _ = writeln!(out, "{indent}const {} t{i} = {};", d.ty(n.ty), expr_text(d, k, i as ExprId));
+            let _ = writeln!(
+                out,
+                "{indent}const {} t{i} = {};",
+                d.ty(n.ty),
+                expr_text(d, k, i as ExprId)
+            );
         }
     }
 }

@@ -22,8 +22,17 @@ impl Default for CompilerSettings {
         let cc = std::env::var("MUSE_CC").unwrap_or_else(|_| "cc".into());
         let flags = std::env::var("MUSE_CFLAGS")
             .map(|f| f.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_else(|_| ["-O3", "-march=native", "-fopenmp"].iter().map(|s| s.to_string()).collect());
-        CompilerSettings { cc, flags, cache_dir: default_cache_dir() }
+            .unwrap_or_else(|_| {
+                ["-O3", "-march=native", "-fopenmp"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
+        CompilerSettings {
+            cc,
+            flags,
+            cache_dir: default_cache_dir(),
+        }
     }
 }
 
@@ -32,9 +41,13 @@ pub fn default_cache_dir() -> PathBuf {
     if let Ok(d) = std::env::var("MUSE_CACHE_DIR") {
         return PathBuf::from(d);
     }
-    let base = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache")).unwrap_or_else(|_| std::env::temp_dir())
-    });
+    let base = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("HOME")
+                .map(|h| PathBuf::from(h).join(".cache"))
+                .unwrap_or_else(|_| std::env::temp_dir())
+        });
     base.join("muse").join("kernels")
 }
 
@@ -80,7 +93,13 @@ fn compiler_version(cc: &str) -> String {
             Command::new(cc)
                 .arg("--version")
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
                 .unwrap_or_default()
         })
         .clone()
@@ -103,10 +122,16 @@ impl Library {
     pub fn kernel(&self, name: &str) -> Result<KernelFn, CompileError> {
         // SAFETY: every generated kernel has the `KernelFn` signature (render::c).
         unsafe {
-            self.lib.get::<KernelFn>(name.as_bytes()).map(|s| *s).map_err(|e| CompileError {
-                message: format!("kernel `{name}` is missing from {}: {e}", self.path.display()),
-                source_path: None,
-            })
+            self.lib
+                .get::<KernelFn>(name.as_bytes())
+                .map(|s| *s)
+                .map_err(|e| CompileError {
+                    message: format!(
+                        "kernel `{name}` is missing from {}: {e}",
+                        self.path.display()
+                    ),
+                    source_path: None,
+                })
         }
     }
 }
@@ -116,71 +141,154 @@ fn loaded() -> &'static Mutex<std::collections::HashMap<String, Arc<Library>>> {
     L.get_or_init(Default::default)
 }
 
-/// Compiles `source` (or finds it in the cache) and loads it.
-pub fn compile(source: &str, settings: &CompilerSettings) -> Result<Arc<Library>, CompileError> {
+/// Compiles translation units (or finds their library in the cache) and loads the
+/// library. The units compile in parallel, one compiler process per core, then link.
+pub fn compile(
+    units: &[String],
+    settings: &CompilerSettings,
+) -> Result<Arc<Library>, CompileError> {
     let version = compiler_version(&settings.cc);
-    let key = hash128(&[
-        source.as_bytes(),
+    let mut parts: Vec<&[u8]> = units.iter().map(|u| u.as_bytes()).collect();
+    let flags = settings.flags.join(" ");
+    parts.extend([
         settings.cc.as_bytes(),
-        settings.flags.join(" ").as_bytes(),
+        flags.as_bytes(),
         version.as_bytes(),
         std::env::consts::ARCH.as_bytes(),
         std::env::consts::OS.as_bytes(),
     ]);
+    let key = hash128(&parts);
     if let Some(l) = loaded().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(l.clone());
     }
     let dir = &settings.cache_dir;
     std::fs::create_dir_all(dir).map_err(|e| CompileError {
-        message: format!("cannot create the kernel cache {}: {e} (set MUSE_CACHE_DIR to another folder)", dir.display()),
+        message: format!(
+            "cannot create the kernel cache {}: {e} (set MUSE_CACHE_DIR to another folder)",
+            dir.display()
+        ),
         source_path: None,
     })?;
-    let src_path = dir.join(format!("{key}.c"));
     let so_path = dir.join(format!("{key}.so"));
     let cached = so_path.exists();
     if !cached {
-        write_atomic(&src_path, source.as_bytes())?;
-        let tmp = dir.join(format!("{key}.so.tmp-{}", std::process::id()));
-        let out = Command::new(&settings.cc)
-            .args(&settings.flags)
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&tmp)
-            .arg(&src_path)
-            .output()
-            .map_err(|e| CompileError {
-                message: format!("cannot run the C compiler `{}`: {e} (install one, or set MUSE_CC)", settings.cc),
-                source_path: Some(src_path.clone()),
-            })?;
-        if !out.status.success() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(CompileError {
-                message: format!(
-                    "the C compiler `{}` failed on generated kernels:\n{}",
-                    settings.cc,
-                    String::from_utf8_lossy(&out.stderr).trim_end()
-                ),
-                source_path: Some(src_path),
-            });
-        }
-        std::fs::rename(&tmp, &so_path).map_err(|e| CompileError {
-            message: format!("cannot move the compiled kernels into the cache: {e}"),
-            source_path: Some(src_path.clone()),
-        })?;
+        build(units, settings, dir, &key, &so_path)?;
     }
     // SAFETY: the library is generated C with no initialisers that could misbehave.
     let lib = unsafe { libloading::Library::new(&so_path) }.map_err(|e| CompileError {
         message: format!("cannot load {}: {e}", so_path.display()),
-        source_path: Some(src_path.clone()),
+        source_path: Some(dir.join(format!("{key}-0.c"))),
     })?;
-    let lib = Arc::new(Library { lib, path: so_path, cached });
-    loaded().lock().unwrap_or_else(|e| e.into_inner()).insert(key, lib.clone());
+    let lib = Arc::new(Library {
+        lib,
+        path: so_path,
+        cached,
+    });
+    loaded()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, lib.clone());
     Ok(lib)
+}
+
+fn build(
+    units: &[String],
+    settings: &CompilerSettings,
+    dir: &Path,
+    key: &str,
+    so_path: &Path,
+) -> Result<(), CompileError> {
+    let pid = std::process::id();
+    let run_err = |e: std::io::Error, src: &Path| CompileError {
+        message: format!(
+            "cannot run the C compiler `{}`: {e} (install one, or set MUSE_CC)",
+            settings.cc
+        ),
+        source_path: Some(src.to_path_buf()),
+    };
+    let mut objects = Vec::new();
+    let mut children = Vec::new();
+    let width = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    for (i, unit) in units.iter().enumerate() {
+        let src = dir.join(format!("{key}-{i}.c"));
+        write_atomic(&src, unit.as_bytes())?;
+        let obj = dir.join(format!("{key}-{i}.o.tmp-{pid}"));
+        let child = Command::new(&settings.cc)
+            .args(&settings.flags)
+            .args(["-fPIC", "-c", "-o"])
+            .arg(&obj)
+            .arg(&src)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| run_err(e, &src))?;
+        children.push((child, src));
+        objects.push(obj);
+        if children.len() >= width {
+            let (c, src) = children.remove(0);
+            wait(c, &src, settings)?;
+        }
+    }
+    for (c, src) in children {
+        wait(c, &src, settings)?;
+    }
+    let tmp = dir.join(format!("{key}.so.tmp-{pid}"));
+    let first = dir.join(format!("{key}-0.c"));
+    let out = Command::new(&settings.cc)
+        .args(&settings.flags)
+        .args(["-shared", "-o"])
+        .arg(&tmp)
+        .args(&objects)
+        .output()
+        .map_err(|e| run_err(e, &first))?;
+    for o in &objects {
+        let _ = std::fs::remove_file(o);
+    }
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CompileError {
+            message: format!(
+                "linking generated kernels failed:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            ),
+            source_path: Some(first),
+        });
+    }
+    std::fs::rename(&tmp, so_path).map_err(|e| CompileError {
+        message: format!("cannot move the compiled kernels into the cache: {e}"),
+        source_path: Some(first),
+    })
+}
+
+fn wait(
+    child: std::process::Child,
+    src: &Path,
+    settings: &CompilerSettings,
+) -> Result<(), CompileError> {
+    let out = child.wait_with_output().map_err(|e| CompileError {
+        message: format!("the C compiler `{}` did not finish: {e}", settings.cc),
+        source_path: Some(src.to_path_buf()),
+    })?;
+    if !out.status.success() {
+        return Err(CompileError {
+            message: format!(
+                "the C compiler `{}` failed on generated kernels:\n{}",
+                settings.cc,
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            ),
+            source_path: Some(src.to_path_buf()),
+        });
+    }
+    Ok(())
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| CompileError {
-        message: format!("cannot write {}: {e}", path.display()),
-        source_path: None,
-    })
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| CompileError {
+            message: format!("cannot write {}: {e}", path.display()),
+            source_path: None,
+        })
 }

@@ -19,8 +19,8 @@ use std::sync::Arc;
 pub struct CpuProgram {
     /// The kernels and GEMM calls, in order.
     pub program: KernelProgram,
-    /// The generated C source.
-    pub source: String,
+    /// The generated C source, one string per translation unit.
+    pub source: Vec<String>,
     /// The loaded library.
     pub library: Arc<Library>,
     fns: Vec<Option<KernelFn>>,
@@ -67,15 +67,30 @@ impl Buf {
 
 impl CpuProgram {
     /// Fuses, lowers, renders and compiles what computing `requested` takes.
-    pub fn compile(g: &Graph, requested: &[NodeIndex], settings: &CompilerSettings) -> Result<CpuProgram, CompileError> {
+    pub fn compile(
+        g: &Graph,
+        requested: &[NodeIndex],
+        settings: &CompilerSettings,
+    ) -> Result<CpuProgram, CompileError> {
         let plan = fusion::plan(g, requested);
         let program = kernel::lower(g, &plan);
         let kernels: Vec<&kernel::Kernel> = program
             .steps
             .iter()
-            .filter_map(|s| if let Step::Kernel(k) = s { Some(&k.kernel) } else { None })
+            .filter_map(|s| {
+                if let Step::Kernel(k) = s {
+                    Some(&k.kernel)
+                } else {
+                    None
+                }
+            })
             .collect();
-        let source = c::render_program(&kernels);
+        // Enough units to keep every core busy, but not so many that the prelude dominates.
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let per_unit = kernels.len().div_ceil(cores * 2).max(64);
+        let source = c::render_program(&kernels, per_unit);
         let library = compile::compile(&source, settings)?;
         let mut fns = Vec::new();
         for s in &program.steps {
@@ -84,7 +99,13 @@ impl CpuProgram {
                 Step::MatMul(_) => None,
             });
         }
-        Ok(CpuProgram { program, source, library, fns, requested: requested.to_vec() })
+        Ok(CpuProgram {
+            program,
+            source,
+            library,
+            fns,
+            requested: requested.to_vec(),
+        })
     }
 
     /// Number of kernel launches (generated kernels and GEMM calls).
@@ -113,7 +134,8 @@ impl CpuProgram {
             };
             bufs.insert(n, b);
         }
-        let ptrs: HashMap<NodeIndex, *mut c_void> = bufs.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
+        let ptrs: HashMap<NodeIndex, *mut c_void> =
+            bufs.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
         for (step, f) in self.program.steps.iter().zip(&self.fns) {
             match step {
                 Step::Kernel(k) => {
@@ -128,7 +150,11 @@ impl CpuProgram {
                     let r = sa.len();
                     let (rows, inner, cols) = (sa[r - 2], sa[r - 1], sb[r - 1]);
                     let batch: usize = sa[..r - 2].iter().product();
-                    let (a, b, o) = (ptrs[&m.a] as *const f32, ptrs[&m.b] as *const f32, ptrs[&m.out] as *mut f32);
+                    let (a, b, o) = (
+                        ptrs[&m.a] as *const f32,
+                        ptrs[&m.b] as *const f32,
+                        ptrs[&m.out] as *mut f32,
+                    );
                     for t in 0..batch {
                         // SAFETY: the three buffers hold batch*rows*inner, batch*inner*cols and
                         // batch*rows*cols f32 values, row-major.
@@ -159,6 +185,10 @@ impl CpuProgram {
                 }
             }
         }
-        Ok(self.requested.iter().map(|&n| (n, bufs[&n].to_host(shape_of(n)))).collect())
+        Ok(self
+            .requested
+            .iter()
+            .map(|&n| (n, bufs[&n].to_host(shape_of(n))))
+            .collect())
     }
 }
