@@ -11,11 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "muse",
-    version,
-    about = "A compiler and runtime for text-to-image model architectures"
-)]
+#[command(name = "muse", version, about = "A compiler and runtime for text-to-image model architectures")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -123,16 +119,11 @@ fn options(o: &ModelOpts) -> Result<Options, String> {
     let mut overrides = Vec::new();
     for s in &o.set {
         let Some((k, v)) = s.split_once('=') else {
-            return Err(format!(
-                "--set {s}: expected KEY=VALUE, e.g. --set depth=24"
-            ));
+            return Err(format!("--set {s}: expected KEY=VALUE, e.g. --set depth=24"));
         };
         overrides.push((k.trim().to_string(), v.trim().to_string()));
     }
-    Ok(Options {
-        overrides,
-        model: o.model.clone(),
-    })
+    Ok(Options { overrides, model: o.model.clone() })
 }
 
 fn compile(file: &Path, opts: &Options, verbose: bool) -> Result<(Compiled, Vec<Model>), ()> {
@@ -174,16 +165,9 @@ fn group_digits(n: i64) -> String {
 fn report(file: &Path, m: &Model) {
     let g = &m.graph;
     println!("{}: model {} ok", file.display(), m.name);
-    println!(
-        "  parameters: {} in {} tensors",
-        group_digits(g.param_count()),
-        g.params.len()
-    );
+    println!("  parameters: {} in {} tensors", group_digits(g.param_count()), g.params.len());
     let show = |list: &[(String, muse_compiler::ir::NodeIndex)]| {
-        list.iter()
-            .map(|(n, i)| format!("{n} {}", g.ty(*i)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        list.iter().map(|(n, i)| format!("{n} {}", g.ty(*i))).collect::<Vec<_>>().join(", ")
     };
     println!("  inputs:  {}", show(&g.inputs));
     if !g.outputs.is_empty() {
@@ -199,55 +183,30 @@ fn report(file: &Path, m: &Model) {
 type Tensors = HashMap<String, HostTensor>;
 
 /// Inputs, parameters and interpreter settings for `muse run` and `muse grad`.
-fn prepare(
-    g: &muse_compiler::ir::Graph,
-    run: &RunArgs,
-) -> Result<(Tensors, Tensors, RunOptions), String> {
+fn prepare(g: &muse_compiler::ir::Graph, run: &RunArgs) -> Result<(Tensors, Tensors, RunOptions), String> {
     if run.inputs != "random" {
-        return Err(format!(
-            "--inputs {}: only `random` is supported",
-            run.inputs
-        ));
+        return Err(format!("--inputs {}: only `random` is supported", run.inputs));
     }
     if run.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    let precision = if run.f64 {
-        Precision::F64
-    } else {
-        Precision::F32
-    };
+    let precision = if run.f64 { Precision::F64 } else { Precision::F32 };
     let params = match &run.params {
         Some(p) => checkpoint::load_params(g, p).map_err(|e| e.to_string())?,
         None => init_params(g, run.seed, precision).map_err(|e| e.to_string())?,
     };
     let inputs = random_inputs(g, run.batch, run.seed);
-    Ok((
-        inputs,
-        params,
-        RunOptions {
-            precision,
-            seed: run.seed,
-        },
-    ))
+    Ok((inputs, params, RunOptions { precision, seed: run.seed }))
 }
 
 fn run_model(m: &Model, run: &RunArgs) -> Result<String, String> {
     let (inputs, params, ro) = prepare(&m.graph, run)?;
     let vals = muse_runtime::run(&m.graph, &inputs, &params, &ro).map_err(|e| e.to_string())?;
-    let mut out = format!(
-        "model {} (batch {}, seed {})\n",
-        m.name, run.batch, run.seed
-    );
+    let mut out = format!("model {} (batch {}, seed {})\n", m.name, run.batch, run.seed);
     for (kind, list) in [("output", &m.graph.outputs), ("loss", &m.graph.losses)] {
         for (name, n) in list {
             let t = vals.get(*n);
-            out.push_str(&format!(
-                "  {kind} {name} {:?} {}: {}\n",
-                t.shape,
-                t.dtype(),
-                t.stats()
-            ));
+            out.push_str(&format!("  {kind} {name} {:?} {}: {}\n", t.shape, t.dtype(), t.stats()));
         }
     }
     Ok(out)
@@ -261,10 +220,7 @@ fn grad_model(m: &Model, run: &RunArgs) -> Result<String, String> {
     let (inputs, params, ro) = prepare(&m.graph, run)?;
     let vals = muse_runtime::run(&d.graph, &inputs, &params, &ro).map_err(|e| e.to_string())?;
     let loss = vals.get(d.loss).to_f64()[0];
-    let mut out = format!(
-        "model {} (batch {}, seed {}): loss {loss:.6}\n",
-        m.name, run.batch, run.seed
-    );
+    let mut out = format!("model {} (batch {}, seed {}): loss {loss:.6}\n", m.name, run.batch, run.seed);
     let width = d.params.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     let mut total = 0.0;
     for (name, n) in &d.params {
@@ -273,16 +229,9 @@ fn grad_model(m: &Model, run: &RunArgs) -> Result<String, String> {
         total += sq;
         out.push_str(&format!("  {name:<width$}  {:.6e}\n", sq.sqrt()));
     }
-    out.push_str(&format!(
-        "  {:<width$}  {:.6e}\n",
-        "global norm",
-        total.sqrt()
-    ));
+    out.push_str(&format!("  {:<width$}  {:.6e}\n", "global norm", total.sqrt()));
     if !d.unreached.is_empty() {
-        out.push_str(&format!(
-            "  no gradient reaches: {}\n",
-            d.unreached.join(", ")
-        ));
+        out.push_str(&format!("  no gradient reaches: {}\n", d.unreached.join(", ")));
     }
     Ok(out)
 }
@@ -301,25 +250,11 @@ fn inspect_model(
             return Err(format!("model {} has no loss to differentiate", m.name));
         }
         let d = autodiff::differentiate(&m.graph, autodiff::Wrt::default());
-        let mut req: Vec<_> = m
-            .graph
-            .outputs
-            .iter()
-            .chain(&m.graph.losses)
-            .map(|x| x.1)
-            .collect();
+        let mut req: Vec<_> = m.graph.outputs.iter().chain(&m.graph.losses).map(|x| x.1).collect();
         req.extend(d.params.iter().map(|x| x.1));
         (d.graph, req)
     } else {
-        (
-            m.graph.clone(),
-            m.graph
-                .outputs
-                .iter()
-                .chain(&m.graph.losses)
-                .map(|x| x.1)
-                .collect(),
-        )
+        (m.graph.clone(), m.graph.outputs.iter().chain(&m.graph.losses).map(|x| x.1).collect())
     };
     let plan = muse_compiler::fusion::plan(&graph, &requested);
     let program = muse_compiler::kernel::lower(&graph, &plan);
@@ -332,15 +267,7 @@ fn inspect_model(
             ));
         }
     }
-    let mut out = format!(
-        "# model {} ({})\n",
-        m.name,
-        if backward {
-            "forward + backward"
-        } else {
-            "forward"
-        }
-    );
+    let mut out = format!("# model {} ({})\n", m.name, if backward { "forward + backward" } else { "forward" });
     if let Some(lang) = emit {
         for (i, step) in program.steps.iter().enumerate() {
             if only.is_some_and(|k| k != i) {
@@ -356,12 +283,7 @@ fn inspect_model(
                 Step::Kernel(k) => match lang {
                     "c" => out.push_str(&muse_compiler::render::c::render_kernel(&k.kernel)),
                     "kernel-ir" => out.push_str(&k.kernel.to_string()),
-                    "cuda" => {
-                        return Err(
-                            "--emit cuda: the CUDA renderer is not built yet (the next issue)"
-                                .into(),
-                        )
-                    }
+                    "cuda" => return Err("--emit cuda: the CUDA renderer is not built yet (the next issue)".into()),
                     other => return Err(format!("--emit {other}: choose c, cuda or kernel-ir")),
                 },
             }
@@ -415,13 +337,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Graph {
-            file,
-            dot,
-            backward,
-            stats,
-            opts,
-        } => {
+        Command::Graph { file, dot, backward, stats, opts } => {
             let verbose = opts.verbose;
             let opts = match options(&opts) {
                 Ok(o) => o,
@@ -469,14 +385,7 @@ fn main() -> ExitCode {
             }
             write_stdout(&text)
         }
-        Command::Inspect {
-            file,
-            backward,
-            kernel,
-            emit,
-            batch,
-            opts,
-        } => {
+        Command::Inspect { file, backward, kernel, emit, batch, opts } => {
             let verbose = opts.verbose;
             let opts = match options(&opts) {
                 Ok(o) => o,
@@ -514,11 +423,7 @@ fn main() -> ExitCode {
             };
             let mut text = String::new();
             for m in &models {
-                let r = if is_grad {
-                    grad_model(m, &run)
-                } else {
-                    run_model(m, &run)
-                };
+                let r = if is_grad { grad_model(m, &run) } else { run_model(m, &run) };
                 match r {
                     Ok(t) => text.push_str(&t),
                     Err(e) => {

@@ -17,13 +17,12 @@ fn muse(args: &[&str]) -> (i32, String, String) {
 }
 
 fn model_files() -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "muse"))
-            .map(|p| format!("models/{}", p.file_name().unwrap().to_string_lossy()))
-            .collect();
+    let mut v: Vec<String> = std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "muse"))
+        .map(|p| format!("models/{}", p.file_name().unwrap().to_string_lossy()))
+        .collect();
     v.sort();
     v
 }
@@ -44,23 +43,11 @@ fn check_every_model() {
 #[test]
 fn check_with_overrides_prints_the_larger_count() {
     let (_, small, _) = muse(&["check", "models/muse_small.muse"]);
-    let (code, big, err) = muse(&[
-        "check",
-        "models/muse_small.muse",
-        "--set",
-        "depth=12",
-        "--set",
-        "dim=256",
-    ]);
+    let (code, big, err) = muse(&["check", "models/muse_small.muse", "--set", "depth=12", "--set", "dim=256"]);
     assert_eq!(code, 0, "{err}");
     let count = |s: &str| -> i64 {
         let line = s.lines().find(|l| l.contains("parameters:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .replace(',', "")
-            .parse()
-            .unwrap()
+        line.split_whitespace().nth(1).unwrap().replace(',', "").parse().unwrap()
     };
     assert!(count(&big) > 4 * count(&small));
 }
@@ -69,19 +56,13 @@ fn check_with_overrides_prints_the_larger_count() {
 fn bad_override_and_bad_file_fail_with_diagnostics() {
     let (code, _, err) = muse(&["check", "models/muse_small.muse", "--set", "depht=3"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("muse::unknown_config_key") && err.contains("did you mean `depth`?"),
-        "{err}"
-    );
+    assert!(err.contains("muse::unknown_config_key") && err.contains("did you mean `depth`?"), "{err}");
     let (code, _, err) = muse(&["check", "models/muse_small.muse", "--set", "depth"]);
     assert_eq!(code, 2);
     assert!(err.contains("expected KEY=VALUE"), "{err}");
     let (code, _, err) = muse(&["check", "no/such/file.muse"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("muse::import") && err.contains("cannot read"),
-        "{err}"
-    );
+    assert!(err.contains("muse::import") && err.contains("cannot read"), "{err}");
 }
 
 #[test]
@@ -89,18 +70,11 @@ fn malformed_file_reports_line_and_column() {
     let dir = std::env::temp_dir().join(format!("muse-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("bad.muse");
-    std::fs::write(
-        &f,
-        "model m {\n  input x: f32[B, 4]\n  output y = x @ x\n}\n",
-    )
-    .unwrap();
+    std::fs::write(&f, "model m {\n  input x: f32[B, 4]\n  output y = x @ x\n}\n").unwrap();
     let (code, out, err) = muse(&["check", f.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(out.is_empty());
-    assert!(
-        err.contains("muse::shape") && err.contains("bad.muse:3:14"),
-        "{err}"
-    );
+    assert!(err.contains("muse::shape") && err.contains("bad.muse:3:14"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -157,20 +131,12 @@ fn run_grad_and_backward_graph() {
 
     let (code, out, _) = muse(&["graph", "--stats", "models/muse_small.muse"]);
     assert_eq!(code, 0);
-    assert!(
-        out.starts_with("muse_small: forward 1104 nodes, backward "),
-        "{out}"
-    );
+    assert!(out.starts_with("muse_small: forward 1104 nodes, backward "), "{out}");
     let (code, out, _) = muse(&["graph", "--backward", "models/muse_small.muse"]);
     assert_eq!(code, 0);
     assert!(out.contains("# grad of layers.0.layer.self_attn"), "{out}");
 
-    let (code, _, err) = muse(&[
-        "run",
-        "models/muse_small.muse",
-        "--params",
-        "no/such.safetensors",
-    ]);
+    let (code, _, err) = muse(&["run", "models/muse_small.muse", "--params", "no/such.safetensors"]);
     assert_eq!(code, 1);
     assert!(err.contains("no/such.safetensors"), "{err}");
 }

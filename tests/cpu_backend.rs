@@ -61,10 +61,7 @@ pub fn rel_err(ours: &HostTensor, reference: &HostTensor) -> f64 {
     let (a, b) = (ours.to_f64(), reference.to_f64());
     assert_eq!(ours.shape, reference.shape);
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    let diff = a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
     if scale == 0.0 {
         diff
     } else {
@@ -75,15 +72,10 @@ pub fn rel_err(ours: &HostTensor, reference: &HostTensor) -> f64 {
 fn settings() -> CompilerSettings {
     let cache_dir = std::env::var("MUSE_TEST_KEEP")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::env::temp_dir().join(format!("muse-test-kernels-{}", std::process::id()))
-        });
+        .unwrap_or_else(|_| std::env::temp_dir().join(format!("muse-test-kernels-{}", std::process::id())));
     CompilerSettings {
         // -O1 compiles several times faster; the numerics checked here do not depend on it.
-        flags: ["-O1", "-march=native", "-fopenmp"]
-            .iter()
-            .map(|x| x.to_string())
-            .collect(),
+        flags: ["-O1", "-march=native", "-fopenmp"].iter().map(|x| x.to_string()).collect(),
         cache_dir,
         ..CompilerSettings::default()
     }
@@ -93,23 +85,13 @@ fn settings() -> CompilerSettings {
 fn fused_cpu_equals_the_interpreter_for_every_model() {
     let settings = settings();
     let only = std::env::var("MUSE_TEST_MODEL").ok();
-    for name in MODELS
-        .iter()
-        .filter(|n| only.as_deref().is_none_or(|o| o == **n))
-    {
+    for name in MODELS.iter().filter(|n| only.as_deref().is_none_or(|o| o == **n)) {
         let m = common::compile_model(name, &tiny(name));
         let d = differentiate(&m.graph, Wrt::default());
-        let mut requested: Vec<(String, NodeIndex)> = m
-            .graph
-            .outputs
-            .iter()
-            .chain(&m.graph.losses)
-            .cloned()
-            .collect();
+        let mut requested: Vec<(String, NodeIndex)> = m.graph.outputs.iter().chain(&m.graph.losses).cloned().collect();
         requested.extend(d.params.iter().map(|(n, g)| (format!("grad {n}"), *g)));
         let nodes: Vec<NodeIndex> = requested.iter().map(|r| r.1).collect();
-        let prog = CpuProgram::compile(&d.graph, &nodes, &settings)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let prog = CpuProgram::compile(&d.graph, &nodes, &settings).unwrap_or_else(|e| panic!("{name}: {e}"));
         let inputs = random_inputs(&m.graph, 2, 7);
         let params = init_params(&m.graph, 7, Precision::F32).unwrap();
         let ours = prog.run(&d.graph, &inputs, &params, 0).unwrap();

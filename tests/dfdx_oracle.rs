@@ -29,32 +29,16 @@ fn muse_side(
     );
     let m = common::compile_one("dfdx.muse", &src);
     let d = differentiate(&m.graph, Wrt { inputs: true });
-    let v = run(
-        &d.graph,
-        given,
-        &HashMap::new(),
-        &RunOptions {
-            precision: Precision::F64,
-            seed: 0,
-        },
-    )
-    .unwrap();
+    let v = run(&d.graph, given, &HashMap::new(), &RunOptions { precision: Precision::F64, seed: 0 }).unwrap();
     let y = v.get(m.graph.outputs[0].1).floats().to_vec();
-    let grads = d
-        .inputs
-        .iter()
-        .map(|(n, g)| (n.clone(), v.get(*g).floats().to_vec()))
-        .collect();
+    let grads = d.inputs.iter().map(|(n, g)| (n.clone(), v.get(*g).floats().to_vec())).collect();
     (y, grads)
 }
 
 fn close(what: &str, a: &[f64], b: &[f64]) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-10 * (1.0 + x.abs().max(y.abs())),
-            "{what}[{i}]: muse {x:e}, dfdx {y:e}"
-        );
+        assert!((x - y).abs() <= 1e-10 * (1.0 + x.abs().max(y.abs())), "{what}[{i}]: muse {x:e}, dfdx {y:e}");
     }
 }
 
@@ -67,9 +51,7 @@ fn inputs(decls: &str, out: &str) -> HashMap<String, HostTensor> {
 /// One unary case: muse `body` (over `x` of [M, N]) against dfdx's `f`.
 fn unary(
     body: &str,
-    f: impl Fn(
-        Tensor<Rank2<M, N>, f64, Dev, OwnedTape<f64, Dev>>,
-    ) -> Tensor<Rank2<M, N>, f64, Dev, OwnedTape<f64, Dev>>,
+    f: impl Fn(Tensor<Rank2<M, N>, f64, Dev, OwnedTape<f64, Dev>>) -> Tensor<Rank2<M, N>, f64, Dev, OwnedTape<f64, Dev>>,
 ) {
     let decls = format!("  input x: f32[{M}, {N}]");
     let out = format!("{M}, {N}");
@@ -82,11 +64,7 @@ fn unary(
     let y_dfdx = yt.retaped::<NoneTape>().as_vec();
     let grads = (yt * r).sum().backward();
     close(&format!("{body}: forward"), &y, &y_dfdx);
-    close(
-        &format!("{body}: gradient"),
-        &g["x"],
-        &grads.get(&x).as_vec(),
-    );
+    close(&format!("{body}: gradient"), &g["x"], &grads.get(&x).as_vec());
 }
 
 #[test]
@@ -109,21 +87,13 @@ fn elementwise() {
 fn reductions_and_normalisation() {
     unary("  y = softmax(x)", |x| x.softmax::<Axis<1>>());
     unary("  y = log_softmax(x)", |x| x.log_softmax::<Axis<1>>());
-    unary("  y = layernorm(x, 1e-5, false)", |x| {
-        x.normalize::<Axis<1>>(1e-5)
-    });
+    unary("  y = layernorm(x, 1e-5, false)", |x| x.normalize::<Axis<1>>(1e-5));
     unary("  y = x - expand(max(x, 1, true), [3, 17])", |x| {
-        let m = x
-            .with_empty_tape()
-            .max::<Rank1<M>, _>()
-            .broadcast::<Rank2<M, N>, _>();
+        let m = x.with_empty_tape().max::<Rank1<M>, _>().broadcast::<Rank2<M, N>, _>();
         x - m
     });
     unary("  y = x * expand(sum(x, 0, true), [3, 17])", |x| {
-        let s = x
-            .with_empty_tape()
-            .sum::<Rank1<N>, _>()
-            .broadcast::<Rank2<M, N>, _>();
+        let s = x.with_empty_tape().sum::<Rank1<N>, _>().broadcast::<Rank2<M, N>, _>();
         x * s
     });
 }
@@ -145,13 +115,8 @@ fn matmul_and_broadcast() {
     let gx = (yt * r.clone()).sum().backward();
     close("d x", &g["x"], &gx.get(&x).as_vec());
     // x @ w = (w^T @ x^T)^T
-    let wt = w
-        .leaky_trace()
-        .permute::<Rank2<N, K>, _>()
-        .matmul(x.clone().permute::<Rank2<K, M>, _>());
-    let gw = (wt.permute::<Rank2<M, N>, _>() * r.clone())
-        .sum()
-        .backward();
+    let wt = w.leaky_trace().permute::<Rank2<N, K>, _>().matmul(x.clone().permute::<Rank2<K, M>, _>());
+    let gw = (wt.permute::<Rank2<M, N>, _>() * r.clone()).sum().backward();
     close("d w", &g["w"], &gw.get(&w).as_vec());
     let vt = v.leaky_trace().broadcast::<Rank2<M, N>, _>() + x.clone().matmul(w.clone());
     let gv = (vt * r.clone()).sum().backward();

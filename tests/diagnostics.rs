@@ -10,9 +10,7 @@ fn model(body: &str) -> String {
 }
 
 fn marker_line_col(src: &str) -> (String, usize, usize) {
-    let pos = src
-        .find('$')
-        .expect("each case marks the error position with $");
+    let pos = src.find('$').expect("each case marks the error position with $");
     let clean = format!("{}{}", &src[..pos], &src[pos + 1..]);
     let before = &src[..pos];
     let line = before.matches('\n').count() + 1;
@@ -34,36 +32,17 @@ fn expect_with(src: &str, class: DiagClass, needle: &str, opts: &Options) {
     let rendered = d.render(&c.sources);
     assert_eq!(d.class, class, "wrong class for:\n{clean}\n{rendered}");
     let loc = d.loc.expect("the diagnostic has a location");
-    assert_eq!(
-        c.sources.get(loc.file).name,
-        "case.muse",
-        "error is not in the user's file:\n{rendered}"
-    );
-    assert_eq!(
-        d.line_col(&c.sources),
-        Some((line, col)),
-        "wrong position for:\n{clean}\n{rendered}"
-    );
-    assert!(
-        d.message.contains(needle),
-        "message {:?} lacks {needle:?}",
-        d.message
-    );
-    assert!(
-        rendered.contains(class.code()),
-        "the report names its class:\n{rendered}"
-    );
+    assert_eq!(c.sources.get(loc.file).name, "case.muse", "error is not in the user's file:\n{rendered}");
+    assert_eq!(d.line_col(&c.sources), Some((line, col)), "wrong position for:\n{clean}\n{rendered}");
+    assert!(d.message.contains(needle), "message {:?} lacks {needle:?}", d.message);
+    assert!(rendered.contains(class.code()), "the report names its class:\n{rendered}");
 }
 
 // ---- syntax ---------------------------------------------------------------
 
 #[test]
 fn syntax_unclosed_brace() {
-    expect(
-        "model m {\n  output o = 1\n$",
-        DiagClass::Syntax,
-        "end of file",
-    );
+    expect("model m {\n  output o = 1\n$", DiagClass::Syntax, "end of file");
 }
 
 #[test]
@@ -71,13 +50,8 @@ fn syntax_unclosed_paren() {
     let src = "model m {\n  h = (1 + 2$\n}\n";
     expect(src, DiagClass::Syntax, "unexpected end of line");
     let (clean, _, _) = marker_line_col(src);
-    let d = compile_source("case.muse", &clean, &Options::default())
-        .result
-        .unwrap_err();
-    assert_eq!(
-        d.hint.as_deref(),
-        Some("a `(` is never closed: add the missing `)`")
-    );
+    let d = compile_source("case.muse", &clean, &Options::default()).result.unwrap_err();
+    assert_eq!(d.hint.as_deref(), Some("a `(` is never closed: add the missing `)`"));
 }
 
 #[test]
@@ -90,9 +64,7 @@ fn syntax_keyword_as_name() {
     let src = model("  $block = 3");
     expect(&src, DiagClass::Syntax, "unexpected `block`");
     let (clean, _, _) = marker_line_col(&src);
-    let d = compile_source("case.muse", &clean, &Options::default())
-        .result
-        .unwrap_err();
+    let d = compile_source("case.muse", &clean, &Options::default()).result.unwrap_err();
     assert!(d.hint.unwrap().contains("keyword"));
 }
 
@@ -106,19 +78,13 @@ fn syntax_unterminated_string() {
     let src = "import $\"std/nn.muse\nmodel m {}\n";
     expect(src, DiagClass::Syntax, "expected a string");
     let (clean, _, _) = marker_line_col(src);
-    let d = compile_source("case.muse", &clean, &Options::default())
-        .result
-        .unwrap_err();
+    let d = compile_source("case.muse", &clean, &Options::default()).result.unwrap_err();
     assert!(d.hint.unwrap().contains("never closed"));
 }
 
 #[test]
 fn syntax_input_without_element_type() {
-    expect(
-        "model m {\n  input x: $[B, 4]\n}\n",
-        DiagClass::Syntax,
-        "unexpected `[`",
-    );
+    expect("model m {\n  input x: $[B, 4]\n}\n", DiagClass::Syntax, "unexpected `[`");
 }
 
 #[test]
@@ -133,22 +99,14 @@ fn syntax_output_without_name() {
 
 #[test]
 fn syntax_integer_too_large() {
-    expect(
-        &model("  y = $99999999999999999999"),
-        DiagClass::Syntax,
-        "too large",
-    );
+    expect(&model("  y = $99999999999999999999"), DiagClass::Syntax, "too large");
 }
 
 // ---- names ----------------------------------------------------------------
 
 #[test]
 fn unknown_variable() {
-    expect(
-        &model("  y = x + $foo"),
-        DiagClass::UnknownName,
-        "unknown name `foo`",
-    );
+    expect(&model("  y = x + $foo"), DiagClass::UnknownName, "unknown name `foo`");
 }
 
 #[test]
@@ -156,216 +114,126 @@ fn unknown_block_with_suggestion() {
     let src = model("  y = $lienar(x, 4)");
     expect(&src, DiagClass::UnknownName, "`lienar`");
     let (clean, _, _) = marker_line_col(&src);
-    let d = compile_source("case.muse", &clean, &Options::default())
-        .result
-        .unwrap_err();
+    let d = compile_source("case.muse", &clean, &Options::default()).result.unwrap_err();
     assert_eq!(d.hint.as_deref(), Some("did you mean `linear`?"));
 }
 
 #[test]
 fn unknown_tensor_field() {
-    expect(
-        &model("  n = x.$shap"),
-        DiagClass::UnknownName,
-        "no field `shap`",
-    );
+    expect(&model("  n = x.$shap"), DiagClass::UnknownName, "no field `shap`");
 }
 
 // ---- arity ----------------------------------------------------------------
 
 #[test]
 fn too_many_arguments() {
-    expect(
-        &model("  y = linear(x, 4, true, 0.02, $7)"),
-        DiagClass::Arity,
-        "takes 4 argument(s)",
-    );
+    expect(&model("  y = linear(x, 4, true, 0.02, $7)"), DiagClass::Arity, "takes 4 argument(s)");
 }
 
 #[test]
 fn unknown_keyword_argument() {
-    expect(
-        &model("  y = linear(x, 4, $bais = true)"),
-        DiagClass::Arity,
-        "no parameter `bais`",
-    );
+    expect(&model("  y = linear(x, 4, $bais = true)"), DiagClass::Arity, "no parameter `bais`");
 }
 
 #[test]
 fn missing_block_argument() {
-    expect(
-        &model("  y = $linear(x)"),
-        DiagClass::Arity,
-        "missing argument `out`",
-    );
+    expect(&model("  y = $linear(x)"), DiagClass::Arity, "missing argument `out`");
 }
 
 #[test]
 fn missing_builtin_argument() {
-    expect(
-        &model("  y = $reshape(x)"),
-        DiagClass::Arity,
-        "missing argument `shape`",
-    );
+    expect(&model("  y = $reshape(x)"), DiagClass::Arity, "missing argument `shape`");
 }
 
 #[test]
 fn destructuring_count() {
-    expect(
-        &model("  a, b = $split(x, 4)"),
-        DiagClass::Arity,
-        "4 values on the right, 2 names",
-    );
+    expect(&model("  a, b = $split(x, 4)"), DiagClass::Arity, "4 values on the right, 2 names");
 }
 
 #[test]
 fn argument_given_twice() {
-    expect(
-        &model("  y = sum(x, axis = 1, $axis = 0)"),
-        DiagClass::Arity,
-        "given twice",
-    );
+    expect(&model("  y = sum(x, axis = 1, $axis = 0)"), DiagClass::Arity, "given twice");
 }
 
 // ---- shapes ---------------------------------------------------------------
 
 #[test]
 fn broadcast_mismatch() {
-    expect(
-        &model("  y = $x + full([3], 1.0)"),
-        DiagClass::Shape,
-        "do not broadcast",
-    );
+    expect(&model("  y = $x + full([3], 1.0)"), DiagClass::Shape, "do not broadcast");
 }
 
 #[test]
 fn matmul_inner_mismatch() {
-    expect(
-        &model("  y = $x @ full([5, 2], 1.0)"),
-        DiagClass::Shape,
-        "inner sizes 4 and 5 differ",
-    );
+    expect(&model("  y = $x @ full([5, 2], 1.0)"), DiagClass::Shape, "inner sizes 4 and 5 differ");
 }
 
 #[test]
 fn reshape_element_count() {
-    expect(
-        &model("  y = $reshape(x, [3, 5])"),
-        DiagClass::Shape,
-        "cannot reshape",
-    );
+    expect(&model("  y = $reshape(x, [3, 5])"), DiagClass::Shape, "cannot reshape");
 }
 
 #[test]
 fn loss_not_scalar() {
-    expect(
-        &model("  loss l = $x"),
-        DiagClass::Shape,
-        "a loss must be a scalar",
-    );
+    expect(&model("  loss l = $x"), DiagClass::Shape, "a loss must be a scalar");
 }
 
 #[test]
 fn param_with_batch_size() {
-    expect(
-        &model("  param w: [$x.shape[0], 4]"),
-        DiagClass::Shape,
-        "parameter sizes must be known",
-    );
+    expect(&model("  param w: [$x.shape[0], 4]"), DiagClass::Shape, "parameter sizes must be known");
 }
 
 #[test]
 fn slice_of_symbolic_axis() {
-    expect(
-        &model("  y = slice(x, $0, 0, 1)"),
-        DiagClass::Shape,
-        "symbolic axis",
-    );
+    expect(&model("  y = slice(x, $0, 0, 1)"), DiagClass::Shape, "symbolic axis");
 }
 
 #[test]
 fn axis_out_of_range() {
-    expect(
-        &model("  y = sum(x, $5)"),
-        DiagClass::Shape,
-        "axis 5 is out of range",
-    );
+    expect(&model("  y = sum(x, $5)"), DiagClass::Shape, "axis 5 is out of range");
 }
 
 // ---- element types ----------------------------------------------------------
 
 #[test]
 fn add_f32_and_i32() {
-    expect(
-        &model("  y = $x + ids"),
-        DiagClass::DType,
-        "element types differ",
-    );
+    expect(&model("  y = $x + ids"), DiagClass::DType, "element types differ");
 }
 
 #[test]
 fn exp_of_integers() {
-    expect(
-        &model("  y = $exp(ids)"),
-        DiagClass::DType,
-        "needs an f32 tensor",
-    );
+    expect(&model("  y = $exp(ids)"), DiagClass::DType, "needs an f32 tensor");
 }
 
 #[test]
 fn float_constant_with_integer_tensor() {
-    expect(
-        &model("  y = $ids * 0.5"),
-        DiagClass::DType,
-        "combined with an i32 tensor",
-    );
+    expect(&model("  y = $ids * 0.5"), DiagClass::DType, "combined with an i32 tensor");
 }
 
 #[test]
 fn integer_loss() {
-    expect(
-        &model("  loss l = $sum(ids)"),
-        DiagClass::DType,
-        "a loss must be f32",
-    );
+    expect(&model("  loss l = $sum(ids)"), DiagClass::DType, "a loss must be f32");
 }
 
 // ---- compile-time values ----------------------------------------------------
 
 #[test]
 fn repeat_count_is_a_tensor() {
-    expect(
-        &model("  repeat $x {\n  }"),
-        DiagClass::NotCompileTime,
-        "repeat count",
-    );
+    expect(&model("  repeat $x {\n  }"), DiagClass::NotCompileTime, "repeat count");
 }
 
 #[test]
 fn if_condition_is_a_tensor() {
-    expect(
-        &model("  if $x > 0 {\n  }"),
-        DiagClass::NotCompileTime,
-        "`if` condition",
-    );
+    expect(&model("  if $x > 0 {\n  }"), DiagClass::NotCompileTime, "`if` condition");
 }
 
 #[test]
 fn repeat_count_is_a_float() {
-    expect(
-        &model("  repeat $2.5 {\n  }"),
-        DiagClass::Type,
-        "must be an integer",
-    );
+    expect(&model("  repeat $2.5 {\n  }"), DiagClass::Type, "must be an integer");
 }
 
 #[test]
 fn unknown_element_type() {
-    expect(
-        "model m {\n  input x: $f64[B, 4]\n  output o = x\n}\n",
-        DiagClass::Type,
-        "unknown element type `f64`",
-    );
+    expect("model m {\n  input x: $f64[B, 4]\n  output o = x\n}\n", DiagClass::Type, "unknown element type `f64`");
 }
 
 #[test]
@@ -381,10 +249,7 @@ fn block_argument_of_wrong_kind() {
 
 #[test]
 fn unknown_config_key() {
-    let opts = Options {
-        overrides: vec![("dpth".into(), "3".into())],
-        model: None,
-    };
+    let opts = Options { overrides: vec![("dpth".into(), "3".into())], model: None };
     expect_with(
         "model $m {\n  config { depth = 2 }\n  input x: f32[B, 4]\n  output o = x\n}\n",
         DiagClass::UnknownConfigKey,
@@ -395,10 +260,7 @@ fn unknown_config_key() {
 
 #[test]
 fn config_override_of_wrong_type() {
-    let opts = Options {
-        overrides: vec![("depth".into(), "two".into())],
-        model: None,
-    };
+    let opts = Options { overrides: vec![("depth".into(), "two".into())], model: None };
     expect_with(
         "model m {\n  config { $depth = 2 }\n  input x: f32[B, 4]\n  output o = x\n}\n",
         DiagClass::Type,
@@ -411,20 +273,12 @@ fn config_override_of_wrong_type() {
 
 #[test]
 fn parameter_declared_twice() {
-    expect(
-        &model("  param w: [4] ~ zeros\n  param $w: [4] ~ zeros"),
-        DiagClass::Duplicate,
-        "declared twice",
-    );
+    expect(&model("  param w: [4] ~ zeros\n  param $w: [4] ~ zeros"), DiagClass::Duplicate, "declared twice");
 }
 
 #[test]
 fn input_declared_twice() {
-    expect(
-        &model("  input $x: f32[B, 4]"),
-        DiagClass::Duplicate,
-        "input `x` is declared twice",
-    );
+    expect(&model("  input $x: f32[B, 4]"), DiagClass::Duplicate, "input `x` is declared twice");
 }
 
 #[test]
@@ -438,11 +292,7 @@ fn block_named_like_a_builtin() {
 
 #[test]
 fn return_in_a_model() {
-    expect(
-        &model("  $return x"),
-        DiagClass::Invalid,
-        "only allowed in a block",
-    );
+    expect(&model("  $return x"), DiagClass::Invalid, "only allowed in a block");
 }
 
 #[test]
@@ -456,49 +306,29 @@ fn input_in_a_block() {
 
 #[test]
 fn model_without_results() {
-    expect(
-        "model $m {\n  input x: f32[B, 4]\n}\n",
-        DiagClass::Invalid,
-        "no output and no loss",
-    );
+    expect("model $m {\n  input x: f32[B, 4]\n}\n", DiagClass::Invalid, "no output and no loss");
 }
 
 #[test]
 fn user_assertion() {
-    expect(
-        &model("  $assert(1 == 2, \"widths must match\")"),
-        DiagClass::Assert,
-        "widths must match",
-    );
+    expect(&model("  $assert(1 == 2, \"widths must match\")"), DiagClass::Assert, "widths must match");
 }
 
 // ---- imports and limits -------------------------------------------------------
 
 #[test]
 fn unknown_standard_library_file() {
-    expect(
-        "import $\"std/nope.muse\"\nmodel m {}\n",
-        DiagClass::Import,
-        "no standard library file",
-    );
+    expect("import $\"std/nope.muse\"\nmodel m {}\n", DiagClass::Import, "no standard library file");
 }
 
 #[test]
 fn missing_relative_import() {
-    expect(
-        "import $\"no/such/file.muse\"\nmodel m {}\n",
-        DiagClass::Import,
-        "cannot read",
-    );
+    expect("import $\"no/such/file.muse\"\nmodel m {}\n", DiagClass::Import, "cannot read");
 }
 
 #[test]
 fn runaway_repeat() {
-    expect(
-        &model("  repeat $1000000 {\n  }"),
-        DiagClass::Limit,
-        "outside 0..=100000",
-    );
+    expect(&model("  repeat $1000000 {\n  }"), DiagClass::Limit, "outside 0..=100000");
 }
 
 #[test]
@@ -514,16 +344,9 @@ fn endless_recursion() {
 fn cyclic_import() {
     let dir = std::env::temp_dir().join(format!("muse-cycle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("a.muse"),
-        "import \"b.muse\"\nmodel m {\n  input x: f32[B, 4]\n  output o = x\n}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("b.muse"),
-        "# b imports a back\nimport \"a.muse\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("a.muse"), "import \"b.muse\"\nmodel m {\n  input x: f32[B, 4]\n  output o = x\n}\n")
+        .unwrap();
+    std::fs::write(dir.join("b.muse"), "# b imports a back\nimport \"a.muse\"\n").unwrap();
     let c = muse_compiler::compile_path(&dir.join("a.muse"), &Options::default());
     let d = c.result.unwrap_err();
     assert_eq!(d.class, DiagClass::CyclicImport);
@@ -537,17 +360,11 @@ fn cyclic_import() {
 /// An error inside a standard-library block names the user's call site in its trace.
 #[test]
 fn error_in_library_block_traces_to_call_site() {
-    let src = format!(
-        "import \"std/attention.muse\"\n{}",
-        model("  y = attention(x, x, 3)")
-    );
+    let src = format!("import \"std/attention.muse\"\n{}", model("  y = attention(x, x, 3)"));
     let c = compile_source("case.muse", &src, &Options::default());
     let d = c.result.unwrap_err();
     assert_eq!(d.class, DiagClass::Assert);
-    assert_eq!(
-        c.sources.get(d.loc.unwrap().file).name,
-        "std/attention.muse"
-    );
+    assert_eq!(c.sources.get(d.loc.unwrap().file).name, "std/attention.muse");
     let call = d.trace.first().expect("a call trace");
     assert_eq!(c.sources.describe(*call), "case.muse:6:7");
     assert!(d.render(&c.sources).contains("case.muse:6:7"));

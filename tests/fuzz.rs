@@ -7,20 +7,14 @@ use muse_compiler::{compile_source, Options};
 use proptest::prelude::*;
 
 fn cases() -> u32 {
-    std::env::var("MUSE_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(48)
+    std::env::var("MUSE_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(48)
 }
 
 fn seeds() -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let mut files: Vec<String> = Vec::new();
     for d in [dir.clone(), dir.join("std")] {
-        let mut paths: Vec<_> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut paths: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
         paths.sort();
         for p in paths {
             if p.extension().is_some_and(|x| x == "muse") {
@@ -139,8 +133,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), 1usize..40).prop_map(|(a, n)| Mutation::Delete(a, n)),
         (any::<usize>(), 0..TOKENS.len()).prop_map(|(a, t)| Mutation::Insert(a, t)),
-        (any::<usize>(), 1usize..80, any::<usize>())
-            .prop_map(|(a, n, b)| Mutation::Duplicate(a, n, b)),
+        (any::<usize>(), 1usize..80, any::<usize>()).prop_map(|(a, n, b)| Mutation::Duplicate(a, n, b)),
         (any::<usize>(), 0..TOKENS.len()).prop_map(|(a, t)| Mutation::Replace(a, t)),
     ]
 }
@@ -175,10 +168,8 @@ fn apply(mut s: String, m: &Mutation) -> String {
         }
         Mutation::Replace(a, t) => {
             let a = boundary(&s, a);
-            let word_end = s[a..]
-                .find(|c: char| !c.is_alphanumeric() && c != '_')
-                .map(|k| a + k.max(1))
-                .unwrap_or(s.len());
+            let word_end =
+                s[a..].find(|c: char| !c.is_alphanumeric() && c != '_').map(|k| a + k.max(1)).unwrap_or(s.len());
             let e = boundary(&s, word_end);
             s.replace_range(a..e, TOKENS[t]);
         }
@@ -214,27 +205,14 @@ proptest! {
 /// Inputs the fuzzer found or that stress the limits; kept as regression cases.
 #[test]
 fn corpus() {
-    let deep = format!(
-        "model m {{\n  y = {}1{}\n}}\n",
-        "(".repeat(5000),
-        ")".repeat(5000)
-    );
-    let long = format!(
-        "model m {{\n  input x: f32[B]\n  y = x{}\n  output y\n}}\n",
-        " + x".repeat(100_000)
-    );
+    let deep = format!("model m {{\n  y = {}1{}\n}}\n", "(".repeat(5000), ")".repeat(5000));
+    let long = format!("model m {{\n  input x: f32[B]\n  y = x{}\n  output y\n}}\n", " + x".repeat(100_000));
     let negs = format!("model m {{\n  y = {}1\n}}\n", "- ".repeat(100_000));
     let nots = format!("model m {{\n  y = {}true\n}}\n", "not ".repeat(100_000));
-    let lines = format!(
-        "model m {{\n  input x: f32[B]\n  y = x{}\n  output y\n}}\n",
-        " +\n x".repeat(100_000)
-    );
+    let lines = format!("model m {{\n  input x: f32[B]\n  y = x{}\n  output y\n}}\n", " +\n x".repeat(100_000));
     for text in [deep, long, negs, nots, lines] {
         let c = compile_source("corpus.muse", &text, &Options::default());
-        assert!(
-            c.result.is_err(),
-            "pathological input is rejected with a diagnostic"
-        );
+        assert!(c.result.is_err(), "pathological input is rejected with a diagnostic");
     }
     for text in [
         "",

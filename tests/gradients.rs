@@ -13,10 +13,7 @@ use muse_runtime::inputs::random_inputs;
 use muse_runtime::{init_params, run, HostTensor, Precision, RunOptions};
 use std::collections::HashMap;
 
-const F64: RunOptions = RunOptions {
-    precision: Precision::F64,
-    seed: 11,
-};
+const F64: RunOptions = RunOptions { precision: Precision::F64, seed: 11 };
 
 fn model(decls: &str, body: &str, out_shape: &str) -> Model {
     let src = format!(
@@ -26,11 +23,7 @@ fn model(decls: &str, body: &str, out_shape: &str) -> Model {
     common::compile_one("case.muse", &src)
 }
 
-fn loss_of(
-    m: &Model,
-    inputs: &HashMap<String, HostTensor>,
-    params: &HashMap<String, HostTensor>,
-) -> f64 {
+fn loss_of(m: &Model, inputs: &HashMap<String, HostTensor>, params: &HashMap<String, HostTensor>) -> f64 {
     let v = run(&m.graph, inputs, params, &F64).unwrap();
     v.get(m.graph.losses[0].1).floats()[0]
 }
@@ -54,11 +47,7 @@ fn positions(n: usize, k: usize) -> Vec<usize> {
 /// Checks every parameter and f32 input gradient against central differences.
 fn check(m: &Model, batch: usize, tol: f64) {
     let d = differentiate(&m.graph, Wrt { inputs: true });
-    assert!(
-        d.unreached.is_empty(),
-        "no gradient reaches {:?}",
-        d.unreached
-    );
+    assert!(d.unreached.is_empty(), "no gradient reaches {:?}", d.unreached);
     let inputs = random_inputs(&m.graph, batch, 5);
     let params = init_params(&m.graph, 3, Precision::F64).unwrap();
     let vals = run(&d.graph, &inputs, &params, &F64).unwrap();
@@ -113,51 +102,26 @@ const X: &str = "  input x: f32[3, 17]";
 
 #[test]
 fn unary_primitives() {
-    for f in [
-        "exp(x)", "tanh(x)", "sin(x)", "cos(x)", "abs(x)", "erf(x)", "-x",
-    ] {
+    for f in ["exp(x)", "tanh(x)", "sin(x)", "cos(x)", "abs(x)", "erf(x)", "-x"] {
         case(X, &format!("  y = {f}"), "3, 17");
     }
-    for f in [
-        "log(x * x + 0.5)",
-        "log1p(x * x)",
-        "sqrt(x * x + 0.5)",
-        "rsqrt(x * x + 0.5)",
-        "recip(x * x + 0.5)",
-    ] {
+    for f in ["log(x * x + 0.5)", "log1p(x * x)", "sqrt(x * x + 0.5)", "rsqrt(x * x + 0.5)", "recip(x * x + 0.5)"] {
         case(X, &format!("  y = {f}"), "3, 17");
     }
 }
 
 #[test]
 fn binary_primitives_with_broadcasting() {
-    let decls =
-        "  input x: f32[3, 17]\n  input v: f32[17]\n  input c: f32[3, 1]\n  input s: f32[1]";
-    for f in [
-        "x + v",
-        "x - c",
-        "c * x",
-        "x / (v * v + 1.0)",
-        "maximum(x, v)",
-        "minimum(c, x)",
-        "x * s - s",
-    ] {
+    let decls = "  input x: f32[3, 17]\n  input v: f32[17]\n  input c: f32[3, 1]\n  input s: f32[1]";
+    for f in ["x + v", "x - c", "c * x", "x / (v * v + 1.0)", "maximum(x, v)", "minimum(c, x)", "x * s - s"] {
         case(decls, &format!("  y = {f}"), "3, 17");
     }
 }
 
 #[test]
 fn select_and_comparisons() {
-    case(
-        "  input x: f32[3, 17]\n  input v: f32[17]",
-        "  y = where(x > v, x * v, x - v)",
-        "3, 17",
-    );
-    case(
-        X,
-        "  y = where(x < 0.0, 0.0, x) + cast(x > 0.5, f32) * x",
-        "3, 17",
-    );
+    case("  input x: f32[3, 17]\n  input v: f32[17]", "  y = where(x > v, x * v, x - v)", "3, 17");
+    case(X, "  y = where(x < 0.0, 0.0, x) + cast(x > 0.5, f32) * x", "3, 17");
 }
 
 #[test]
@@ -178,49 +142,21 @@ fn views() {
     case(x3, "  y = slice(x, 2, 2, 16, 2)", "3, 1, 7");
     case(x3, "  y = slice(x, 0, -1)", "1, 1, 17");
     case(x3, "  y = pad(x, 2, 2, 1, 0.5)", "3, 1, 20");
-    case(
-        x3,
-        "  y = concat([x, x * x, slice(x, 2, 0, 1)], -1)",
-        "3, 1, 35",
-    );
-    case(
-        x3,
-        "  a, b = split(x, [5, 12])\n  y = b * 2.0 + sum(a)",
-        "3, 1, 12",
-    );
-    case(
-        x3,
-        "  y = stack([index(x, 0, 1), squeeze(slice(x, 0, 2), 0)], 0)",
-        "2, 1, 17",
-    );
+    case(x3, "  y = concat([x, x * x, slice(x, 2, 0, 1)], -1)", "3, 1, 35");
+    case(x3, "  a, b = split(x, [5, 12])\n  y = b * 2.0 + sum(a)", "3, 1, 12");
+    case(x3, "  y = stack([index(x, 0, 1), squeeze(slice(x, 0, 2), 0)], 0)", "2, 1, 17");
 }
 
 #[test]
 fn matrix_products() {
-    case(
-        "  input a: f32[2, 3, 5]\n  input b: f32[2, 5, 4]",
-        "  y = a @ b",
-        "2, 3, 4",
-    );
-    case(
-        "  input a: f32[B, 3, 5]\n  input w: f32[5, 17]",
-        "  y = a @ w",
-        "B, 3, 17",
-    );
-    case(
-        "  input a: f32[1, 5]\n  input b: f32[3, 5, 2]",
-        "  y = a @ b",
-        "3, 1, 2",
-    );
+    case("  input a: f32[2, 3, 5]\n  input b: f32[2, 5, 4]", "  y = a @ b", "2, 3, 4");
+    case("  input a: f32[B, 3, 5]\n  input w: f32[5, 17]", "  y = a @ w", "B, 3, 17");
+    case("  input a: f32[1, 5]\n  input b: f32[3, 5, 2]", "  y = a @ b", "3, 1, 2");
 }
 
 #[test]
 fn gather_and_scatter() {
-    case(
-        "  input ids: i32[B, 3]\n  param t: [7, 1, 3] ~ normal(1.0)",
-        "  y = take(t, ids)",
-        "B, 3, 1, 3",
-    );
+    case("  input ids: i32[B, 3]\n  param t: [7, 1, 3] ~ normal(1.0)", "  y = take(t, ids)", "B, 3, 1, 3");
     case(
         "  input ids: i32[B, 3]\n  input u: f32[B, 3, 2]\n  z = take(full([5, 1], 1.0), ids)",
         "  y = scatter_add(ids, u * z, 5)",
@@ -232,17 +168,9 @@ fn gather_and_scatter() {
 fn scans() {
     let decls = "  input a: f32[2, 17, 3]\n  input b: f32[2, 17, 3]";
     case(decls, "  y = scan(tanh(a), b, 1)", "2, 17, 3");
-    case(
-        decls,
-        "  y = scan(tanh(a), b, 1, reverse = true)",
-        "2, 17, 3",
-    );
+    case(decls, "  y = scan(tanh(a), b, 1, reverse = true)", "2, 17, 3");
     case(decls, "  y = scan(tanh(a), b, 0)", "2, 17, 3");
-    case(
-        "  input a: f32[2, 1, 3]\n  input b: f32[2, 1, 3]",
-        "  y = scan(a, b, 1)",
-        "2, 1, 3",
-    );
+    case("  input a: f32[2, 1, 3]\n  input b: f32[2, 1, 3]", "  y = scan(a, b, 1)", "2, 1, 3");
 }
 
 #[test]
@@ -288,26 +216,14 @@ fn nn_blocks() {
 
 #[test]
 fn losses() {
-    case(
-        "  input x: f32[B, 3, 17]\n  input t: i32[B, 3]",
-        "  y = cross_entropy(x, t, 0.1)",
-        "B, 3",
-    );
-    case(
-        "  input x: f32[B, 3]\n  input p: f32[B, 3]",
-        "  y = bce_with_logits(x * 3.0, sigmoid(p))",
-        "B, 3",
-    );
+    case("  input x: f32[B, 3, 17]\n  input t: i32[B, 3]", "  y = cross_entropy(x, t, 0.1)", "B, 3");
+    case("  input x: f32[B, 3]\n  input p: f32[B, 3]", "  y = bce_with_logits(x * 3.0, sigmoid(p))", "B, 3");
     case(
         "  input x: f32[B, 3, 17]\n  input t: i32[B, 3]\n  input m: bool[B, 3]",
         "  y = masked_token_loss(x, t, m, 0.1)",
         "",
     );
-    case(
-        "  input x: f32[B, 3, 5]\n  input m: bool[B, 3]",
-        "  y = masked_mean(x, m)",
-        "B, 5",
-    );
+    case("  input x: f32[B, 3, 5]\n  input m: bool[B, 3]", "  y = masked_mean(x, m)", "B, 5");
 }
 
 #[test]
@@ -346,16 +262,8 @@ fn conv_blocks() {
 
 #[test]
 fn maskgit_blocks() {
-    case(
-        "  input tok: i32[B, 3]",
-        "  y = token_input(tok, 5, 4)",
-        "B, 3, 4",
-    );
-    case(
-        "  input ids: i32[B, 3]\n  input m: bool[B, 3]",
-        "  y = text_encoder(ids, m, 7, 4, 1, 2)",
-        "B, 3, 4",
-    );
+    case("  input tok: i32[B, 3]", "  y = token_input(tok, 5, 4)", "B, 3, 4");
+    case("  input ids: i32[B, 3]\n  input m: bool[B, 3]", "  y = text_encoder(ids, m, 7, 4, 1, 2)", "B, 3, 4");
     case(
         "  input h: f32[B, 3, 4]\n  input t: f32[B, 2, 4]\n  input m: bool[B, 2]",
         "  y = transformer_layer(h, t, m, 2, 2)",

@@ -62,28 +62,21 @@ fn every_model_runs_forward_and_backward_with_gradients_for_every_parameter() {
     for name in names {
         let m = common::compile_model(name, &tiny(name));
         let d = differentiate(&m.graph, Wrt::default());
-        assert!(
-            d.unreached.is_empty(),
-            "{name}: a bug in the model file: {:?} do not influence any loss",
-            d.unreached
-        );
+        assert!(d.unreached.is_empty(), "{name}: a bug in the model file: {:?} do not influence any loss", d.unreached);
         let inputs = random_inputs(&m.graph, 2, 1);
         let params = init_params(&m.graph, 1, Precision::F32).unwrap();
         let v = run(&d.graph, &inputs, &params, &RunOptions::default()).unwrap();
         for (out, n) in m.graph.outputs.iter().chain(&m.graph.losses) {
             let t = v.get(*n);
-            assert!(
-                t.to_f64().iter().all(|x| x.is_finite()),
-                "{name}: output {out} is not finite"
-            );
+            assert!(t.to_f64().iter().all(|x| x.is_finite()), "{name}: output {out} is not finite");
         }
         for (p, g) in &d.params {
             let gv = v.get(*g).to_f64();
+            assert!(gv.iter().all(|x| x.is_finite()), "{name}: gradient of {p} is not finite");
             assert!(
-                gv.iter().all(|x| x.is_finite()),
-                "{name}: gradient of {p} is not finite"
+                gv.iter().any(|x| *x != 0.0),
+                "{name}: gradient of {p} is exactly zero though it reaches the loss: an autodiff bug"
             );
-            assert!(gv.iter().any(|x| *x != 0.0), "{name}: gradient of {p} is exactly zero though it reaches the loss: an autodiff bug");
         }
     }
 }
@@ -108,10 +101,7 @@ fn backward_grows_linearly_with_depth() {
             })
             .collect();
         let steps: Vec<usize> = counts.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(
-            steps.iter().all(|s| *s == steps[0]),
-            "{name}: nodes per extra layer {steps:?} are not constant"
-        );
+        assert!(steps.iter().all(|s| *s == steps[0]), "{name}: nodes per extra layer {steps:?} are not constant");
     }
 }
 
@@ -133,33 +123,20 @@ fn gradients_accumulate_across_micro_batches() {
                 let mut shape = t.shape.clone();
                 shape[0] = 2;
                 let h = match &t.data {
-                    muse_runtime::Data::F(v) => {
-                        HostTensor::f(&shape, v[lo * row..(lo + 2) * row].to_vec())
-                    }
-                    muse_runtime::Data::I(v) => {
-                        HostTensor::i(&shape, v[lo * row..(lo + 2) * row].to_vec())
-                    }
-                    muse_runtime::Data::B(v) => {
-                        HostTensor::b(&shape, v[lo * row..(lo + 2) * row].to_vec())
-                    }
+                    muse_runtime::Data::F(v) => HostTensor::f(&shape, v[lo * row..(lo + 2) * row].to_vec()),
+                    muse_runtime::Data::I(v) => HostTensor::i(&shape, v[lo * row..(lo + 2) * row].to_vec()),
+                    muse_runtime::Data::B(v) => HostTensor::b(&shape, v[lo * row..(lo + 2) * row].to_vec()),
                 };
                 (k.clone(), h)
             })
             .collect()
     };
-    let opts = RunOptions {
-        precision: Precision::F64,
-        seed: 0,
-    };
+    let opts = RunOptions { precision: Precision::F64, seed: 0 };
     let vf = run(&d.graph, &full, &params, &opts).unwrap();
     let v0 = run(&d.graph, &half(0), &params, &opts).unwrap();
     let v1 = run(&d.graph, &half(2), &params, &opts).unwrap();
     for (name, g) in &d.params {
-        let (a, b, c) = (
-            vf.get(*g).floats(),
-            v0.get(*g).floats(),
-            v1.get(*g).floats(),
-        );
+        let (a, b, c) = (vf.get(*g).floats(), v0.get(*g).floats(), v1.get(*g).floats());
         for i in 0..a.len() {
             assert!((a[i] - (b[i] + c[i])).abs() < 1e-12, "{name}[{i}]");
         }
@@ -175,64 +152,32 @@ fn input_and_parameter_errors_are_clear() {
 
     let mut wrong = inputs.clone();
     wrong.insert("targets".into(), HostTensor::i(&[3, 4], vec![0; 12]));
-    let e = run(&m.graph, &wrong, &params, &opts)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("input `targets`") && e.contains("B = 2 (B = 2 from input `tokens`)"),
-        "{e}"
-    );
+    let e = run(&m.graph, &wrong, &params, &opts).unwrap_err().to_string();
+    assert!(e.contains("input `targets`") && e.contains("B = 2 (B = 2 from input `tokens`)"), "{e}");
 
     wrong = inputs.clone();
     wrong.insert("tokens".into(), HostTensor::f(&[2, 4], vec![0.0; 8]));
-    assert!(matches!(
-        run(&m.graph, &wrong, &params, &opts),
-        Err(RunError::InputDType { .. })
-    ));
+    assert!(matches!(run(&m.graph, &wrong, &params, &opts), Err(RunError::InputDType { .. })));
 
-    inputs.insert(
-        "tokens".into(),
-        HostTensor::i(&[2, 4], vec![0, 1, 2, 99, 0, 0, 0, 0]),
-    );
-    let e = run(&m.graph, &inputs, &params, &opts)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("gather") && e.contains("index 99 is outside 0..8"),
-        "{e}"
-    );
+    inputs.insert("tokens".into(), HostTensor::i(&[2, 4], vec![0, 1, 2, 99, 0, 0, 0, 0]));
+    let e = run(&m.graph, &inputs, &params, &opts).unwrap_err().to_string();
+    assert!(e.contains("gather") && e.contains("index 99 is outside 0..8"), "{e}");
     inputs.remove("tokens");
-    assert_eq!(
-        run(&m.graph, &inputs, &params, &opts).unwrap_err(),
-        RunError::MissingInput("tokens".into())
-    );
+    assert_eq!(run(&m.graph, &inputs, &params, &opts).unwrap_err(), RunError::MissingInput("tokens".into()));
 
     // A safetensors file with a mis-shaped tensor names it and both shapes.
     let dir = std::env::temp_dir().join(format!("muse-params-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("p.safetensors");
     let mut bad = params.clone();
-    bad.insert(
-        "head.to_logits.weight".into(),
-        HostTensor::f(&[8, 7], vec![0.0; 56]),
-    );
+    bad.insert("head.to_logits.weight".into(), HostTensor::f(&[8, 7], vec![0.0; 56]));
     checkpoint::save(&path, &bad).unwrap();
-    let e = checkpoint::load_params(&m.graph, &path)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("`head.to_logits.weight` has shape [8, 7], but the model declares [7, 8]"),
-        "{e}"
-    );
+    let e = checkpoint::load_params(&m.graph, &path).unwrap_err().to_string();
+    assert!(e.contains("`head.to_logits.weight` has shape [8, 7], but the model declares [7, 8]"), "{e}");
     bad.remove("layers.1.layer.mlp.fc2.bias");
     checkpoint::save(&path, &bad).unwrap();
-    let e = checkpoint::load_params(&m.graph, &path)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("`layers.1.layer.mlp.fc2.bias` is not in the file"),
-        "{e}"
-    );
+    let e = checkpoint::load_params(&m.graph, &path).unwrap_err().to_string();
+    assert!(e.contains("`layers.1.layer.mlp.fc2.bias` is not in the file"), "{e}");
     // A good file round-trips and gives the same outputs.
     checkpoint::save(&path, &params).unwrap();
     let loaded = checkpoint::load_params(&m.graph, &path).unwrap();
@@ -247,15 +192,9 @@ fn initialisers_are_seeded_and_follow_their_declarations() {
     let b = init_params(&m.graph, 1, Precision::F32).unwrap();
     let c = init_params(&m.graph, 2, Precision::F32).unwrap();
     assert_eq!(a, b);
-    assert_ne!(
-        a["layers.0.mixer.in_proj.weight"],
-        c["layers.0.mixer.in_proj.weight"]
-    );
+    assert_ne!(a["layers.0.mixer.in_proj.weight"], c["layers.0.mixer.in_proj.weight"]);
     // A_log = log(1..N) per channel, D = 1, norms start at one.
-    assert_eq!(
-        a["layers.0.mixer.A_log"].floats(),
-        &[0.0, 2f64.ln() as f32 as f64].repeat(16)
-    );
+    assert_eq!(a["layers.0.mixer.A_log"].floats(), &[0.0, 2f64.ln() as f32 as f64].repeat(16));
     assert!(a["layers.0.mixer.D"].floats().iter().all(|x| *x == 1.0));
     // dt = softplus(bias) lies in [1e-3, 0.1] as Mamba initialises it.
     for b in a["layers.1.mixer.dt_proj.bias"].floats() {

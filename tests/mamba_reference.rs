@@ -81,9 +81,7 @@ fn mamba_plain(x: &[f64], w: &HashMap<String, HostTensor>) -> Vec<f64> {
         let mut bm = vec![vec![0.0; NST]; L];
         let mut cm = vec![vec![0.0; NST]; L];
         for t in 0..L {
-            let proj: Vec<f64> = (0..R + 2 * NST)
-                .map(|j| (0..E).map(|c| w_x[j * E + c] * uc[t][c]).sum())
-                .collect();
+            let proj: Vec<f64> = (0..R + 2 * NST).map(|j| (0..E).map(|c| w_x[j * E + c] * uc[t][c]).sum()).collect();
             for n in 0..NST {
                 bm[t][n] = proj[R + n];
                 cm[t][n] = proj[R + NST + n];
@@ -110,9 +108,7 @@ fn mamba_plain(x: &[f64], w: &HashMap<String, HostTensor>) -> Vec<f64> {
         // 7. out = (y * silu(z)) W_out^T
         for t in 0..L {
             for o in 0..D {
-                out[(b * L + t) * D + o] = (0..E)
-                    .map(|c| w_out[o * E + c] * y[t][c] * silu(z[t][c]))
-                    .sum();
+                out[(b * L + t) * D + o] = (0..E).map(|c| w_out[o * E + c] * y[t][c] * silu(z[t][c])).sum();
             }
         }
     }
@@ -126,10 +122,7 @@ fn loss_plain(x: &[f64], r: &[f64], w: &HashMap<String, HostTensor>) -> f64 {
 #[test]
 fn mamba_block_matches_the_plain_implementation() {
     let m = common::compile_one("mamba.muse", &src());
-    let opts = RunOptions {
-        precision: Precision::F64,
-        seed: 0,
-    };
+    let opts = RunOptions { precision: Precision::F64, seed: 0 };
     let mut params = init_params(&m.graph, 4, Precision::F64).unwrap();
     // Larger random weights than the initialisers so that every term matters.
     for (i, t) in params.values_mut().enumerate() {
@@ -147,17 +140,10 @@ fn mamba_block_matches_the_plain_implementation() {
     let v = run(&m.graph, &inputs, &params, &opts).unwrap();
     let ours = v.get(m.graph.outputs[0].1).floats();
     let plain = mamba_plain(&x, &params);
-    let worst = ours
-        .iter()
-        .zip(&plain)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let worst = ours.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     let scale = plain.iter().map(|a| a.abs()).fold(0.0, f64::max);
     assert!(scale > 1e-3, "outputs are not trivially small");
-    assert!(
-        worst <= 1e-12 * scale.max(1.0),
-        "forward differs by {worst:e}"
-    );
+    assert!(worst <= 1e-12 * scale.max(1.0), "forward differs by {worst:e}");
 
     // Gradients: autodiff against central differences of the plain implementation.
     let d = differentiate(&m.graph, Wrt { inputs: true });
@@ -185,18 +171,12 @@ fn mamba_block_matches_the_plain_implementation() {
             close(&format!("{name}[{i}]"), ana[i], (up - down) / (2.0 * h));
         }
     }
-    let gx = v
-        .get(d.inputs.iter().find(|(n, _)| n == "x").unwrap().1)
-        .floats();
+    let gx = v.get(d.inputs.iter().find(|(n, _)| n == "x").unwrap().1).floats();
     for i in (0..x.len()).step_by(5) {
         let mut xp = x.clone();
         xp[i] += h;
         let up = loss_plain(&xp, &r, &params);
         xp[i] -= 2.0 * h;
-        close(
-            &format!("x[{i}]"),
-            gx[i],
-            (up - loss_plain(&xp, &r, &params)) / (2.0 * h),
-        );
+        close(&format!("x[{i}]"), gx[i], (up - loss_plain(&xp, &r, &params)) / (2.0 * h));
     }
 }

@@ -31,13 +31,7 @@ fn root() -> PathBuf {
 }
 
 fn compile(name: &str, sets: &[(&str, &str)]) -> Model {
-    let opts = Options {
-        overrides: sets
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        model: None,
-    };
+    let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
     let path = root().join("models").join(format!("{name}.muse"));
     let c = compile_path(&path, &opts);
     match c.result {
@@ -62,8 +56,7 @@ fn models_directory_has_every_variant() {
         .unwrap()
         .filter_map(|e| {
             let p = e.unwrap().path();
-            (p.extension().is_some_and(|x| x == "muse"))
-                .then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+            (p.extension().is_some_and(|x| x == "muse")).then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
         })
         .collect();
     found.sort();
@@ -95,47 +88,19 @@ fn every_model_compiles_with_parameters_and_results() {
 /// tokenizer at 256x256 with 128 channels and four downsamplings.
 #[test]
 fn every_model_compiles_at_paper_scale() {
-    let masked = [
-        ("depth", "12"),
-        ("dim", "1024"),
-        ("heads", "16"),
-        ("codebook", "8192"),
-        ("grid", "16"),
-        ("text_len", "64"),
-    ];
+    let masked =
+        [("depth", "12"), ("dim", "1024"), ("heads", "16"), ("codebook", "8192"), ("grid", "16"), ("text_len", "64")];
     for name in MODELS.iter().filter(|n| **n != "vq_tokenizer") {
         let m = compile(name, &masked);
-        let logits = m
-            .graph
-            .outputs
-            .iter()
-            .find(|(n, _)| n == "logits")
-            .expect("logits")
-            .1;
-        let want = if *name == "token_critic" {
-            "f32[B, 256]"
-        } else {
-            "f32[B, 256, 8192]"
-        };
+        let logits = m.graph.outputs.iter().find(|(n, _)| n == "logits").expect("logits").1;
+        let want = if *name == "token_critic" { "f32[B, 256]" } else { "f32[B, 256, 8192]" };
         assert_eq!(m.graph.ty(logits).to_string(), want, "{name}");
     }
     let vq = compile(
         "vq_tokenizer",
-        &[
-            ("channels", "128"),
-            ("codebook", "8192"),
-            ("resolution", "256"),
-            ("levels", "4"),
-            ("groups", "32"),
-        ],
+        &[("channels", "128"), ("codebook", "8192"), ("resolution", "256"), ("levels", "4"), ("groups", "32")],
     );
-    let codes = vq
-        .graph
-        .outputs
-        .iter()
-        .find(|(n, _)| n == "codes")
-        .unwrap()
-        .1;
+    let codes = vq.graph.outputs.iter().find(|(n, _)| n == "codes").unwrap().1;
     assert_eq!(vq.graph.ty(codes).to_string(), "i32[B, 16, 16]");
 }
 
@@ -143,11 +108,7 @@ fn every_model_compiles_at_paper_scale() {
 fn both_combinations_of_variants_compile() {
     compile("mamba_parallel", &[("combine", "product")]);
     let b = compile("mamba_text_b", &[("text_source", "xattn")]);
-    assert!(b
-        .graph
-        .params
-        .iter()
-        .any(|p| p.name == "layers.0.xattn.to_q.weight"));
+    assert!(b.graph.params.iter().any(|p| p.name == "layers.0.xattn.to_q.weight"));
     compile("mamba_text_c", &[("text_source", "xattn")]);
     compile("mamba_text_skip", &[("input_dependent", "false")]);
 }
@@ -158,49 +119,21 @@ fn both_combinations_of_variants_compile() {
 ///   each layer    16D^2 + 11D                        (LN 2D*3, two attentions 8D^2, MLP 8D^2+5D)
 ///   head          2D + K*D
 fn muse_params(k: i64, n: i64, v: i64, s: i64, d: i64, l: i64, lt: i64) -> i64 {
-    v * d
-        + s * d
-        + lt * (12 * d * d + 9 * d)
-        + 2 * d
-        + (k + 1) * d
-        + n * d
-        + l * (16 * d * d + 11 * d)
-        + 2 * d
-        + k * d
+    v * d + s * d + lt * (12 * d * d + 9 * d) + 2 * d + (k + 1) * d + n * d + l * (16 * d * d + 11 * d) + 2 * d + k * d
 }
 
 #[test]
 fn muse_base_at_paper_scale_matches_the_architecture() {
-    let sets = [
-        ("depth", "24"),
-        ("dim", "2048"),
-        ("heads", "16"),
-        ("codebook", "8192"),
-        ("grid", "16"),
-        ("text_len", "64"),
-    ];
+    let sets =
+        [("depth", "24"), ("dim", "2048"), ("heads", "16"), ("codebook", "8192"), ("grid", "16"), ("text_len", "64")];
     let m = compile("muse_base", &sets);
-    let want = muse_params(
-        8192,
-        256,
-        config_int(&m, "text_vocab"),
-        64,
-        2048,
-        24,
-        config_int(&m, "text_depth"),
-    );
+    let want = muse_params(8192, 256, config_int(&m, "text_vocab"), 64, 2048, 24, config_int(&m, "text_depth"));
     let got = m.graph.param_count();
     let rel = (got - want).abs() as f64 / want as f64;
-    assert!(
-        rel < 0.05,
-        "muse_base: {got} parameters, the architecture implies {want}"
-    );
+    assert!(rel < 0.05, "muse_base: {got} parameters, the architecture implies {want}");
     // The small default has the same structure.
     let small = compile("muse_small", &[]);
-    assert_eq!(
-        small.graph.param_count(),
-        muse_params(256, 64, 1024, 16, 128, 4, 2)
-    );
+    assert_eq!(small.graph.param_count(), muse_params(256, 64, 1024, 16, 128, 4, 2));
 }
 
 /// Mamba block (SPEC-models.md section 5) at width D, E = 2D, state Nst, R = ceil(D/16), conv 4:
@@ -214,20 +147,10 @@ fn mamba_params(d: i64, nst: i64) -> i64 {
 
 #[test]
 fn mamba_xattn_xz_at_paper_scale_matches_the_architecture() {
-    let sets = [
-        ("depth", "12"),
-        ("dim", "1024"),
-        ("heads", "16"),
-        ("codebook", "8192"),
-        ("grid", "16"),
-    ];
+    let sets = [("depth", "12"), ("dim", "1024"), ("heads", "16"), ("codebook", "8192"), ("grid", "16")];
     let m = compile("mamba_xattn_xz", &sets);
     let (d, k, n) = (1024, 8192, 256);
-    let (v, s, lt) = (
-        config_int(&m, "text_vocab"),
-        config_int(&m, "text_len"),
-        config_int(&m, "text_depth"),
-    );
+    let (v, s, lt) = (config_int(&m, "text_vocab"), config_int(&m, "text_len"), config_int(&m, "text_depth"));
     let text = v * d + s * d + lt * (12 * d * d + 9 * d) + 2 * d;
     let layer = d + 4 * d * d + mamba_params(d, 16); // rmsnorm, cross-attention, mixer
     let want = text + (k + 1) * d + n * d + 12 * layer + 2 * d + k * d;
@@ -252,12 +175,7 @@ fn parameter_names_follow_the_safetensors_convention() {
     ] {
         assert!(names.contains(&want), "missing {want} in {names:?}");
     }
-    let conv = m
-        .graph
-        .params
-        .iter()
-        .find(|p| p.name == "layers.0.mixer.conv1d.weight")
-        .unwrap();
+    let conv = m.graph.params.iter().find(|p| p.name == "layers.0.mixer.conv1d.weight").unwrap();
     assert_eq!(conv.ty.to_string(), "f32[256, 1, 4]");
 }
 
@@ -268,31 +186,17 @@ fn summary(g: &Graph) -> String {
     for n in g.g.node_indices() {
         *ops.entry(g.node(n).op.name()).or_default() += 1;
     }
-    let mut s = format!(
-        "nodes {}\nparameters {} in {} tensors\n",
-        g.node_count(),
-        g.param_count(),
-        g.params.len()
-    );
+    let mut s = format!("nodes {}\nparameters {} in {} tensors\n", g.node_count(), g.param_count(), g.params.len());
     for (op, k) in ops {
         s.push_str(&format!("op {op} {k}\n"));
     }
-    for (kind, list) in [
-        ("input", &g.inputs),
-        ("output", &g.outputs),
-        ("loss", &g.losses),
-    ] {
+    for (kind, list) in [("input", &g.inputs), ("output", &g.outputs), ("loss", &g.losses)] {
         for (name, n) in list {
             s.push_str(&format!("{kind} {name} {}\n", g.ty(*n)));
         }
     }
     for p in &g.params {
-        s.push_str(&format!(
-            "param {} {} init-nodes {}\n",
-            p.name,
-            p.ty,
-            p.init.node_count()
-        ));
+        s.push_str(&format!("param {} {} init-nodes {}\n", p.name, p.ty, p.init.node_count()));
     }
     s
 }
@@ -303,12 +207,8 @@ fn check_golden(file: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "missing golden {}; run with MUSE_BLESS=1 to create it",
-            path.display()
-        )
-    });
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing golden {}; run with MUSE_BLESS=1 to create it", path.display()));
     if want != actual {
         let diff: Vec<String> = want
             .lines()
@@ -358,9 +258,6 @@ fn dot_output_groups_nodes_by_block() {
 fn elaboration_is_deterministic() {
     let a = compile("mamba_xattn_xz", &[]);
     let b = compile("mamba_xattn_xz", &[]);
-    assert_eq!(
-        print::to_text(&a.graph, None),
-        print::to_text(&b.graph, None)
-    );
+    assert_eq!(print::to_text(&a.graph, None), print::to_text(&b.graph, None));
     let _ = Path::new("");
 }

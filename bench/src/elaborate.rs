@@ -24,10 +24,7 @@ fn time(path: &Path, opts: &Options, runs: usize) -> (f64, f64, usize) {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let runs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models");
     let paper = Options {
         overrides: [
@@ -43,15 +40,9 @@ fn main() {
         .collect(),
         model: None,
     };
-    println!(
-        "{:<44} {:>9} {:>10} {:>8}",
-        "model", "min ms", "median ms", "nodes"
-    );
+    println!("{:<44} {:>9} {:>10} {:>8}", "model", "min ms", "median ms", "nodes");
     let (min, med, nodes) = time(&models.join("muse_base.muse"), &paper, runs);
-    println!(
-        "{:<44} {min:>9.2} {med:>10.2} {nodes:>8}",
-        "muse_base, paper scale (24 layers, 2048 wide)"
-    );
+    println!("{:<44} {min:>9.2} {med:>10.2} {nodes:>8}", "muse_base, paper scale (24 layers, 2048 wide)");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&models)
         .expect("models/")
         .map(|e| e.expect("entry").path())
@@ -60,10 +51,7 @@ fn main() {
     files.sort();
     for f in files {
         let (min, med, nodes) = time(&f, &Options::default(), runs);
-        let name = f
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         println!("{name:<44} {min:>9.2} {med:>10.2} {nodes:>8}");
     }
 }

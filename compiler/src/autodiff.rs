@@ -6,9 +6,7 @@
 //! random numbers and constants stop them. Each primitive's vector-Jacobian product is in
 //! [`Backward::vjp`]; `scan`'s is a reverse scan (SPEC-models.md section 6).
 
-use crate::ir::{
-    BinaryOp, DType, Dim, Graph, NodeIndex, Op, Provenance, ReduceOp, Shape, TensorType, UnaryOp,
-};
+use crate::ir::{BinaryOp, DType, Dim, Graph, NodeIndex, Op, Provenance, ReduceOp, Shape, TensorType, UnaryOp};
 use crate::report::{PassReport, PassTimer};
 use std::collections::{HashMap, HashSet};
 
@@ -42,21 +40,12 @@ pub struct Wrt {
 pub fn differentiate(g: &Graph, wrt: Wrt) -> Gradients {
     let timer = PassTimer::start("autodiff", g.node_count());
     assert!(!g.losses.is_empty(), "differentiate needs a loss");
-    let mut b = Backward {
-        g: g.clone(),
-        consts: HashMap::new(),
-        prov: Provenance::default(),
-    };
+    let mut b = Backward { g: g.clone(), consts: HashMap::new(), prov: Provenance::default() };
     let leaves: Vec<NodeIndex> = g
         .params
         .iter()
         .map(|p| p.node)
-        .chain(
-            g.inputs
-                .iter()
-                .filter(|(_, n)| wrt.inputs && g.ty(*n).dtype == DType::F32)
-                .map(|(_, n)| *n),
-        )
+        .chain(g.inputs.iter().filter(|(_, n)| wrt.inputs && g.ty(*n).dtype == DType::F32).map(|(_, n)| *n))
         .collect();
     let active = active_nodes(g, &leaves);
 
@@ -109,31 +98,14 @@ pub fn differentiate(g: &Graph, wrt: Wrt) -> Gradients {
     let mut inputs = Vec::new();
     for (name, n) in &g.inputs {
         if wrt.inputs && g.ty(*n).dtype == DType::F32 {
-            let d = grads
-                .get(n)
-                .copied()
-                .unwrap_or_else(|| b.constant(0.0, &g.ty(*n).clone()));
+            let d = grads.get(n).copied().unwrap_or_else(|| b.constant(0.0, &g.ty(*n).clone()));
             inputs.push((name.clone(), d));
         }
     }
     let nodes = b.g.node_count();
-    let report = timer.finish(
-        nodes,
-        format!(
-            "{} backward nodes, {} parameters unreached",
-            nodes - g.node_count(),
-            unreached.len()
-        ),
-    );
-    Gradients {
-        graph: b.g,
-        loss,
-        params,
-        inputs,
-        unreached,
-        forward_nodes: g.node_count(),
-        report,
-    }
+    let report = timer
+        .finish(nodes, format!("{} backward nodes, {} parameters unreached", nodes - g.node_count(), unreached.len()));
+    Gradients { graph: b.g, loss, params, inputs, unreached, forward_nodes: g.node_count(), report }
 }
 
 /// Nodes on a differentiable path from a leaf to a loss.
@@ -143,11 +115,7 @@ fn active_nodes(g: &Graph, leaves: &[NodeIndex]) -> HashSet<NodeIndex> {
         node.ty.dtype == DType::F32
             && !matches!(
                 node.op,
-                Op::StopGradient
-                    | Op::Random { .. }
-                    | Op::Const { .. }
-                    | Op::Iota { .. }
-                    | Op::Cast { .. }
+                Op::StopGradient | Op::Random { .. } | Op::Const { .. } | Op::Iota { .. } | Op::Cast { .. }
             )
     };
     let mut from_leaves: HashSet<NodeIndex> = HashSet::new();
@@ -192,9 +160,7 @@ impl Backward {
         if let Some(&n) = self.consts.get(&key) {
             return n;
         }
-        let n = self
-            .g
-            .leaf(Op::Const { value }, ty.clone(), self.prov.clone());
+        let n = self.g.leaf(Op::Const { value }, ty.clone(), self.prov.clone());
         self.consts.insert(key, n);
         n
     }
@@ -225,23 +191,13 @@ impl Backward {
         if &self.shape(x) == shape {
             return x;
         }
-        self.ap(
-            Op::Broadcast {
-                shape: shape.clone(),
-            },
-            &[x],
-        )
+        self.ap(Op::Broadcast { shape: shape.clone() }, &[x])
     }
     fn reshape(&mut self, x: NodeIndex, shape: &Shape) -> NodeIndex {
         if &self.shape(x) == shape {
             return x;
         }
-        self.ap(
-            Op::Reshape {
-                shape: shape.clone(),
-            },
-            &[x],
-        )
+        self.ap(Op::Reshape { shape: shape.clone() }, &[x])
     }
     fn transpose_last(&mut self, x: NodeIndex) -> NodeIndex {
         let r = self.shape(x).rank();
@@ -256,48 +212,20 @@ impl Backward {
         for (axis, (a, t)) in s.0.iter().zip(&target.0).enumerate() {
             if a != t {
                 debug_assert!(t.is(1));
-                cur = self.ap(
-                    Op::Reduce {
-                        op: ReduceOp::Sum,
-                        axis,
-                    },
-                    &[cur],
-                );
+                cur = self.ap(Op::Reduce { op: ReduceOp::Sum, axis }, &[cur]);
             }
         }
         cur
     }
     /// `x` shifted by one along `axis`: `out[t] = x[t-1]` (or `x[t+1]` when `later`), zero at the edge.
     fn shift(&mut self, x: NodeIndex, axis: usize, later: bool) -> NodeIndex {
-        let n = self.shape(x).0[axis]
-            .as_known()
-            .expect("scan axes have known sizes");
+        let n = self.shape(x).0[axis].as_known().expect("scan axes have known sizes");
         if n <= 1 {
             return self.zeros_like(x);
         }
-        let (start, end, before, after) = if later {
-            (1, n, 0, 1)
-        } else {
-            (0, n - 1, 1, 0)
-        };
-        let cut = self.ap(
-            Op::Slice {
-                axis,
-                start,
-                end,
-                step: 1,
-            },
-            &[x],
-        );
-        self.ap(
-            Op::Pad {
-                axis,
-                before,
-                after,
-                value: 0.0,
-            },
-            &[cut],
-        )
+        let (start, end, before, after) = if later { (1, n, 0, 1) } else { (0, n - 1, 1, 0) };
+        let cut = self.ap(Op::Slice { axis, start, end, step: 1 }, &[x]);
+        self.ap(Op::Pad { axis, before, after, value: 0.0 }, &[cut])
     }
 
     /// Vector-Jacobian products of node `n` given its output gradient `d`: one
@@ -313,11 +241,7 @@ impl Backward {
         let wants = |i: usize| xs.get(i).is_some_and(|x| active.contains(x));
         let mut out = Vec::new();
         match op {
-            Op::Input { .. }
-            | Op::Param { .. }
-            | Op::Const { .. }
-            | Op::Iota { .. }
-            | Op::Random { .. } => {}
+            Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } | Op::Random { .. } => {}
             Op::StopGradient | Op::Cast { .. } => {}
             Op::Unary(u) => {
                 let x = xs[0];
@@ -419,11 +343,7 @@ impl Backward {
                     }
                     BinaryOp::Max | BinaryOp::Min => {
                         // Ties go to the left operand.
-                        let cmp = if bop == BinaryOp::Max {
-                            BinaryOp::Ge
-                        } else {
-                            BinaryOp::Le
-                        };
+                        let cmp = if bop == BinaryOp::Max { BinaryOp::Ge } else { BinaryOp::Le };
                         let left = self.bin(cmp, a, b);
                         let zero = self.zeros_like(d);
                         if wants(0) {
@@ -463,13 +383,7 @@ impl Backward {
                         let yb = self.broadcast(n, &xs_shape);
                         let hit = self.bin(BinaryOp::Eq, x, yb);
                         let mask = self.ap(Op::Cast { to: DType::F32 }, &[hit]);
-                        let count = self.ap(
-                            Op::Reduce {
-                                op: ReduceOp::Sum,
-                                axis,
-                            },
-                            &[mask],
-                        );
+                        let count = self.ap(Op::Reduce { op: ReduceOp::Sum, axis }, &[mask]);
                         let share = self.bin(BinaryOp::Div, d, count);
                         let sb = self.broadcast(share, &xs_shape);
                         let dx = self.mul(sb, mask);
@@ -496,15 +410,8 @@ impl Backward {
                 let dx = self.sum_to(d, &s);
                 out.push((0, dx));
             }
-            Op::Slice {
-                axis,
-                start,
-                end,
-                step,
-            } => {
-                let size = self.shape(xs[0]).0[axis]
-                    .as_known()
-                    .expect("sliced axes are known");
+            Op::Slice { axis, start, end, step } => {
+                let size = self.shape(xs[0]).0[axis].as_known().expect("sliced axes are known");
                 let k = self.shape(n).0[axis].as_known().expect("known");
                 let mut cur = d;
                 let mut covered = end - start;
@@ -512,79 +419,30 @@ impl Backward {
                     // Interleave zeros: [.., k, ..] -> [.., k, step, ..] -> [.., k*step, ..].
                     let mut dims = self.shape(d).0;
                     dims.insert(axis + 1, Dim::known(1));
-                    cur = self.ap(
-                        Op::Reshape {
-                            shape: Shape(dims.clone()),
-                        },
-                        &[cur],
-                    );
-                    cur = self.ap(
-                        Op::Pad {
-                            axis: axis + 1,
-                            before: 0,
-                            after: step - 1,
-                            value: 0.0,
-                        },
-                        &[cur],
-                    );
+                    cur = self.ap(Op::Reshape { shape: Shape(dims.clone()) }, &[cur]);
+                    cur = self.ap(Op::Pad { axis: axis + 1, before: 0, after: step - 1, value: 0.0 }, &[cur]);
                     dims.remove(axis + 1);
                     dims[axis] = Dim::known(k * step);
                     cur = self.ap(Op::Reshape { shape: Shape(dims) }, &[cur]);
                     covered = (k * step).min(size - start);
                     if covered < k * step {
-                        cur = self.ap(
-                            Op::Slice {
-                                axis,
-                                start: 0,
-                                end: covered,
-                                step: 1,
-                            },
-                            &[cur],
-                        );
+                        cur = self.ap(Op::Slice { axis, start: 0, end: covered, step: 1 }, &[cur]);
                     }
                 }
-                let dx = self.ap(
-                    Op::Pad {
-                        axis,
-                        before: start,
-                        after: size - start - covered,
-                        value: 0.0,
-                    },
-                    &[cur],
-                );
+                let dx = self.ap(Op::Pad { axis, before: start, after: size - start - covered, value: 0.0 }, &[cur]);
                 out.push((0, dx));
             }
             Op::Pad { axis, before, .. } => {
-                let size = self.shape(xs[0]).0[axis]
-                    .as_known()
-                    .expect("padded axes are known");
-                let dx = self.ap(
-                    Op::Slice {
-                        axis,
-                        start: before,
-                        end: before + size,
-                        step: 1,
-                    },
-                    &[d],
-                );
+                let size = self.shape(xs[0]).0[axis].as_known().expect("padded axes are known");
+                let dx = self.ap(Op::Slice { axis, start: before, end: before + size, step: 1 }, &[d]);
                 out.push((0, dx));
             }
             Op::Concat { axis } => {
                 let mut at = 0;
                 for (i, &x) in xs.iter().enumerate() {
-                    let len = self.shape(x).0[axis]
-                        .as_known()
-                        .expect("joined axes are known");
+                    let len = self.shape(x).0[axis].as_known().expect("joined axes are known");
                     if wants(i) {
-                        let dx = self.ap(
-                            Op::Slice {
-                                axis,
-                                start: at,
-                                end: at + len,
-                                step: 1,
-                            },
-                            &[d],
-                        );
+                        let dx = self.ap(Op::Slice { axis, start: at, end: at + len, step: 1 }, &[d]);
                         out.push((i, dx));
                     }
                     at += len;
@@ -617,13 +475,7 @@ impl Backward {
                 // G[t] = d[t] + a[t+1] G[t+1]: a scan the other way over a shifted a.
                 let (a, _) = (xs[0], xs[1]);
                 let a_next = self.shift(a, axis, !reverse);
-                let big_g = self.ap(
-                    Op::Scan {
-                        axis,
-                        reverse: !reverse,
-                    },
-                    &[a_next, d],
-                );
+                let big_g = self.ap(Op::Scan { axis, reverse: !reverse }, &[a_next, d]);
                 if wants(1) {
                     out.push((1, big_g));
                 }

@@ -2,9 +2,7 @@
 //! one-line message and a hint; rendered with miette.
 
 use crate::source::{Loc, SourceMap};
-use miette::{
-    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode,
-};
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode};
 use std::fmt;
 
 /// The class of a diagnostic; tests and tools match on it, users see it as the error code.
@@ -83,23 +81,11 @@ pub type Result<T> = std::result::Result<T, Box<Diag>>;
 impl Diag {
     /// A new diagnostic at `loc`.
     pub fn new(class: DiagClass, loc: Loc, message: impl Into<String>) -> Box<Diag> {
-        Box::new(Diag {
-            class,
-            loc: Some(loc),
-            message: message.into(),
-            hint: None,
-            trace: vec![],
-        })
+        Box::new(Diag { class, loc: Some(loc), message: message.into(), hint: None, trace: vec![] })
     }
     /// A diagnostic without a source location.
     pub fn bare(class: DiagClass, message: impl Into<String>) -> Box<Diag> {
-        Box::new(Diag {
-            class,
-            loc: None,
-            message: message.into(),
-            hint: None,
-            trace: vec![],
-        })
+        Box::new(Diag { class, loc: None, message: message.into(), hint: None, trace: vec![] })
     }
     /// Adds a hint.
     pub fn with_hint(mut self: Box<Self>, hint: impl Into<String>) -> Box<Diag> {
@@ -116,12 +102,7 @@ impl Diag {
     /// `file:line:col: message` in one line.
     pub fn short(&self, sm: &SourceMap) -> String {
         match self.loc {
-            Some(l) => format!(
-                "{}: {}: {}",
-                sm.describe(l),
-                self.class.code(),
-                self.message
-            ),
+            Some(l) => format!("{}: {}: {}", sm.describe(l), self.class.code(), self.message),
             None => format!("{}: {}", self.class.code(), self.message),
         }
     }
@@ -158,29 +139,17 @@ impl Rendered {
             if !help.is_empty() {
                 help.push('\n');
             }
-            help.push_str(&format!(
-                "in the block called at {}",
-                calls.join(", called at ")
-            ));
+            help.push_str(&format!("in the block called at {}", calls.join(", called at ")));
         }
         let (src, label) = match d.loc {
             Some(l) => {
                 let f = sm.get(l.file);
                 let len = l.span.end.saturating_sub(l.span.start);
-                (
-                    Some(NamedSource::new(f.name.clone(), f.text.to_string())),
-                    Some((l.span.start, len)),
-                )
+                (Some(NamedSource::new(f.name.clone(), f.text.to_string())), Some((l.span.start, len)))
             }
             None => (None, None),
         };
-        Rendered {
-            class: d.class,
-            message: d.message.clone(),
-            help: (!help.is_empty()).then_some(help),
-            src,
-            label,
-        }
+        Rendered { class: d.class, message: d.message.clone(), help: (!help.is_empty()).then_some(help), src, label }
     }
 }
 
@@ -203,19 +172,14 @@ impl Diagnostic for Rendered {
         Some(Box::new(self.class.code()))
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help
-            .as_ref()
-            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn SourceCode> {
         self.src.as_ref().map(|s| s as &dyn SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let (s, l) = self.label?;
-        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
-            Some("here".into()),
-            (s, l),
-        ))))
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(Some("here".into()), (s, l)))))
     }
 }
 
@@ -246,9 +210,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }
@@ -264,14 +226,8 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(
-            suggest("depht", ["depth", "dim"]).as_deref(),
-            Some("did you mean `depth`?")
-        );
-        assert_eq!(
-            suggest("lienar", ["linear", "layernorm"]).as_deref(),
-            Some("did you mean `linear`?")
-        );
+        assert_eq!(suggest("depht", ["depth", "dim"]).as_deref(), Some("did you mean `depth`?"));
+        assert_eq!(suggest("lienar", ["linear", "layernorm"]).as_deref(), Some("did you mean `linear`?"));
         assert_eq!(suggest("zzz", ["depth", "dim"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("ab", "ba"), 1);

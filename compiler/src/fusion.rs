@@ -7,7 +7,7 @@
 //! and every place a value is written to memory records why ([`CutReason`]), which
 //! `muse inspect` shows.
 
-use crate::ir::{Graph, NodeIndex, Op};
+use crate::ir::{Dim, Graph, NodeIndex, Op, Shape};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
@@ -83,29 +83,104 @@ pub struct FusionPlan {
     pub groups: Vec<Group>,
 }
 
+/// A view of a buffer as a strided array: element `i` (multi-index) of the view is element
+/// `offset + sum(i_k * strides[k])` of `base`'s row-major buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StridedView {
+    /// The node whose buffer is read.
+    pub base: NodeIndex,
+    /// First element.
+    pub offset: i64,
+    /// Stride of each axis of the view, in elements.
+    pub strides: Vec<Dim>,
+}
+
+/// Row-major strides of a shape.
+pub fn contiguous_strides(s: &Shape) -> Vec<Dim> {
+    let mut out = vec![Dim::known(1); s.rank()];
+    for k in (0..s.rank().saturating_sub(1)).rev() {
+        out[k] = out[k + 1].mul(&s.0[k + 1]).unwrap_or(Dim::known(0));
+    }
+    out
+}
+
+/// `n` as a strided view of the first non-view node behind it, when its chain of views
+/// (reshapes of contiguous data, permutes, broadcasts, slices) allows; a GEMM then reads
+/// the base buffer directly instead of a copy.
+pub fn strided_view(g: &Graph, n: NodeIndex) -> Option<StridedView> {
+    let mut chain = vec![n];
+    let mut base = n;
+    while g.node(base).op.is_view() {
+        base = g.operands(base)[0];
+        chain.push(base);
+    }
+    chain.pop();
+    let mut shape = g.ty(base).shape.clone();
+    let mut strides = contiguous_strides(&shape);
+    let mut offset = 0i64;
+    for &v in chain.iter().rev() {
+        let out = g.ty(v).shape.clone();
+        match &g.node(v).op {
+            Op::Reshape { .. } => {
+                if strides != contiguous_strides(&shape) {
+                    return None;
+                }
+                strides = contiguous_strides(&out);
+            }
+            Op::Permute { perm } => strides = perm.iter().map(|&p| strides[p].clone()).collect(),
+            Op::Broadcast { .. } => {
+                for (k, st) in strides.iter_mut().enumerate() {
+                    if shape.0[k].is(1) && !out.0[k].is(1) {
+                        *st = Dim::known(0);
+                    }
+                }
+            }
+            Op::Slice { axis, start, step, .. } => {
+                offset += start * strides[*axis].as_known()?;
+                strides[*axis] = strides[*axis].mul(&Dim::known(*step))?;
+            }
+            _ => return None,
+        }
+        shape = out;
+    }
+    Some(StridedView { base, offset, strides })
+}
+
+/// Nodes a matrix product reads from memory: each operand, or the base of an operand that
+/// is a strided view.
+fn matmul_reads(g: &Graph, live: &HashSet<NodeIndex>) -> HashSet<NodeIndex> {
+    let mut out = HashSet::new();
+    for &n in live {
+        if matches!(g.node(n).op, Op::MatMul) {
+            for o in g.operands(n) {
+                out.insert(strided_view(g, o).map_or(o, |v| v.base));
+            }
+        }
+    }
+    out
+}
+
 /// Whether a node may be computed inside its consumers at all.
-pub fn legality(g: &Graph, n: NodeIndex, requested: &HashSet<NodeIndex>) -> Result<(), CutReason> {
+pub fn legality(
+    g: &Graph,
+    n: NodeIndex,
+    requested: &HashSet<NodeIndex>,
+    matmul_reads: &HashSet<NodeIndex>,
+) -> Result<(), CutReason> {
     match g.node(n).op {
         Op::Input { .. } | Op::Param { .. } => Err(CutReason::ExternalBuffer),
-        Op::Reduce { .. } | Op::MatMul | Op::Scan { .. } | Op::ScatterAdd { .. } => {
-            Err(CutReason::AnchorResult)
-        }
+        Op::Reduce { .. } | Op::MatMul | Op::Scan { .. } | Op::ScatterAdd { .. } => Err(CutReason::AnchorResult),
         _ if requested.contains(&n) => Err(CutReason::Requested),
-        _ if g
-            .users(n)
-            .iter()
-            .any(|&u| matches!(g.node(u).op, Op::MatMul)) =>
-        {
-            Err(CutReason::MatmulOperand)
-        }
+        _ if matmul_reads.contains(&n) => Err(CutReason::MatmulOperand),
         _ => Ok(()),
     }
 }
 
 /// Whether inlining a (legal) node is worth it: recomputing an elementwise op in several
 /// kernels costs more than one write and several reads, unless it is as cheap as a load.
+/// Views compute nothing: whether their source is written to memory is decided there.
 pub fn profitability(g: &Graph, n: NodeIndex) -> Result<(), CutReason> {
-    if is_cheap(g, n) {
+    if is_cheap(g, n) || g.node(n).op.is_view() {
         return Ok(());
     }
     if consumers(g, n).len() > 1 {
@@ -154,22 +229,17 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
             stack.extend(g.operands(n));
         }
     }
-    let order: Vec<NodeIndex> = g
-        .topo_order()
-        .into_iter()
-        .filter(|n| live.contains(n))
-        .collect();
+    let order: Vec<NodeIndex> = g.topo_order().into_iter().filter(|n| live.contains(n)).collect();
+    let mm = matmul_reads(g, &live);
     let mut materialized = BTreeMap::new();
     for &n in &order {
-        if let Err(r) = legality(g, n, &requested).and_then(|_| profitability(g, n)) {
+        if let Err(r) = legality(g, n, &requested, &mm).and_then(|_| profitability(g, n)) {
             materialized.insert(n, r);
         }
     }
     let mut groups = Vec::new();
     for &n in &order {
-        if !materialized.contains_key(&n)
-            || matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. })
-        {
+        if !materialized.contains_key(&n) || matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. }) {
             continue;
         }
         let kind = match g.node(n).op {
@@ -182,6 +252,10 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         let (mut inlined, mut reads) = (Vec::new(), Vec::new());
         let mut seen = HashSet::new();
         let mut stack = g.operands(n);
+        if kind == GroupKind::MatMul {
+            // The GEMM reads its operands' buffers through strides; nothing is inlined.
+            stack = stack.iter().map(|&o| strided_view(g, o).map_or(o, |v| v.base)).collect();
+        }
         while let Some(v) = stack.pop() {
             if !seen.insert(v) {
                 continue;
@@ -195,17 +269,9 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         }
         inlined.sort();
         reads.sort();
-        groups.push(Group {
-            root: n,
-            kind,
-            inlined,
-            reads,
-        });
+        groups.push(Group { root: n, kind, inlined, reads });
     }
-    FusionPlan {
-        materialized,
-        groups,
-    }
+    FusionPlan { materialized, groups }
 }
 
 impl FusionPlan {

@@ -37,12 +37,7 @@ pub struct KernelRow {
 }
 
 fn numel(g: &Graph, n: NodeIndex, batch: i64) -> u64 {
-    g.ty(n)
-        .shape
-        .numel()
-        .and_then(|d| d.eval(&|_| Some(batch)))
-        .unwrap_or(0)
-        .max(0) as u64
+    g.ty(n).shape.numel().and_then(|d| d.eval(&|_| Some(batch))).unwrap_or(0).max(0) as u64
 }
 
 fn bytes(g: &Graph, n: NodeIndex, batch: i64) -> u64 {
@@ -50,12 +45,7 @@ fn bytes(g: &Graph, n: NodeIndex, batch: i64) -> u64 {
 }
 
 /// The kernel table of a program at batch size `batch`.
-pub fn rows(
-    g: &Graph,
-    p: &KernelProgram,
-    sources: Option<&SourceMap>,
-    batch: i64,
-) -> Vec<KernelRow> {
+pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i64) -> Vec<KernelRow> {
     let mut out = Vec::new();
     for (id, step) in p.steps.iter().enumerate() {
         let (group, name) = match step {
@@ -79,12 +69,7 @@ pub fn rows(
                 }
                 Op::Unary(_) | Op::Binary(_) | Op::Select => numel(g, n, batch),
                 Op::Reduce { .. } | Op::Scan { .. } | Op::ScatterAdd { .. } => {
-                    numel(g, g.operands(n)[0], batch)
-                        * if matches!(node.op, Op::Scan { .. }) {
-                            2
-                        } else {
-                            1
-                        }
+                    numel(g, g.operands(n)[0], batch) * if matches!(node.op, Op::Scan { .. }) { 2 } else { 1 }
                 }
                 _ => 0,
             };
@@ -125,11 +110,7 @@ pub fn rows(
             GroupKind::Scan => "scan",
             GroupKind::ScatterAdd => "scatter_add",
         };
-        let inputs = group
-            .reads
-            .iter()
-            .map(|n| (*n, p.materialized[n]))
-            .collect();
+        let inputs = group.reads.iter().map(|n| (*n, p.materialized[n])).collect();
         out.push(KernelRow {
             id,
             name,
@@ -156,28 +137,15 @@ pub fn table(rows: &[KernelRow], p: &KernelProgram) -> String {
         "id", "kernel", "kind", "pass", "read B", "written B", "FLOPs", "launch", "ops"
     );
     for r in rows {
-        let ops: Vec<String> = r
-            .ops
-            .iter()
-            .map(|(k, v)| {
-                if *v > 1 {
-                    format!("{k}x{v}")
-                } else {
-                    k.to_string()
-                }
-            })
-            .collect();
+        let ops: Vec<String> =
+            r.ops.iter().map(|(k, v)| if *v > 1 { format!("{k}x{v}") } else { k.to_string() }).collect();
         let mut ops = ops.join(" ");
         if ops.len() > 44 {
             ops.truncate(41);
             ops.push_str("...");
         }
         let lines: Vec<&String> = r.lines.iter().take(3).collect();
-        let more = if r.lines.len() > 3 {
-            format!(" +{}", r.lines.len() - 3)
-        } else {
-            String::new()
-        };
+        let more = if r.lines.len() > 3 { format!(" +{}", r.lines.len() - 3) } else { String::new() };
         let _ = writeln!(
             s,
             "{:>4}  {:<6} {:<11} {:>4}  {:>10} {:>10} {:>11}  {:<16} {:<44} {}{}",
@@ -190,11 +158,7 @@ pub fn table(rows: &[KernelRow], p: &KernelProgram) -> String {
             r.flops,
             r.launch,
             ops,
-            lines
-                .iter()
-                .map(|l| l.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            lines.iter().map(|l| l.as_str()).collect::<Vec<_>>().join(", "),
             more
         );
     }
@@ -202,11 +166,7 @@ pub fn table(rows: &[KernelRow], p: &KernelProgram) -> String {
     for r in p.materialized.values() {
         *reasons.entry(*r).or_default() += 1;
     }
-    let _ = writeln!(
-        s,
-        "\n{} kernels; values written to memory, by reason:",
-        rows.len()
-    );
+    let _ = writeln!(s, "\n{} kernels; values written to memory, by reason:", rows.len());
     for (r, k) in reasons {
         let _ = writeln!(s, "  {k:>6}  {r}");
     }

@@ -75,62 +75,34 @@ pub fn compile_source(name: &str, text: &str, opts: &Options) -> Compiled {
     })
 }
 
-fn finish(
-    loaded: Result<Program, (Program, Box<Diag>)>,
-    timer: report::PassTimer,
-    opts: &Options,
-) -> Compiled {
+fn finish(loaded: Result<Program, (Program, Box<Diag>)>, timer: report::PassTimer, opts: &Options) -> Compiled {
     match loaded {
-        Err((p, d)) => Compiled {
-            sources: p.sources,
-            result: Err(d),
-            parse: None,
-        },
+        Err((p, d)) => Compiled { sources: p.sources, result: Err(d), parse: None },
         Ok(p) => {
             let parse = timer.finish(0, format!("{} files", p.files.len()));
             let result = elaborate_all(&p, opts);
-            Compiled {
-                sources: p.sources,
-                result,
-                parse: Some(parse),
-            }
+            Compiled { sources: p.sources, result, parse: Some(parse) }
         }
     }
 }
 
 fn elaborate_all(p: &Program, opts: &Options) -> Result<Vec<Model>, Box<Diag>> {
     let (root, file) = p.root_file().expect("a loaded program has a root");
-    let models: Vec<&ast::ModelDef> = file
-        .items
-        .iter()
-        .filter_map(|i| {
-            if let ast::Item::Model(m) = i {
-                Some(m)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let models: Vec<&ast::ModelDef> =
+        file.items.iter().filter_map(|i| if let ast::Item::Model(m) = i { Some(m) } else { None }).collect();
     let mut seen = std::collections::HashMap::new();
     for m in &models {
         if seen.insert(m.name.name.as_str(), m.name.span).is_some() {
             return Err(Diag::new(
                 DiagClass::Duplicate,
-                source::Loc {
-                    file: root,
-                    span: m.name.span,
-                },
+                source::Loc { file: root, span: m.name.span },
                 format!("model `{}` is defined twice", m.name.name),
             ));
         }
     }
     let chosen: Vec<&ast::ModelDef> = match &opts.model {
         Some(name) => {
-            let found: Vec<_> = models
-                .iter()
-                .copied()
-                .filter(|m| &m.name.name == name)
-                .collect();
+            let found: Vec<_> = models.iter().copied().filter(|m| &m.name.name == name).collect();
             if found.is_empty() {
                 let names: Vec<&str> = models.iter().map(|m| m.name.name.as_str()).collect();
                 return Err(Diag::bare(
@@ -144,14 +116,8 @@ fn elaborate_all(p: &Program, opts: &Options) -> Result<Vec<Model>, Box<Diag>> {
         None => models,
     };
     if chosen.is_empty() {
-        return Err(Diag::bare(
-            DiagClass::Invalid,
-            format!("{} defines no model", p.sources.get(root).name),
-        )
-        .with_hint("a file to check or run needs a `model Name { ... }`"));
+        return Err(Diag::bare(DiagClass::Invalid, format!("{} defines no model", p.sources.get(root).name))
+            .with_hint("a file to check or run needs a `model Name { ... }`"));
     }
-    chosen
-        .into_iter()
-        .map(|m| elaborate::elaborate_model(p, m, root, &opts.overrides))
-        .collect()
+    chosen.into_iter().map(|m| elaborate::elaborate_model(p, m, root, &opts.overrides)).collect()
 }

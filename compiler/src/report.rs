@@ -42,11 +42,7 @@ pub struct PassTimer {
 impl PassTimer {
     /// Starts timing pass `name` on a graph of `nodes_in` nodes.
     pub fn start(name: &'static str, nodes_in: usize) -> PassTimer {
-        PassTimer {
-            name,
-            start: Instant::now(),
-            nodes_in,
-        }
+        PassTimer { name, start: Instant::now(), nodes_in }
     }
     /// Stops timing and writes the report.
     pub fn finish(self, nodes_out: usize, note: impl Into<String>) -> PassReport {

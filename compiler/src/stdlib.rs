@@ -3,16 +3,10 @@
 /// File names (under `std/`) and their text.
 pub const FILES: &[(&str, &str)] = &[
     ("nn.muse", include_str!("../../models/std/nn.muse")),
-    (
-        "attention.muse",
-        include_str!("../../models/std/attention.muse"),
-    ),
+    ("attention.muse", include_str!("../../models/std/attention.muse")),
     ("mamba.muse", include_str!("../../models/std/mamba.muse")),
     ("conv.muse", include_str!("../../models/std/conv.muse")),
-    (
-        "maskgit.muse",
-        include_str!("../../models/std/maskgit.muse"),
-    ),
+    ("maskgit.muse", include_str!("../../models/std/maskgit.muse")),
 ];
 
 /// The text of `std/<name>`.

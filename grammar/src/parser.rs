@@ -80,10 +80,7 @@ fn check_limits(src: &str) -> Result<(), SyntaxError> {
             '(' | '[' | '{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return Err(too_deep(
-                        i,
-                        format!("brackets nest deeper than {MAX_NESTING}"),
-                    ));
+                    return Err(too_deep(i, format!("brackets nest deeper than {MAX_NESTING}")));
                 }
             }
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
@@ -91,19 +88,13 @@ fn check_limits(src: &str) -> Result<(), SyntaxError> {
             '+' | '-' | '*' | '/' | '%' | '@' | '<' | '>' | '=' | '!' | ',' => {
                 ops += 1;
                 if ops > MAX_OPERATORS {
-                    return Err(too_deep(
-                        i,
-                        format!("more than {MAX_OPERATORS} operators in one statement"),
-                    ));
+                    return Err(too_deep(i, format!("more than {MAX_OPERATORS} operators in one statement")));
                 }
             }
             _ => {}
         }
         if !c.is_whitespace() {
-            last_is_op = matches!(
-                c,
-                '+' | '-' | '*' | '/' | '%' | '@' | '<' | '>' | '=' | '!' | ',' | '(' | '['
-            );
+            last_is_op = matches!(c, '+' | '-' | '*' | '/' | '%' | '@' | '<' | '>' | '=' | '!' | ',' | '(' | '[');
         }
     }
     Ok(())
@@ -140,19 +131,13 @@ fn span(p: &Pair<Rule>) -> Span {
 
 fn ident(p: Pair<Rule>) -> Ident {
     debug_assert_eq!(p.as_rule(), Rule::ident);
-    Ident {
-        name: p.as_str().to_string(),
-        span: span(&p),
-    }
+    Ident { name: p.as_str().to_string(), span: span(&p) }
 }
 
 fn import(p: Pair<Rule>) -> Import {
     let sp = span(&p);
     let s = inner(p).next().expect("import has a string");
-    Import {
-        path: unescape(s),
-        span: sp,
-    }
+    Import { path: unescape(s), span: sp }
 }
 
 fn unescape(p: Pair<Rule>) -> String {
@@ -191,12 +176,7 @@ fn block_def(p: Pair<Rule>) -> Result<BlockDef, SyntaxError> {
             r => unreachable!("block: {r:?}"),
         }
     }
-    Ok(BlockDef {
-        name,
-        formals,
-        body,
-        span: sp,
-    })
+    Ok(BlockDef { name, formals, body, span: sp })
 }
 
 fn formal(p: Pair<Rule>) -> Result<Formal, SyntaxError> {
@@ -211,11 +191,7 @@ fn formal(p: Pair<Rule>) -> Result<Formal, SyntaxError> {
             r => unreachable!("formal: {r:?}"),
         }
     }
-    Ok(Formal {
-        name,
-        kind,
-        default,
-    })
+    Ok(Formal { name, kind, default })
 }
 
 fn model_def(p: Pair<Rule>) -> Result<ModelDef, SyntaxError> {
@@ -223,11 +199,7 @@ fn model_def(p: Pair<Rule>) -> Result<ModelDef, SyntaxError> {
     let mut it = inner(p);
     let name = ident(it.next().expect("model name"));
     let body = stmts(it.next().expect("model body"))?;
-    Ok(ModelDef {
-        name,
-        body,
-        span: sp,
-    })
+    Ok(ModelDef { name, body, span: sp })
 }
 
 fn stmts(body: Pair<Rule>) -> Result<Vec<Stmt>, SyntaxError> {
@@ -251,11 +223,7 @@ fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
         }
         Rule::input_decl => {
             let name = ident(it.next().expect("input name"));
-            let mut ty = it
-                .next()
-                .expect("input type")
-                .into_inner()
-                .filter(not_keyword);
+            let mut ty = it.next().expect("input type").into_inner().filter(not_keyword);
             let dtype = ident(ty.next().expect("dtype"));
             let dims = ty.map(expr).collect::<Result<_, _>>()?;
             StmtKind::Input { name, dtype, dims }
@@ -282,12 +250,7 @@ fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
                     r => unreachable!("repeat: {r:?}"),
                 }
             }
-            StmtKind::Repeat {
-                count,
-                label,
-                index,
-                body,
-            }
+            StmtKind::Repeat { count, label, index, body }
         }
         Rule::if_stmt => {
             let cond = expr(it.next().expect("if condition"))?;
@@ -297,11 +260,7 @@ fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
                 Some(q) if q.as_rule() == Rule::if_stmt => Some(vec![stmt(q)?]),
                 Some(q) => Some(stmts(q)?),
             };
-            StmtKind::If {
-                cond,
-                then,
-                otherwise,
-            }
+            StmtKind::If { cond, then, otherwise }
         }
         Rule::return_stmt => StmtKind::Return(it.map(expr).collect::<Result<_, _>>()?),
         Rule::assign => {
@@ -314,10 +273,7 @@ fn stmt(p: Pair<Rule>) -> Result<Stmt, SyntaxError> {
                     r => unreachable!("assign: {r:?}"),
                 }
             }
-            StmtKind::Assign {
-                targets,
-                value: value.expect("assign value"),
-            }
+            StmtKind::Assign { targets, value: value.expect("assign value") }
         }
         Rule::aug_assign => {
             let target = ident(it.next().expect("target"));
@@ -370,15 +326,8 @@ fn pratt_expr(pairs: Pairs<Rule>) -> Result<Expr, SyntaxError> {
         .map_prefix(|op, rhs| {
             let rhs = rhs?;
             let sp = span(&op).join(rhs.span);
-            let u = if op.as_rule() == Rule::neg {
-                UnOp::Neg
-            } else {
-                UnOp::Not
-            };
-            Ok(Expr {
-                kind: ExprKind::Unary(u, Box::new(rhs)),
-                span: sp,
-            })
+            let u = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
+            Ok(Expr { kind: ExprKind::Unary(u, Box::new(rhs)), span: sp })
         })
         .map_infix(|lhs, op, rhs| {
             let (lhs, rhs) = (lhs?, rhs?);
@@ -401,10 +350,7 @@ fn pratt_expr(pairs: Pairs<Rule>) -> Result<Expr, SyntaxError> {
                 r => unreachable!("infix {r:?}"),
             };
             let sp = lhs.span.join(rhs.span);
-            Ok(Expr {
-                kind: ExprKind::Binary(b, Box::new(lhs), Box::new(rhs)),
-                span: sp,
-            })
+            Ok(Expr { kind: ExprKind::Binary(b, Box::new(lhs), Box::new(rhs)), span: sp })
         })
         .parse(pairs)
 }
@@ -417,17 +363,11 @@ fn postfixed(p: Pair<Rule>) -> Result<Expr, SyntaxError> {
         e = match q.as_rule() {
             Rule::member => {
                 let name = ident(inner(q).next().expect("member name"));
-                Expr {
-                    kind: ExprKind::Member(Box::new(e), name),
-                    span: sp,
-                }
+                Expr { kind: ExprKind::Member(Box::new(e), name), span: sp }
             }
             Rule::index => {
                 let i = expr(inner(q).next().expect("index"))?;
-                Expr {
-                    kind: ExprKind::Index(Box::new(e), Box::new(i)),
-                    span: sp,
-                }
+                Expr { kind: ExprKind::Index(Box::new(e), Box::new(i)), span: sp }
             }
             r => unreachable!("postfix {r:?}"),
         };
@@ -474,22 +414,13 @@ fn primary(p: Pair<Rule>) -> Result<Expr, SyntaxError> {
                     r => unreachable!("call: {r:?}"),
                 }
             }
-            ExprKind::Call {
-                callee,
-                args,
-                label,
-            }
+            ExprKind::Call { callee, args, label }
         }
         Rule::param_expr => {
             let mut it = inner(p);
             let name = ident(it.next().expect("param name"));
-            let shape = it
-                .next()
-                .expect("param shape")
-                .into_inner()
-                .filter(not_keyword)
-                .map(expr)
-                .collect::<Result<_, _>>()?;
+            let shape =
+                it.next().expect("param shape").into_inner().filter(not_keyword).map(expr).collect::<Result<_, _>>()?;
             let init = it.next().map(expr).transpose()?.map(Box::new);
             ExprKind::Param { name, shape, init }
         }
@@ -503,15 +434,9 @@ fn arg(p: Pair<Rule>) -> Result<Arg, SyntaxError> {
     let first = it.next().expect("argument");
     if first.as_rule() == Rule::ident {
         let value = expr(it.next().expect("keyword value"))?;
-        Ok(Arg {
-            name: Some(ident(first)),
-            value,
-        })
+        Ok(Arg { name: Some(ident(first)), value })
     } else {
-        Ok(Arg {
-            name: None,
-            value: expr(first)?,
-        })
+        Ok(Arg { name: None, value: expr(first)? })
     }
 }
 
@@ -559,16 +484,10 @@ fn convert_error(src: &str, e: pest::error::Error<Rule>) -> SyntaxError {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
-    let end = src[pos..]
-        .chars()
-        .next()
-        .map(|c| pos + c.len_utf8())
-        .unwrap_or(pos);
+    let end = src[pos..].chars().next().map(|c| pos + c.len_utf8()).unwrap_or(pos);
     let found = describe_at(src, pos);
     let mut expected: Vec<&str> = match &e.variant {
-        ErrorVariant::ParsingError { positives, .. } => {
-            positives.iter().filter_map(rule_name).collect()
-        }
+        ErrorVariant::ParsingError { positives, .. } => positives.iter().filter_map(rule_name).collect(),
         ErrorVariant::CustomError { .. } => vec![],
     };
     expected.sort();
@@ -578,11 +497,7 @@ fn convert_error(src: &str, e: pest::error::Error<Rule>) -> SyntaxError {
     } else {
         format!("unexpected {found}; expected {}", expected.join(" or "))
     };
-    SyntaxError {
-        span: Span::new(pos, end),
-        message,
-        hint: syntax_hint(src, pos),
-    }
+    SyntaxError { span: Span::new(pos, end), message, hint: syntax_hint(src, pos) }
 }
 
 fn describe_at(src: &str, pos: usize) -> String {
@@ -591,10 +506,7 @@ fn describe_at(src: &str, pos: usize) -> String {
         None => "end of file".into(),
         Some('\n') | Some('\r') => "end of line".into(),
         Some(c) if c.is_alphanumeric() || c == '_' => {
-            let word: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
+            let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
             format!("`{word}`")
         }
         Some(c) => format!("`{c}`"),
@@ -603,22 +515,17 @@ fn describe_at(src: &str, pos: usize) -> String {
 
 /// The reserved words of the language.
 pub const KEYWORDS: &[&str] = &[
-    "import", "config", "block", "model", "input", "output", "loss", "param", "repeat", "as", "if",
-    "else", "return", "true", "false", "none", "and", "or", "not",
+    "import", "config", "block", "model", "input", "output", "loss", "param", "repeat", "as", "if", "else", "return",
+    "true", "false", "none", "and", "or", "not",
 ];
 
 /// Likely fixes for the commonest slips, judged from the text around the error.
 fn syntax_hint(src: &str, pos: usize) -> Option<String> {
     let before = src[..pos].trim_end_matches([' ', '\t']);
     let rest = &src[pos..];
-    let word: String = rest
-        .chars()
-        .take_while(|c| c.is_alphanumeric() || *c == '_')
-        .collect();
+    let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
     if KEYWORDS.contains(&word.as_str()) {
-        return Some(format!(
-            "`{word}` is a keyword and can't be used as a name; rename it"
-        ));
+        return Some(format!("`{word}` is a keyword and can't be used as a name; rename it"));
     }
     let opens = |o: char, c: char| {
         let mut depth = 0i32;

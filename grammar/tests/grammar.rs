@@ -32,11 +32,7 @@ fn show(e: &Expr) -> String {
         ExprKind::Unary(UnOp::Neg, x) => format!("(-{})", show(x)),
         ExprKind::Unary(UnOp::Not, x) => format!("(not {})", show(x)),
         ExprKind::Binary(op, a, b) => format!("({} {op} {})", show(a), show(b)),
-        ExprKind::Call {
-            callee,
-            args,
-            label,
-        } => {
+        ExprKind::Call { callee, args, label } => {
             let args: Vec<String> = args
                 .iter()
                 .map(|a| match &a.name {
@@ -44,10 +40,7 @@ fn show(e: &Expr) -> String {
                     None => show(&a.value),
                 })
                 .collect();
-            let l = label
-                .as_ref()
-                .map(|l| format!(" as {}", l.name))
-                .unwrap_or_default();
+            let l = label.as_ref().map(|l| format!(" as {}", l.name)).unwrap_or_default();
             format!("{}({}){l}", callee.name, args.join(", "))
         }
         ExprKind::Member(x, n) => format!("{}.{}", show(x), n.name),
@@ -56,9 +49,7 @@ fn show(e: &Expr) -> String {
             "param {}: [{}]{}",
             name.name,
             shape.iter().map(show).collect::<Vec<_>>().join(", "),
-            init.as_ref()
-                .map(|i| format!(" ~ {}", show(i)))
-                .unwrap_or_default()
+            init.as_ref().map(|i| format!(" ~ {}", show(i))).unwrap_or_default()
         ),
     }
 }
@@ -75,19 +66,13 @@ fn arithmetic_precedence_and_associativity() {
 
 #[test]
 fn logic_and_comparison_precedence() {
-    assert_eq!(
-        show(&one_expr("a < b and b <= c or not d == e")),
-        "(((a < b) and (b <= c)) or (not (d == e)))"
-    );
+    assert_eq!(show(&one_expr("a < b and b <= c or not d == e")), "(((a < b) and (b <= c)) or (not (d == e)))");
     assert_eq!(show(&one_expr("x != none")), "(x != none)");
 }
 
 #[test]
 fn postfix_calls_labels_members_and_indexing() {
-    assert_eq!(
-        show(&one_expr("linear(x, 4, bias = true) as proj")),
-        "linear(x, 4, bias=true) as proj"
-    );
+    assert_eq!(show(&one_expr("linear(x, 4, bias = true) as proj")), "linear(x, 4, bias=true) as proj");
     assert_eq!(show(&one_expr("x.shape[-1]")), "x.shape[(-1)]");
     assert_eq!(show(&one_expr("f(g(x) as a) as b")), "f(g(x) as a) as b");
 }
@@ -99,18 +84,12 @@ fn literals() {
     assert_eq!(show(&one_expr(".5")), "0.5");
     assert_eq!(show(&one_expr("2.")), "2.0");
     assert_eq!(show(&one_expr("\"a\\\"b\"")), "\"a\\\"b\"");
-    assert_eq!(
-        show(&one_expr("[1, [2, 3], true, none]")),
-        "[1, [2, 3], true, none]"
-    );
+    assert_eq!(show(&one_expr("[1, [2, 3], true, none]")), "[1, [2, 3], true, none]");
 }
 
 #[test]
 fn inline_parameter_with_initialiser() {
-    assert_eq!(
-        show(&one_expr("e + param pos: [n, d] ~ normal(0.02)")),
-        "(e + param pos: [n, d] ~ normal(0.02))"
-    );
+    assert_eq!(show(&one_expr("e + param pos: [n, d] ~ normal(0.02)")), "(e + param pos: [n, d] ~ normal(0.02))");
 }
 
 #[test]
@@ -148,10 +127,7 @@ fn statements() {
                 "repeat"
             }
             StmtKind::If { otherwise, .. } => {
-                assert!(matches!(
-                    otherwise.as_ref().unwrap()[0].kind,
-                    StmtKind::If { .. }
-                ));
+                assert!(matches!(otherwise.as_ref().unwrap()[0].kind, StmtKind::If { .. }));
                 "if"
             }
             StmtKind::Output { value, .. } => {
@@ -166,19 +142,13 @@ fn statements() {
             StmtKind::Return(_) => "return",
         })
         .collect();
-    assert_eq!(
-        kinds,
-        ["config", "input", "assign", "aug", "aug", "repeat", "if", "output", "loss", "expr"]
-    );
+    assert_eq!(kinds, ["config", "input", "assign", "aug", "aug", "repeat", "if", "output", "loss", "expr"]);
 }
 
 #[test]
 fn blocks_with_kinds_and_defaults() {
-    let f =
-        parse("block f(x: tensor, n: int = 2,\n   flag = false,) {\n  return x, n\n}\n").unwrap();
-    let Item::Block(b) = &f.items[0] else {
-        panic!()
-    };
+    let f = parse("block f(x: tensor, n: int = 2,\n   flag = false,) {\n  return x, n\n}\n").unwrap();
+    let Item::Block(b) = &f.items[0] else { panic!() };
     assert_eq!(b.formals.len(), 3);
     assert_eq!(b.formals[1].kind.as_ref().unwrap().name, "int");
     assert!(b.formals[2].default.is_some());
@@ -198,12 +168,8 @@ fn keywords_are_not_names_but_prefixes_are() {
 fn spans_point_at_the_source() {
     let src = "model m {\n  y = foo(1)\n}\n";
     let f = parse(src).unwrap();
-    let Item::Model(m) = &f.items[0] else {
-        panic!()
-    };
-    let StmtKind::Assign { value, targets } = &m.body[0].kind else {
-        panic!()
-    };
+    let Item::Model(m) = &f.items[0] else { panic!() };
+    let StmtKind::Assign { value, targets } = &m.body[0].kind else { panic!() };
     assert_eq!(&src[value.span.start..value.span.end], "foo(1)");
     assert_eq!(&src[targets[0].span.start..targets[0].span.end], "y");
     assert_eq!(&src[m.name.span.start..m.name.span.end], "m");
@@ -211,7 +177,10 @@ fn spans_point_at_the_source() {
 
 #[test]
 fn comments_and_blank_lines() {
-    let f = parse("# header\n\nimport \"std/nn.muse\" # trailing\n\n# between\nmodel m { # open\n  # inside\n  y = 1 # end\n}\n").unwrap();
+    let f = parse(
+        "# header\n\nimport \"std/nn.muse\" # trailing\n\n# between\nmodel m { # open\n  # inside\n  y = 1 # end\n}\n",
+    )
+    .unwrap();
     assert_eq!(f.items.len(), 2);
 }
 

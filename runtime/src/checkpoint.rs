@@ -18,8 +18,8 @@ fn file_err(path: &Path, what: impl std::fmt::Display) -> RunError {
 /// integer types become i32 (an out-of-range value is an error); bool and u8 become bool.
 pub fn load(path: &Path) -> Result<HashMap<String, HostTensor>, RunError> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| file_err(path, format!("not a valid safetensors file ({e})")))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| file_err(path, format!("not a valid safetensors file ({e})")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let t = decode(&view).map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))?;
@@ -33,31 +33,15 @@ fn decode(v: &TensorView) -> Result<HostTensor, String> {
     let b = v.data();
     let words = |n: usize| b.chunks_exact(n);
     let data = match v.dtype() {
-        Dtype::F32 => Data::F(
-            words(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
-                .collect(),
-        ),
-        Dtype::F64 => Data::F(
-            words(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32 as f64)
-                .collect(),
-        ),
-        Dtype::F16 => Data::F(
-            words(2)
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64)
-                .collect(),
-        ),
-        Dtype::BF16 => Data::F(
-            words(2)
-                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
-                .collect(),
-        ),
-        Dtype::I32 => Data::I(
-            words(4)
-                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        ),
+        Dtype::F32 => Data::F(words(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect()),
+        Dtype::F64 => {
+            Data::F(words(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32 as f64).collect())
+        }
+        Dtype::F16 => Data::F(words(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64).collect()),
+        Dtype::BF16 => {
+            Data::F(words(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64).collect())
+        }
+        Dtype::I32 => Data::I(words(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
         Dtype::I64 => Data::I(
             words(8)
                 .map(|c| {
@@ -68,9 +52,7 @@ fn decode(v: &TensorView) -> Result<HostTensor, String> {
         ),
         Dtype::BOOL | Dtype::U8 => Data::B(b.iter().map(|&x| x != 0).collect()),
         other => {
-            return Err(format!(
-            "element type {other:?} is not supported (use f32, f16, bf16, f64, i32, i64 or bool)"
-        ))
+            return Err(format!("element type {other:?} is not supported (use f32, f16, bf16, f64, i32, i64 or bool)"))
         }
     };
     Ok(HostTensor { shape, data })
@@ -104,13 +86,9 @@ pub fn load_params(g: &Graph, path: &Path) -> Result<HashMap<String, HostTensor>
     let all = load(path)?;
     let mut params = HashMap::new();
     for p in &g.params {
-        let t = all.get(&p.name).ok_or_else(|| {
-            RunError::File(format!(
-                "{}: parameter `{}` is not in the file",
-                path.display(),
-                p.name
-            ))
-        })?;
+        let t = all
+            .get(&p.name)
+            .ok_or_else(|| RunError::File(format!("{}: parameter `{}` is not in the file", path.display(), p.name)))?;
         params.insert(p.name.clone(), t.clone());
     }
     check_params(g, &params).map_err(|e| RunError::File(format!("{}: {e}", path.display())))?;
@@ -125,30 +103,21 @@ pub fn save(path: &Path, tensors: &HashMap<String, HostTensor>) -> Result<(), Ru
     let bufs: Vec<(Dtype, Vec<u8>)> = names
         .iter()
         .map(|n| match &tensors[*n].data {
-            Data::F(v) => (
-                Dtype::F32,
-                v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
-            ),
+            Data::F(v) => (Dtype::F32, v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect()),
             Data::I(v) => (Dtype::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Data::B(v) => (Dtype::BOOL, v.iter().map(|&x| u8::from(x)).collect()),
         })
         .collect();
     let mut views = Vec::new();
     for (n, (dt, b)) in names.iter().zip(&bufs) {
-        let v =
-            TensorView::new(*dt, tensors[*n].shape.clone(), b).map_err(|e| file_err(path, e))?;
+        let v = TensorView::new(*dt, tensors[*n].shape.clone(), b).map_err(|e| file_err(path, e))?;
         views.push((n.as_str(), v));
     }
     let bytes = safetensors::serialize(views, &None).map_err(|e| file_err(path, e))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("checkpoint"),
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("checkpoint"),
         std::process::id()
     ));
     let write = || -> std::io::Result<()> {
@@ -183,10 +152,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("p.safetensors");
         let mut t = HashMap::new();
-        t.insert(
-            "a.weight".to_string(),
-            HostTensor::f(&[2, 2], vec![1.0, -2.5, 3.25, 0.0]),
-        );
+        t.insert("a.weight".to_string(), HostTensor::f(&[2, 2], vec![1.0, -2.5, 3.25, 0.0]));
         t.insert("ids".to_string(), HostTensor::i(&[3], vec![1, 2, -3]));
         save(&path, &t).unwrap();
         assert_eq!(load(&path).unwrap(), t);

@@ -65,35 +65,16 @@ pub fn random_inputs(g: &Graph, batch: usize, seed: u64) -> HashMap<String, Host
     let mut out = HashMap::new();
     for (k, (name, n)) in g.inputs.iter().enumerate() {
         let ty = g.ty(*n);
-        let shape: Vec<usize> = ty
-            .shape
-            .0
-            .iter()
-            .map(|d| d.eval(&|_| Some(batch as i64)).expect("sizes fit") as usize)
-            .collect();
+        let shape: Vec<usize> =
+            ty.shape.0.iter().map(|d| d.eval(&|_| Some(batch as i64)).expect("sizes fit") as usize).collect();
         let len: usize = shape.iter().product();
         let key = rng::stream_key(seed, 0x1000 + k as u64);
         let t = match ty.dtype {
-            DType::F32 => HostTensor::f(
-                &shape,
-                (0..len as u64)
-                    .map(|i| rng::normal(key, i) as f32 as f64)
-                    .collect(),
-            ),
-            DType::Bool => HostTensor::b(
-                &shape,
-                (0..len as u64)
-                    .map(|i| rng::uniform(key, i) < 0.5)
-                    .collect(),
-            ),
+            DType::F32 => HostTensor::f(&shape, (0..len as u64).map(|i| rng::normal(key, i) as f32 as f64).collect()),
+            DType::Bool => HostTensor::b(&shape, (0..len as u64).map(|i| rng::uniform(key, i) < 0.5).collect()),
             DType::I32 => {
                 let hi = bounds[name] as f64;
-                HostTensor::i(
-                    &shape,
-                    (0..len as u64)
-                        .map(|i| (rng::uniform(key, i) * hi) as i32)
-                        .collect(),
-                )
+                HostTensor::i(&shape, (0..len as u64).map(|i| (rng::uniform(key, i) * hi) as i32).collect())
             }
         };
         out.insert(name.clone(), t);

@@ -43,10 +43,7 @@ mod tests {
         let z: Vec<f64> = (0..n).map(|i| normal(key, i)).collect();
         let mean = z.iter().sum::<f64>() / n as f64;
         let var = z.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(
-            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
-            "{mean} {var}"
-        );
+        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "{mean} {var}");
         assert_ne!(stream_key(7, 42), stream_key(8, 42));
         assert_ne!(stream_key(7, 42), stream_key(7, 43));
     }

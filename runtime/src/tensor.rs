@@ -28,42 +28,18 @@ pub struct HostTensor {
 impl HostTensor {
     /// A float tensor.
     pub fn f(shape: &[usize], data: Vec<f64>) -> HostTensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?} vs {} elements",
-            data.len()
-        );
-        HostTensor {
-            shape: shape.to_vec(),
-            data: Data::F(data),
-        }
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?} vs {} elements", data.len());
+        HostTensor { shape: shape.to_vec(), data: Data::F(data) }
     }
     /// An i32 tensor.
     pub fn i(shape: &[usize], data: Vec<i32>) -> HostTensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?} vs {} elements",
-            data.len()
-        );
-        HostTensor {
-            shape: shape.to_vec(),
-            data: Data::I(data),
-        }
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?} vs {} elements", data.len());
+        HostTensor { shape: shape.to_vec(), data: Data::I(data) }
     }
     /// A bool tensor.
     pub fn b(shape: &[usize], data: Vec<bool>) -> HostTensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?} vs {} elements",
-            data.len()
-        );
-        HostTensor {
-            shape: shape.to_vec(),
-            data: Data::B(data),
-        }
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?} vs {} elements", data.len());
+        HostTensor { shape: shape.to_vec(), data: Data::B(data) }
     }
     /// Number of elements.
     pub fn len(&self) -> usize {
@@ -104,12 +80,7 @@ impl HostTensor {
         let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
         let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Stats {
-            mean,
-            std: var.sqrt(),
-            min,
-            max,
-        }
+        Stats { mean, std: var.sqrt(), min, max }
     }
 }
 
@@ -136,11 +107,7 @@ pub struct Stats {
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "mean {:+.6e}  std {:.6e}  min {:+.6e}  max {:+.6e}",
-            self.mean, self.std, self.min, self.max
-        )
+        write!(f, "mean {:+.6e}  std {:.6e}  min {:+.6e}  max {:+.6e}", self.mean, self.std, self.min, self.max)
     }
 }
 

@@ -4,9 +4,7 @@
 use super::tensor_ops::{self, broadcast_to, elementwise2, reduce};
 use super::{fnv1a, ArgV, Elab, Value};
 use crate::diag::{DiagClass, Result};
-use crate::ir::{
-    broadcast_shapes, BinaryOp, DType, Dim, Op, RandomDist, ReduceOp, Shape, TensorType, UnaryOp,
-};
+use crate::ir::{broadcast_shapes, BinaryOp, DType, Dim, Op, RandomDist, ReduceOp, Shape, TensorType, UnaryOp};
 use crate::source::Loc;
 use muse_grammar::ast::Ident;
 use petgraph::stable_graph::NodeIndex;
@@ -26,21 +24,11 @@ type Sig = &'static [(&'static str, D)];
 
 const X: Sig = &[("x", D::Req)];
 const AB: Sig = &[("a", D::Req), ("b", D::Req)];
-const REDUCE: Sig = &[
-    ("x", D::Req),
-    ("axis", D::None),
-    ("keepdim", D::Bool(false)),
-];
-const ARGREDUCE: Sig = &[
-    ("x", D::Req),
-    ("axis", D::Int(-1)),
-    ("keepdim", D::Bool(false)),
-];
+const REDUCE: Sig = &[("x", D::Req), ("axis", D::None), ("keepdim", D::Bool(false))];
+const ARGREDUCE: Sig = &[("x", D::Req), ("axis", D::Int(-1)), ("keepdim", D::Bool(false))];
 const RANDOM: Sig = &[("shape", D::Req), ("seed", D::Int(0))];
 
-const UNARY: [&str; 11] = [
-    "exp", "log", "log1p", "sqrt", "rsqrt", "recip", "tanh", "sin", "cos", "abs", "erf",
-];
+const UNARY: [&str; 11] = ["exp", "log", "log1p", "sqrt", "rsqrt", "recip", "tanh", "sin", "cos", "abs", "erf"];
 
 /// Every builtin with its parameters, in the order of the language reference.
 const TABLE: &[(&str, Sig)] = &[
@@ -66,74 +54,25 @@ const TABLE: &[(&str, Sig)] = &[
     ("argmin", ARGREDUCE),
     ("reshape", &[("x", D::Req), ("shape", D::Req)]),
     ("permute", &[("x", D::Req), ("perm", D::Req)]),
-    (
-        "transpose",
-        &[("x", D::Req), ("a", D::Int(-2)), ("b", D::Int(-1))],
-    ),
+    ("transpose", &[("x", D::Req), ("a", D::Int(-2)), ("b", D::Int(-1))]),
     ("expand", &[("x", D::Req), ("shape", D::Req)]),
     ("unsqueeze", &[("x", D::Req), ("axis", D::Req)]),
     ("squeeze", &[("x", D::Req), ("axis", D::Req)]),
-    (
-        "slice",
-        &[
-            ("x", D::Req),
-            ("axis", D::Req),
-            ("start", D::Req),
-            ("end", D::None),
-            ("step", D::Int(1)),
-        ],
-    ),
+    ("slice", &[("x", D::Req), ("axis", D::Req), ("start", D::Req), ("end", D::None), ("step", D::Int(1))]),
     ("index", &[("x", D::Req), ("axis", D::Req), ("i", D::Req)]),
-    (
-        "pad",
-        &[
-            ("x", D::Req),
-            ("axis", D::Req),
-            ("before", D::Req),
-            ("after", D::Req),
-            ("value", D::Float(0.0)),
-        ],
-    ),
+    ("pad", &[("x", D::Req), ("axis", D::Req), ("before", D::Req), ("after", D::Req), ("value", D::Float(0.0))]),
     ("concat", &[("xs", D::Req), ("axis", D::Int(-1))]),
     ("stack", &[("xs", D::Req), ("axis", D::Int(0))]),
-    (
-        "split",
-        &[("x", D::Req), ("sections", D::Req), ("axis", D::Int(-1))],
-    ),
+    ("split", &[("x", D::Req), ("sections", D::Req), ("axis", D::Int(-1))]),
     ("matmul", AB),
     ("take", &[("table", D::Req), ("ids", D::Req)]),
-    (
-        "scatter_add",
-        &[("ids", D::Req), ("updates", D::Req), ("rows", D::Req)],
-    ),
-    (
-        "scan",
-        &[
-            ("a", D::Req),
-            ("b", D::Req),
-            ("axis", D::Int(1)),
-            ("reverse", D::Bool(false)),
-        ],
-    ),
+    ("scatter_add", &[("ids", D::Req), ("updates", D::Req), ("rows", D::Req)]),
+    ("scan", &[("a", D::Req), ("b", D::Req), ("axis", D::Int(1)), ("reverse", D::Bool(false))]),
     ("stop_gradient", X),
     ("rand_uniform", RANDOM),
     ("rand_normal", RANDOM),
-    (
-        "iota",
-        &[
-            ("shape", D::Req),
-            ("axis", D::Req),
-            ("dtype", D::Ty(DType::I32)),
-        ],
-    ),
-    (
-        "full",
-        &[
-            ("shape", D::Req),
-            ("value", D::Req),
-            ("dtype", D::Ty(DType::F32)),
-        ],
-    ),
+    ("iota", &[("shape", D::Req), ("axis", D::Req), ("dtype", D::Ty(DType::I32))]),
+    ("full", &[("shape", D::Req), ("value", D::Req), ("dtype", D::Ty(DType::F32))]),
     ("zeros", &[("shape", D::None)]),
     ("ones", &[("shape", D::None)]),
     ("normal", &[("std", D::Float(1.0)), ("mean", D::Float(0.0))]),
@@ -178,11 +117,7 @@ impl Args {
 /// Calls builtin `callee` with evaluated arguments.
 pub(crate) fn call(e: &mut Elab, callee: &Ident, args: Vec<ArgV>, loc: Loc) -> Result<Value> {
     let name = callee.name.as_str();
-    let sig = TABLE
-        .iter()
-        .find(|(n, _)| *n == name)
-        .expect("checked by is_builtin")
-        .1;
+    let sig = TABLE.iter().find(|(n, _)| *n == name).expect("checked by is_builtin").1;
     let formals: Vec<&str> = sig.iter().map(|(n, _)| *n).collect();
     let slots = e.match_args("function", callee, &formals, args)?;
     let mut vals = Vec::new();
@@ -197,11 +132,7 @@ pub(crate) fn call(e: &mut Elab, callee: &Ident, args: Vec<ArgV>, loc: Loc) -> R
                 let v = match def {
                     D::Req => {
                         return Err(e
-                            .err_at(
-                                DiagClass::Arity,
-                                loc,
-                                format!("missing argument `{fname}` of `{name}`"),
-                            )
+                            .err_at(DiagClass::Arity, loc, format!("missing argument `{fname}` of `{name}`"))
                             .with_hint(format!("`{name}({})`", formals.join(", "))))
                     }
                     D::Int(i) => Value::Int(*i),
@@ -228,11 +159,7 @@ fn axis_of(e: &Elab, a: &Args, i: usize, rank: usize, extra: usize) -> Result<us
     let r = (rank + extra) as i64;
     let k = if ax < 0 { ax + r } else { ax };
     if !(0..r).contains(&k) {
-        return Err(e.err_at(
-            DiagClass::Shape,
-            a.l(i),
-            format!("axis {ax} is out of range for {rank} axes"),
-        ));
+        return Err(e.err_at(DiagClass::Shape, a.l(i), format!("axis {ax} is out of range for {rank} axes")));
     }
     Ok(k as usize)
 }
@@ -240,11 +167,9 @@ fn axis_of(e: &Elab, a: &Args, i: usize, rank: usize, extra: usize) -> Result<us
 fn dims_of(e: &Elab, v: &Value, loc: Loc) -> Result<Vec<Dim>> {
     match v {
         Value::List(items) => items.iter().map(|x| e.value_to_dim(x, loc)).collect(),
-        other => Err(e.err_at(
-            DiagClass::Type,
-            loc,
-            format!("a shape must be a list like [B, 16], got {}", other.kind()),
-        )),
+        other => {
+            Err(e.err_at(DiagClass::Type, loc, format!("a shape must be a list like [B, 16], got {}", other.kind())))
+        }
     }
 }
 
@@ -256,9 +181,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
     if UNARY.contains(&name) {
         let op = UnaryOp::from_name(name).expect("unary names match UnaryOp");
         return match a.v(0) {
-            v if v.is_number() => Ok(Value::Float(
-                op.eval(v.as_f64().expect("number")).expect("numeric op"),
-            )),
+            v if v.is_number() => Ok(Value::Float(op.eval(v.as_f64().expect("number")).expect("numeric op"))),
             _ => {
                 let x = tensor(e, a, 0, "the operand")?;
                 let n = e.apply(Op::Unary(op), &[x], loc)?;
@@ -268,24 +191,12 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
     }
     match name {
         "maximum" | "minimum" => {
-            let bop = if name == "maximum" {
-                BinaryOp::Max
-            } else {
-                BinaryOp::Min
-            };
+            let bop = if name == "maximum" { BinaryOp::Max } else { BinaryOp::Min };
             match (a.v(0), a.v(1)) {
-                (Value::Int(x), Value::Int(y)) => Ok(Value::Int(if name == "maximum" {
-                    *x.max(y)
-                } else {
-                    *x.min(y)
-                })),
+                (Value::Int(x), Value::Int(y)) => Ok(Value::Int(if name == "maximum" { *x.max(y) } else { *x.min(y) })),
                 (x, y) if x.is_number() && y.is_number() => {
                     let (x, y) = (x.as_f64().expect("n"), y.as_f64().expect("n"));
-                    Ok(Value::Float(if name == "maximum" {
-                        x.max(y)
-                    } else {
-                        x.min(y)
-                    }))
+                    Ok(Value::Float(if name == "maximum" { x.max(y) } else { x.min(y) }))
                 }
                 _ => {
                     let (x, y) = pair(e, a, 0, 1)?;
@@ -297,11 +208,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
         "where" => select(e, a, loc),
         "cast" => {
             let Value::DType(to) = a.v(1) else {
-                return Err(e.err_at(
-                    DiagClass::Type,
-                    a.l(1),
-                    "the target of cast must be f32, i32 or bool",
-                ));
+                return Err(e.err_at(DiagClass::Type, a.l(1), "the target of cast must be f32, i32 or bool"));
             };
             match a.v(0) {
                 Value::Int(i) if *to == DType::F32 => Ok(Value::Float(*i as f64)),
@@ -332,10 +239,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
                 Value::List(items) => {
                     let mut v = Vec::new();
                     for it in items {
-                        let one = Args {
-                            vals: vec![it.clone()],
-                            locs: vec![a.l(1)],
-                        };
+                        let one = Args { vals: vec![it.clone()], locs: vec![a.l(1)] };
                         v.push(axis_of(e, &one, 0, rank, 0)?);
                     }
                     v
@@ -345,11 +249,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             axes.sort();
             axes.dedup();
             if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) && axes.len() != 1 {
-                return Err(e.err_at(
-                    DiagClass::Shape,
-                    a.l(1),
-                    format!("`{name}` reduces exactly one axis"),
-                ));
+                return Err(e.err_at(DiagClass::Shape, a.l(1), format!("`{name}` reduces exactly one axis")));
             }
             let keep = e.expect_bool(a.v(2), a.l(2), "keepdim")?;
             let n = reduce(e, op, x, &axes, keep, loc)?;
@@ -365,18 +265,11 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             let x = tensor(e, a, 0, "the operand of permute")?;
             let rank = e.ty(x).shape.rank();
             let Value::List(items) = a.v(1) else {
-                return Err(e.err_at(
-                    DiagClass::Type,
-                    a.l(1),
-                    "a permutation is a list of axes, e.g. [0, 2, 1, 3]",
-                ));
+                return Err(e.err_at(DiagClass::Type, a.l(1), "a permutation is a list of axes, e.g. [0, 2, 1, 3]"));
             };
             let mut perm = Vec::new();
             for it in items {
-                let one = Args {
-                    vals: vec![it.clone()],
-                    locs: vec![a.l(1)],
-                };
+                let one = Args { vals: vec![it.clone()], locs: vec![a.l(1)] };
                 perm.push(axis_of(e, &one, 0, rank, 0)?);
             }
             let n = e.apply(Op::Permute { perm }, &[x], loc)?;
@@ -398,11 +291,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             let s = e.ty(x).shape.clone();
             let b = broadcast_shapes(&s, &target).map_err(|err| e.type_err(a.l(1), err))?;
             if b != target {
-                return Err(e.err_at(
-                    DiagClass::Shape,
-                    a.l(1),
-                    format!("cannot expand {s} to {target}"),
-                ));
+                return Err(e.err_at(DiagClass::Shape, a.l(1), format!("cannot expand {s} to {target}")));
             }
             let n = broadcast_to(e, x, &target, loc)?;
             out(e, n)
@@ -432,11 +321,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             let s = e.ty(x).shape.clone();
             let ax = axis_of(e, a, 1, s.rank(), 0)?;
             let size = s.0[ax].as_known().ok_or_else(|| {
-                e.err_at(
-                    DiagClass::Shape,
-                    a.l(1),
-                    format!("cannot slice the symbolic axis {}", s.0[ax]),
-                )
+                e.err_at(DiagClass::Shape, a.l(1), format!("cannot slice the symbolic axis {}", s.0[ax]))
             })?;
             let norm = |v: i64| if v < 0 { v + size } else { v };
             let start = norm(e.expect_int(a.v(2), a.l(2), "a slice start")?);
@@ -449,16 +334,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
                 };
                 (end, e.expect_int(a.v(4), a.l(4), "a slice step")?)
             };
-            let n = e.apply(
-                Op::Slice {
-                    axis: ax,
-                    start,
-                    end,
-                    step,
-                },
-                &[x],
-                loc,
-            )?;
+            let n = e.apply(Op::Slice { axis: ax, start, end, step }, &[x], loc)?;
             if name == "index" {
                 let mut dims = s.0.clone();
                 dims.remove(ax);
@@ -473,16 +349,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             let before = e.expect_int(a.v(2), a.l(2), "padding")?;
             let after = e.expect_int(a.v(3), a.l(3), "padding")?;
             let value = e.expect_f64(a.v(4), a.l(4), "a padding value")?;
-            let n = e.apply(
-                Op::Pad {
-                    axis: ax,
-                    before,
-                    after,
-                    value,
-                },
-                &[x],
-                loc,
-            )?;
+            let n = e.apply(Op::Pad { axis: ax, before, after, value }, &[x], loc)?;
             out(e, n)
         }
         "concat" | "stack" => {
@@ -494,11 +361,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
                 ));
             };
             if items.is_empty() {
-                return Err(e.err_at(
-                    DiagClass::Arity,
-                    a.l(0),
-                    format!("`{name}` of an empty list"),
-                ));
+                return Err(e.err_at(DiagClass::Arity, a.l(0), format!("`{name}` of an empty list")));
             }
             let mut nodes = Vec::new();
             for it in items {
@@ -510,11 +373,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
                 for n in nodes.iter_mut() {
                     let mut dims = e.ty(*n).shape.0.clone();
                     if dims.len() != rank {
-                        return Err(e.err_at(
-                            DiagClass::Shape,
-                            a.l(0),
-                            "stack of tensors with different ranks",
-                        ));
+                        return Err(e.err_at(DiagClass::Shape, a.l(0), "stack of tensors with different ranks"));
                     }
                     dims.insert(ax, Dim::known(1));
                     *n = e.apply(Op::Reshape { shape: Shape(dims) }, &[*n], loc)?;
@@ -530,9 +389,8 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             let x = tensor(e, a, 0, "the operand of split")?;
             let s = e.ty(x).shape.clone();
             let ax = axis_of(e, a, 2, s.rank(), 0)?;
-            let size = s.0[ax].as_known().ok_or_else(|| {
-                e.err_at(DiagClass::Shape, a.l(2), "cannot split a symbolic axis")
-            })?;
+            let size =
+                s.0[ax].as_known().ok_or_else(|| e.err_at(DiagClass::Shape, a.l(2), "cannot split a symbolic axis"))?;
             let sizes: Vec<i64> = match a.v(1) {
                 Value::Int(k) if *k > 0 && size % k == 0 => vec![size / k; *k as usize],
                 Value::Int(k) => {
@@ -560,26 +418,14 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
                     return Err(e.err_at(
                         DiagClass::Type,
                         a.l(1),
-                        format!(
-                            "split sections must be an integer or a list, got {}",
-                            other.kind()
-                        ),
+                        format!("split sections must be an integer or a list, got {}", other.kind()),
                     ))
                 }
             };
             let mut parts = Vec::new();
             let mut start = 0;
             for k in sizes {
-                let n = e.apply(
-                    Op::Slice {
-                        axis: ax,
-                        start,
-                        end: start + k,
-                        step: 1,
-                    },
-                    &[x],
-                    loc,
-                )?;
+                let n = e.apply(Op::Slice { axis: ax, start, end: start + k, step: 1 }, &[x], loc)?;
                 parts.push(e.tref(n));
                 start += k;
             }
@@ -606,8 +452,8 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
         }
         "scan" => {
             let (x, y) = pair(e, a, 0, 1)?;
-            let s = broadcast_shapes(&e.ty(x).shape.clone(), &e.ty(y).shape.clone())
-                .map_err(|err| e.type_err(loc, err))?;
+            let s =
+                broadcast_shapes(&e.ty(x).shape.clone(), &e.ty(y).shape.clone()).map_err(|err| e.type_err(loc, err))?;
             let x = broadcast_to(e, x, &s, loc)?;
             let y = broadcast_to(e, y, &s, loc)?;
             let ax = axis_of(e, a, 2, s.rank(), 0)?;
@@ -623,18 +469,9 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
         "rand_uniform" | "rand_normal" => {
             let shape = Shape(dims_of(e, a.v(0), a.l(0))?);
             let user = e.expect_int(a.v(1), a.l(1), "a seed")?;
-            let dist = if name == "rand_uniform" {
-                RandomDist::Uniform
-            } else {
-                RandomDist::Normal
-            };
-            let seed = fnv1a(format!("{}#{}", e.frame().path, e.graph.node_count()).as_bytes())
-                ^ user as u64;
-            let n = e.leaf(
-                Op::Random { dist, seed },
-                TensorType::new(DType::F32, shape),
-                loc,
-            );
+            let dist = if name == "rand_uniform" { RandomDist::Uniform } else { RandomDist::Normal };
+            let seed = fnv1a(format!("{}#{}", e.frame().path, e.graph.node_count()).as_bytes()) ^ user as u64;
+            let n = e.leaf(Op::Random { dist, seed }, TensorType::new(DType::F32, shape), loc);
             out(e, n)
         }
         "iota" => {
@@ -682,58 +519,34 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
         }
         "numel" => {
             let x = tensor(e, a, 0, "the operand of numel")?;
-            let n = e
-                .ty(x)
-                .shape
-                .numel()
-                .ok_or_else(|| e.err_at(DiagClass::Limit, loc, "size overflow"))?;
+            let n = e.ty(x).shape.numel().ok_or_else(|| e.err_at(DiagClass::Limit, loc, "size overflow"))?;
             Ok(Value::from_dim(n))
         }
         "is_int" => Ok(Value::Bool(matches!(a.v(0), Value::Int(_)))),
         "int" => match a.v(0) {
             Value::Int(i) => Ok(Value::Int(*i)),
-            Value::Float(f) if f.is_finite() && f.abs() < 9.0e18 => {
-                Ok(Value::Int(f.trunc() as i64))
-            }
+            Value::Float(f) if f.is_finite() && f.abs() < 9.0e18 => Ok(Value::Int(f.trunc() as i64)),
             Value::Bool(b) => Ok(Value::Int(i64::from(*b))),
-            other => Err(e.err_at(
-                DiagClass::Type,
-                a.l(0),
-                format!("int() of {}", other.kind()),
-            )),
+            other => Err(e.err_at(DiagClass::Type, a.l(0), format!("int() of {}", other.kind()))),
         },
-        "float" => e
-            .expect_f64(a.v(0), a.l(0), "the operand of float()")
-            .map(Value::Float),
+        "float" => e.expect_f64(a.v(0), a.l(0), "the operand of float()").map(Value::Float),
         "floor" | "ceil" => {
             let x = e.expect_f64(a.v(0), a.l(0), "the operand")?;
             let y = if name == "floor" { x.floor() } else { x.ceil() };
             if !y.is_finite() || y.abs() >= 9.0e18 {
-                return Err(e.err_at(
-                    DiagClass::Limit,
-                    a.l(0),
-                    format!("{name}({x}) is not a representable integer"),
-                ));
+                return Err(e.err_at(DiagClass::Limit, a.l(0), format!("{name}({x}) is not a representable integer")));
             }
             Ok(Value::Int(y as i64))
         }
         "len" => match a.v(0) {
             Value::List(v) | Value::Tuple(v) => Ok(Value::Int(v.len() as i64)),
             Value::Str(s) => Ok(Value::Int(s.chars().count() as i64)),
-            other => Err(e.err_at(
-                DiagClass::Type,
-                a.l(0),
-                format!("len() of {}", other.kind()),
-            )),
+            other => Err(e.err_at(DiagClass::Type, a.l(0), format!("len() of {}", other.kind()))),
         },
         "range" => {
             let n = e.expect_int(a.v(0), a.l(0), "a range length")?;
             if !(0..=1_000_000).contains(&n) {
-                return Err(e.err_at(
-                    DiagClass::Limit,
-                    a.l(0),
-                    format!("range({n}) is outside 0..=1000000"),
-                ));
+                return Err(e.err_at(DiagClass::Limit, a.l(0), format!("range({n}) is outside 0..=1000000")));
             }
             Ok(Value::List((0..n).map(Value::Int).collect()))
         }
@@ -743,9 +556,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             if y <= 0 {
                 return Err(e.err_at(DiagClass::Type, a.l(1), "cdiv needs a positive divisor"));
             }
-            Ok(Value::Int(
-                x.div_euclid(y) + i64::from(x.rem_euclid(y) != 0),
-            ))
+            Ok(Value::Int(x.div_euclid(y) + i64::from(x.rem_euclid(y) != 0)))
         }
         "assert" => {
             let ok = e.expect_bool(a.v(0), a.l(0), "an assertion")?;
@@ -770,34 +581,16 @@ fn pair(e: &mut Elab, a: &Args, i: usize, j: usize) -> Result<(NodeIndex, NodeIn
             Value::Tensor(t) => e.node_of(*t, l),
             v if v.is_number() => {
                 let Value::Tensor(t) = other else {
-                    return Err(e.err_at(
-                        DiagClass::Type,
-                        l,
-                        "at least one operand must be a tensor",
-                    ));
+                    return Err(e.err_at(DiagClass::Type, l, "at least one operand must be a tensor"));
                 };
                 let o = e.node_of(*t, l)?;
                 let ty = e.ty(o).clone();
                 if ty.dtype == DType::I32 && matches!(v, Value::Float(_)) {
-                    return Err(e.err_at(
-                        DiagClass::DType,
-                        l,
-                        "a float combined with an i32 tensor",
-                    ));
+                    return Err(e.err_at(DiagClass::DType, l, "a float combined with an i32 tensor"));
                 }
-                Ok(e.leaf(
-                    Op::Const {
-                        value: v.as_f64().expect("number"),
-                    },
-                    ty,
-                    l,
-                ))
+                Ok(e.leaf(Op::Const { value: v.as_f64().expect("number") }, ty, l))
             }
-            other => Err(e.err_at(
-                DiagClass::Type,
-                l,
-                format!("expected a tensor or a number, got {}", other.kind()),
-            )),
+            other => Err(e.err_at(DiagClass::Type, l, format!("expected a tensor or a number, got {}", other.kind()))),
         }
     };
     let xn = to_node(e, &x, &y, a.l(i))?;
@@ -820,27 +613,14 @@ fn select(e: &mut Elab, a: &Args, loc: Loc) -> Result<Value> {
                     _ => DType::F32,
                 };
                 if dtype == DType::I32 && matches!(v, Value::Float(_)) {
-                    return Err(e.err_at(
-                        DiagClass::DType,
-                        a.l(i),
-                        "a float branch with an i32 branch",
-                    ));
+                    return Err(e.err_at(DiagClass::DType, a.l(i), "a float branch with an i32 branch"));
                 }
-                Ok(e.leaf(
-                    Op::Const {
-                        value: v.as_f64().expect("number"),
-                    },
-                    TensorType::new(dtype, cs.clone()),
-                    a.l(i),
-                ))
+                Ok(e.leaf(Op::Const { value: v.as_f64().expect("number") }, TensorType::new(dtype, cs.clone()), a.l(i)))
             }
             other => Err(e.err_at(
                 DiagClass::Type,
                 a.l(i),
-                format!(
-                    "a branch of where must be a tensor or a number, got {}",
-                    other.kind()
-                ),
+                format!("a branch of where must be a tensor or a number, got {}", other.kind()),
             )),
         }
     };
@@ -857,11 +637,7 @@ fn select(e: &mut Elab, a: &Args, loc: Loc) -> Result<Value> {
 
 fn reshape_target(e: &Elab, x: NodeIndex, a: &Args) -> Result<Shape> {
     let Value::List(items) = a.v(1) else {
-        return Err(e.err_at(
-            DiagClass::Type,
-            a.l(1),
-            "a shape must be a list like [B, 16, -1]",
-        ));
+        return Err(e.err_at(DiagClass::Type, a.l(1), "a shape must be a list like [B, 16, -1]"));
     };
     let mut dims: Vec<Option<Dim>> = Vec::new();
     for it in items {
@@ -871,18 +647,11 @@ fn reshape_target(e: &Elab, x: NodeIndex, a: &Args) -> Result<Shape> {
         }
     }
     if dims.iter().filter(|d| d.is_none()).count() > 1 {
-        return Err(e.err_at(
-            DiagClass::Shape,
-            a.l(1),
-            "at most one size of a reshape can be -1",
-        ));
+        return Err(e.err_at(DiagClass::Shape, a.l(1), "at most one size of a reshape can be -1"));
     }
     let src = e.ty(x).shape.clone();
     if let Some(hole) = dims.iter().position(|d| d.is_none()) {
-        let known = dims
-            .iter()
-            .flatten()
-            .try_fold(Dim::known(1), |acc, d| acc.mul(d));
+        let known = dims.iter().flatten().try_fold(Dim::known(1), |acc, d| acc.mul(d));
         let total = src.numel();
         let fill = match (total, known) {
             (Some(t), Some(k)) => t.div(&k),
@@ -892,35 +661,29 @@ fn reshape_target(e: &Elab, x: NodeIndex, a: &Args) -> Result<Shape> {
             return Err(e.err_at(
                 DiagClass::Shape,
                 a.l(1),
-                format!(
-                    "cannot reshape {src} to {}: the sizes do not divide",
-                    show_dims(&dims)
-                ),
+                format!("cannot reshape {src} to {}: the sizes do not divide", show_dims(&dims)),
             ));
         };
         dims[hole] = Some(fill);
     }
-    Ok(Shape(
-        dims.into_iter().map(|d| d.expect("filled")).collect(),
-    ))
+    Ok(Shape(dims.into_iter().map(|d| d.expect("filled")).collect()))
 }
 
 fn show_dims(dims: &[Option<Dim>]) -> String {
-    let parts: Vec<String> = dims
-        .iter()
-        .map(|d| {
-            d.as_ref()
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "-1".into())
-        })
-        .collect();
+    let parts: Vec<String> =
+        dims.iter().map(|d| d.as_ref().map(|d| d.to_string()).unwrap_or_else(|| "-1".into())).collect();
     format!("[{}]", parts.join(", "))
 }
 
 /// Inside an initialiser: a tensor of the parameter's shape filled with `value`.
 pub(crate) fn init_fill(e: &mut Elab, value: f64, loc: Loc) -> Result<Value> {
     let Some(shape) = e.init_shape.clone() else {
-        return Err(e.err_at(DiagClass::Invalid, loc, "`zeros`, `ones` and `constant` without a shape only work in a parameter initialiser")
+        return Err(e
+            .err_at(
+                DiagClass::Invalid,
+                loc,
+                "`zeros`, `ones` and `constant` without a shape only work in a parameter initialiser",
+            )
             .with_hint("give a shape: zeros([B, 16])"));
     };
     let n = e.leaf(Op::Const { value }, TensorType::new(DType::F32, shape), loc);
@@ -928,23 +691,11 @@ pub(crate) fn init_fill(e: &mut Elab, value: f64, loc: Loc) -> Result<Value> {
 }
 
 /// Inside an initialiser: `offset + scale * r` with `r` uniform on [0,1) or standard normal.
-pub(crate) fn init_random(
-    e: &mut Elab,
-    dist: RandomDist,
-    offset: f64,
-    scale: f64,
-    loc: Loc,
-) -> Result<Value> {
+pub(crate) fn init_random(e: &mut Elab, dist: RandomDist, offset: f64, scale: f64, loc: Loc) -> Result<Value> {
     let Some(shape) = e.init_shape.clone() else {
         return Err(e
-            .err_at(
-                DiagClass::Invalid,
-                loc,
-                "`normal` and `uniform` are parameter initialisers",
-            )
-            .with_hint(
-                "for random tensors in a model use rand_normal(shape) or rand_uniform(shape)",
-            ));
+            .err_at(DiagClass::Invalid, loc, "`normal` and `uniform` are parameter initialisers")
+            .with_hint("for random tensors in a model use rand_normal(shape) or rand_uniform(shape)"));
     };
     let ty = TensorType::new(DType::F32, shape);
     let seed = e.init_seed.wrapping_add(e.graph.node_count() as u64);

@@ -8,9 +8,7 @@ mod value;
 pub use value::{TensorRef, Value};
 
 use crate::diag::{suggest, Diag, DiagClass, Result};
-use crate::ir::{
-    DType, Dim, Graph, Op, ParamInfo, Provenance, Shape, TensorType, TypeError, TypeErrorKind,
-};
+use crate::ir::{DType, Dim, Graph, Op, ParamInfo, Provenance, Shape, TensorType, TypeError, TypeErrorKind};
 use crate::loader::Program;
 use crate::report::{PassReport, PassTimer};
 use crate::source::{FileId, Loc};
@@ -113,10 +111,7 @@ pub fn elaborate_model(
     for (fid, f) in &prog.files {
         for item in &f.items {
             if let ast::Item::Block(b) = item {
-                let loc = Loc {
-                    file: *fid,
-                    span: b.name.span,
-                };
+                let loc = Loc { file: *fid, span: b.name.span };
                 if builtins::is_builtin(&b.name.name) {
                     return Err(Diag::new(
                         DiagClass::Duplicate,
@@ -126,10 +121,7 @@ pub fn elaborate_model(
                     .with_hint("choose another name"));
                 }
                 if let Some((pf, pb)) = blocks.insert(&b.name.name, (*fid, b)) {
-                    let prev = prog.sources.describe(Loc {
-                        file: pf,
-                        span: pb.name.span,
-                    });
+                    let prev = prog.sources.describe(Loc { file: pf, span: pb.name.span });
                     return Err(Diag::new(
                         DiagClass::Duplicate,
                         loc,
@@ -148,12 +140,7 @@ pub fn elaborate_model(
         next_graph_id: 1,
         init_shape: None,
         init_seed: 0,
-        frames: vec![Frame {
-            vars: HashMap::new(),
-            file,
-            path: String::new(),
-            in_model: true,
-        }],
+        frames: vec![Frame { vars: HashMap::new(), file, path: String::new(), in_model: true }],
         trace: vec![],
         param_names: HashMap::new(),
         label_counts: HashMap::new(),
@@ -162,10 +149,7 @@ pub fn elaborate_model(
         config: vec![],
         saw_config: false,
     };
-    let mloc = Loc {
-        file,
-        span: model.name.span,
-    };
+    let mloc = Loc { file, span: model.name.span };
     if let Flow::Return(_) = e.exec(&model.body)? {
         unreachable!("return is rejected in models");
     }
@@ -173,20 +157,12 @@ pub fn elaborate_model(
         if !used {
             let key = &overrides[i].0;
             let keys: Vec<&str> = e.config.iter().map(|(k, _)| k.as_str()).collect();
-            let hint = suggest(key, keys.iter().copied()).unwrap_or_else(|| {
-                format!(
-                    "the config keys of `{}` are: {}",
-                    model.name.name,
-                    keys.join(", ")
-                )
-            });
+            let hint = suggest(key, keys.iter().copied())
+                .unwrap_or_else(|| format!("the config keys of `{}` are: {}", model.name.name, keys.join(", ")));
             return Err(Diag::new(
                 DiagClass::UnknownConfigKey,
                 mloc,
-                format!(
-                    "unknown config key `{key}` in --set for model `{}`",
-                    model.name.name
-                ),
+                format!("unknown config key `{key}` in --set for model `{}`", model.name.name),
             )
             .with_hint(hint));
         }
@@ -199,16 +175,10 @@ pub fn elaborate_model(
         )
         .with_hint("declare one with `output name = expr` or `loss name = expr`"));
     }
-    let elaborated = timer.finish(
-        e.graph.node_count(),
-        format!("{} parameters", e.graph.params.len()),
-    );
+    let elaborated = timer.finish(e.graph.node_count(), format!("{} parameters", e.graph.params.len()));
     let timer = PassTimer::start("prune", e.graph.node_count());
     let removed = e.graph.prune();
-    let pruned = timer.finish(
-        e.graph.node_count(),
-        format!("{removed} unused nodes removed"),
-    );
+    let pruned = timer.finish(e.graph.node_count(), format!("{removed} unused nodes removed"));
     Ok(Model {
         name: model.name.name.clone(),
         graph: e.graph,
@@ -226,10 +196,7 @@ impl<'p> Elab<'p> {
         self.frames.last_mut().expect("a frame is always active")
     }
     pub(crate) fn loc(&self, span: Span) -> Loc {
-        Loc {
-            file: self.frame().file,
-            span,
-        }
+        Loc { file: self.frame().file, span }
     }
     pub(crate) fn err(&self, class: DiagClass, span: Span, msg: impl Into<String>) -> Box<Diag> {
         self.err_at(class, self.loc(span), msg)
@@ -247,40 +214,25 @@ impl<'p> Elab<'p> {
         self.err_at(class, loc, e.message).with_opt_hint(e.hint)
     }
     pub(crate) fn prov(&self, loc: Loc) -> Provenance {
-        Provenance {
-            loc: Some(loc),
-            path: self.frame().path.clone(),
-            grad: false,
-        }
+        Provenance { loc: Some(loc), path: self.frame().path.clone(), grad: false }
     }
 
     /// Adds an op to the current graph, turning type errors into diagnostics at `loc`.
     pub(crate) fn apply(&mut self, op: Op, operands: &[NodeIndex], loc: Loc) -> Result<NodeIndex> {
         if self.graph.node_count() >= MAX_NODES {
             return Err(self
-                .err_at(
-                    DiagClass::Limit,
-                    loc,
-                    format!("the model has more than {MAX_NODES} nodes"),
-                )
-                .with_hint(
-                    "a `repeat` count or a recursion is probably far larger than intended",
-                ));
+                .err_at(DiagClass::Limit, loc, format!("the model has more than {MAX_NODES} nodes"))
+                .with_hint("a `repeat` count or a recursion is probably far larger than intended"));
         }
         let prov = self.prov(loc);
-        self.graph
-            .apply(op, operands, prov)
-            .map_err(|e| self.type_err(loc, e))
+        self.graph.apply(op, operands, prov).map_err(|e| self.type_err(loc, e))
     }
     pub(crate) fn leaf(&mut self, op: Op, ty: TensorType, loc: Loc) -> NodeIndex {
         let prov = self.prov(loc);
         self.graph.leaf(op, ty, prov)
     }
     pub(crate) fn tref(&self, node: NodeIndex) -> Value {
-        Value::Tensor(TensorRef {
-            graph: self.graph_id,
-            node,
-        })
+        Value::Tensor(TensorRef { graph: self.graph_id, node })
     }
     pub(crate) fn ty(&self, n: NodeIndex) -> &TensorType {
         self.graph.ty(n)
@@ -313,14 +265,8 @@ impl<'p> Elab<'p> {
     fn model_only(&self, s: &Stmt, what: &str) -> Result<()> {
         if !self.frame().in_model {
             return Err(self
-                .err(
-                    DiagClass::Invalid,
-                    s.span,
-                    format!("`{what}` is only allowed in a model, not in a block"),
-                )
-                .with_hint(
-                    "pass tensors to blocks as arguments and return results with `return`",
-                ));
+                .err(DiagClass::Invalid, s.span, format!("`{what}` is only allowed in a model, not in a block"))
+                .with_hint("pass tensors to blocks as arguments and return results with `return`"));
         }
         Ok(())
     }
@@ -330,11 +276,7 @@ impl<'p> Elab<'p> {
             StmtKind::Config(entries) => {
                 self.model_only(s, "config")?;
                 if self.saw_config {
-                    return Err(self.err(
-                        DiagClass::Duplicate,
-                        s.span,
-                        "a model has one `config` block",
-                    ));
+                    return Err(self.err(DiagClass::Duplicate, s.span, "a model has one `config` block"));
                 }
                 self.saw_config = true;
                 for entry in entries {
@@ -344,35 +286,16 @@ impl<'p> Elab<'p> {
             StmtKind::Input { name, dtype, dims } => {
                 self.model_only(s, "input")?;
                 let dt = DType::from_name(&dtype.name).ok_or_else(|| {
-                    self.err(
-                        DiagClass::Type,
-                        dtype.span,
-                        format!("unknown element type `{}`", dtype.name),
-                    )
-                    .with_hint("element types are f32, i32 and bool")
+                    self.err(DiagClass::Type, dtype.span, format!("unknown element type `{}`", dtype.name))
+                        .with_hint("element types are f32, i32 and bool")
                 })?;
                 let mut shape = Vec::new();
                 for d in dims {
                     shape.push(self.eval_dim(d, true)?);
                 }
-                self.check_new_name(
-                    name,
-                    &self
-                        .graph
-                        .inputs
-                        .iter()
-                        .map(|x| x.0.clone())
-                        .collect::<Vec<_>>(),
-                    "input",
-                )?;
+                self.check_new_name(name, &self.graph.inputs.iter().map(|x| x.0.clone()).collect::<Vec<_>>(), "input")?;
                 let loc = self.loc(name.span);
-                let n = self.leaf(
-                    Op::Input {
-                        name: name.name.clone(),
-                    },
-                    TensorType::new(dt, Shape(shape)),
-                    loc,
-                );
+                let n = self.leaf(Op::Input { name: name.name.clone() }, TensorType::new(dt, Shape(shape)), loc);
                 self.graph.inputs.push((name.name.clone(), n));
                 let v = self.tref(n);
                 self.frame_mut().vars.insert(name.name.clone(), v);
@@ -385,25 +308,15 @@ impl<'p> Elab<'p> {
                     None => (self.lookup(&name.name, name.span)?, name.span),
                 };
                 let loc = self.loc(span);
-                let n =
-                    self.expect_tensor(&v, loc, if is_loss { "a loss" } else { "an output" })?;
-                let existing: Vec<String> = self
-                    .graph
-                    .outputs
-                    .iter()
-                    .chain(&self.graph.losses)
-                    .map(|x| x.0.clone())
-                    .collect();
+                let n = self.expect_tensor(&v, loc, if is_loss { "a loss" } else { "an output" })?;
+                let existing: Vec<String> =
+                    self.graph.outputs.iter().chain(&self.graph.losses).map(|x| x.0.clone()).collect();
                 self.check_new_name(name, &existing, if is_loss { "loss" } else { "output" })?;
                 if is_loss {
                     let ty = self.ty(n).clone();
                     if ty.shape.rank() != 0 {
                         return Err(self
-                            .err_at(
-                                DiagClass::Shape,
-                                loc,
-                                format!("a loss must be a scalar, this is {}", ty.shape),
-                            )
+                            .err_at(DiagClass::Shape, loc, format!("a loss must be a scalar, this is {}", ty.shape))
                             .with_hint("reduce it, e.g. with mean(x, axis=none)"));
                     }
                     if ty.dtype != DType::F32 {
@@ -422,12 +335,7 @@ impl<'p> Elab<'p> {
                     self.frame_mut().vars.insert(name.name.clone(), tv);
                 }
             }
-            StmtKind::Repeat {
-                count,
-                label,
-                index,
-                body,
-            } => {
+            StmtKind::Repeat { count, label, index, body } => {
                 let n = self.eval(count)?;
                 let n = self.expect_int(&n, self.loc(count.span), "a repeat count")?;
                 if !(0..=MAX_REPEAT).contains(&n) {
@@ -437,10 +345,7 @@ impl<'p> Elab<'p> {
                         format!("repeat count {n} is outside 0..={MAX_REPEAT}"),
                     ));
                 }
-                let seg = label
-                    .as_ref()
-                    .map(|l| l.name.clone())
-                    .unwrap_or_else(|| "layers".into());
+                let seg = label.as_ref().map(|l| l.name.clone()).unwrap_or_else(|| "layers".into());
                 let saved = self.frame().path.clone();
                 for i in 0..n {
                     let p = join_path(&saved, &format!("{seg}.{i}"));
@@ -455,11 +360,7 @@ impl<'p> Elab<'p> {
                     }
                 }
             }
-            StmtKind::If {
-                cond,
-                then,
-                otherwise,
-            } => {
+            StmtKind::If { cond, then, otherwise } => {
                 let c = self.eval(cond)?;
                 let c = self.expect_bool(&c, self.loc(cond.span), "an `if` condition")?;
                 let branch = if c { Some(then) } else { otherwise.as_ref() };
@@ -470,22 +371,14 @@ impl<'p> Elab<'p> {
             StmtKind::Return(exprs) => {
                 if self.frame().in_model {
                     return Err(self
-                        .err(
-                            DiagClass::Invalid,
-                            s.span,
-                            "`return` is only allowed in a block",
-                        )
+                        .err(DiagClass::Invalid, s.span, "`return` is only allowed in a block")
                         .with_hint("a model declares its results with `output` and `loss`"));
                 }
                 let mut vals = Vec::new();
                 for e in exprs {
                     vals.push(self.eval(e)?);
                 }
-                let v = if vals.len() == 1 {
-                    vals.pop().expect("one value")
-                } else {
-                    Value::Tuple(vals)
-                };
+                let v = if vals.len() == 1 { vals.pop().expect("one value") } else { Value::Tuple(vals) };
                 return Ok(Flow::Return(v));
             }
             StmtKind::Assign { targets, value } => {
@@ -499,11 +392,7 @@ impl<'p> Elab<'p> {
                             return Err(self.err(
                                 DiagClass::Type,
                                 value.span,
-                                format!(
-                                    "cannot unpack {} into {} names",
-                                    other.kind(),
-                                    targets.len()
-                                ),
+                                format!("cannot unpack {} into {} names", other.kind(), targets.len()),
                             ))
                         }
                     };
@@ -511,11 +400,7 @@ impl<'p> Elab<'p> {
                         return Err(self.err(
                             DiagClass::Arity,
                             value.span,
-                            format!(
-                                "{} values on the right, {} names on the left",
-                                parts.len(),
-                                targets.len()
-                            ),
+                            format!("{} values on the right, {} names on the left", parts.len(), targets.len()),
                         ));
                     }
                     for (t, p) in targets.iter().zip(parts) {
@@ -538,11 +423,7 @@ impl<'p> Elab<'p> {
 
     fn check_new_name(&self, name: &Ident, existing: &[String], what: &str) -> Result<()> {
         if existing.iter().any(|x| x == &name.name) {
-            return Err(self.err(
-                DiagClass::Duplicate,
-                name.span,
-                format!("{what} `{}` is declared twice", name.name),
-            ));
+            return Err(self.err(DiagClass::Duplicate, name.span, format!("{what} `{}` is declared twice", name.name)));
         }
         Ok(())
     }
@@ -558,26 +439,15 @@ impl<'p> Elab<'p> {
             Value::Str(s) => ConfigValue::Str(s),
             other => {
                 return Err(self
-                    .err_at(
-                        DiagClass::Type,
-                        loc,
-                        format!("config value `{key}` is {}", other.kind()),
-                    )
+                    .err_at(DiagClass::Type, loc, format!("config value `{key}` is {}", other.kind()))
                     .with_hint("config values are integers, floats, bools or strings"))
             }
         };
         if self.config.iter().any(|(k, _)| k == key) {
-            return Err(self.err(
-                DiagClass::Duplicate,
-                entry.key.span,
-                format!("config key `{key}` is set twice"),
-            ));
+            return Err(self.err(DiagClass::Duplicate, entry.key.span, format!("config key `{key}` is set twice")));
         }
         if let Some(i) = self.overrides.iter().rposition(|(k, _)| k == key) {
-            self.used_overrides
-                .iter_mut()
-                .zip(self.overrides)
-                .for_each(|(u, (k, _))| *u |= k == key);
+            self.used_overrides.iter_mut().zip(self.overrides).for_each(|(u, (k, _))| *u |= k == key);
             let raw = self.overrides[i].1.trim();
             let parsed = match &cv {
                 ConfigValue::Int(_) => raw.replace('_', "").parse().ok().map(ConfigValue::Int),
@@ -592,15 +462,8 @@ impl<'p> Elab<'p> {
                     ConfigValue::Bool(_) => "true or false",
                     ConfigValue::Str(_) => "a string",
                 };
-                self.err(
-                    DiagClass::Type,
-                    entry.key.span,
-                    format!("--set {key}={raw}: `{key}` needs {want}"),
-                )
-                .with_hint(format!(
-                    "the default is {}",
-                    entry_default_text(&self.prog.sources, loc)
-                ))
+                self.err(DiagClass::Type, entry.key.span, format!("--set {key}={raw}: `{key}` needs {want}"))
+                    .with_hint(format!("the default is {}", entry_default_text(&self.prog.sources, loc)))
             })?;
         }
         let v = match &cv {
@@ -618,10 +481,7 @@ impl<'p> Elab<'p> {
     /// symbolic size (the batch `B`).
     fn eval_dim(&mut self, e: &Expr, allow_symbols: bool) -> Result<Dim> {
         if let ExprKind::Name(n) = &e.kind {
-            if allow_symbols
-                && !self.frame().vars.contains_key(n)
-                && n.starts_with(|c: char| c.is_ascii_uppercase())
-            {
+            if allow_symbols && !self.frame().vars.contains_key(n) && n.starts_with(|c: char| c.is_ascii_uppercase()) {
                 return Ok(Dim::sym(n));
             }
         }
@@ -633,24 +493,12 @@ impl<'p> Elab<'p> {
     pub(crate) fn value_to_dim(&self, v: &Value, loc: Loc) -> Result<Dim> {
         match v {
             Value::Int(i) if *i >= 0 => Ok(Dim::known(*i)),
-            Value::Int(i) => Err(self.err_at(
-                DiagClass::Shape,
-                loc,
-                format!("a size must not be negative, got {i}"),
-            )),
+            Value::Int(i) => Err(self.err_at(DiagClass::Shape, loc, format!("a size must not be negative, got {i}"))),
             Value::Dim(d) => Ok(d.clone()),
             Value::Float(f) if f.fract() == 0.0 && *f >= 0.0 => Err(self
-                .err_at(
-                    DiagClass::Type,
-                    loc,
-                    format!("a size must be an integer, got the float {f:?}"),
-                )
+                .err_at(DiagClass::Type, loc, format!("a size must be an integer, got the float {f:?}"))
                 .with_hint("use // for integer division, or int(x)")),
-            other => Err(self.err_at(
-                DiagClass::Type,
-                loc,
-                format!("a size must be an integer, got {}", other.kind()),
-            )),
+            other => Err(self.err_at(DiagClass::Type, loc, format!("a size must be an integer, got {}", other.kind()))),
         }
     }
 
@@ -667,11 +515,7 @@ impl<'p> Elab<'p> {
             return Ok(Value::Float(std::f64::consts::PI));
         }
         if self.init_shape.is_some() && (name == "zeros" || name == "ones") {
-            return builtins::init_fill(
-                self,
-                if name == "ones" { 1.0 } else { 0.0 },
-                self.loc(span),
-            );
+            return builtins::init_fill(self, if name == "ones" { 1.0 } else { 0.0 }, self.loc(span));
         }
         let mut cands: Vec<&str> = self.frame().vars.keys().map(String::as_str).collect();
         cands.extend(self.blocks.keys().copied());
@@ -681,9 +525,7 @@ impl<'p> Elab<'p> {
         } else {
             format!("unknown name `{name}`")
         };
-        Err(self
-            .err(DiagClass::UnknownName, span, msg)
-            .with_opt_hint(hint))
+        Err(self.err(DiagClass::UnknownName, span, msg).with_opt_hint(hint))
     }
 
     pub(crate) fn eval(&mut self, e: &Expr) -> Result<Value> {
@@ -711,19 +553,11 @@ impl<'p> Elab<'p> {
                 let b = self.eval(b)?;
                 self.binary(*op, a, b, loc)
             }
-            ExprKind::Call {
-                callee,
-                args,
-                label,
-            } => {
+            ExprKind::Call { callee, args, label } => {
                 let mut vals = Vec::with_capacity(args.len());
                 for a in args {
                     let value = self.eval(&a.value)?;
-                    vals.push(ArgV {
-                        name: a.name.clone(),
-                        value,
-                        loc: self.loc(a.value.span),
-                    });
+                    vals.push(ArgV { name: a.name.clone(), value, loc: self.loc(a.value.span) });
                 }
                 self.call(callee, vals, label.as_ref(), loc)
             }
@@ -753,17 +587,11 @@ impl<'p> Elab<'p> {
         };
         let ty = self.ty(t).clone();
         match name.name.as_str() {
-            "shape" => Ok(Value::List(
-                ty.shape.0.into_iter().map(Value::from_dim).collect(),
-            )),
+            "shape" => Ok(Value::List(ty.shape.0.into_iter().map(Value::from_dim).collect())),
             "rank" => Ok(Value::Int(ty.shape.rank() as i64)),
             "dtype" => Ok(Value::DType(ty.dtype)),
             other => Err(self
-                .err(
-                    DiagClass::UnknownName,
-                    name.span,
-                    format!("a tensor has no field `{other}`"),
-                )
+                .err(DiagClass::UnknownName, name.span, format!("a tensor has no field `{other}`"))
                 .with_hint("tensors have `.shape`, `.rank` and `.dtype`")),
         }
     }
@@ -786,39 +614,26 @@ impl<'p> Elab<'p> {
             Value::Tensor(_) => Err(self
                 .err_at(DiagClass::Type, loc, "tensors are not indexed with [ ]")
                 .with_hint("use index(x, axis, i) or slice(x, axis, start, end)")),
-            other => Err(self.err_at(
-                DiagClass::Type,
-                loc,
-                format!("{} cannot be indexed", other.kind()),
-            )),
+            other => Err(self.err_at(DiagClass::Type, loc, format!("{} cannot be indexed", other.kind()))),
         }
     }
 
     fn unary(&mut self, op: UnOp, v: Value, loc: Loc) -> Result<Value> {
         match (op, v) {
-            (UnOp::Neg, Value::Int(i)) => i
-                .checked_neg()
-                .map(Value::Int)
-                .ok_or_else(|| self.err_at(DiagClass::Limit, loc, "integer overflow")),
+            (UnOp::Neg, Value::Int(i)) => {
+                i.checked_neg().map(Value::Int).ok_or_else(|| self.err_at(DiagClass::Limit, loc, "integer overflow"))
+            }
             (UnOp::Neg, Value::Float(f)) => Ok(Value::Float(-f)),
             (UnOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
             (op, Value::Tensor(t)) => {
                 let n = self.node_of(t, loc)?;
-                let u = if op == UnOp::Neg {
-                    crate::ir::UnaryOp::Neg
-                } else {
-                    crate::ir::UnaryOp::Not
-                };
+                let u = if op == UnOp::Neg { crate::ir::UnaryOp::Neg } else { crate::ir::UnaryOp::Not };
                 let r = self.apply(Op::Unary(u), &[n], loc)?;
                 Ok(self.tref(r))
             }
             (op, other) => {
                 let what = if op == UnOp::Neg { "`-`" } else { "`not`" };
-                Err(self.err_at(
-                    DiagClass::Type,
-                    loc,
-                    format!("{what} cannot be applied to {}", other.kind()),
-                ))
+                Err(self.err_at(DiagClass::Type, loc, format!("{what} cannot be applied to {}", other.kind())))
             }
         }
     }
@@ -840,19 +655,9 @@ impl<'p> Elab<'p> {
 
     // ---- parameters -------------------------------------------------------
 
-    fn param(
-        &mut self,
-        name: &Ident,
-        shape: &[Expr],
-        init: Option<&Expr>,
-        loc: Loc,
-    ) -> Result<Value> {
+    fn param(&mut self, name: &Ident, shape: &[Expr], init: Option<&Expr>, loc: Loc) -> Result<Value> {
         if self.init_shape.is_some() {
-            return Err(self.err_at(
-                DiagClass::Invalid,
-                loc,
-                "a `param` cannot be declared inside an initialiser",
-            ));
+            return Err(self.err_at(DiagClass::Invalid, loc, "a `param` cannot be declared inside an initialiser"));
         }
         let full = join_path(&self.frame().path, &name.name);
         let mut dims = Vec::new();
@@ -860,11 +665,7 @@ impl<'p> Elab<'p> {
             let dim = self.eval_dim(d, false)?;
             if dim.as_known().is_none() {
                 return Err(self
-                    .err(
-                        DiagClass::Shape,
-                        d.span,
-                        format!("parameter sizes must be known, got {dim}"),
-                    )
+                    .err(DiagClass::Shape, d.span, format!("parameter sizes must be known, got {dim}"))
                     .with_hint("a parameter can't depend on the batch size"));
             }
             dims.push(dim);
@@ -881,18 +682,8 @@ impl<'p> Elab<'p> {
         self.param_names.insert(full.clone(), self.loc(name.span));
         let init_graph = self.init_graph(&full, &shape, init, loc)?;
         let ty = TensorType::new(DType::F32, shape);
-        let n = self.leaf(
-            Op::Param { name: full.clone() },
-            ty.clone(),
-            self.loc(name.span),
-        );
-        self.graph.params.push(ParamInfo {
-            name: full,
-            node: n,
-            ty,
-            init: init_graph,
-            loc: self.loc(name.span),
-        });
+        let n = self.leaf(Op::Param { name: full.clone() }, ty.clone(), self.loc(name.span));
+        self.graph.params.push(ParamInfo { name: full, node: n, ty, init: init_graph, loc: self.loc(name.span) });
         let v = self.tref(n);
         self.frame_mut().vars.insert(name.name.clone(), v.clone());
         Ok(v)
@@ -900,13 +691,7 @@ impl<'p> Elab<'p> {
 
     /// Elaborates an initialiser into a graph of its own whose output `init` has the
     /// parameter's shape; `normal(0.02)` when none is given.
-    fn init_graph(
-        &mut self,
-        full: &str,
-        shape: &Shape,
-        init: Option<&Expr>,
-        loc: Loc,
-    ) -> Result<Graph> {
+    fn init_graph(&mut self, full: &str, shape: &Shape, init: Option<&Expr>, loc: Loc) -> Result<Graph> {
         let saved_graph = std::mem::take(&mut self.graph);
         let saved_id = self.graph_id;
         self.graph_id = self.next_graph_id;
@@ -916,30 +701,20 @@ impl<'p> Elab<'p> {
         let result = (|| -> Result<NodeIndex> {
             let (v, vloc) = match init {
                 Some(e) => (self.eval(e)?, self.loc(e.span)),
-                None => (
-                    builtins::init_random(self, crate::ir::RandomDist::Normal, 0.0, 0.02, loc)?,
-                    loc,
-                ),
+                None => (builtins::init_random(self, crate::ir::RandomDist::Normal, 0.0, 0.02, loc)?, loc),
             };
             let n = match v {
                 Value::Tensor(t) => self.node_of(t, vloc)?,
                 v if v.is_number() => {
                     let x = v.as_f64().expect("number");
-                    self.leaf(
-                        Op::Const { value: x },
-                        TensorType::new(DType::F32, shape.clone()),
-                        vloc,
-                    )
+                    self.leaf(Op::Const { value: x }, TensorType::new(DType::F32, shape.clone()), vloc)
                 }
                 other => {
                     return Err(self
                         .err_at(
                             DiagClass::Type,
                             vloc,
-                            format!(
-                                "an initialiser must be a number or a tensor, got {}",
-                                other.kind()
-                            ),
+                            format!("an initialiser must be a number or a tensor, got {}", other.kind()),
                         )
                         .with_hint("e.g. `~ normal(0.02)`, `~ zeros`, `~ uniform(-0.1, 0.1)`"))
                 }
@@ -973,13 +748,7 @@ impl<'p> Elab<'p> {
 
     // ---- calls ------------------------------------------------------------
 
-    fn call(
-        &mut self,
-        callee: &Ident,
-        args: Vec<ArgV>,
-        label: Option<&Ident>,
-        loc: Loc,
-    ) -> Result<Value> {
+    fn call(&mut self, callee: &Ident, args: Vec<ArgV>, label: Option<&Ident>, loc: Loc) -> Result<Value> {
         if let Some(&(file, def)) = self.blocks.get(callee.name.as_str()) {
             return self.call_block(callee, file, def, args, label, loc);
         }
@@ -989,10 +758,7 @@ impl<'p> Elab<'p> {
                     .err(
                         DiagClass::Invalid,
                         l.span,
-                        format!(
-                            "`{}` is a builtin and has no parameters to name",
-                            callee.name
-                        ),
+                        format!("`{}` is a builtin and has no parameters to name", callee.name),
                     )
                     .with_hint("`as name` names the parameters of a block call"));
             }
@@ -1025,11 +791,7 @@ impl<'p> Elab<'p> {
                             .err_at(
                                 DiagClass::Arity,
                                 a.loc,
-                                format!(
-                                    "{what} `{}` takes {} argument(s), got more",
-                                    callee.name,
-                                    formals.len()
-                                ),
+                                format!("{what} `{}` takes {} argument(s), got more", callee.name, formals.len()),
                             )
                             .with_hint(format!("its parameters are ({})", formals.join(", "))));
                     }
@@ -1044,9 +806,10 @@ impl<'p> Elab<'p> {
                                 k.span,
                                 format!("{what} `{}` has no parameter `{}`", callee.name, k.name),
                             )
-                            .with_hint(suggest(&k.name, formals.iter().copied()).unwrap_or_else(
-                                || format!("its parameters are ({})", formals.join(", ")),
-                            )));
+                            .with_hint(
+                                suggest(&k.name, formals.iter().copied())
+                                    .unwrap_or_else(|| format!("its parameters are ({})", formals.join(", "))),
+                            ));
                     };
                     if slots[i].is_some() {
                         return Err(self.err(
@@ -1073,11 +836,7 @@ impl<'p> Elab<'p> {
     ) -> Result<Value> {
         if self.trace.len() >= MAX_CALL_DEPTH {
             return Err(self
-                .err_at(
-                    DiagClass::Limit,
-                    loc,
-                    format!("block calls nest deeper than {MAX_CALL_DEPTH}"),
-                )
+                .err_at(DiagClass::Limit, loc, format!("block calls nest deeper than {MAX_CALL_DEPTH}"))
                 .with_hint("a block probably calls itself without end"));
         }
         let names: Vec<&str> = def.formals.iter().map(|f| f.name.name.as_str()).collect();
@@ -1096,12 +855,7 @@ impl<'p> Elab<'p> {
                 }
             }
         };
-        self.frames.push(Frame {
-            vars: HashMap::new(),
-            file,
-            path: join_path(&parent_path, &seg),
-            in_model: false,
-        });
+        self.frames.push(Frame { vars: HashMap::new(), file, path: join_path(&parent_path, &seg), in_model: false });
         self.trace.push(loc);
         let r = (|| -> Result<Value> {
             for (f, slot) in def.formals.iter().zip(slots) {
@@ -1118,10 +872,7 @@ impl<'p> Elab<'p> {
                                 .err_at(
                                     DiagClass::Arity,
                                     at,
-                                    format!(
-                                        "missing argument `{}` of block `{}`",
-                                        f.name.name, def.name.name
-                                    ),
+                                    format!("missing argument `{}` of block `{}`", f.name.name, def.name.name),
                                 )
                                 .with_hint(format!("its parameters are ({})", names.join(", "))));
                         }
@@ -1153,31 +904,17 @@ impl<'p> Elab<'p> {
             "dtype" => matches!(v, Value::DType(_)),
             "any" => true,
             other => {
-                let at = Loc {
-                    file: self.frames[self.frames.len() - 1].file,
-                    span: k.span,
-                };
+                let at = Loc { file: self.frames[self.frames.len() - 1].file, span: k.span };
                 return Err(self
-                    .err_at(
-                        DiagClass::Type,
-                        at,
-                        format!("unknown parameter kind `{other}`"),
-                    )
-                    .with_hint(
-                        "kinds are tensor, int, size, float, bool, string, list, dtype, any",
-                    ));
+                    .err_at(DiagClass::Type, at, format!("unknown parameter kind `{other}`"))
+                    .with_hint("kinds are tensor, int, size, float, bool, string, list, dtype, any"));
             }
         };
         if !ok {
             return Err(self.err_at(
                 DiagClass::Type,
                 loc,
-                format!(
-                    "argument `{}` must be {} but is {}",
-                    f.name.name,
-                    kind_article(&k.name),
-                    v.kind()
-                ),
+                format!("argument `{}` must be {} but is {}", f.name.name, kind_article(&k.name), v.kind()),
             ));
         }
         Ok(())
@@ -1188,11 +925,7 @@ impl<'p> Elab<'p> {
     pub(crate) fn expect_tensor(&self, v: &Value, loc: Loc, what: &str) -> Result<NodeIndex> {
         match v {
             Value::Tensor(t) => self.node_of(*t, loc),
-            other => Err(self.err_at(
-                DiagClass::Type,
-                loc,
-                format!("{what} must be a tensor, got {}", other.kind()),
-            )),
+            other => Err(self.err_at(DiagClass::Type, loc, format!("{what} must be a tensor, got {}", other.kind()))),
         }
     }
     pub(crate) fn expect_int(&self, v: &Value, loc: Loc, what: &str) -> Result<i64> {
@@ -1210,11 +943,7 @@ impl<'p> Elab<'p> {
                 loc,
                 format!("{what} must be a known integer, but {d} is symbolic"),
             )),
-            other => Err(self.err_at(
-                DiagClass::Type,
-                loc,
-                format!("{what} must be an integer, got {}", other.kind()),
-            )),
+            other => Err(self.err_at(DiagClass::Type, loc, format!("{what} must be an integer, got {}", other.kind()))),
         }
     }
     pub(crate) fn expect_bool(&self, v: &Value, loc: Loc, what: &str) -> Result<bool> {
@@ -1227,11 +956,7 @@ impl<'p> Elab<'p> {
                     format!("{what} must be known at compile time, but this is a tensor"),
                 )
                 .with_hint("for a per-element choice use where(cond, a, b)")),
-            other => Err(self.err_at(
-                DiagClass::Type,
-                loc,
-                format!("{what} must be a bool, got {}", other.kind()),
-            )),
+            other => Err(self.err_at(DiagClass::Type, loc, format!("{what} must be a bool, got {}", other.kind()))),
         }
     }
     pub(crate) fn expect_f64(&self, v: &Value, loc: Loc, what: &str) -> Result<f64> {
@@ -1242,11 +967,7 @@ impl<'p> Elab<'p> {
                 loc,
                 format!("{what} must be a compile-time number, but this is a tensor"),
             )),
-            other => Err(self.err_at(
-                DiagClass::Type,
-                loc,
-                format!("{what} must be a number, got {}", other.kind()),
-            )),
+            other => Err(self.err_at(DiagClass::Type, loc, format!("{what} must be a number, got {}", other.kind()))),
         }
     }
 }

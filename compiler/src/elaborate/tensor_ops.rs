@@ -9,12 +9,7 @@ use muse_grammar::ast::BinOp;
 use petgraph::stable_graph::NodeIndex;
 
 /// Makes `n` have `target` shape: leading size-1 axes by reshape, then broadcast.
-pub(crate) fn broadcast_to(
-    e: &mut Elab,
-    n: NodeIndex,
-    target: &Shape,
-    loc: Loc,
-) -> Result<NodeIndex> {
+pub(crate) fn broadcast_to(e: &mut Elab, n: NodeIndex, target: &Shape, loc: Loc) -> Result<NodeIndex> {
     let s = e.ty(n).shape.clone();
     if &s == target {
         return Ok(n);
@@ -26,55 +21,30 @@ pub(crate) fn broadcast_to(
         cur = e.apply(Op::Reshape { shape: Shape(dims) }, &[cur], loc)?;
     }
     if &e.ty(cur).shape != target {
-        cur = e.apply(
-            Op::Broadcast {
-                shape: target.clone(),
-            },
-            &[cur],
-            loc,
-        )?;
+        cur = e.apply(Op::Broadcast { shape: target.clone() }, &[cur], loc)?;
     }
     Ok(cur)
 }
 
 /// A constant tensor of `dtype` and `shape` from a compile-time value.
-fn constant_like(
-    e: &mut Elab,
-    v: &Value,
-    dtype: DType,
-    shape: &Shape,
-    loc: Loc,
-) -> Result<NodeIndex> {
+fn constant_like(e: &mut Elab, v: &Value, dtype: DType, shape: &Shape, loc: Loc) -> Result<NodeIndex> {
     let value = match (v, dtype) {
         (Value::Int(i), DType::F32 | DType::I32) => *i as f64,
         (Value::Float(f), DType::F32) => *f,
         (Value::Float(f), DType::I32) => {
             return Err(e
-                .err_at(
-                    DiagClass::DType,
-                    loc,
-                    format!("the float {f:?} combined with an i32 tensor"),
-                )
+                .err_at(DiagClass::DType, loc, format!("the float {f:?} combined with an i32 tensor"))
                 .with_hint("convert the tensor with cast(x, f32), or use an integer"))
         }
         (Value::Bool(b), DType::Bool) => f64::from(u8::from(*b)),
         (v, dt) => {
-            let hint =
-                (dt == DType::Bool).then(|| "convert the mask with cast(x, f32)".to_string());
+            let hint = (dt == DType::Bool).then(|| "convert the mask with cast(x, f32)".to_string());
             return Err(e
-                .err_at(
-                    DiagClass::DType,
-                    loc,
-                    format!("{} combined with a {dt} tensor", v.kind()),
-                )
+                .err_at(DiagClass::DType, loc, format!("{} combined with a {dt} tensor", v.kind()))
                 .with_opt_hint(hint));
         }
     };
-    Ok(e.leaf(
-        Op::Const { value },
-        TensorType::new(dtype, shape.clone()),
-        loc,
-    ))
+    Ok(e.leaf(Op::Const { value }, TensorType::new(dtype, shape.clone()), loc))
 }
 
 /// Turns a tensor or number operand into a node, using `other` to type a constant.
@@ -82,32 +52,20 @@ fn operand(e: &mut Elab, v: &Value, other: &Value, loc: Loc) -> Result<NodeIndex
     match v {
         Value::Tensor(t) => e.node_of(*t, loc),
         v => {
-            let Value::Tensor(t) = other else {
-                unreachable!("one side is a tensor")
-            };
+            let Value::Tensor(t) = other else { unreachable!("one side is a tensor") };
             let on = e.node_of(*t, loc)?;
             let ty = e.ty(on).clone();
             if matches!(v, Value::Int(_) | Value::Float(_) | Value::Bool(_)) {
                 constant_like(e, v, ty.dtype, &ty.shape, loc)
             } else {
-                Err(e.err_at(
-                    DiagClass::Type,
-                    loc,
-                    format!("{} cannot be combined with a tensor", v.kind()),
-                ))
+                Err(e.err_at(DiagClass::Type, loc, format!("{} cannot be combined with a tensor", v.kind())))
             }
         }
     }
 }
 
 /// A binary operator where at least one side is a tensor.
-pub(crate) fn tensor_binary(
-    e: &mut Elab,
-    op: BinOp,
-    a: Value,
-    b: Value,
-    loc: Loc,
-) -> Result<Value> {
+pub(crate) fn tensor_binary(e: &mut Elab, op: BinOp, a: Value, b: Value, loc: Loc) -> Result<Value> {
     if op == BinOp::MatMul {
         let (Value::Tensor(_), Value::Tensor(_)) = (&a, &b) else {
             return Err(e.err_at(DiagClass::Type, loc, "`@` needs two tensors"));
@@ -131,11 +89,7 @@ pub(crate) fn tensor_binary(
         BinOp::And => BinaryOp::And,
         BinOp::Or => BinaryOp::Or,
         BinOp::FloorDiv | BinOp::Rem | BinOp::MatMul => {
-            return Err(e.err_at(
-                DiagClass::Type,
-                loc,
-                format!("`{op}` is not defined on tensors"),
-            ))
+            return Err(e.err_at(DiagClass::Type, loc, format!("`{op}` is not defined on tensors")))
         }
     };
     let an = operand(e, &a, &b, loc)?;
@@ -145,25 +99,12 @@ pub(crate) fn tensor_binary(
 }
 
 /// An elementwise binary op with broadcasting.
-pub(crate) fn elementwise2(
-    e: &mut Elab,
-    op: BinaryOp,
-    a: NodeIndex,
-    b: NodeIndex,
-    loc: Loc,
-) -> Result<NodeIndex> {
+pub(crate) fn elementwise2(e: &mut Elab, op: BinaryOp, a: NodeIndex, b: NodeIndex, loc: Loc) -> Result<NodeIndex> {
     let (sa, sb) = (e.ty(a).shape.clone(), e.ty(b).shape.clone());
     let (ta, tb) = (e.ty(a).dtype, e.ty(b).dtype);
     if ta != tb {
         return Err(e
-            .err_at(
-                DiagClass::DType,
-                loc,
-                format!(
-                    "`{}` of {ta}{sa} and {tb}{sb}: element types differ",
-                    op.name()
-                ),
-            )
+            .err_at(DiagClass::DType, loc, format!("`{}` of {ta}{sa} and {tb}{sb}: element types differ", op.name()))
             .with_hint("convert one side with cast(x, f32) or cast(x, i32)"));
     }
     let s = broadcast_shapes(&sa, &sb).map_err(|err| e.type_err(loc, err))?;
@@ -177,11 +118,7 @@ pub(crate) fn matmul(e: &mut Elab, a: NodeIndex, b: NodeIndex, loc: Loc) -> Resu
     let (sa, sb) = (e.ty(a).shape.clone(), e.ty(b).shape.clone());
     if sa.rank() < 2 || sb.rank() < 2 {
         return Err(e
-            .err_at(
-                DiagClass::Shape,
-                loc,
-                format!("`@` of {sa} and {sb}: both sides need at least 2 axes"),
-            )
+            .err_at(DiagClass::Shape, loc, format!("`@` of {sa} and {sb}: both sides need at least 2 axes"))
             .with_hint("add an axis with unsqueeze(x, 0)"));
     }
     let (ra, rb) = (sa.rank(), sb.rank());
@@ -190,38 +127,22 @@ pub(crate) fn matmul(e: &mut Elab, a: NodeIndex, b: NodeIndex, loc: Loc) -> Resu
             .err_at(
                 DiagClass::Shape,
                 loc,
-                format!(
-                    "`@` of {sa} and {sb}: inner sizes {} and {} differ",
-                    sa.0[ra - 1],
-                    sb.0[rb - 2]
-                ),
+                format!("`@` of {sa} and {sb}: inner sizes {} and {} differ", sa.0[ra - 1], sb.0[rb - 2]),
             )
-            .with_hint(
-                "the last axis of the left side must equal the second-to-last of the right",
-            ));
+            .with_hint("the last axis of the left side must equal the second-to-last of the right"));
     }
     if rb == 2 && ra > 2 {
         // Fold the batch axes into the rows: one large matrix product.
-        let rows = Shape(sa.0[..ra - 1].to_vec())
-            .numel()
-            .ok_or_else(|| e.err_at(DiagClass::Limit, loc, "size overflow"))?;
-        let flat = e.apply(
-            Op::Reshape {
-                shape: Shape(vec![rows, sa.0[ra - 1].clone()]),
-            },
-            &[a],
-            loc,
-        )?;
+        let rows =
+            Shape(sa.0[..ra - 1].to_vec()).numel().ok_or_else(|| e.err_at(DiagClass::Limit, loc, "size overflow"))?;
+        let flat = e.apply(Op::Reshape { shape: Shape(vec![rows, sa.0[ra - 1].clone()]) }, &[a], loc)?;
         let m = e.apply(Op::MatMul, &[flat, b], loc)?;
         let mut out = sa.0[..ra - 1].to_vec();
         out.push(sb.0[1].clone());
         return e.apply(Op::Reshape { shape: Shape(out) }, &[m], loc);
     }
-    let batch = broadcast_shapes(
-        &Shape(sa.0[..ra - 2].to_vec()),
-        &Shape(sb.0[..rb - 2].to_vec()),
-    )
-    .map_err(|err| e.type_err(loc, err))?;
+    let batch = broadcast_shapes(&Shape(sa.0[..ra - 2].to_vec()), &Shape(sb.0[..rb - 2].to_vec()))
+        .map_err(|err| e.type_err(loc, err))?;
     let full = |s: &Shape, r: usize| {
         let mut d = batch.0.clone();
         d.extend(s.0[r - 2..].iter().cloned());
@@ -247,12 +168,7 @@ pub(crate) fn reduce(
     }
     if !keepdim && !axes.is_empty() {
         let s = e.ty(cur).shape.clone();
-        let dims =
-            s.0.iter()
-                .enumerate()
-                .filter(|(i, _)| !axes.contains(i))
-                .map(|(_, d)| d.clone())
-                .collect();
+        let dims = s.0.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect();
         cur = e.apply(Op::Reshape { shape: Shape(dims) }, &[cur], loc)?;
     }
     Ok(cur)
@@ -261,23 +177,11 @@ pub(crate) fn reduce(
 /// Compile-time arithmetic on numbers, sizes, bools, strings, lists and `none`.
 pub(crate) fn const_binary(e: &mut Elab, op: BinOp, a: Value, b: Value, loc: Loc) -> Result<Value> {
     use Value::*;
-    let overflow = |e: &Elab| {
-        e.err_at(
-            DiagClass::Limit,
-            loc,
-            "integer overflow in a compile-time expression",
-        )
-    };
+    let overflow = |e: &Elab| e.err_at(DiagClass::Limit, loc, "integer overflow in a compile-time expression");
     match (&a, &b) {
         (Int(x), Int(y)) => {
             let (x, y) = (*x, *y);
-            let zero = || {
-                e.err_at(
-                    DiagClass::Type,
-                    loc,
-                    "division by zero in a compile-time expression",
-                )
-            };
+            let zero = || e.err_at(DiagClass::Type, loc, "division by zero in a compile-time expression");
             Ok(match op {
                 BinOp::Add => Int(x.checked_add(y).ok_or_else(|| overflow(e))?),
                 BinOp::Sub => Int(x.checked_sub(y).ok_or_else(|| overflow(e))?),
@@ -309,28 +213,25 @@ pub(crate) fn const_binary(e: &mut Elab, op: BinOp, a: Value, b: Value, loc: Loc
             let db = e.value_to_dim(&b, loc)?;
             match op {
                 BinOp::Mul => Ok(Value::from_dim(da.mul(&db).ok_or_else(|| overflow(e))?)),
-                BinOp::Div | BinOp::FloorDiv => da.div(&db).map(Value::from_dim).ok_or_else(|| {
-                    e.err_at(DiagClass::Shape, loc, format!("{da} is not divisible by {db}"))
-                }),
+                BinOp::Div | BinOp::FloorDiv => da
+                    .div(&db)
+                    .map(Value::from_dim)
+                    .ok_or_else(|| e.err_at(DiagClass::Shape, loc, format!("{da} is not divisible by {db}"))),
                 BinOp::Eq => Ok(Bool(da == db)),
                 BinOp::Ne => Ok(Bool(da != db)),
                 _ => Err(e
-                    .err_at(DiagClass::NotCompileTime, loc, format!("`{op}` on the symbolic size {}", if matches!(a, Dim(_)) { &da } else { &db }))
+                    .err_at(
+                        DiagClass::NotCompileTime,
+                        loc,
+                        format!("`{op}` on the symbolic size {}", if matches!(a, Dim(_)) { &da } else { &db }),
+                    )
                     .with_hint("symbolic sizes such as the batch B can only be multiplied, divided and compared")),
             }
         }
         (Str(x), Str(y)) if op == BinOp::Add => Ok(Str(format!("{x}{y}"))),
         (List(x), List(y)) if op == BinOp::Add => Ok(List(x.iter().chain(y).cloned().collect())),
-        (List(x), Int(n))
-            if op == BinOp::Mul && *n >= 0 && x.len().saturating_mul(*n as usize) <= 1 << 20 =>
-        {
-            Ok(List(
-                x.iter()
-                    .cloned()
-                    .cycle()
-                    .take(x.len() * *n as usize)
-                    .collect(),
-            ))
+        (List(x), Int(n)) if op == BinOp::Mul && *n >= 0 && x.len().saturating_mul(*n as usize) <= 1 << 20 => {
+            Ok(List(x.iter().cloned().cycle().take(x.len() * *n as usize).collect()))
         }
         _ => compare_or_logic(e, op, &a, &b, loc),
     }
@@ -340,11 +241,7 @@ fn compare_or_logic(e: &mut Elab, op: BinOp, a: &Value, b: &Value, loc: Loc) -> 
     use Value::*;
     match op {
         BinOp::Eq => return Ok(Bool(a == b || (a.is_number() && a.as_f64() == b.as_f64()))),
-        BinOp::Ne => {
-            return Ok(Bool(
-                !(a == b || (a.is_number() && a.as_f64() == b.as_f64())),
-            ))
-        }
+        BinOp::Ne => return Ok(Bool(!(a == b || (a.is_number() && a.as_f64() == b.as_f64())))),
         _ => {}
     }
     match (op, a, b) {
@@ -359,10 +256,6 @@ fn compare_or_logic(e: &mut Elab, op: BinOp, a: &Value, b: &Value, loc: Loc) -> 
                 _ => x >= y,
             }))
         }
-        _ => Err(e.err_at(
-            DiagClass::Type,
-            loc,
-            format!("`{op}` is not defined for {} and {}", a.kind(), b.kind()),
-        )),
+        _ => Err(e.err_at(DiagClass::Type, loc, format!("`{op}` is not defined for {} and {}", a.kind(), b.kind()))),
     }
 }

@@ -87,11 +87,7 @@ impl fmt::Display for Value {
             Value::Dim(d) => write!(f, "{d}"),
             Value::DType(d) => write!(f, "{d}"),
             Value::List(v) | Value::Tuple(v) => {
-                let (o, c) = if matches!(self, Value::List(_)) {
-                    ("[", "]")
-                } else {
-                    ("(", ")")
-                };
+                let (o, c) = if matches!(self, Value::List(_)) { ("[", "]") } else { ("(", ")") };
                 write!(f, "{o}")?;
                 for (i, x) in v.iter().enumerate() {
                     if i > 0 {

@@ -69,12 +69,7 @@ impl Graph {
     }
 
     /// Adds `op` over `operands`, inferring and checking its type.
-    pub fn apply(
-        &mut self,
-        op: Op,
-        operands: &[NodeIndex],
-        prov: Provenance,
-    ) -> Result<NodeIndex, TypeError> {
+    pub fn apply(&mut self, op: Op, operands: &[NodeIndex], prov: Provenance) -> Result<NodeIndex, TypeError> {
         let tys: Vec<&TensorType> = operands.iter().map(|&n| &self.g[n].ty).collect();
         let ty = infer(&op, &tys)?;
         let n = self.g.add_node(Node { op, ty, prov });
@@ -96,11 +91,8 @@ impl Graph {
 
     /// Operands of a node, in order.
     pub fn operands(&self, n: NodeIndex) -> Vec<NodeIndex> {
-        let mut es: Vec<(u32, NodeIndex)> = self
-            .g
-            .edges_directed(n, Direction::Incoming)
-            .map(|e| (*e.weight(), e.source()))
-            .collect();
+        let mut es: Vec<(u32, NodeIndex)> =
+            self.g.edges_directed(n, Direction::Incoming).map(|e| (*e.weight(), e.source())).collect();
         es.sort_by_key(|e| e.0);
         es.into_iter().map(|e| e.1).collect()
     }
@@ -137,29 +129,20 @@ impl Graph {
         while let Some(Reverse(n)) = ready.pop() {
             order.push(n);
             for e in self.g.edges_directed(n, Direction::Outgoing) {
-                let c = pending
-                    .get_mut(&e.target())
-                    .expect("a user has pending operands");
+                let c = pending.get_mut(&e.target()).expect("a user has pending operands");
                 *c -= 1;
                 if *c == 0 {
                     ready.push(Reverse(e.target()));
                 }
             }
         }
-        assert_eq!(
-            order.len(),
-            self.g.node_count(),
-            "the graph IR is acyclic by construction"
-        );
+        assert_eq!(order.len(), self.g.node_count(), "the graph IR is acyclic by construction");
         order
     }
 
     /// Total number of trainable scalars (parameters have known shapes).
     pub fn param_count(&self) -> i64 {
-        self.params
-            .iter()
-            .map(|p| p.ty.shape.numel().and_then(|d| d.as_known()).unwrap_or(0))
-            .sum()
+        self.params.iter().map(|p| p.ty.shape.numel().and_then(|d| d.as_known()).unwrap_or(0)).sum()
     }
 
     /// Removes nodes that no output, loss or parameter depends on; returns how many.
@@ -178,11 +161,7 @@ impl Graph {
                 stack.extend(self.g.neighbors_directed(n, Direction::Incoming));
             }
         }
-        let dead: Vec<NodeIndex> = self
-            .g
-            .node_indices()
-            .filter(|n| !live.contains(n))
-            .collect();
+        let dead: Vec<NodeIndex> = self.g.node_indices().filter(|n| !live.contains(n)).collect();
         for n in &dead {
             self.g.remove_node(*n);
         }

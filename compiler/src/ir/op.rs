@@ -173,10 +173,7 @@ impl BinaryOp {
     }
     /// Whether the result is a bool regardless of the operands' type.
     pub fn is_comparison(self) -> bool {
-        matches!(
-            self,
-            BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne
-        )
+        matches!(self, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne)
     }
     /// Whether the operands must be bool.
     pub fn is_logical(self) -> bool {
@@ -372,14 +369,7 @@ impl Op {
     }
     /// Whether the op has no operands.
     pub fn is_leaf(&self) -> bool {
-        matches!(
-            self,
-            Op::Input { .. }
-                | Op::Param { .. }
-                | Op::Const { .. }
-                | Op::Iota { .. }
-                | Op::Random { .. }
-        )
+        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } | Op::Random { .. })
     }
 }
 
@@ -395,30 +385,16 @@ impl fmt::Display for Op {
             Op::Reshape { shape } => write!(f, "reshape {shape}"),
             Op::Permute { perm } => write!(f, "permute {perm:?}"),
             Op::Broadcast { shape } => write!(f, "broadcast {shape}"),
-            Op::Slice {
-                axis,
-                start,
-                end,
-                step,
-            } => {
+            Op::Slice { axis, start, end, step } => {
                 write!(f, "slice axis={axis} {start}:{end}:{step}")
             }
-            Op::Pad {
-                axis,
-                before,
-                after,
-                value,
-            } => {
+            Op::Pad { axis, before, after, value } => {
                 write!(f, "pad axis={axis} ({before}, {after}) value={value}")
             }
             Op::Concat { axis } => write!(f, "concat axis={axis}"),
             Op::ScatterAdd { rows } => write!(f, "scatter_add rows={rows}"),
             Op::Scan { axis, reverse } => {
-                write!(
-                    f,
-                    "scan axis={axis}{}",
-                    if *reverse { " reverse" } else { "" }
-                )
+                write!(f, "scan axis={axis}{}", if *reverse { " reverse" } else { "" })
             }
             _ => f.write_str(self.name()),
         }

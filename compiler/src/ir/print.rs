@@ -18,30 +18,18 @@ pub fn to_text(g: &Graph, sources: Option<&SourceMap>) -> String {
     let (order, ids) = numbering(g);
     let mut out = String::new();
     let name_of = |n: NodeIndex, list: &[(String, NodeIndex)]| {
-        list.iter()
-            .filter(|(_, m)| *m == n)
-            .map(|(s, _)| s.clone())
-            .collect::<Vec<_>>()
+        list.iter().filter(|(_, m)| *m == n).map(|(s, _)| s.clone()).collect::<Vec<_>>()
     };
     for n in order {
         let node = g.node(n);
-        let ops: Vec<String> = g
-            .operands(n)
-            .iter()
-            .map(|o| format!("%{}", ids[o]))
-            .collect();
+        let ops: Vec<String> = g.operands(n).iter().map(|o| format!("%{}", ids[o])).collect();
         let _ = write!(out, "%{} = {}", ids[&n], node.op);
         if !ops.is_empty() {
             let _ = write!(out, " {}", ops.join(", "));
         }
         let _ = write!(out, " : {}", node.ty);
         if !node.prov.path.is_empty() || node.prov.grad {
-            let _ = write!(
-                out,
-                "  #{} {}",
-                if node.prov.grad { " grad of" } else { "" },
-                node.prov.path
-            );
+            let _ = write!(out, "  #{} {}", if node.prov.grad { " grad of" } else { "" }, node.prov.path);
         }
         if let (Some(sm), Some(loc)) = (sources, node.prov.loc) {
             let _ = write!(out, "  ({})", sm.describe(loc));
@@ -67,26 +55,16 @@ pub fn to_dot(g: &Graph, title: &str) -> String {
     // path -> nodes directly in it
     let mut groups: BTreeMap<String, Vec<NodeIndex>> = BTreeMap::new();
     for &n in &order {
-        groups
-            .entry(g.node(n).prov.path.clone())
-            .or_default()
-            .push(n);
+        groups.entry(g.node(n).prov.path.clone()).or_default().push(n);
     }
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", dot_escape(title));
-    let _ = writeln!(
-        out,
-        "  rankdir=TB; node [shape=box, fontname=\"monospace\", fontsize=10];"
-    );
+    let _ = writeln!(out, "  rankdir=TB; node [shape=box, fontname=\"monospace\", fontsize=10];");
     // Emit clusters as a tree: open/close as the sorted path list is walked.
     let mut open: Vec<String> = Vec::new();
     let mut cluster_id = 0;
     for (path, nodes) in &groups {
-        let segs: Vec<&str> = if path.is_empty() {
-            vec![]
-        } else {
-            path.split('.').collect()
-        };
+        let segs: Vec<&str> = if path.is_empty() { vec![] } else { path.split('.').collect() };
         let common = open.iter().zip(&segs).take_while(|(a, b)| a == *b).count();
         while open.len() > common {
             open.pop();
@@ -121,11 +99,7 @@ pub fn to_dot(g: &Graph, title: &str) -> String {
     }
     for &n in &order {
         for (i, o) in g.operands(n).iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "  n{} -> n{} [label=\"{}\", fontsize=8];",
-                ids[o], ids[&n], i
-            );
+            let _ = writeln!(out, "  n{} -> n{} [label=\"{}\", fontsize=8];", ids[o], ids[&n], i);
         }
     }
     for (name, n) in g.outputs.iter().chain(&g.losses) {

@@ -61,17 +61,11 @@ pub struct Dim {
 impl Dim {
     /// A known size.
     pub fn known(n: i64) -> Dim {
-        Dim {
-            coeff: n,
-            syms: vec![],
-        }
+        Dim { coeff: n, syms: vec![] }
     }
     /// A symbolic size such as `B`.
     pub fn sym(name: &str) -> Dim {
-        Dim {
-            coeff: 1,
-            syms: vec![name.to_string()],
-        }
+        Dim { coeff: 1, syms: vec![name.to_string()] }
     }
     /// The size, when it has no symbols.
     pub fn as_known(&self) -> Option<i64> {
@@ -86,10 +80,7 @@ impl Dim {
         let mut syms = self.syms.clone();
         syms.extend(o.syms.iter().cloned());
         syms.sort();
-        Some(Dim {
-            coeff: self.coeff.checked_mul(o.coeff)?,
-            syms,
-        })
+        Some(Dim { coeff: self.coeff.checked_mul(o.coeff)?, syms })
     }
     /// Exact division: `None` unless `o` divides `self` as a monomial.
     pub fn div(&self, o: &Dim) -> Option<Dim> {
@@ -101,10 +92,7 @@ impl Dim {
             let i = syms.iter().position(|x| x == s)?;
             syms.remove(i);
         }
-        Some(Dim {
-            coeff: self.coeff / o.coeff,
-            syms,
-        })
+        Some(Dim { coeff: self.coeff / o.coeff, syms })
     }
     /// Evaluates with values for the symbols.
     pub fn eval(&self, lookup: &dyn Fn(&str) -> Option<i64>) -> Option<i64> {

@@ -3,7 +3,7 @@
 //! load; a gather is a load at an index read from another buffer.
 
 use super::ir::{Access, Body, BufParam, Builder, Expr, ExprId, IndexOp, KType, Kernel};
-use crate::fusion::{CutReason, FusionPlan, Group, GroupKind};
+use crate::fusion::{strided_view, CutReason, FusionPlan, Group, GroupKind, StridedView};
 use crate::ir::{BinaryOp, DType, Dim, Graph, NodeIndex, Op, Shape};
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,13 +18,18 @@ pub struct LoweredKernel {
     pub group: Group,
 }
 
-/// A matrix product run by the GEMM template: `out = a @ b`, batched over leading axes.
+/// A matrix product run by the GEMM template: `out = a @ b`, batched over leading axes;
+/// each operand is read through strides from the buffer of its base.
 #[derive(Clone, Debug)]
 pub struct MatMulStep {
-    /// Left operand `[..., M, K]`.
+    /// Left operand `[..., M, K]` (the graph node).
     pub a: NodeIndex,
-    /// Right operand `[..., K, N]`.
+    /// Right operand `[..., K, N]` (the graph node).
     pub b: NodeIndex,
+    /// How the left operand lies in memory.
+    pub a_view: StridedView,
+    /// How the right operand lies in memory.
+    pub b_view: StridedView,
     /// Result `[..., M, N]`.
     pub out: NodeIndex,
     /// The fusion group it came from.
@@ -68,9 +73,19 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
     for (i, grp) in plan.groups.iter().enumerate() {
         if grp.kind == GroupKind::MatMul {
             let ops = g.operands(grp.root);
+            let view = |o: NodeIndex| {
+                if plan.materialized.contains_key(&o) {
+                    let strides = crate::fusion::contiguous_strides(&g.ty(o).shape);
+                    StridedView { base: o, offset: 0, strides }
+                } else {
+                    strided_view(g, o).expect("fusion keeps non-strided matmul operands in memory")
+                }
+            };
             steps.push(Step::MatMul(MatMulStep {
                 a: ops[0],
                 b: ops[1],
+                a_view: view(ops[0]),
+                b_view: view(ops[1]),
                 out: grp.root,
                 group: grp.clone(),
             }));
@@ -92,42 +107,20 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
             .iter()
             .map(|&n| BufParam {
                 dtype: g.ty(n).dtype,
-                access: if n == grp.root {
-                    Access::Write
-                } else {
-                    Access::Read
-                },
+                access: if n == grp.root { Access::Write } else { Access::Read },
                 label: label(g, n),
             })
             .collect();
-        let kernel = Kernel {
-            name: format!("k{i}"),
-            bufs,
-            lanes,
-            body,
-            exprs: l.b.exprs,
-        };
-        steps.push(Step::Kernel(LoweredKernel {
-            kernel,
-            buffers: l.bufs,
-            group: grp.clone(),
-        }));
+        let kernel = Kernel { name: format!("k{i}"), bufs, lanes, body, exprs: l.b.exprs };
+        steps.push(Step::Kernel(LoweredKernel { kernel, buffers: l.bufs, group: grp.clone() }));
     }
-    KernelProgram {
-        steps,
-        symbols,
-        materialized: plan.materialized.clone(),
-    }
+    KernelProgram { steps, symbols, materialized: plan.materialized.clone() }
 }
 
 /// A short description of a node for comments: op and block path.
 pub fn label(g: &Graph, n: NodeIndex) -> String {
     let node = g.node(n);
-    let path = if node.prov.path.is_empty() {
-        String::new()
-    } else {
-        format!(" @{}", node.prov.path)
-    };
+    let path = if node.prov.path.is_empty() { String::new() } else { format!(" @{}", node.prov.path) };
     format!("%{} {}{}", n.index(), node.op.name(), path)
 }
 
@@ -160,11 +153,7 @@ impl Lower<'_> {
     fn dim(&mut self, d: &Dim) -> ExprId {
         let mut e = self.b.idx(d.coeff);
         for s in &d.syms {
-            let k = self
-                .symbols
-                .iter()
-                .position(|x| x == s)
-                .expect("symbols collected") as u32;
+            let k = self.symbols.iter().position(|x| x == s).expect("symbols collected") as u32;
             let v = self.b.add(Expr::Size(k), KType::Index);
             e = self.b.iop(IndexOp::Mul, e, v);
         }
@@ -195,11 +184,7 @@ impl Lower<'_> {
         for k in (0..s.rank()).rev() {
             let size = self.dim(&s.0[k]);
             let q = self.b.iop(IndexOp::Div, lin, stride);
-            out[k] = if s.0[k].is(1) {
-                self.b.idx(0)
-            } else {
-                self.b.iop(IndexOp::Rem, q, size)
-            };
+            out[k] = if s.0[k].is(1) { self.b.idx(0) } else { self.b.iop(IndexOp::Rem, q, size) };
             stride = self.b.iop(IndexOp::Mul, stride, size);
         }
         out
@@ -243,14 +228,7 @@ impl Lower<'_> {
             Op::Random { dist, seed } => {
                 let s = self.shape(n);
                 let index = self.linear(idx, &s);
-                self.b.add(
-                    Expr::Random {
-                        dist: *dist,
-                        seed: *seed,
-                        index,
-                    },
-                    ty,
-                )
+                self.b.add(Expr::Random { dist: *dist, seed: *seed, index }, ty)
             }
             Op::Unary(u) => {
                 let x = self.value(ops[0], idx);
@@ -289,20 +267,11 @@ impl Lower<'_> {
             Op::Broadcast { shape } => {
                 let in_s = self.shape(ops[0]);
                 let zero = self.b.idx(0);
-                let in_idx: Vec<ExprId> = (0..idx.len())
-                    .map(|k| {
-                        if in_s.0[k].is(1) && !shape.0[k].is(1) {
-                            zero
-                        } else {
-                            idx[k]
-                        }
-                    })
-                    .collect();
+                let in_idx: Vec<ExprId> =
+                    (0..idx.len()).map(|k| if in_s.0[k].is(1) && !shape.0[k].is(1) { zero } else { idx[k] }).collect();
                 self.value(ops[0], &in_idx)
             }
-            Op::Slice {
-                axis, start, step, ..
-            } => {
+            Op::Slice { axis, start, step, .. } => {
                 let mut in_idx = idx.to_vec();
                 let st = self.b.idx(*step);
                 let s0 = self.b.idx(*start);
@@ -310,15 +279,8 @@ impl Lower<'_> {
                 in_idx[*axis] = self.b.iop(IndexOp::Add, m, s0);
                 self.value(ops[0], &in_idx)
             }
-            Op::Pad {
-                axis,
-                before,
-                value,
-                ..
-            } => {
-                let size = self.shape(ops[0]).0[*axis]
-                    .as_known()
-                    .expect("padded axes are known");
+            Op::Pad { axis, before, value, .. } => {
+                let size = self.shape(ops[0]).0[*axis].as_known().expect("padded axes are known");
                 let bf = self.b.idx(*before);
                 let j = self.b.iop(IndexOp::Sub, idx[*axis], bf);
                 let zero = self.b.idx(0);
@@ -336,9 +298,7 @@ impl Lower<'_> {
                 let mut parts = Vec::new();
                 let mut at = 0;
                 for &o in &ops {
-                    let len = self.shape(o).0[*axis]
-                        .as_known()
-                        .expect("joined axes are known");
+                    let len = self.shape(o).0[*axis].as_known().expect("joined axes are known");
                     parts.push((o, at, len));
                     at += len;
                 }
@@ -355,9 +315,7 @@ impl Lower<'_> {
             Op::Gather => {
                 let r = self.shape(ops[1]).rank();
                 let id = self.value(ops[1], &idx[..r]);
-                let rows = self.shape(ops[0]).0[0]
-                    .as_known()
-                    .expect("table rows are known");
+                let rows = self.shape(ops[0]).0[0].as_known().expect("table rows are known");
                 let id = self.b.add(Expr::Cast(id), KType::Index);
                 let mut t_idx = vec![self.clamp(id, rows)];
                 t_idx.extend_from_slice(&idx[r..]);
@@ -391,12 +349,7 @@ impl Lower<'_> {
                 let lane = self.b.add(Expr::Lane, KType::Index);
                 let idx = self.delinear(lane, &s);
                 let v = self.compute(n, &idx);
-                (
-                    lanes,
-                    Body::Pointwise {
-                        stores: vec![(out, v)],
-                    },
-                )
+                (lanes, Body::Pointwise { stores: vec![(out, v)] })
             }
             (GroupKind::Reduce, Op::Reduce { op, axis }) => {
                 let lanes = self.numel(&s);
@@ -406,15 +359,7 @@ impl Lower<'_> {
                 let value = self.value(ops[0], &idx);
                 let in_s = self.shape(ops[0]);
                 let inner = self.dim(&in_s.0[*axis]);
-                (
-                    lanes,
-                    Body::Reduce {
-                        op: *op,
-                        inner,
-                        value,
-                        out,
-                    },
-                )
+                (lanes, Body::Reduce { op: *op, inner, value, out })
             }
             (GroupKind::Scan, Op::Scan { axis, reverse }) => {
                 let mut outer = s.clone();
@@ -427,17 +372,7 @@ impl Lower<'_> {
                 let b = self.value(ops[1], &idx);
                 let index = self.linear(&idx, &s);
                 let inner = self.dim(&s.0[*axis]);
-                (
-                    lanes,
-                    Body::Scan {
-                        inner,
-                        reverse: *reverse,
-                        a,
-                        b,
-                        index,
-                        out,
-                    },
-                )
+                (lanes, Body::Scan { inner, reverse: *reverse, a, b, index, out })
             }
             (GroupKind::ScatterAdd, Op::ScatterAdd { rows }) => {
                 let us = self.shape(ops[1]);
@@ -452,17 +387,7 @@ impl Lower<'_> {
                 let row_len = self.numel(&rest);
                 let rows = self.dim(rows);
                 let value = self.value(ops[1], &uidx);
-                (
-                    lanes,
-                    Body::ScatterAdd {
-                        row,
-                        col,
-                        row_len,
-                        rows,
-                        value,
-                        out,
-                    },
-                )
+                (lanes, Body::ScatterAdd { row, col, row_len, rows, value, out })
             }
             (k, op) => unreachable!("group kind {k:?} for {}", op.name()),
         }

@@ -53,18 +53,10 @@ pub fn render_kernel(k: &Kernel) -> String {
     let used = used(k);
     let mut s = String::new();
     let _ = writeln!(s, "/* {}: {} */", k.name, body_kind(&k.body));
-    let _ = writeln!(
-        s,
-        "void {}(void **bufs, const int64_t *sizes, uint64_t seed) {{",
-        k.name
-    );
+    let _ = writeln!(s, "void {}(void **bufs, const int64_t *sizes, uint64_t seed) {{", k.name);
     let _ = writeln!(s, "  (void)sizes; (void)seed;");
     for (i, b) in k.bufs.iter().enumerate() {
-        let konst = if b.access == Access::Read {
-            "const "
-        } else {
-            ""
-        };
+        let konst = if b.access == Access::Read { "const " } else { "" };
         let _ = writeln!(
             s,
             "  {konst}{} *restrict b{i} = ({konst}{} *)bufs[{i}]; /* {} */",
@@ -76,34 +68,18 @@ pub fn render_kernel(k: &Kernel) -> String {
     declare(&d, k, &lv, &used, Level::Kernel, "  ", &mut s);
     let lanes = format!("t{}", k.lanes);
     match &k.body {
-        Body::ScatterAdd {
-            row,
-            col,
-            row_len,
-            rows,
-            value,
-            out,
-        } => {
+        Body::ScatterAdd { row, col, row_len, rows, value, out } => {
             // Lanes add into shared rows: run them in order (sequential and deterministic).
             let o = format!("b{out}");
-            let _ = writeln!(
-                s,
-                "  memset({o}, 0, sizeof(*{o}) * (size_t)(t{rows} * t{row_len}));"
-            );
+            let _ = writeln!(s, "  memset({o}, 0, sizeof(*{o}) * (size_t)(t{rows} * t{row_len}));");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
             declare(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
-            let _ = writeln!(
-                s,
-                "    int64_t r = t{row} < 0 ? 0 : (t{row} >= t{rows} ? t{rows} - 1 : t{row});"
-            );
+            let _ = writeln!(s, "    int64_t r = t{row} < 0 ? 0 : (t{row} >= t{rows} ? t{rows} - 1 : t{row});");
             let _ = writeln!(s, "    {o}[r * t{row_len} + t{col}] += t{value};");
             let _ = writeln!(s, "  }}");
         }
         body => {
-            let _ = writeln!(
-                s,
-                "  #pragma omp parallel for schedule(static) if({lanes} > 2048)"
-            );
+            let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 2048)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
             declare(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
             render_body(&d, k, body, &lv, &used, &mut s);
@@ -130,45 +106,25 @@ fn render_body(d: &C, k: &Kernel, body: &Body, lv: &[Level], used: &[bool], s: &
                 let _ = writeln!(s, "    b{buf}[lane] = t{v};");
             }
         }
-        Body::Reduce {
-            op,
-            inner,
-            value,
-            out,
-        } => {
+        Body::Reduce { op, inner, value, out } => {
             let (acc_ty, init, update) = match op {
-                ReduceOp::Sum => (
-                    "double",
-                    "0.0".to_string(),
-                    format!("acc += (double)t{value};"),
-                ),
-                ReduceOp::Max => (
-                    "float",
-                    "-INFINITY".into(),
-                    format!("acc = muse_fmax(acc, t{value});"),
-                ),
-                ReduceOp::Min => (
-                    "float",
-                    "INFINITY".into(),
-                    format!("acc = muse_fmin(acc, t{value});"),
-                ),
+                ReduceOp::Sum => ("double", "0.0".to_string(), format!("acc += (double)t{value};")),
+                ReduceOp::Max => ("float", "-INFINITY".into(), format!("acc = muse_fmax(acc, t{value});")),
+                ReduceOp::Min => ("float", "INFINITY".into(), format!("acc = muse_fmin(acc, t{value});")),
                 ReduceOp::ArgMax | ReduceOp::ArgMin => {
                     let cmp = if *op == ReduceOp::ArgMax { ">" } else { "<" };
-                    ("float", "0.0f".into(), format!("if (step == 0 || t{value} {cmp} acc) {{ acc = t{value}; best = step; }}"))
+                    (
+                        "float",
+                        "0.0f".into(),
+                        format!("if (step == 0 || t{value} {cmp} acc) {{ acc = t{value}; best = step; }}"),
+                    )
                 }
             };
             let int_sum = *op == ReduceOp::Sum && k.bufs[*out as usize].dtype == DType::I32;
             let acc_ty = if int_sum { "int64_t" } else { acc_ty };
-            let update = if int_sum {
-                format!("acc += t{value};")
-            } else {
-                update
-            };
-            let _ = writeln!(
-                s,
-                "    {acc_ty} acc = {}; int64_t best = 0; (void)best;",
-                if int_sum { "0" } else { &init }
-            );
+            let update = if int_sum { format!("acc += t{value};") } else { update };
+            let _ =
+                writeln!(s, "    {acc_ty} acc = {}; int64_t best = 0; (void)best;", if int_sum { "0" } else { &init });
             let _ = writeln!(s, "    for (int64_t step = 0; step < t{inner}; step++) {{");
             declare(d, k, lv, used, Level::Step, "      ", s);
             let _ = writeln!(s, "      {update}");
@@ -179,21 +135,10 @@ fn render_body(d: &C, k: &Kernel, body: &Body, lv: &[Level], used: &[bool], s: &
             };
             let _ = writeln!(s, "    b{out}[lane] = {result};");
         }
-        Body::Scan {
-            inner,
-            reverse,
-            a,
-            b,
-            index,
-            out,
-        } => {
+        Body::Scan { inner, reverse, a, b, index, out } => {
             let _ = writeln!(s, "    float h = 0.0f;");
             let _ = writeln!(s, "    for (int64_t it = 0; it < t{inner}; it++) {{");
-            let step = if *reverse {
-                format!("t{inner} - 1 - it")
-            } else {
-                "it".into()
-            };
+            let step = if *reverse { format!("t{inner} - 1 - it") } else { "it".into() };
             let _ = writeln!(s, "      const int64_t step = {step};");
             declare(d, k, lv, used, Level::Step, "      ", s);
             let _ = writeln!(s, "      h = t{a} * h + t{b};");

@@ -62,17 +62,8 @@ pub fn used(k: &Kernel) -> Vec<bool> {
     match &k.body {
         Body::Pointwise { stores } => roots.extend(stores.iter().map(|s| s.1)),
         Body::Reduce { inner, value, .. } => roots.extend([*inner, *value]),
-        Body::Scan {
-            inner, a, b, index, ..
-        } => roots.extend([*inner, *a, *b, *index]),
-        Body::ScatterAdd {
-            row,
-            col,
-            row_len,
-            rows,
-            value,
-            ..
-        } => roots.extend([*row, *col, *row_len, *rows, *value]),
+        Body::Scan { inner, a, b, index, .. } => roots.extend([*inner, *a, *b, *index]),
+        Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
     }
     let mut used = vec![false; k.exprs.len()];
     while let Some(r) = roots.pop() {
@@ -183,37 +174,17 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
             }
         }
         Expr::Random { dist, seed, index } => {
-            let f = if *dist == RandomDist::Uniform {
-                "muse_uniform"
-            } else {
-                "muse_normal"
-            };
-            format!(
-                "(float){f}(muse_key(seed, {seed}ULL), (uint64_t){})",
-                t(index)
-            )
+            let f = if *dist == RandomDist::Uniform { "muse_uniform" } else { "muse_normal" };
+            format!("(float){f}(muse_key(seed, {seed}ULL), (uint64_t){})", t(index))
         }
     }
 }
 
 /// Declarations `const T tK = ...;` of the used expressions at `level`, in arena order.
-pub fn declare(
-    d: &dyn Dialect,
-    k: &Kernel,
-    lv: &[Level],
-    used: &[bool],
-    level: Level,
-    indent: &str,
-    out: &mut String,
-) {
+pub fn declare(d: &dyn Dialect, k: &Kernel, lv: &[Level], used: &[bool], level: Level, indent: &str, out: &mut String) {
     for (i, n) in k.exprs.iter().enumerate() {
         if used[i] && lv[i] == level {
-            let _ = writeln!(
-                out,
-                "{indent}const {} t{i} = {};",
-                d.ty(n.ty),
-                expr_text(d, k, i as ExprId)
-            );
+            let _ = writeln!(out, "{indent}const {} t{i} = {};", d.ty(n.ty), expr_text(d, k, i as ExprId));
         }
     }
 }

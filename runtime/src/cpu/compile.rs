@@ -22,17 +22,8 @@ impl Default for CompilerSettings {
         let cc = std::env::var("MUSE_CC").unwrap_or_else(|_| "cc".into());
         let flags = std::env::var("MUSE_CFLAGS")
             .map(|f| f.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_else(|_| {
-                ["-O3", "-march=native", "-fopenmp"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
-        CompilerSettings {
-            cc,
-            flags,
-            cache_dir: default_cache_dir(),
-        }
+            .unwrap_or_else(|_| ["-O3", "-march=native", "-fopenmp"].iter().map(|s| s.to_string()).collect());
+        CompilerSettings { cc, flags, cache_dir: default_cache_dir() }
     }
 }
 
@@ -41,13 +32,9 @@ pub fn default_cache_dir() -> PathBuf {
     if let Ok(d) = std::env::var("MUSE_CACHE_DIR") {
         return PathBuf::from(d);
     }
-    let base = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::env::var("HOME")
-                .map(|h| PathBuf::from(h).join(".cache"))
-                .unwrap_or_else(|_| std::env::temp_dir())
-        });
+    let base = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| {
+        std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache")).unwrap_or_else(|_| std::env::temp_dir())
+    });
     base.join("muse").join("kernels")
 }
 
@@ -93,13 +80,7 @@ fn compiler_version(cc: &str) -> String {
             Command::new(cc)
                 .arg("--version")
                 .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string()
-                })
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
                 .unwrap_or_default()
         })
         .clone()
@@ -122,16 +103,10 @@ impl Library {
     pub fn kernel(&self, name: &str) -> Result<KernelFn, CompileError> {
         // SAFETY: every generated kernel has the `KernelFn` signature (render::c).
         unsafe {
-            self.lib
-                .get::<KernelFn>(name.as_bytes())
-                .map(|s| *s)
-                .map_err(|e| CompileError {
-                    message: format!(
-                        "kernel `{name}` is missing from {}: {e}",
-                        self.path.display()
-                    ),
-                    source_path: None,
-                })
+            self.lib.get::<KernelFn>(name.as_bytes()).map(|s| *s).map_err(|e| CompileError {
+                message: format!("kernel `{name}` is missing from {}: {e}", self.path.display()),
+                source_path: None,
+            })
         }
     }
 }
@@ -143,10 +118,7 @@ fn loaded() -> &'static Mutex<std::collections::HashMap<String, Arc<Library>>> {
 
 /// Compiles translation units (or finds their library in the cache) and loads the
 /// library. The units compile in parallel, one compiler process per core, then link.
-pub fn compile(
-    units: &[String],
-    settings: &CompilerSettings,
-) -> Result<Arc<Library>, CompileError> {
+pub fn compile(units: &[String], settings: &CompilerSettings) -> Result<Arc<Library>, CompileError> {
     let version = compiler_version(&settings.cc);
     let mut parts: Vec<&[u8]> = units.iter().map(|u| u.as_bytes()).collect();
     let flags = settings.flags.join(" ");
@@ -179,15 +151,8 @@ pub fn compile(
         message: format!("cannot load {}: {e}", so_path.display()),
         source_path: Some(dir.join(format!("{key}-0.c"))),
     })?;
-    let lib = Arc::new(Library {
-        lib,
-        path: so_path,
-        cached,
-    });
-    loaded()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, lib.clone());
+    let lib = Arc::new(Library { lib, path: so_path, cached });
+    loaded().lock().unwrap_or_else(|e| e.into_inner()).insert(key, lib.clone());
     Ok(lib)
 }
 
@@ -200,17 +165,12 @@ fn build(
 ) -> Result<(), CompileError> {
     let pid = std::process::id();
     let run_err = |e: std::io::Error, src: &Path| CompileError {
-        message: format!(
-            "cannot run the C compiler `{}`: {e} (install one, or set MUSE_CC)",
-            settings.cc
-        ),
+        message: format!("cannot run the C compiler `{}`: {e} (install one, or set MUSE_CC)", settings.cc),
         source_path: Some(src.to_path_buf()),
     };
     let mut objects = Vec::new();
     let mut children = Vec::new();
-    let width = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     for (i, unit) in units.iter().enumerate() {
         let src = dir.join(format!("{key}-{i}.c"));
         write_atomic(&src, unit.as_bytes())?;
@@ -248,10 +208,7 @@ fn build(
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(CompileError {
-            message: format!(
-                "linking generated kernels failed:\n{}",
-                String::from_utf8_lossy(&out.stderr).trim_end()
-            ),
+            message: format!("linking generated kernels failed:\n{}", String::from_utf8_lossy(&out.stderr).trim_end()),
             source_path: Some(first),
         });
     }
@@ -261,11 +218,7 @@ fn build(
     })
 }
 
-fn wait(
-    child: std::process::Child,
-    src: &Path,
-    settings: &CompilerSettings,
-) -> Result<(), CompileError> {
+fn wait(child: std::process::Child, src: &Path, settings: &CompilerSettings) -> Result<(), CompileError> {
     let out = child.wait_with_output().map_err(|e| CompileError {
         message: format!("the C compiler `{}` did not finish: {e}", settings.cc),
         source_path: Some(src.to_path_buf()),
@@ -287,8 +240,5 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| CompileError {
-            message: format!("cannot write {}: {e}", path.display()),
-            source_path: None,
-        })
+        .map_err(|e| CompileError { message: format!("cannot write {}: {e}", path.display()), source_path: None })
 }

@@ -74,21 +74,10 @@ impl CpuProgram {
     ) -> Result<CpuProgram, CompileError> {
         let plan = fusion::plan(g, requested);
         let program = kernel::lower(g, &plan);
-        let kernels: Vec<&kernel::Kernel> = program
-            .steps
-            .iter()
-            .filter_map(|s| {
-                if let Step::Kernel(k) = s {
-                    Some(&k.kernel)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let kernels: Vec<&kernel::Kernel> =
+            program.steps.iter().filter_map(|s| if let Step::Kernel(k) = s { Some(&k.kernel) } else { None }).collect();
         // Enough units to keep every core busy, but not so many that the prelude dominates.
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let per_unit = kernels.len().div_ceil(cores * 2).max(64);
         let source = c::render_program(&kernels, per_unit);
         let library = compile::compile(&source, settings)?;
@@ -99,13 +88,7 @@ impl CpuProgram {
                 Step::MatMul(_) => None,
             });
         }
-        Ok(CpuProgram {
-            program,
-            source,
-            library,
-            fns,
-            requested: requested.to_vec(),
-        })
+        Ok(CpuProgram { program, source, library, fns, requested: requested.to_vec() })
     }
 
     /// Number of kernel launches (generated kernels and GEMM calls).
@@ -134,8 +117,7 @@ impl CpuProgram {
             };
             bufs.insert(n, b);
         }
-        let ptrs: HashMap<NodeIndex, *mut c_void> =
-            bufs.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
+        let ptrs: HashMap<NodeIndex, *mut c_void> = bufs.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
         for (step, f) in self.program.steps.iter().zip(&self.fns) {
             match step {
                 Step::Kernel(k) => {
@@ -149,15 +131,29 @@ impl CpuProgram {
                     let (sa, sb) = (shape_of(m.a), shape_of(m.b));
                     let r = sa.len();
                     let (rows, inner, cols) = (sa[r - 2], sa[r - 1], sb[r - 1]);
-                    let batch: usize = sa[..r - 2].iter().product();
-                    let (a, b, o) = (
-                        ptrs[&m.a] as *const f32,
-                        ptrs[&m.b] as *const f32,
-                        ptrs[&m.out] as *mut f32,
-                    );
+                    let resolve = |v: &muse_compiler::fusion::StridedView| -> Vec<isize> {
+                        v.strides
+                            .iter()
+                            .map(|d| d.eval(&|s| bindings.0.get(s).copied()).expect("bound") as isize)
+                            .collect()
+                    };
+                    let (ta, tb) = (resolve(&m.a_view), resolve(&m.b_view));
+                    let a0 = ptrs[&m.a_view.base] as *const f32;
+                    let b0 = ptrs[&m.b_view.base] as *const f32;
+                    let o = ptrs[&m.out] as *mut f32;
+                    let batch_shape = &sa[..r - 2];
+                    let batch: usize = batch_shape.iter().product();
                     for t in 0..batch {
-                        // SAFETY: the three buffers hold batch*rows*inner, batch*inner*cols and
-                        // batch*rows*cols f32 values, row-major.
+                        // Offsets of this batch element in each operand's base buffer.
+                        let (mut oa, mut ob, mut rest) = (m.a_view.offset as isize, m.b_view.offset as isize, t);
+                        for k in (0..r - 2).rev() {
+                            let i = (rest % batch_shape[k]) as isize;
+                            rest /= batch_shape[k];
+                            oa += i * ta[k];
+                            ob += i * tb[k];
+                        }
+                        // SAFETY: the strided views stay inside their base buffers (shape inference
+                        // checked every view on the way); the output holds rows*cols per batch element.
                         unsafe {
                             gemm::gemm(
                                 rows,
@@ -167,12 +163,12 @@ impl CpuProgram {
                                 1,
                                 cols as isize,
                                 false,
-                                a.add(t * rows * inner),
-                                1,
-                                inner as isize,
-                                b.add(t * inner * cols),
-                                1,
-                                cols as isize,
+                                a0.offset(oa),
+                                ta[r - 1],
+                                ta[r - 2],
+                                b0.offset(ob),
+                                tb[r - 1],
+                                tb[r - 2],
                                 0.0,
                                 1.0,
                                 false,
@@ -185,10 +181,6 @@ impl CpuProgram {
                 }
             }
         }
-        Ok(self
-            .requested
-            .iter()
-            .map(|&n| (n, bufs[&n].to_host(shape_of(n))))
-            .collect())
+        Ok(self.requested.iter().map(|&n| (n, bufs[&n].to_host(shape_of(n)))).collect())
     }
 }

@@ -22,10 +22,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions {
-            precision: Precision::F32,
-            seed: 0,
-        }
+        RunOptions { precision: Precision::F32, seed: 0 }
     }
 }
 
@@ -82,37 +79,15 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::MissingInput(n) => write!(f, "input `{n}` was not given"),
-            RunError::InputDType {
-                name,
-                expected,
-                found,
-            } => {
-                write!(
-                    f,
-                    "input `{name}` must be {expected}, but a {found} tensor was given"
-                )
+            RunError::InputDType { name, expected, found } => {
+                write!(f, "input `{name}` must be {expected}, but a {found} tensor was given")
             }
-            RunError::InputShape {
-                name,
-                expected,
-                found,
-                why,
-            } => {
-                write!(
-                    f,
-                    "input `{name}` must have shape {expected}, but has {found:?}: {why}"
-                )
+            RunError::InputShape { name, expected, found, why } => {
+                write!(f, "input `{name}` must have shape {expected}, but has {found:?}: {why}")
             }
             RunError::MissingParam(n) => write!(f, "parameter `{n}` is missing"),
-            RunError::ParamShape {
-                name,
-                expected,
-                found,
-            } => {
-                write!(
-                    f,
-                    "parameter `{name}` has shape {found:?}, but the model declares {expected:?}"
-                )
+            RunError::ParamShape { name, expected, found } => {
+                write!(f, "parameter `{name}` has shape {found:?}, but the model declares {expected:?}")
             }
             RunError::IndexOutOfRange { op, index, rows } => {
                 write!(f, "{op}: index {index} is outside 0..{rows}")
@@ -134,8 +109,7 @@ impl Bindings {
         s.0.iter().map(|d| self.dim(d)).collect()
     }
     fn dim(&self, d: &Dim) -> Option<usize> {
-        d.eval(&|s| self.0.get(s).copied())
-            .and_then(|v| usize::try_from(v).ok())
+        d.eval(&|s| self.0.get(s).copied()).and_then(|v| usize::try_from(v).ok())
     }
 }
 
@@ -145,9 +119,7 @@ pub fn bind_inputs(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<Bi
     let mut from: HashMap<String, String> = HashMap::new();
     for (name, n) in &g.inputs {
         let ty = g.ty(*n);
-        let t = inputs
-            .get(name)
-            .ok_or_else(|| RunError::MissingInput(name.clone()))?;
+        let t = inputs.get(name).ok_or_else(|| RunError::MissingInput(name.clone()))?;
         if t.dtype() != ty.dtype {
             return Err(RunError::InputDType {
                 name: name.clone(),
@@ -162,11 +134,7 @@ pub fn bind_inputs(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<Bi
             why,
         };
         if t.shape.len() != ty.shape.rank() {
-            return Err(bad(format!(
-                "{} axes instead of {}",
-                t.shape.len(),
-                ty.shape.rank()
-            )));
+            return Err(bad(format!("{} axes instead of {}", t.shape.len(), ty.shape.rank())));
         }
         for (axis, (d, &actual)) in ty.shape.0.iter().zip(&t.shape).enumerate() {
             let unbound: Vec<&String> = d.syms.iter().filter(|s| !b.0.contains_key(*s)).collect();
@@ -175,13 +143,10 @@ pub fn bind_inputs(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<Bi
                     return Err(bad(format!("axis {axis} ({d}) has several unknown sizes")));
                 }
                 let power = unbound.len() as u32;
-                let known: i64 =
-                    d.coeff * d.syms.iter().filter_map(|s| b.0.get(s)).product::<i64>();
+                let known: i64 = d.coeff * d.syms.iter().filter_map(|s| b.0.get(s)).product::<i64>();
                 let rest = actual as i64;
                 if known == 0 || rest % known != 0 {
-                    return Err(bad(format!(
-                        "axis {axis} is {actual}, not a multiple of {known}"
-                    )));
+                    return Err(bad(format!("axis {axis} is {actual}, not a multiple of {known}")));
                 }
                 let v = nth_root(rest / known, power)
                     .ok_or_else(|| bad(format!("axis {axis} ({d}) does not fit {actual}")))?;
@@ -191,10 +156,9 @@ pub fn bind_inputs(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<Bi
             let want = b.dim(d).expect("bound above");
             if want != actual {
                 let why = match d.syms.first() {
-                    Some(s) => format!(
-                        "axis {axis} is {actual}, but {d} = {want} ({s} = {} from input `{}`)",
-                        b.0[s], from[s]
-                    ),
+                    Some(s) => {
+                        format!("axis {axis} is {actual}, but {d} = {want} ({s} = {} from input `{}`)", b.0[s], from[s])
+                    }
                     None => format!("axis {axis} is {actual}, not {want}"),
                 };
                 return Err(bad(why));
@@ -215,18 +179,10 @@ fn nth_root(v: i64, k: u32) -> Option<i64> {
 /// Checks that every parameter of the graph is present with its declared shape.
 pub fn check_params(g: &Graph, params: &HashMap<String, HostTensor>) -> Result<(), RunError> {
     for p in &g.params {
-        let t = params
-            .get(&p.name)
-            .ok_or_else(|| RunError::MissingParam(p.name.clone()))?;
-        let expected = Bindings::default()
-            .shape(&p.ty.shape)
-            .expect("parameter sizes are known");
+        let t = params.get(&p.name).ok_or_else(|| RunError::MissingParam(p.name.clone()))?;
+        let expected = Bindings::default().shape(&p.ty.shape).expect("parameter sizes are known");
         if t.shape != expected || t.dtype() != p.ty.dtype {
-            return Err(RunError::ParamShape {
-                name: p.name.clone(),
-                expected,
-                found: t.shape.clone(),
-            });
+            return Err(RunError::ParamShape { name: p.name.clone(), expected, found: t.shape.clone() });
         }
     }
     Ok(())
@@ -256,29 +212,17 @@ pub fn run(
     let p = opts.precision;
     for n in g.topo_order() {
         let node = g.node(n);
-        let shape = bindings
-            .shape(&node.ty.shape)
-            .expect("every symbol is bound by the inputs");
+        let shape = bindings.shape(&node.ty.shape).expect("every symbol is bound by the inputs");
         let ins: Vec<&HostTensor> = g.operands(n).iter().map(|o| &vals[o]).collect();
         let where_ = || {
-            format!(
-                "{} at {}",
-                node.op.name(),
-                if node.prov.path.is_empty() {
-                    "model level"
-                } else {
-                    &node.prov.path
-                }
-            )
+            format!("{} at {}", node.op.name(), if node.prov.path.is_empty() { "model level" } else { &node.prov.path })
         };
         let v = match &node.op {
             Op::Input { name } => inputs[name].clone(),
             Op::Param { name } => params[name].clone(),
             Op::Const { value } => ops::constant(&shape, node.ty.dtype, *value, p),
             Op::Iota { axis } => ops::iota(&shape, *axis, node.ty.dtype),
-            Op::Random { dist, seed } => {
-                ops::random(&shape, *dist, rng::stream_key(opts.seed, *seed), p)
-            }
+            Op::Random { dist, seed } => ops::random(&shape, *dist, rng::stream_key(opts.seed, *seed), p),
             Op::Unary(u) => ops::unary(*u, ins[0], p),
             Op::Binary(b) => ops::binary(*b, ins[0], ins[1], p),
             Op::Select => ops::select(ins[0], ins[1], ins[2]),
@@ -287,42 +231,21 @@ pub fn run(
             Op::Reshape { .. } => ops::reshape(ins[0], &shape),
             Op::Permute { perm } => ops::permute(ins[0], perm),
             Op::Broadcast { .. } => ops::broadcast(ins[0], &shape),
-            Op::Slice {
-                axis,
-                start,
-                end,
-                step,
-            } => ops::slice(
-                ins[0],
-                *axis,
-                *start as usize,
-                *end as usize,
-                *step as usize,
-            ),
-            Op::Pad {
-                axis,
-                before,
-                after,
-                value,
-            } => ops::pad(ins[0], *axis, *before as usize, *after as usize, *value, p),
+            Op::Slice { axis, start, end, step } => {
+                ops::slice(ins[0], *axis, *start as usize, *end as usize, *step as usize)
+            }
+            Op::Pad { axis, before, after, value } => {
+                ops::pad(ins[0], *axis, *before as usize, *after as usize, *value, p)
+            }
             Op::Concat { axis } => ops::concat(&ins, *axis),
             Op::MatMul => ops::matmul(ins[0], ins[1], p),
-            Op::Gather => {
-                ops::gather(ins[0], ins[1]).map_err(|index| RunError::IndexOutOfRange {
-                    op: where_(),
-                    index,
-                    rows: ins[0].shape[0],
-                })?
-            }
-            Op::ScatterAdd { .. } => {
-                ops::scatter_add(ins[0], ins[1], shape[0], p).map_err(|index| {
-                    RunError::IndexOutOfRange {
-                        op: where_(),
-                        index,
-                        rows: shape[0],
-                    }
-                })?
-            }
+            Op::Gather => ops::gather(ins[0], ins[1]).map_err(|index| RunError::IndexOutOfRange {
+                op: where_(),
+                index,
+                rows: ins[0].shape[0],
+            })?,
+            Op::ScatterAdd { .. } => ops::scatter_add(ins[0], ins[1], shape[0], p)
+                .map_err(|index| RunError::IndexOutOfRange { op: where_(), index, rows: shape[0] })?,
             Op::Scan { axis, reverse } => ops::scan(ins[0], ins[1], *axis, *reverse, p),
             Op::StopGradient => ins[0].clone(),
         };
@@ -333,20 +256,12 @@ pub fn run(
 }
 
 /// Initial values of every parameter from its initialiser, seeded by `seed`.
-pub fn init_params(
-    g: &Graph,
-    seed: u64,
-    precision: Precision,
-) -> Result<HashMap<String, HostTensor>, RunError> {
+pub fn init_params(g: &Graph, seed: u64, precision: Precision) -> Result<HashMap<String, HostTensor>, RunError> {
     let opts = RunOptions { precision, seed };
     let mut out = HashMap::new();
     for p in &g.params {
         let vals = run(&p.init, &HashMap::new(), &HashMap::new(), &opts)?;
-        let (_, n) = p
-            .init
-            .outputs
-            .first()
-            .expect("an initialiser has one output");
+        let (_, n) = p.init.outputs.first().expect("an initialiser has one output");
         out.insert(p.name.clone(), vals.get(*n).clone());
     }
     Ok(out)

@@ -74,12 +74,8 @@ pub fn random(shape: &[usize], dist: RandomDist, key: u64, p: Precision) -> Host
 pub fn unary(op: UnaryOp, x: &HostTensor, p: Precision) -> HostTensor {
     match (&x.data, op) {
         (Data::B(v), UnaryOp::Not) => HostTensor::b(&x.shape, v.iter().map(|b| !b).collect()),
-        (Data::I(v), UnaryOp::Neg) => {
-            HostTensor::i(&x.shape, v.iter().map(|a| a.wrapping_neg()).collect())
-        }
-        (Data::I(v), UnaryOp::Abs) => {
-            HostTensor::i(&x.shape, v.iter().map(|a| a.wrapping_abs()).collect())
-        }
+        (Data::I(v), UnaryOp::Neg) => HostTensor::i(&x.shape, v.iter().map(|a| a.wrapping_neg()).collect()),
+        (Data::I(v), UnaryOp::Abs) => HostTensor::i(&x.shape, v.iter().map(|a| a.wrapping_abs()).collect()),
         (Data::F(v), op) => {
             let f = |a: f64| op.eval(a).expect("float unary op");
             HostTensor::f(&x.shape, p.all(v.iter().map(|&a| f(a)).collect()))
@@ -109,11 +105,7 @@ pub fn binary(op: BinaryOp, a: &HostTensor, b: &HostTensor, p: Precision) -> Hos
     }
     match (&a.data, &b.data) {
         (Data::B(x), Data::B(y)) => {
-            let r = x
-                .iter()
-                .zip(y)
-                .map(|(&x, &y)| if op == BinaryOp::And { x && y } else { x || y })
-                .collect();
+            let r = x.iter().zip(y).map(|(&x, &y)| if op == BinaryOp::And { x && y } else { x || y }).collect();
             HostTensor::b(shape, r)
         }
         (Data::I(x), Data::I(y)) => {
@@ -168,29 +160,18 @@ pub fn binary(op: BinaryOp, a: &HostTensor, b: &HostTensor, p: Precision) -> Hos
 
 /// `cond ? a : b`.
 pub fn select(c: &HostTensor, a: &HostTensor, b: &HostTensor) -> HostTensor {
-    let Data::B(c) = &c.data else {
-        unreachable!("bool condition")
-    };
+    let Data::B(c) = &c.data else { unreachable!("bool condition") };
     let pick = |i: usize| c[i];
     match (&a.data, &b.data) {
-        (Data::F(x), Data::F(y)) => HostTensor::f(
-            &a.shape,
-            (0..x.len())
-                .map(|i| if pick(i) { x[i] } else { y[i] })
-                .collect(),
-        ),
-        (Data::I(x), Data::I(y)) => HostTensor::i(
-            &a.shape,
-            (0..x.len())
-                .map(|i| if pick(i) { x[i] } else { y[i] })
-                .collect(),
-        ),
-        (Data::B(x), Data::B(y)) => HostTensor::b(
-            &a.shape,
-            (0..x.len())
-                .map(|i| if pick(i) { x[i] } else { y[i] })
-                .collect(),
-        ),
+        (Data::F(x), Data::F(y)) => {
+            HostTensor::f(&a.shape, (0..x.len()).map(|i| if pick(i) { x[i] } else { y[i] }).collect())
+        }
+        (Data::I(x), Data::I(y)) => {
+            HostTensor::i(&a.shape, (0..x.len()).map(|i| if pick(i) { x[i] } else { y[i] }).collect())
+        }
+        (Data::B(x), Data::B(y)) => {
+            HostTensor::b(&a.shape, (0..x.len()).map(|i| if pick(i) { x[i] } else { y[i] }).collect())
+        }
         _ => unreachable!("branches of one type"),
     }
 }
@@ -218,22 +199,14 @@ pub fn reduce(op: ReduceOp, x: &HostTensor, axis: usize, p: Precision) -> HostTe
             let r = match op {
                 ReduceOp::Sum => (0..n).map(|k| at(o, k, i)).sum::<f64>(),
                 ReduceOp::Max | ReduceOp::Min => {
-                    let mut best = if op == ReduceOp::Max {
-                        f64::NEG_INFINITY
-                    } else {
-                        f64::INFINITY
-                    };
+                    let mut best = if op == ReduceOp::Max { f64::NEG_INFINITY } else { f64::INFINITY };
                     for k in 0..n {
                         let a = at(o, k, i);
                         if a.is_nan() {
                             best = f64::NAN;
                             break;
                         }
-                        best = if op == ReduceOp::Max {
-                            best.max(a)
-                        } else {
-                            best.min(a)
-                        };
+                        best = if op == ReduceOp::Max { best.max(a) } else { best.min(a) };
                     }
                     best
                 }
@@ -252,48 +225,25 @@ pub fn reduce(op: ReduceOp, x: &HostTensor, axis: usize, p: Precision) -> HostTe
         }
     }
     match (op, &x.data) {
-        (ReduceOp::ArgMax | ReduceOp::ArgMin, _) => {
-            HostTensor::i(&shape, out.into_iter().map(|a| a as i32).collect())
-        }
+        (ReduceOp::ArgMax | ReduceOp::ArgMin, _) => HostTensor::i(&shape, out.into_iter().map(|a| a as i32).collect()),
         (_, Data::I(_)) => HostTensor::i(&shape, out.into_iter().map(|a| a as i32).collect()),
         _ => HostTensor::f(&shape, p.all(out)),
     }
 }
 
 /// Gathers elements by a function from output position to input position.
-fn remap(
-    x: &HostTensor,
-    shape: &[usize],
-    src: impl Fn(usize) -> Option<usize>,
-    fill: f64,
-) -> HostTensor {
+fn remap(x: &HostTensor, shape: &[usize], src: impl Fn(usize) -> Option<usize>, fill: f64) -> HostTensor {
     let n: usize = shape.iter().product();
     match &x.data {
-        Data::F(v) => HostTensor::f(
-            shape,
-            (0..n).map(|i| src(i).map_or(fill, |j| v[j])).collect(),
-        ),
-        Data::I(v) => HostTensor::i(
-            shape,
-            (0..n)
-                .map(|i| src(i).map_or(fill as i32, |j| v[j]))
-                .collect(),
-        ),
-        Data::B(v) => HostTensor::b(
-            shape,
-            (0..n)
-                .map(|i| src(i).map_or(fill != 0.0, |j| v[j]))
-                .collect(),
-        ),
+        Data::F(v) => HostTensor::f(shape, (0..n).map(|i| src(i).map_or(fill, |j| v[j])).collect()),
+        Data::I(v) => HostTensor::i(shape, (0..n).map(|i| src(i).map_or(fill as i32, |j| v[j])).collect()),
+        Data::B(v) => HostTensor::b(shape, (0..n).map(|i| src(i).map_or(fill != 0.0, |j| v[j])).collect()),
     }
 }
 
 /// Same elements, new shape.
 pub fn reshape(x: &HostTensor, shape: &[usize]) -> HostTensor {
-    HostTensor {
-        shape: shape.to_vec(),
-        data: x.data.clone(),
-    }
+    HostTensor { shape: shape.to_vec(), data: x.data.clone() }
 }
 
 /// Result axis `i` is operand axis `perm[i]`.
@@ -354,14 +304,7 @@ pub fn slice(x: &HostTensor, axis: usize, start: usize, end: usize, step: usize)
 }
 
 /// Pads `axis` with `before` and `after` elements of `value`.
-pub fn pad(
-    x: &HostTensor,
-    axis: usize,
-    before: usize,
-    after: usize,
-    value: f64,
-    p: Precision,
-) -> HostTensor {
+pub fn pad(x: &HostTensor, axis: usize, before: usize, after: usize, value: f64, p: Precision) -> HostTensor {
     let (_, n, inner) = around(&x.shape, axis);
     let m = before + n + after;
     let mut shape = x.shape.clone();
@@ -391,11 +334,7 @@ pub fn concat(xs: &[&HostTensor], axis: usize) -> HostTensor {
     let n = outer * m * inner;
     let pick = |i: usize| {
         let (o, j, r) = (i / (m * inner), (i / inner) % m, i % inner);
-        let (s, x) = parts
-            .iter()
-            .rev()
-            .find(|(s, _)| *s <= j)
-            .expect("some part holds j");
+        let (s, x) = parts.iter().rev().find(|(s, _)| *s <= j).expect("some part holds j");
         (x, (o * x.shape[axis] + j - s) * inner + r)
     };
     match xs[0].data {
@@ -460,9 +399,7 @@ pub fn matmul(a: &HostTensor, b: &HostTensor, p: Precision) -> HostTensor {
 
 /// Rows of `table` selected by `ids`; `Err(index)` for an id outside the table.
 pub fn gather(table: &HostTensor, ids: &HostTensor) -> Result<HostTensor, i64> {
-    let Data::I(ids_v) = &ids.data else {
-        unreachable!("i32 ids")
-    };
+    let Data::I(ids_v) = &ids.data else { unreachable!("i32 ids") };
     let rows = table.shape[0];
     let row: usize = table.shape[1..].iter().product();
     if let Some(&bad) = ids_v.iter().find(|&&i| i < 0 || i as usize >= rows) {
@@ -470,24 +407,12 @@ pub fn gather(table: &HostTensor, ids: &HostTensor) -> Result<HostTensor, i64> {
     }
     let mut shape = ids.shape.clone();
     shape.extend_from_slice(&table.shape[1..]);
-    Ok(remap(
-        table,
-        &shape,
-        |i| Some(ids_v[i / row] as usize * row + i % row),
-        0.0,
-    ))
+    Ok(remap(table, &shape, |i| Some(ids_v[i / row] as usize * row + i % row), 0.0))
 }
 
 /// Sums `updates` into `rows` rows at `ids`; `Err(index)` for an id outside the rows.
-pub fn scatter_add(
-    ids: &HostTensor,
-    updates: &HostTensor,
-    rows: usize,
-    p: Precision,
-) -> Result<HostTensor, i64> {
-    let Data::I(ids_v) = &ids.data else {
-        unreachable!("i32 ids")
-    };
+pub fn scatter_add(ids: &HostTensor, updates: &HostTensor, rows: usize, p: Precision) -> Result<HostTensor, i64> {
+    let Data::I(ids_v) = &ids.data else { unreachable!("i32 ids") };
     if let Some(&bad) = ids_v.iter().find(|&&i| i < 0 || i as usize >= rows) {
         return Err(bad as i64);
     }
@@ -505,13 +430,7 @@ pub fn scatter_add(
 }
 
 /// `h[t] = a[t] * h[t-1] + b[t]` along `axis` (from the end when `reverse`), `h[-1] = 0`.
-pub fn scan(
-    a: &HostTensor,
-    b: &HostTensor,
-    axis: usize,
-    reverse: bool,
-    p: Precision,
-) -> HostTensor {
+pub fn scan(a: &HostTensor, b: &HostTensor, axis: usize, reverse: bool, p: Precision) -> HostTensor {
     let (outer, n, inner) = around(&a.shape, axis);
     let (x, y) = (a.floats(), b.floats());
     let mut out = vec![0.0; x.len()];
@@ -540,19 +459,13 @@ mod tests {
         let x = HostTensor::f(&[2, 3], vec![0., 1., 2., 3., 4., 5.]);
         assert_eq!(permute(&x, &[1, 0]).floats(), &[0., 3., 1., 4., 2., 5.]);
         assert_eq!(slice(&x, 1, 0, 3, 2).floats(), &[0., 2., 3., 5.]);
-        assert_eq!(
-            pad(&x, 0, 1, 0, 9.0, P).floats(),
-            &[9., 9., 9., 0., 1., 2., 3., 4., 5.]
-        );
+        assert_eq!(pad(&x, 0, 1, 0, 9.0, P).floats(), &[9., 9., 9., 0., 1., 2., 3., 4., 5.]);
         let c = concat(&[&x, &HostTensor::f(&[2, 1], vec![7., 8.])], 1);
         assert_eq!(c.shape, vec![2, 4]);
         assert_eq!(c.floats(), &[0., 1., 2., 7., 3., 4., 5., 8.]);
         let col = HostTensor::f(&[2, 1], vec![1., 2.]);
         assert_eq!(broadcast(&col, &[2, 3]).floats(), &[1., 1., 1., 2., 2., 2.]);
-        assert_eq!(
-            iota(&[2, 3], 1, DType::I32).data,
-            Data::I(vec![0, 1, 2, 0, 1, 2])
-        );
+        assert_eq!(iota(&[2, 3], 1, DType::I32).data, Data::I(vec![0, 1, 2, 0, 1, 2]));
     }
 
     #[test]
@@ -565,16 +478,10 @@ mod tests {
         let b = HostTensor::f(&[1, 2, 1], vec![5., 6.]);
         assert_eq!(matmul(&a, &b, P).floats(), &[17., 39.]);
         let ids = HostTensor::i(&[2], vec![1, 1]);
-        assert_eq!(
-            gather(&x, &ids).unwrap().floats(),
-            &[3., 4., 1., 3., 4., 1.]
-        );
+        assert_eq!(gather(&x, &ids).unwrap().floats(), &[3., 4., 1., 3., 4., 1.]);
         assert_eq!(gather(&x, &HostTensor::i(&[1], vec![2])).unwrap_err(), 2);
         let upd = HostTensor::f(&[2, 3], vec![1., 1., 1., 2., 2., 2.]);
-        assert_eq!(
-            scatter_add(&ids, &upd, 3, P).unwrap().floats(),
-            &[0., 0., 0., 3., 3., 3., 0., 0., 0.]
-        );
+        assert_eq!(scatter_add(&ids, &upd, 3, P).unwrap().floats(), &[0., 0., 0., 3., 3., 3., 0., 0., 0.]);
         let av = HostTensor::f(&[1, 3], vec![0.5, 0.5, 0.5]);
         let bv = HostTensor::f(&[1, 3], vec![1., 2., 4.]);
         assert_eq!(scan(&av, &bv, 1, false, P).floats(), &[1., 2.5, 5.25]);
