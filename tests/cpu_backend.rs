@@ -105,3 +105,39 @@ fn fused_cpu_equals_the_interpreter_for_every_model() {
         std::fs::remove_dir_all(&settings.cache_dir).ok();
     }
 }
+
+/// A second compilation of the same model compiles nothing: the library comes from the
+/// on-disk cache (a fresh process would find it the same way, keyed by the source hash).
+#[test]
+fn kernel_cache_and_compiler_errors() {
+    let m = common::compile_one(
+        "cache.muse",
+        "import \"std/nn.muse\"\nmodel c {\n  input x: f32[B, 5]\n  output y = softmax(x * 3.0) + 1.0\n}\n",
+    );
+    let req = vec![m.graph.outputs[0].1];
+    let dir = std::env::temp_dir().join(format!("muse-cache-test-{}", std::process::id()));
+    let settings = CompilerSettings { cache_dir: dir.clone(), ..settings() };
+    let first = CpuProgram::compile(&m.graph, &req, &settings).unwrap();
+    let libs: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).collect();
+    assert!(libs.iter().any(|e| e.path().extension().is_some_and(|x| x == "so")));
+    assert!(!first.library.cached);
+    muse_runtime::cpu::compile::forget_loaded();
+    let again = CpuProgram::compile(&m.graph, &req, &settings).unwrap();
+    assert_eq!(first.library.path, again.library.path);
+    assert!(again.library.cached, "the second start found the compiled kernels on disk");
+    // Another flag set is another cache entry.
+    let other = CompilerSettings { flags: vec!["-O0".into(), "-fopenmp".into()], ..settings.clone() };
+    let third = CpuProgram::compile(&m.graph, &req, &other).unwrap();
+    assert_ne!(first.library.path, third.library.path);
+    assert!(!third.library.cached);
+
+    // A compiler that fails gives its message and the generated source, not a panic.
+    let broken = CompilerSettings { flags: vec!["-fno-such-flag-for-muse".into()], ..settings.clone() };
+    let e = CpuProgram::compile(&m.graph, &req, &broken).err().expect("compilation fails").to_string();
+    assert!(e.contains("the C compiler `cc` failed") && e.contains("-fno-such-flag-for-muse"), "{e}");
+    assert!(e.contains("generated source: ") && e.contains(".c"), "{e}");
+    let missing = CompilerSettings { cc: "no-such-compiler-muse".into(), ..settings.clone() };
+    let e = CpuProgram::compile(&m.graph, &req, &missing).err().expect("no compiler").to_string();
+    assert!(e.contains("cannot run the C compiler `no-such-compiler-muse`") && e.contains("MUSE_CC"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

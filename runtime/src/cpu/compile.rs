@@ -116,6 +116,12 @@ fn loaded() -> &'static Mutex<std::collections::HashMap<String, Arc<Library>>> {
     L.get_or_init(Default::default)
 }
 
+/// Forgets the libraries loaded by this process, so the next compilation looks in the disk
+/// cache as a new process would.
+pub fn forget_loaded() {
+    loaded().lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Compiles translation units (or finds their library in the cache) and loads the
 /// library. The units compile in parallel, one compiler process per core, then link.
 pub fn compile(units: &[String], settings: &CompilerSettings) -> Result<Arc<Library>, CompileError> {
