@@ -295,6 +295,17 @@ fn inspect_model(
         rows.retain(|r| r.id == k);
     }
     out.push_str(&muse_compiler::inspect::table(&rows, &program));
+    let len = |n: muse_compiler::ir::NodeIndex| {
+        graph.ty(n).shape.numel().and_then(|d| d.eval(&|_| Some(batch))).unwrap_or(0).max(0) as usize
+    };
+    let mem = muse_runtime::memory::plan(&graph, &program, &requested, &len);
+    out.push_str(&format!(
+        "memory at batch {batch}: intermediates planned into {} buffers, peak {} bytes; {} bytes without reuse ({:.1}x)\n",
+        mem.slots.len(),
+        mem.peak_bytes,
+        mem.total_bytes,
+        mem.total_bytes as f64 / mem.peak_bytes.max(1) as f64
+    ));
     Ok(out)
 }
 

@@ -141,3 +141,58 @@ fn kernel_cache_and_compiler_errors() {
     assert!(e.contains("cannot run the C compiler `no-such-compiler-muse`") && e.contains("MUSE_CC"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Values that share a planned buffer are never alive at the same time (checked against
+/// lifetimes recomputed here from the program), and reuse saves memory.
+#[test]
+fn memory_plan_never_overlaps_live_values() {
+    use muse_compiler::kernel::Step;
+    let m = common::compile_model("mamba_xattn_xz", &tiny("mamba_xattn_xz"));
+    let d = differentiate(&m.graph, Wrt::default());
+    let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
+    req.extend(d.params.iter().map(|x| x.1));
+    let plan = muse_compiler::fusion::plan(&d.graph, &req);
+    let prog = muse_compiler::kernel::lower(&d.graph, &plan);
+    let len = |n: NodeIndex| d.graph.ty(n).shape.numel().unwrap().eval(&|_| Some(2)).unwrap() as usize;
+    let mem = muse_runtime::memory::plan(&d.graph, &prog, &req, &len);
+    // Lifetime of each value: from the step that writes it to the last step that reads it
+    // (the end for requested values).
+    let end = prog.steps.len();
+    let mut born = std::collections::HashMap::new();
+    let mut dies = std::collections::HashMap::new();
+    for (i, s) in prog.steps.iter().enumerate() {
+        let (out, reads) = match s {
+            Step::Kernel(k) => (k.group.root, k.group.reads.clone()),
+            Step::MatMul(mm) => (mm.out, vec![mm.a_view.base, mm.b_view.base]),
+        };
+        born.insert(out, i);
+        dies.entry(out).or_insert(i);
+        for r in reads {
+            dies.insert(r, i);
+        }
+    }
+    for r in &req {
+        dies.insert(*r, end);
+    }
+    let planned: Vec<(NodeIndex, usize)> = mem.slot_of.iter().map(|(n, s)| (*n, *s)).collect();
+    for (i, &(a, sa)) in planned.iter().enumerate() {
+        assert!(mem.slots[sa].1 >= len(a), "slot {sa} is too small for %{}", a.index());
+        for &(b, sb) in &planned[i + 1..] {
+            if sa == sb {
+                let (a0, a1, b0, b1) = (born[&a], dies[&a], born[&b], dies[&b]);
+                assert!(
+                    a1 < b0 || b1 < a0,
+                    "%{} [{a0}, {a1}] and %{} [{b0}, {b1}] share slot {sa}",
+                    a.index(),
+                    b.index()
+                );
+            }
+        }
+    }
+    assert!(
+        mem.peak_bytes * 2 < mem.total_bytes,
+        "reuse saves at least half: {} of {}",
+        mem.peak_bytes,
+        mem.total_bytes
+    );
+}

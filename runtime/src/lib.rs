@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod inputs;
 pub mod interp;
+pub mod memory;
 pub mod rng;
 pub mod tensor;
 

@@ -5,6 +5,7 @@
 pub mod compile;
 
 use crate::interp::{bind_inputs, check_params, RunError};
+use crate::memory;
 use crate::tensor::{Data, HostTensor};
 use compile::{CompileError, CompilerSettings, KernelFn, Library};
 use muse_compiler::fusion;
@@ -56,10 +57,15 @@ impl Buf {
         }
     }
     fn to_host(&self, shape: Vec<usize>) -> HostTensor {
+        self.to_host_prefix(shape)
+    }
+    /// The first `shape`-many elements (a planned slot may be larger than the value in it).
+    fn to_host_prefix(&self, shape: Vec<usize>) -> HostTensor {
+        let n: usize = shape.iter().product();
         let data = match self {
-            Buf::F(v) => Data::F(v.iter().map(|&x| x as f64).collect()),
-            Buf::I(v) => Data::I(v.clone()),
-            Buf::B(v) => Data::B(v.iter().map(|&x| x != 0).collect()),
+            Buf::F(v) => Data::F(v[..n].iter().map(|&x| x as f64).collect()),
+            Buf::I(v) => Data::I(v[..n].to_vec()),
+            Buf::B(v) => Data::B(v[..n].iter().map(|&x| x != 0).collect()),
         };
         HostTensor { shape, data }
     }
@@ -108,16 +114,23 @@ impl CpuProgram {
         check_params(g, params)?;
         let sizes: Vec<i64> = self.program.symbols.iter().map(|s| bindings.0[s]).collect();
         let shape_of = |n: NodeIndex| bindings.shape(&g.ty(n).shape).expect("symbols are bound");
-        let mut bufs: HashMap<NodeIndex, Buf> = HashMap::new();
+        // Inputs and parameters get buffers of their own; intermediates share planned slots.
+        let mut external: HashMap<NodeIndex, Buf> = HashMap::new();
         for &n in self.program.materialized.keys() {
-            let b = match &g.node(n).op {
-                Op::Input { name } => Buf::from_host(&inputs[name]),
-                Op::Param { name } => Buf::from_host(&params[name]),
-                _ => Buf::zeros(g.ty(n).dtype, shape_of(n).iter().product()),
+            match &g.node(n).op {
+                Op::Input { name } => external.insert(n, Buf::from_host(&inputs[name])),
+                Op::Param { name } => external.insert(n, Buf::from_host(&params[name])),
+                _ => None,
             };
-            bufs.insert(n, b);
         }
-        let ptrs: HashMap<NodeIndex, *mut c_void> = bufs.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
+        let len = |n: NodeIndex| shape_of(n).iter().product::<usize>();
+        let plan = memory::plan(g, &self.program, &self.requested, &len);
+        let mut slots: Vec<Buf> = plan.slots.iter().map(|(d, n)| Buf::zeros(*d, *n)).collect();
+        let slot_ptrs: Vec<*mut c_void> = slots.iter_mut().map(Buf::ptr).collect();
+        let mut ptrs: HashMap<NodeIndex, *mut c_void> = external.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
+        for (n, &k) in &plan.slot_of {
+            ptrs.insert(*n, slot_ptrs[k]);
+        }
         for (step, f) in self.program.steps.iter().zip(&self.fns) {
             match step {
                 Step::Kernel(k) => {
@@ -181,6 +194,10 @@ impl CpuProgram {
                 }
             }
         }
-        Ok(self.requested.iter().map(|&n| (n, bufs[&n].to_host(shape_of(n)))).collect())
+        let value = |n: NodeIndex| match external.get(&n) {
+            Some(b) => b.to_host(shape_of(n)),
+            None => slots[plan.slot_of[&n]].to_host_prefix(shape_of(n)),
+        };
+        Ok(self.requested.iter().map(|&n| (n, value(n))).collect())
     }
 }

@@ -1,0 +1,80 @@
+//! The memory planner: intermediate buffers are reused once their last reader has run.
+//! Inputs and parameters live outside the plan; requested values live to the end.
+
+use muse_compiler::ir::{DType, Graph, NodeIndex, Op};
+use muse_compiler::kernel::{KernelProgram, Step};
+use std::collections::{HashMap, HashSet};
+
+/// Where each intermediate value lives, and what that costs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemoryPlan {
+    /// Slot of each planned value.
+    pub slot_of: HashMap<NodeIndex, usize>,
+    /// Element type and length of each slot.
+    pub slots: Vec<(DType, usize)>,
+    /// Bytes of all slots: the planned peak of intermediate memory.
+    pub peak_bytes: usize,
+    /// Bytes the intermediates would take without reuse.
+    pub total_bytes: usize,
+}
+
+/// Plans the intermediates of `p` given each value's element count.
+pub fn plan(g: &Graph, p: &KernelProgram, requested: &[NodeIndex], len: &dyn Fn(NodeIndex) -> usize) -> MemoryPlan {
+    let keep: HashSet<NodeIndex> = requested.iter().copied().collect();
+    let reads = |s: &Step| -> Vec<NodeIndex> {
+        match s {
+            Step::Kernel(k) => k.group.reads.clone(),
+            Step::MatMul(m) => vec![m.a_view.base, m.b_view.base],
+        }
+    };
+    let writes = |s: &Step| match s {
+        Step::Kernel(k) => k.group.root,
+        Step::MatMul(m) => m.out,
+    };
+    let mut last_use: HashMap<NodeIndex, usize> = HashMap::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        for r in reads(s) {
+            last_use.insert(r, i);
+        }
+    }
+    let external = |n: NodeIndex| matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. });
+    let mut plan = MemoryPlan::default();
+    let mut free: Vec<usize> = Vec::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        let out = writes(s);
+        let (dtype, n) = (g.ty(out).dtype, len(out));
+        plan.total_bytes += n * dtype.size_bytes();
+        // Best fit: the smallest free slot of the type that is large enough, else grow one.
+        let fit = free
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| plan.slots[k].0 == dtype && plan.slots[k].1 >= n)
+            .min_by_key(|(_, &k)| plan.slots[k].1)
+            .map(|(j, _)| j)
+            .or_else(|| free.iter().position(|&k| plan.slots[k].0 == dtype));
+        let slot = match fit {
+            Some(j) => {
+                let k = free.swap_remove(j);
+                plan.slots[k].1 = plan.slots[k].1.max(n);
+                k
+            }
+            None => {
+                plan.slots.push((dtype, n));
+                plan.slots.len() - 1
+            }
+        };
+        plan.slot_of.insert(out, slot);
+        for r in reads(s) {
+            if last_use.get(&r) == Some(&i) && !keep.contains(&r) && !external(r) {
+                if let Some(&k) = plan.slot_of.get(&r) {
+                    free.push(k);
+                }
+            }
+        }
+        if !last_use.contains_key(&out) && !keep.contains(&out) {
+            free.push(slot);
+        }
+    }
+    plan.peak_bytes = plan.slots.iter().map(|(d, n)| n * d.size_bytes()).sum();
+    plan
+}
