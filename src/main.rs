@@ -110,9 +110,16 @@ struct RunArgs {
     /// Load parameters from a safetensors file instead of initialising them.
     #[arg(long, value_name = "FILE")]
     params: Option<PathBuf>,
-    /// Compute in f64 instead of f32.
+    /// Compute in f64 instead of f32 (the interpreter only).
     #[arg(long)]
     f64: bool,
+    /// `cpu` (fused kernels in generated C) or `interp` (the reference interpreter).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Run the fused kernels and the interpreter side by side and report the first kernel
+    /// whose output differs (also with MUSE_VALIDATE=1).
+    #[arg(long)]
+    validate: bool,
 }
 
 fn options(o: &ModelOpts) -> Result<Options, String> {
@@ -199,13 +206,49 @@ fn prepare(g: &muse_compiler::ir::Graph, run: &RunArgs) -> Result<(Tensors, Tens
     Ok((inputs, params, RunOptions { precision, seed: run.seed }))
 }
 
+/// Computes `requested` with the chosen backend (or validates the CPU kernels against the
+/// interpreter); returns the values and a line about how they were computed.
+fn execute(
+    g: &muse_compiler::ir::Graph,
+    requested: &[muse_compiler::ir::NodeIndex],
+    run: &RunArgs,
+) -> Result<(HashMap<muse_compiler::ir::NodeIndex, HostTensor>, String), String> {
+    let (inputs, params, ro) = prepare(g, run)?;
+    let validate = run.validate || std::env::var_os("MUSE_VALIDATE").is_some_and(|v| v != "0");
+    let backend_name = if run.f64 { "interp" } else { run.backend.as_str() };
+    if run.f64 && run.backend == "cpu" && std::env::args().any(|a| a == "--backend") {
+        return Err("--f64 runs only on --backend interp".into());
+    }
+    let backend = muse_runtime::backend::by_name(backend_name)
+        .ok_or_else(|| format!("--backend {backend_name}: choose cpu or interp"))?;
+    if validate {
+        let settings = muse_runtime::cpu::compile::CompilerSettings::default();
+        let p = muse_runtime::cpu::CpuProgram::compile(g, requested, &settings).map_err(|e| e.to_string())?;
+        let v = muse_runtime::validate::validate(g, &p, &inputs, &params, ro.seed, 1e-4).map_err(|e| e.to_string())?;
+        if let Some(m) = v.first_mismatch {
+            return Err(format!(
+                "validate: kernel {} (step {} of {}, computing {}) differs from the interpreter by {:.3e} (relative)",
+                m.kernel,
+                m.step,
+                p.launches(),
+                m.value,
+                m.error
+            ));
+        }
+        eprintln!("validate: {} kernels match the interpreter (worst relative error {:.3e})", v.checked, v.worst);
+    }
+    let exe = backend.compile(g, requested).map_err(|e| e.to_string())?;
+    let vals = exe.run(g, &inputs, &params, ro.seed).map_err(|e| e.to_string())?;
+    Ok((vals, format!("backend {}, {} launches", backend.name(), exe.launches())))
+}
+
 fn run_model(m: &Model, run: &RunArgs) -> Result<String, String> {
-    let (inputs, params, ro) = prepare(&m.graph, run)?;
-    let vals = muse_runtime::run(&m.graph, &inputs, &params, &ro).map_err(|e| e.to_string())?;
-    let mut out = format!("model {} (batch {}, seed {})\n", m.name, run.batch, run.seed);
+    let requested: Vec<_> = m.graph.outputs.iter().chain(&m.graph.losses).map(|x| x.1).collect();
+    let (vals, how) = execute(&m.graph, &requested, run)?;
+    let mut out = format!("model {} (batch {}, seed {}; {how})\n", m.name, run.batch, run.seed);
     for (kind, list) in [("output", &m.graph.outputs), ("loss", &m.graph.losses)] {
         for (name, n) in list {
-            let t = vals.get(*n);
+            let t = &vals[n];
             out.push_str(&format!("  {kind} {name} {:?} {}: {}\n", t.shape, t.dtype(), t.stats()));
         }
     }
@@ -217,14 +260,15 @@ fn grad_model(m: &Model, run: &RunArgs) -> Result<String, String> {
         return Err(format!("model {} has no loss to differentiate", m.name));
     }
     let d = autodiff::differentiate(&m.graph, autodiff::Wrt::default());
-    let (inputs, params, ro) = prepare(&m.graph, run)?;
-    let vals = muse_runtime::run(&d.graph, &inputs, &params, &ro).map_err(|e| e.to_string())?;
-    let loss = vals.get(d.loss).to_f64()[0];
-    let mut out = format!("model {} (batch {}, seed {}): loss {loss:.6}\n", m.name, run.batch, run.seed);
+    let mut requested = vec![d.loss];
+    requested.extend(d.params.iter().map(|x| x.1));
+    let (vals, how) = execute(&d.graph, &requested, run)?;
+    let loss = vals[&d.loss].to_f64()[0];
+    let mut out = format!("model {} (batch {}, seed {}; {how}): loss {loss:.6}\n", m.name, run.batch, run.seed);
     let width = d.params.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     let mut total = 0.0;
     for (name, n) in &d.params {
-        let v = vals.get(*n).to_f64();
+        let v = vals[n].to_f64();
         let sq: f64 = v.iter().map(|x| x * x).sum();
         total += sq;
         out.push_str(&format!("  {name:<width$}  {:.6e}\n", sq.sqrt()));

@@ -2,6 +2,7 @@
 //! compared with), counter-based random numbers and safetensors parameter files. Backends,
 //! the memory planner, training and sampling follow (see docs/design.md).
 
+pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
 pub mod inputs;
@@ -9,6 +10,7 @@ pub mod interp;
 pub mod memory;
 pub mod rng;
 pub mod tensor;
+pub mod validate;
 
 pub use interp::{init_params, run, Precision, RunError, RunOptions, Values};
 pub use tensor::{Data, HostTensor};

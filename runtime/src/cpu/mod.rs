@@ -110,6 +110,19 @@ impl CpuProgram {
         params: &HashMap<String, HostTensor>,
         seed: u64,
     ) -> Result<HashMap<NodeIndex, HostTensor>, RunError> {
+        self.run_observed(g, inputs, params, seed, None)
+    }
+
+    /// Runs the program, showing `observe` each step's output (step number, node, value)
+    /// right after the step; `observe` returning false stops the run early.
+    pub fn run_observed(
+        &self,
+        g: &Graph,
+        inputs: &HashMap<String, HostTensor>,
+        params: &HashMap<String, HostTensor>,
+        seed: u64,
+        mut observe: Option<&mut dyn FnMut(usize, NodeIndex, HostTensor) -> bool>,
+    ) -> Result<HashMap<NodeIndex, HostTensor>, RunError> {
         let bindings = bind_inputs(g, inputs)?;
         check_params(g, params)?;
         let sizes: Vec<i64> = self.program.symbols.iter().map(|s| bindings.0[s]).collect();
@@ -131,7 +144,7 @@ impl CpuProgram {
         for (n, &k) in &plan.slot_of {
             ptrs.insert(*n, slot_ptrs[k]);
         }
-        for (step, f) in self.program.steps.iter().zip(&self.fns) {
+        for (i, (step, f)) in self.program.steps.iter().zip(&self.fns).enumerate() {
             match step {
                 Step::Kernel(k) => {
                     let mut args: Vec<*mut c_void> = k.buffers.iter().map(|n| ptrs[n]).collect();
@@ -191,6 +204,15 @@ impl CpuProgram {
                             )
                         };
                     }
+                }
+            }
+            if let Some(observe) = observe.as_mut() {
+                let out = match step {
+                    Step::Kernel(k) => k.group.root,
+                    Step::MatMul(m) => m.out,
+                };
+                if !observe(i, out, slots[plan.slot_of[&out]].to_host_prefix(shape_of(out))) {
+                    break;
                 }
             }
         }
