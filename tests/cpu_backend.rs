@@ -196,3 +196,22 @@ fn memory_plan_never_overlaps_live_values() {
         mem.total_bytes
     );
 }
+
+/// Validate mode compares every kernel with the interpreter and names the first that
+/// differs beyond the tolerance.
+#[test]
+fn validate_mode_names_the_first_differing_kernel() {
+    let m = common::compile_model("mamba_concat", &tiny("mamba_concat"));
+    let req: Vec<NodeIndex> = m.graph.outputs.iter().chain(&m.graph.losses).map(|x| x.1).collect();
+    let p = CpuProgram::compile(&m.graph, &req, &settings()).unwrap();
+    let inputs = random_inputs(&m.graph, 2, 3);
+    let params = init_params(&m.graph, 3, Precision::F32).unwrap();
+    let ok = muse_runtime::validate::validate(&m.graph, &p, &inputs, &params, 0, 1e-4).unwrap();
+    assert_eq!(ok.first_mismatch, None);
+    assert_eq!(ok.checked, p.launches());
+    // With a tolerance nothing can meet, the first kernel with any rounding difference is named.
+    let strict = muse_runtime::validate::validate(&m.graph, &p, &inputs, &params, 0, -1.0).unwrap();
+    let mm = strict.first_mismatch.expect("a mismatch");
+    assert_eq!(mm.step, 0);
+    assert_eq!(strict.checked, 1, "validation stops at the first mismatch");
+}
