@@ -161,12 +161,14 @@ fn memory_plan_never_overlaps_live_values() {
     let mut born = std::collections::HashMap::new();
     let mut dies = std::collections::HashMap::new();
     for (i, s) in prog.steps.iter().enumerate() {
-        let (out, reads) = match s {
-            Step::Kernel(k) => (k.group.root, k.group.reads.clone()),
-            Step::MatMul(mm) => (mm.out, vec![mm.a_view.base, mm.b_view.base]),
+        let (outs, reads) = match s {
+            Step::Kernel(k) => (k.group.outputs.clone(), k.group.reads.clone()),
+            Step::MatMul(mm) => (vec![mm.out], vec![mm.a_view.base, mm.b_view.base]),
         };
-        born.insert(out, i);
-        dies.entry(out).or_insert(i);
+        for out in outs {
+            born.insert(out, i);
+            dies.entry(out).or_insert(i);
+        }
         for r in reads {
             dies.insert(r, i);
         }
@@ -208,7 +210,16 @@ fn validate_mode_names_the_first_differing_kernel() {
     let params = init_params(&m.graph, 3, Precision::F32).unwrap();
     let ok = muse_runtime::validate::validate(&m.graph, &p, &inputs, &params, 0, 1e-4).unwrap();
     assert_eq!(ok.first_mismatch, None);
-    assert_eq!(ok.checked, p.launches());
+    let outputs: usize = p
+        .program
+        .steps
+        .iter()
+        .map(|s| match s {
+            muse_compiler::kernel::Step::Kernel(k) => k.group.outputs.len(),
+            muse_compiler::kernel::Step::MatMul(_) => 1,
+        })
+        .sum();
+    assert_eq!(ok.checked, outputs, "every value every kernel writes is compared");
     // With a tolerance nothing can meet, the first kernel with any rounding difference is named.
     let strict = muse_runtime::validate::validate(&m.graph, &p, &inputs, &params, 0, -1.0).unwrap();
     let mm = strict.first_mismatch.expect("a mismatch");

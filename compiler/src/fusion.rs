@@ -18,13 +18,15 @@ pub enum CutReason {
     ExternalBuffer,
     /// The caller asked for it (an output, a loss, a gradient).
     Requested,
-    /// The result of a reduction, matrix product, scan or scatter-add: kernels of their
-    /// own (epilogue fusion is not implemented yet).
+    /// The result of a reduction, matrix product, scan or scatter-add read by another kernel
+    /// (a reduction's elementwise users over its rows share its kernel; the others cannot).
     AnchorResult,
     /// An operand of a matrix product: the GEMM reads memory.
     MatmulOperand,
     /// Used by several kernels: computing it once is cheaper than recomputing it in each.
     MultipleUsers,
+    /// Computed inside a row kernel (a reduction's epilogue) but also read by another kernel.
+    ReadByAnotherKernel,
 }
 
 impl CutReason {
@@ -33,9 +35,10 @@ impl CutReason {
         match self {
             CutReason::ExternalBuffer => "input or parameter",
             CutReason::Requested => "requested output",
-            CutReason::AnchorResult => "reduction/matmul/scan result",
+            CutReason::AnchorResult => "reduction/matmul/scan result read by another kernel",
             CutReason::MatmulOperand => "matmul operand",
             CutReason::MultipleUsers => "used by several kernels",
+            CutReason::ReadByAnotherKernel => "row-kernel value read by another kernel",
         }
     }
 }
@@ -51,8 +54,8 @@ impl fmt::Display for CutReason {
 pub enum GroupKind {
     /// Elementwise over the root's shape.
     Pointwise,
-    /// A reduction with its elementwise prologue.
-    Reduce,
+    /// Reductions along one axis with their elementwise prologue and epilogue (row kernel).
+    Row,
     /// A matrix product.
     MatMul,
     /// A linear recurrence with its elementwise prologue.
@@ -61,11 +64,15 @@ pub enum GroupKind {
     ScatterAdd,
 }
 
-/// One kernel: the value it writes and the values it computes inline.
+/// One kernel: the values it writes and the values it computes inline.
 #[derive(Clone, Debug)]
 pub struct Group {
-    /// The materialized node the kernel writes.
+    /// The first value the kernel writes (a reduction for row kernels).
     pub root: NodeIndex,
+    /// Every value the kernel writes to memory.
+    pub outputs: Vec<NodeIndex>,
+    /// For row kernels: the nodes computed per row (reductions, their elementwise users).
+    pub members: Vec<NodeIndex>,
     /// Kind of kernel.
     pub kind: GroupKind,
     /// Nodes computed inside the kernel (views, elementwise ops, constants), root excluded.
@@ -218,6 +225,76 @@ fn consumers(g: &Graph, n: NodeIndex) -> HashSet<NodeIndex> {
     out
 }
 
+/// Shape of a reduction's input and its axis: the rows a row kernel iterates.
+fn row_key(g: &Graph, r: NodeIndex) -> Option<(Shape, usize)> {
+    match g.node(r).op {
+        Op::Reduce { axis, .. } => Some((g.ty(g.operands(r)[0]).shape.clone(), axis)),
+        _ => None,
+    }
+}
+
+fn is_elementwise(op: &Op) -> bool {
+    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. } | Op::StopGradient)
+}
+
+/// Grows the row kernel of reduction `r`: later reductions over the same rows and the
+/// elementwise users of their results (directly on the reduced shape, or broadcast back
+/// along the reduced axis), as long as nothing outside the kernel sits in between.
+fn grow_row(
+    g: &Graph,
+    r: NodeIndex,
+    live: &HashSet<NodeIndex>,
+    taken: &HashMap<NodeIndex, usize>,
+    pos: &HashMap<NodeIndex, usize>,
+) -> Vec<NodeIndex> {
+    let (s, axis) = row_key(g, r).expect("a reduction");
+    let mut reduced = s.clone();
+    reduced.0[axis] = Dim::known(1);
+    let mut members: HashSet<NodeIndex> = HashSet::from([r]);
+    let mut order = vec![r];
+    // An operand outside the kernel that depends on a member would make the kernel wait for
+    // itself. Every member depends on `r`, so only nodes after `r` in topological order can.
+    let depends_on_members = |o: NodeIndex, members: &HashSet<NodeIndex>| {
+        let mut stack = vec![o];
+        let mut seen = HashSet::new();
+        while let Some(v) = stack.pop() {
+            if members.contains(&v) {
+                return true;
+            }
+            if pos[&v] > pos[&r] && seen.insert(v) {
+                stack.extend(g.operands(v));
+            }
+        }
+        false
+    };
+    let mut frontier = vec![r];
+    while let Some(v) = frontier.pop() {
+        let mut users = g.users(v);
+        users.retain(|u| live.contains(u) && !members.contains(u) && !taken.contains_key(u));
+        for u in users {
+            let ty = g.ty(u);
+            let ops = g.operands(u);
+            let fits = match &g.node(u).op {
+                op if is_elementwise(op) => ty.shape == reduced || ty.shape == s,
+                Op::Broadcast { shape } => shape == &s && g.ty(ops[0]).shape == reduced && members.contains(&ops[0]),
+                Op::Reduce { .. } => row_key(g, u) == Some((s.clone(), axis)),
+                _ => false,
+            };
+            if !fits {
+                continue;
+            }
+            let acyclic = ops.iter().all(|&o| members.contains(&o) || !depends_on_members(o, &members));
+            if acyclic {
+                members.insert(u);
+                order.push(u);
+                frontier.push(u);
+            }
+        }
+    }
+    order.sort();
+    order
+}
+
 /// Plans the kernels that compute `requested` (and everything it depends on).
 pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
     let requested: HashSet<NodeIndex> = requested.iter().copied().collect();
@@ -231,47 +308,150 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
     }
     let order: Vec<NodeIndex> = g.topo_order().into_iter().filter(|n| live.contains(n)).collect();
     let mm = matmul_reads(g, &live);
+    let pos: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+
+    // Row kernels, grown from each reduction not yet in one.
+    let mut row_of: HashMap<NodeIndex, usize> = HashMap::new();
+    let mut rows: Vec<Vec<NodeIndex>> = Vec::new();
+    for &n in &order {
+        if matches!(g.node(n).op, Op::Reduce { .. }) && !row_of.contains_key(&n) {
+            let members = grow_row(g, n, &live, &row_of, &pos);
+            for &m in &members {
+                row_of.insert(m, rows.len());
+            }
+            rows.push(members);
+        }
+    }
+
+    // What is written to memory.
     let mut materialized = BTreeMap::new();
     for &n in &order {
-        if let Err(r) = legality(g, n, &requested, &mm).and_then(|_| profitability(g, n)) {
+        let reason = if let Some(&k) = row_of.get(&n) {
+            let outside = g.users(n).iter().any(|u| live.contains(u) && row_of.get(u) != Some(&k));
+            if requested.contains(&n) {
+                Some(CutReason::Requested)
+            } else if outside {
+                Some(if matches!(g.node(n).op, Op::Reduce { .. }) {
+                    CutReason::AnchorResult
+                } else {
+                    CutReason::ReadByAnotherKernel
+                })
+            } else {
+                None
+            }
+        } else {
+            legality(g, n, &requested, &mm).and_then(|_| profitability_in(g, n, &row_of)).err()
+        };
+        if let Some(r) = reason {
             materialized.insert(n, r);
         }
     }
+
+    // Kernels: one per row group, one per other materialized value.
     let mut groups = Vec::new();
+    let mut emitted_rows = HashSet::new();
     for &n in &order {
+        if let Some(&k) = row_of.get(&n) {
+            if emitted_rows.insert(k) {
+                groups.push(make_group(g, GroupKind::Row, rows[k].clone(), &materialized));
+            }
+            continue;
+        }
         if !materialized.contains_key(&n) || matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. }) {
             continue;
         }
         let kind = match g.node(n).op {
-            Op::Reduce { .. } => GroupKind::Reduce,
             Op::MatMul => GroupKind::MatMul,
             Op::Scan { .. } => GroupKind::Scan,
             Op::ScatterAdd { .. } => GroupKind::ScatterAdd,
             _ => GroupKind::Pointwise,
         };
-        let (mut inlined, mut reads) = (Vec::new(), Vec::new());
-        let mut seen = HashSet::new();
-        let mut stack = g.operands(n);
-        if kind == GroupKind::MatMul {
-            // The GEMM reads its operands' buffers through strides; nothing is inlined.
-            stack = stack.iter().map(|&o| strided_view(g, o).map_or(o, |v| v.base)).collect();
-        }
-        while let Some(v) = stack.pop() {
-            if !seen.insert(v) {
-                continue;
-            }
-            if materialized.contains_key(&v) {
-                reads.push(v);
-            } else {
-                inlined.push(v);
-                stack.extend(g.operands(v));
-            }
-        }
-        inlined.sort();
-        reads.sort();
-        groups.push(Group { root: n, kind, inlined, reads });
+        groups.push(make_group(g, kind, vec![n], &materialized));
     }
+    let groups = order_groups(groups);
     FusionPlan { materialized, groups }
+}
+
+/// A group from its members: what it writes, computes inline and reads.
+fn make_group(g: &Graph, kind: GroupKind, members: Vec<NodeIndex>, mat: &BTreeMap<NodeIndex, CutReason>) -> Group {
+    let member_set: HashSet<NodeIndex> = members.iter().copied().collect();
+    let outputs: Vec<NodeIndex> = members.iter().copied().filter(|m| mat.contains_key(m)).collect();
+    let (mut inlined, mut reads) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    let mut stack: Vec<NodeIndex> = members.iter().flat_map(|&m| g.operands(m)).collect();
+    if kind == GroupKind::MatMul {
+        // The GEMM reads its operands' buffers through strides; nothing is inlined.
+        stack = stack.iter().map(|&o| strided_view(g, o).map_or(o, |v| v.base)).collect();
+    }
+    while let Some(v) = stack.pop() {
+        if member_set.contains(&v) || !seen.insert(v) {
+            continue;
+        }
+        if mat.contains_key(&v) {
+            reads.push(v);
+        } else {
+            inlined.push(v);
+            stack.extend(g.operands(v));
+        }
+    }
+    for &m in &members {
+        if !mat.contains_key(&m) {
+            inlined.push(m);
+        }
+    }
+    inlined.sort();
+    inlined.dedup();
+    reads.sort();
+    let root = *outputs.first().unwrap_or(&members[0]);
+    let members = if kind == GroupKind::Row { members } else { vec![] };
+    Group { root, outputs, members, kind, inlined, reads }
+}
+
+/// Kernels in an order where each runs after the kernels whose outputs it reads.
+fn order_groups(groups: Vec<Group>) -> Vec<Group> {
+    let writer: HashMap<NodeIndex, usize> =
+        groups.iter().enumerate().flat_map(|(i, gr)| gr.outputs.iter().map(move |&o| (o, i))).collect();
+    let mut indeg = vec![0usize; groups.len()];
+    let mut users: Vec<Vec<usize>> = vec![vec![]; groups.len()];
+    for (i, gr) in groups.iter().enumerate() {
+        let mut deps: Vec<usize> = gr.reads.iter().filter_map(|r| writer.get(r).copied()).filter(|&w| w != i).collect();
+        deps.sort();
+        deps.dedup();
+        indeg[i] = deps.len();
+        for d in deps {
+            users[d].push(i);
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
+        (0..groups.len()).filter(|&i| indeg[i] == 0).map(std::cmp::Reverse).collect();
+    let mut out = Vec::with_capacity(groups.len());
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        out.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.push(std::cmp::Reverse(u));
+            }
+        }
+    }
+    assert_eq!(out.len(), groups.len(), "kernel dependencies are acyclic");
+    let mut slots: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
+    out.into_iter().map(|i| slots[i].take().expect("each once")).collect()
+}
+
+/// Profitability where consumers inside one row kernel count as one.
+fn profitability_in(g: &Graph, n: NodeIndex, row_of: &HashMap<NodeIndex, usize>) -> Result<(), CutReason> {
+    if is_cheap(g, n) || g.node(n).op.is_view() {
+        return Ok(());
+    }
+    let mut kernels = HashSet::new();
+    for c in consumers(g, n) {
+        kernels.insert(row_of.get(&c).map_or(c.index() as i64, |&k| -1 - k as i64));
+    }
+    if kernels.len() > 1 {
+        return Err(CutReason::MultipleUsers);
+    }
+    Ok(())
 }
 
 impl FusionPlan {

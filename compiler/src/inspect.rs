@@ -55,7 +55,9 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
         let mut ops = BTreeMap::new();
         let mut lines = BTreeSet::new();
         let mut flops = 0u64;
-        let all: Vec<NodeIndex> = group.inlined.iter().copied().chain([group.root]).collect();
+        let mut all: Vec<NodeIndex> = group.inlined.iter().copied().chain(group.outputs.iter().copied()).collect();
+        all.sort();
+        all.dedup();
         for &n in &all {
             let node = g.node(n);
             if !node.op.is_view() && !node.op.is_leaf() {
@@ -85,11 +87,20 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
                 format!("gemm {}", s)
             }
             Step::Kernel(_) => match group.kind {
-                GroupKind::Reduce | GroupKind::Scan => {
-                    let src = g.operands(group.root)[0];
+                GroupKind::Row | GroupKind::Scan => {
+                    let anchor = if group.kind == GroupKind::Row {
+                        *group
+                            .members
+                            .iter()
+                            .find(|&&m| matches!(g.node(m).op, Op::Reduce { .. }))
+                            .unwrap_or(&group.root)
+                    } else {
+                        group.root
+                    };
+                    let src = g.operands(anchor)[0];
                     let total = numel(g, src, batch);
-                    let lanes = if group.kind == GroupKind::Reduce {
-                        numel(g, group.root, batch)
+                    let lanes = if group.kind == GroupKind::Row {
+                        numel(g, anchor, batch)
                     } else {
                         let axis = match g.node(group.root).op {
                             Op::Scan { axis, .. } => axis,
@@ -105,7 +116,7 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
         };
         let kind = match group.kind {
             GroupKind::Pointwise => "pointwise",
-            GroupKind::Reduce => "reduce",
+            GroupKind::Row => "row",
             GroupKind::MatMul => "matmul",
             GroupKind::Scan => "scan",
             GroupKind::ScatterAdd => "scatter_add",
@@ -118,7 +129,7 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
             ops,
             lines,
             bytes_read,
-            bytes_written: bytes(g, group.root, batch),
+            bytes_written: group.outputs.iter().map(|&o| bytes(g, o, batch)).sum(),
             flops,
             launch,
             backward: g.node(group.root).prov.grad,

@@ -28,8 +28,8 @@ pub fn plan(g: &Graph, p: &KernelProgram, requested: &[NodeIndex], len: &dyn Fn(
         }
     };
     let writes = |s: &Step| match s {
-        Step::Kernel(k) => k.group.root,
-        Step::MatMul(m) => m.out,
+        Step::Kernel(k) => k.group.outputs.clone(),
+        Step::MatMul(m) => vec![m.out],
     };
     let mut last_use: HashMap<NodeIndex, usize> = HashMap::new();
     for (i, s) in p.steps.iter().enumerate() {
@@ -41,29 +41,30 @@ pub fn plan(g: &Graph, p: &KernelProgram, requested: &[NodeIndex], len: &dyn Fn(
     let mut plan = MemoryPlan::default();
     let mut free: Vec<usize> = Vec::new();
     for (i, s) in p.steps.iter().enumerate() {
-        let out = writes(s);
-        let (dtype, n) = (g.ty(out).dtype, len(out));
-        plan.total_bytes += n * dtype.size_bytes();
-        // Best fit: the smallest free slot of the type that is large enough, else grow one.
-        let fit = free
-            .iter()
-            .enumerate()
-            .filter(|(_, &k)| plan.slots[k].0 == dtype && plan.slots[k].1 >= n)
-            .min_by_key(|(_, &k)| plan.slots[k].1)
-            .map(|(j, _)| j)
-            .or_else(|| free.iter().position(|&k| plan.slots[k].0 == dtype));
-        let slot = match fit {
-            Some(j) => {
-                let k = free.swap_remove(j);
-                plan.slots[k].1 = plan.slots[k].1.max(n);
-                k
-            }
-            None => {
-                plan.slots.push((dtype, n));
-                plan.slots.len() - 1
-            }
-        };
-        plan.slot_of.insert(out, slot);
+        for out in writes(s) {
+            let (dtype, n) = (g.ty(out).dtype, len(out));
+            plan.total_bytes += n * dtype.size_bytes();
+            // Best fit: the smallest free slot of the type that is large enough, else grow one.
+            let fit = free
+                .iter()
+                .enumerate()
+                .filter(|(_, &k)| plan.slots[k].0 == dtype && plan.slots[k].1 >= n)
+                .min_by_key(|(_, &k)| plan.slots[k].1)
+                .map(|(j, _)| j)
+                .or_else(|| free.iter().position(|&k| plan.slots[k].0 == dtype));
+            let slot = match fit {
+                Some(j) => {
+                    let k = free.swap_remove(j);
+                    plan.slots[k].1 = plan.slots[k].1.max(n);
+                    k
+                }
+                None => {
+                    plan.slots.push((dtype, n));
+                    plan.slots.len() - 1
+                }
+            };
+            plan.slot_of.insert(out, slot);
+        }
         for r in reads(s) {
             if last_use.get(&r) == Some(&i) && !keep.contains(&r) && !external(r) {
                 if let Some(&k) = plan.slot_of.get(&r) {
@@ -71,8 +72,10 @@ pub fn plan(g: &Graph, p: &KernelProgram, requested: &[NodeIndex], len: &dyn Fn(
                 }
             }
         }
-        if !last_use.contains_key(&out) && !keep.contains(&out) {
-            free.push(slot);
+        for out in writes(s) {
+            if !last_use.contains_key(&out) && !keep.contains(&out) {
+                free.push(plan.slot_of[&out]);
+            }
         }
     }
     plan.peak_bytes = plan.slots.iter().map(|(d, n)| n * d.size_bytes()).sum();

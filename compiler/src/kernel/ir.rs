@@ -81,6 +81,8 @@ pub enum Expr {
     },
     /// The running value of a scan (`h[t-1]`) inside its step.
     Carry,
+    /// The result of reduction phase `j` of a row kernel.
+    Acc(u32),
 }
 
 /// An expression with its type.
@@ -120,16 +122,18 @@ pub enum Body {
         /// (buffer, value) pairs.
         stores: Vec<(u32, ExprId)>,
     },
-    /// `out[lane] = reduce(op, value(step) for step in 0..inner)`; `value` may use `Lane` and `Step`.
-    Reduce {
-        /// Reduction.
-        op: ReduceOp,
+    /// A row kernel: per lane, reductions over `inner` steps run one after another (each
+    /// may use the results of the earlier ones through `Expr::Acc`), then a final loop over
+    /// the steps stores element values, and lane values are stored once.
+    Row {
         /// Steps per lane.
         inner: ExprId,
-        /// Value reduced.
-        value: ExprId,
-        /// Output buffer.
-        out: u32,
+        /// Reductions in order: phase `j` produces `Expr::Acc(j)`.
+        phases: Vec<(ReduceOp, ExprId)>,
+        /// (buffer, index, value) stored at every step after the reductions.
+        elem_stores: Vec<(u32, ExprId, ExprId)>,
+        /// (buffer, value) stored at element `lane`.
+        lane_stores: Vec<(u32, ExprId)>,
     },
     /// For step in 0..inner (or reversed): `h = a * h + b`, `out[index] = h`, `h` starting at 0.
     Scan {

@@ -5,7 +5,7 @@
 use super::ir::{Access, Body, BufParam, Builder, Expr, ExprId, IndexOp, KType, Kernel};
 use crate::fusion::{strided_view, CutReason, FusionPlan, Group, GroupKind, StridedView};
 use crate::ir::{BinaryOp, DType, Dim, Graph, NodeIndex, Op, Shape};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A kernel with the graph values its buffer parameters hold.
 #[derive(Clone, Debug)]
@@ -99,15 +99,23 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
             buf_of: HashMap::new(),
             symbols: &symbols,
             memo: HashMap::new(),
+            members: if grp.kind == GroupKind::Row {
+                grp.members.iter().copied().collect()
+            } else {
+                HashSet::from([grp.root])
+            },
+            acc: HashMap::new(),
         };
-        let out = l.buf(grp.root);
-        let (lanes, body) = l.body(grp, out);
+        for &o in &grp.outputs {
+            l.buf(o);
+        }
+        let (lanes, body) = l.body(grp);
         let bufs: Vec<BufParam> = l
             .bufs
             .iter()
             .map(|&n| BufParam {
                 dtype: g.ty(n).dtype,
-                access: if n == grp.root { Access::Write } else { Access::Read },
+                access: if grp.outputs.contains(&n) { Access::Write } else { Access::Read },
                 label: label(g, n),
             })
             .collect();
@@ -132,6 +140,10 @@ struct Lower<'a> {
     buf_of: HashMap<NodeIndex, u32>,
     symbols: &'a [String],
     memo: HashMap<(NodeIndex, Vec<ExprId>), ExprId>,
+    /// Nodes this kernel computes (never loaded, even when it also stores them).
+    members: HashSet<NodeIndex>,
+    /// Reductions of a row kernel already computed, by phase.
+    acc: HashMap<NodeIndex, u32>,
 }
 
 impl Lower<'_> {
@@ -201,7 +213,11 @@ impl Lower<'_> {
 
     /// The value of node `n` at multi-index `idx`: a load if it is in memory, else computed.
     fn value(&mut self, n: NodeIndex, idx: &[ExprId]) -> ExprId {
-        if self.mat.contains_key(&n) {
+        if let Some(&j) = self.acc.get(&n) {
+            let ty = self.elem(n);
+            return self.b.add(Expr::Acc(j), ty);
+        }
+        if self.mat.contains_key(&n) && !self.members.contains(&n) {
             let buf = self.buf(n);
             let s = self.shape(n);
             let index = self.linear(idx, &s);
@@ -338,30 +354,23 @@ impl Lower<'_> {
         self.value(o, &in_idx)
     }
 
-    /// The kernel body for a group rooted at `out`'s node; returns (lanes, body).
-    fn body(&mut self, grp: &Group, out: u32) -> (ExprId, Body) {
+    /// The kernel body of a group; returns (lanes, body).
+    fn body(&mut self, grp: &Group) -> (ExprId, Body) {
         let n = grp.root;
         let s = self.shape(n);
         let ops = self.g.operands(n);
         match (&grp.kind, &self.g.node(n).op) {
             (GroupKind::Pointwise, _) => {
+                let out = self.buf(n);
                 let lanes = self.numel(&s);
                 let lane = self.b.add(Expr::Lane, KType::Index);
                 let idx = self.delinear(lane, &s);
                 let v = self.compute(n, &idx);
                 (lanes, Body::Pointwise { stores: vec![(out, v)] })
             }
-            (GroupKind::Reduce, Op::Reduce { op, axis }) => {
-                let lanes = self.numel(&s);
-                let lane = self.b.add(Expr::Lane, KType::Index);
-                let mut idx = self.delinear(lane, &s);
-                idx[*axis] = self.b.add(Expr::Step, KType::Index);
-                let value = self.value(ops[0], &idx);
-                let in_s = self.shape(ops[0]);
-                let inner = self.dim(&in_s.0[*axis]);
-                (lanes, Body::Reduce { op: *op, inner, value, out })
-            }
+            (GroupKind::Row, _) => self.row(grp),
             (GroupKind::Scan, Op::Scan { axis, reverse }) => {
+                let out = self.buf(n);
                 let mut outer = s.clone();
                 outer.0.remove(*axis);
                 let lanes = self.numel(&outer);
@@ -375,6 +384,7 @@ impl Lower<'_> {
                 (lanes, Body::Scan { inner, reverse: *reverse, a, b, index, out })
             }
             (GroupKind::ScatterAdd, Op::ScatterAdd { rows }) => {
+                let out = self.buf(n);
                 let us = self.shape(ops[1]);
                 let r = self.shape(ops[0]).rank();
                 let lanes = self.numel(&us);
@@ -391,5 +401,42 @@ impl Lower<'_> {
             }
             (k, op) => unreachable!("group kind {k:?} for {}", op.name()),
         }
+    }
+
+    /// A row kernel: the reductions of the group in order, then its stored values.
+    fn row(&mut self, grp: &Group) -> (ExprId, Body) {
+        let reductions: Vec<NodeIndex> =
+            grp.members.iter().copied().filter(|&m| matches!(self.g.node(m).op, Op::Reduce { .. })).collect();
+        let first = reductions[0];
+        let Op::Reduce { axis, .. } = self.g.node(first).op else { unreachable!() };
+        let rows_shape = self.shape(self.g.operands(first)[0]);
+        let reduced = self.shape(first);
+        let lanes = self.numel(&reduced);
+        let lane = self.b.add(Expr::Lane, KType::Index);
+        let lane_idx = self.delinear(lane, &reduced);
+        let mut elem_idx = lane_idx.clone();
+        elem_idx[axis] = self.b.add(Expr::Step, KType::Index);
+        let inner = self.dim(&rows_shape.0[axis]);
+        let mut phases = Vec::new();
+        for (j, &r) in reductions.iter().enumerate() {
+            let Op::Reduce { op, .. } = self.g.node(r).op else { unreachable!() };
+            let v = self.value(self.g.operands(r)[0], &elem_idx);
+            phases.push((op, v));
+            self.acc.insert(r, j as u32);
+        }
+        let (mut elem_stores, mut lane_stores) = (Vec::new(), Vec::new());
+        for &o in &grp.outputs {
+            let buf = self.buf(o);
+            if self.shape(o) == rows_shape {
+                let index = self.linear(&elem_idx, &rows_shape);
+                let v = self.compute(o, &elem_idx);
+                elem_stores.push((buf, index, v));
+            } else {
+                debug_assert_eq!(self.shape(o), reduced);
+                let v = self.value(o, &lane_idx);
+                lane_stores.push((buf, v));
+            }
+        }
+        (lanes, Body::Row { inner, phases, elem_stores, lane_stores })
     }
 }

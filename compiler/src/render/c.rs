@@ -3,7 +3,7 @@
 //! uint64_t seed)`. Lanes run in parallel with OpenMP; the inner loop of a reduction or scan
 //! runs sequentially inside its lane.
 
-use super::{declare, levels, used, Dialect, Level};
+use super::{declare, declare_where, levels, needed, phases, used, Dialect, Level};
 use crate::ir::{DType, ReduceOp};
 use crate::kernel::ir::{Access, Body, KType, Kernel};
 use std::fmt::Write;
@@ -78,6 +78,12 @@ pub fn render_kernel(k: &Kernel) -> String {
             let _ = writeln!(s, "    {o}[r * t{row_len} + t{col}] += t{value};");
             let _ = writeln!(s, "  }}");
         }
+        Body::Row { .. } => {
+            let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 256)");
+            let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
+            render_row(&d, k, &lv, &used, &mut s);
+            let _ = writeln!(s, "  }}");
+        }
         body => {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 2048)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
@@ -93,7 +99,8 @@ pub fn render_kernel(k: &Kernel) -> String {
 fn body_kind(b: &Body) -> &'static str {
     match b {
         Body::Pointwise { .. } => "pointwise",
-        Body::Reduce { .. } => "reduction",
+        Body::Row { phases, elem_stores, .. } if phases.len() == 1 && elem_stores.is_empty() => "reduction",
+        Body::Row { .. } => "row (reductions and their epilogue)",
         Body::Scan { .. } => "scan",
         Body::ScatterAdd { .. } => "scatter-add",
     }
@@ -106,35 +113,6 @@ fn render_body(d: &C, k: &Kernel, body: &Body, lv: &[Level], used: &[bool], s: &
                 let _ = writeln!(s, "    b{buf}[lane] = t{v};");
             }
         }
-        Body::Reduce { op, inner, value, out } => {
-            let (acc_ty, init, update) = match op {
-                ReduceOp::Sum => ("double", "0.0".to_string(), format!("acc += (double)t{value};")),
-                ReduceOp::Max => ("float", "-INFINITY".into(), format!("acc = muse_fmax(acc, t{value});")),
-                ReduceOp::Min => ("float", "INFINITY".into(), format!("acc = muse_fmin(acc, t{value});")),
-                ReduceOp::ArgMax | ReduceOp::ArgMin => {
-                    let cmp = if *op == ReduceOp::ArgMax { ">" } else { "<" };
-                    (
-                        "float",
-                        "0.0f".into(),
-                        format!("if (step == 0 || t{value} {cmp} acc) {{ acc = t{value}; best = step; }}"),
-                    )
-                }
-            };
-            let int_sum = *op == ReduceOp::Sum && k.bufs[*out as usize].dtype == DType::I32;
-            let acc_ty = if int_sum { "int64_t" } else { acc_ty };
-            let update = if int_sum { format!("acc += t{value};") } else { update };
-            let _ =
-                writeln!(s, "    {acc_ty} acc = {}; int64_t best = 0; (void)best;", if int_sum { "0" } else { &init });
-            let _ = writeln!(s, "    for (int64_t step = 0; step < t{inner}; step++) {{");
-            declare(d, k, lv, used, Level::Step, "      ", s);
-            let _ = writeln!(s, "      {update}");
-            let _ = writeln!(s, "    }}");
-            let result = match op {
-                ReduceOp::ArgMax | ReduceOp::ArgMin => "(int32_t)best".to_string(),
-                _ => format!("({})acc", d.ty(KType::Elem(k.bufs[*out as usize].dtype))),
-            };
-            let _ = writeln!(s, "    b{out}[lane] = {result};");
-        }
         Body::Scan { inner, reverse, a, b, index, out } => {
             let _ = writeln!(s, "    float h = 0.0f;");
             let _ = writeln!(s, "    for (int64_t it = 0; it < t{inner}; it++) {{");
@@ -145,7 +123,70 @@ fn render_body(d: &C, k: &Kernel, body: &Body, lv: &[Level], used: &[bool], s: &
             let _ = writeln!(s, "      b{out}[t{index}] = h;");
             let _ = writeln!(s, "    }}");
         }
-        Body::ScatterAdd { .. } => unreachable!("rendered by the caller"),
+        Body::ScatterAdd { .. } | Body::Row { .. } => unreachable!("rendered by the caller"),
+    }
+}
+
+/// A row kernel's lane: each reduction loops over the steps in turn, then one loop stores
+/// the element values; a lane-level value is declared as soon as the reductions it needs
+/// have finished.
+fn render_row(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
+    let Body::Row { inner, phases: reductions, elem_stores, lane_stores } = &k.body else { unreachable!() };
+    let ph = phases(k);
+    // Kernel-level values are declared before the lane loop already.
+    let mut done: Vec<bool> = lv.iter().map(|l| *l == Level::Kernel).collect();
+    let lane_ready = |i: usize, p: u32| used[i] && lv[i] <= Level::Lane && ph[i] <= p;
+    declare_where(d, k, &|i| lane_ready(i, 0), &mut done, "    ", s);
+    for (j, (op, value)) in reductions.iter().enumerate() {
+        let out_ty = k.exprs[*value as usize].ty;
+        let (acc_ty, init, update) = match op {
+            ReduceOp::Sum if out_ty == KType::Elem(DType::I32) => {
+                ("int64_t", "0".to_string(), format!("acc += t{value};"))
+            }
+            ReduceOp::Sum => ("double", "0.0".to_string(), format!("acc += (double)t{value};")),
+            ReduceOp::Max => ("float", "-INFINITY".into(), format!("acc = muse_fmax(acc, t{value});")),
+            ReduceOp::Min => ("float", "INFINITY".into(), format!("acc = muse_fmin(acc, t{value});")),
+            ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                let cmp = if *op == ReduceOp::ArgMax { ">" } else { "<" };
+                (
+                    "float",
+                    "0.0f".into(),
+                    format!("if (step == 0 || t{value} {cmp} acc) {{ acc = t{value}; best = step; }}"),
+                )
+            }
+        };
+        let _ = writeln!(s, "    {acc_ty} acc{j} = {init}; int64_t best{j} = 0; (void)best{j};");
+        let _ = writeln!(s, "    {{");
+        let _ = writeln!(s, "      {acc_ty} acc = acc{j}; int64_t best = 0; (void)best;");
+        let _ = writeln!(s, "      for (int64_t step = 0; step < t{inner}; step++) {{");
+        let need = needed(k, &[*value]);
+        let mut local = done.clone();
+        declare_where(d, k, &|i| need[i] && lv[i] == Level::Step, &mut local, "        ", s);
+        let _ = writeln!(s, "        {update}");
+        let _ = writeln!(s, "      }}");
+        let _ = writeln!(s, "      acc{j} = acc; best{j} = best;");
+        let _ = writeln!(s, "    }}");
+        let result = match op {
+            ReduceOp::ArgMax | ReduceOp::ArgMin => format!("(int32_t)best{j}"),
+            _ => format!("({})acc{j}", d.ty(out_ty)),
+        };
+        let res_ty = if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { "int32_t" } else { d.ty(out_ty) };
+        let _ = writeln!(s, "    const {res_ty} r{j} = {result};");
+        declare_where(d, k, &|i| lane_ready(i, j as u32 + 1), &mut done, "    ", s);
+    }
+    if !elem_stores.is_empty() {
+        let _ = writeln!(s, "    for (int64_t step = 0; step < t{inner}; step++) {{");
+        let roots: Vec<_> = elem_stores.iter().flat_map(|e| [e.1, e.2]).collect();
+        let need = needed(k, &roots);
+        let mut local = done.clone();
+        declare_where(d, k, &|i| need[i] && lv[i] == Level::Step, &mut local, "      ", s);
+        for (buf, index, value) in elem_stores {
+            let _ = writeln!(s, "      b{buf}[t{index}] = t{value};");
+        }
+        let _ = writeln!(s, "    }}");
+    }
+    for (buf, value) in lane_stores {
+        let _ = writeln!(s, "    b{buf}[lane] = t{value};");
     }
 }
 

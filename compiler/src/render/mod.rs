@@ -35,7 +35,7 @@ pub fn levels(k: &Kernel) -> Vec<Level> {
     for (i, n) in k.exprs.iter().enumerate() {
         let kids = children(&n.expr);
         let own = match n.expr {
-            Expr::Lane => Level::Lane,
+            Expr::Lane | Expr::Acc(_) => Level::Lane,
             Expr::Step | Expr::Carry => Level::Step,
             _ => Level::Kernel,
         };
@@ -47,7 +47,7 @@ pub fn levels(k: &Kernel) -> Vec<Level> {
 /// Operands of an expression.
 pub fn children(e: &Expr) -> Vec<ExprId> {
     match e {
-        Expr::Const(_) | Expr::Lane | Expr::Step | Expr::Size(_) | Expr::Carry => vec![],
+        Expr::Const(_) | Expr::Lane | Expr::Step | Expr::Size(_) | Expr::Carry | Expr::Acc(_) => vec![],
         Expr::Load { index, .. } => vec![*index],
         Expr::Index(_, a, b) | Expr::Binary(_, a, b) => vec![*a, *b],
         Expr::Unary(_, a) | Expr::Cast(a) => vec![*a],
@@ -56,22 +56,44 @@ pub fn children(e: &Expr) -> Vec<ExprId> {
     }
 }
 
+/// The expressions that `roots` use, transitively.
+pub fn needed(k: &Kernel, roots: &[ExprId]) -> Vec<bool> {
+    let mut stack = roots.to_vec();
+    let mut used = vec![false; k.exprs.len()];
+    while let Some(r) = stack.pop() {
+        if !std::mem::replace(&mut used[r as usize], true) {
+            stack.extend(children(&k.exprs[r as usize].expr));
+        }
+    }
+    used
+}
+
+/// For each expression, the number of row-kernel reduction phases that must finish before
+/// it can be evaluated (one more than the highest `Acc` it depends on).
+pub fn phases(k: &Kernel) -> Vec<u32> {
+    let mut ph = vec![0u32; k.exprs.len()];
+    for (i, n) in k.exprs.iter().enumerate() {
+        let own = if let Expr::Acc(j) = n.expr { j + 1 } else { 0 };
+        ph[i] = children(&n.expr).iter().map(|&c| ph[c as usize]).fold(own, u32::max);
+    }
+    ph
+}
+
 /// The expressions a kernel body uses, transitively.
 pub fn used(k: &Kernel) -> Vec<bool> {
     let mut roots = vec![k.lanes];
     match &k.body {
         Body::Pointwise { stores } => roots.extend(stores.iter().map(|s| s.1)),
-        Body::Reduce { inner, value, .. } => roots.extend([*inner, *value]),
+        Body::Row { inner, phases, elem_stores, lane_stores } => {
+            roots.push(*inner);
+            roots.extend(phases.iter().map(|p| p.1));
+            roots.extend(elem_stores.iter().flat_map(|s| [s.1, s.2]));
+            roots.extend(lane_stores.iter().map(|s| s.1));
+        }
         Body::Scan { inner, a, b, index, .. } => roots.extend([*inner, *a, *b, *index]),
         Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
     }
-    let mut used = vec![false; k.exprs.len()];
-    while let Some(r) = roots.pop() {
-        if !std::mem::replace(&mut used[r as usize], true) {
-            roots.extend(children(&k.exprs[r as usize].expr));
-        }
-    }
-    used
+    needed(k, &roots)
 }
 
 fn float_lit(v: f64) -> String {
@@ -117,6 +139,7 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
         Expr::Step => "step".into(),
         Expr::Size(s) => format!("sizes[{s}]"),
         Expr::Carry => "h".into(),
+        Expr::Acc(j) => format!("r{j}"),
         Expr::Load { buf, index } => format!("b{buf}[{}]", t(index)),
         Expr::Index(op, a, b) => match op {
             IndexOp::Add => format!("{} + {}", t(a), t(b)),
@@ -184,6 +207,23 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
 pub fn declare(d: &dyn Dialect, k: &Kernel, lv: &[Level], used: &[bool], level: Level, indent: &str, out: &mut String) {
     for (i, n) in k.exprs.iter().enumerate() {
         if used[i] && lv[i] == level {
+            let _ = writeln!(out, "{indent}const {} t{i} = {};", d.ty(n.ty), expr_text(d, k, i as ExprId));
+        }
+    }
+}
+
+/// Declares the used expressions at `level` that `pick` selects and marks them declared.
+pub fn declare_where(
+    d: &dyn Dialect,
+    k: &Kernel,
+    pick: &dyn Fn(usize) -> bool,
+    done: &mut [bool],
+    indent: &str,
+    out: &mut String,
+) {
+    for (i, n) in k.exprs.iter().enumerate() {
+        if !done[i] && pick(i) {
+            done[i] = true;
             let _ = writeln!(out, "{indent}const {} t{i} = {};", d.ty(n.ty), expr_text(d, k, i as ExprId));
         }
     }

@@ -207,11 +207,12 @@ impl CpuProgram {
                 }
             }
             if let Some(observe) = observe.as_mut() {
-                let out = match step {
-                    Step::Kernel(k) => k.group.root,
-                    Step::MatMul(m) => m.out,
+                let outs = match step {
+                    Step::Kernel(k) => k.group.outputs.clone(),
+                    Step::MatMul(m) => vec![m.out],
                 };
-                if !observe(i, out, slots[plan.slot_of[&out]].to_host_prefix(shape_of(out))) {
+                if !outs.into_iter().all(|out| observe(i, out, slots[plan.slot_of[&out]].to_host_prefix(shape_of(out))))
+                {
                     break;
                 }
             }
