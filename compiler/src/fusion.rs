@@ -252,21 +252,6 @@ fn grow_row(
     reduced.0[axis] = Dim::known(1);
     let mut members: HashSet<NodeIndex> = HashSet::from([r]);
     let mut order = vec![r];
-    // An operand outside the kernel that depends on a member would make the kernel wait for
-    // itself. Every member depends on `r`, so only nodes after `r` in topological order can.
-    let depends_on_members = |o: NodeIndex, members: &HashSet<NodeIndex>| {
-        let mut stack = vec![o];
-        let mut seen = HashSet::new();
-        while let Some(v) = stack.pop() {
-            if members.contains(&v) {
-                return true;
-            }
-            if pos[&v] > pos[&r] && seen.insert(v) {
-                stack.extend(g.operands(v));
-            }
-        }
-        false
-    };
     let mut frontier = vec![r];
     while let Some(v) = frontier.pop() {
         let mut users = g.users(v);
@@ -283,13 +268,101 @@ fn grow_row(
             if !fits {
                 continue;
             }
-            let acyclic = ops.iter().all(|&o| members.contains(&o) || !depends_on_members(o, &members));
+            let acyclic = ops.iter().all(|&o| members.contains(&o) || !depends_on_members(g, o, &members, pos, r));
             if acyclic {
                 members.insert(u);
                 order.push(u);
                 frontier.push(u);
             }
         }
+    }
+    order.sort();
+    order
+}
+
+/// Whether operand `o` (outside `members`) depends on a member; only nodes after `first`
+/// in topological order can, since every member depends on `first`.
+fn depends_on_members(
+    g: &Graph,
+    o: NodeIndex,
+    members: &HashSet<NodeIndex>,
+    pos: &HashMap<NodeIndex, usize>,
+    first: NodeIndex,
+) -> bool {
+    let mut stack = vec![o];
+    let mut seen = HashSet::new();
+    while let Some(v) = stack.pop() {
+        if members.contains(&v) {
+            return true;
+        }
+        if pos[&v] > pos[&first] && seen.insert(v) {
+            stack.extend(g.operands(v));
+        }
+    }
+    false
+}
+
+/// Grows the kernel of scan `s`: its elementwise users over the same shape, a reduction
+/// over another axis of known size (the state axis of a selective scan), and the elementwise
+/// work after that reduction, as long as nothing outside the kernel sits in between.
+fn grow_scan(
+    g: &Graph,
+    s: NodeIndex,
+    live: &HashSet<NodeIndex>,
+    taken: &HashMap<NodeIndex, usize>,
+    pos: &HashMap<NodeIndex, usize>,
+) -> Vec<NodeIndex> {
+    let Op::Scan { axis, .. } = g.node(s).op else { unreachable!() };
+    let sh = g.ty(s).shape.clone();
+    let mut members: HashSet<NodeIndex> = HashSet::from([s]);
+    let mut order = vec![s];
+    let mut reduced: Option<(NodeIndex, Shape, Shape)> = None; // (reduction, keepdim shape, squeezed shape)
+    let mut frontier = vec![s];
+    while let Some(v) = frontier.pop() {
+        let mut users = g.users(v);
+        users.retain(|u| live.contains(u) && !members.contains(u) && !taken.contains_key(u));
+        for u in users {
+            let ty = g.ty(u);
+            let ops = g.operands(u);
+            let fits = match (&g.node(u).op, &reduced) {
+                (op, None) if is_elementwise(op) => ty.shape == sh,
+                (Op::Reduce { axis: n, .. }, None) => {
+                    *n != axis && g.ty(ops[0]).shape == sh && sh.0[*n].as_known().is_some_and(|k| k <= 4096)
+                }
+                (op, Some((_, keep, squeezed))) if is_elementwise(op) => {
+                    ty.shape == sh || &ty.shape == keep || &ty.shape == squeezed
+                }
+                (Op::Reshape { shape }, Some((_, keep, squeezed))) => {
+                    members.contains(&ops[0])
+                        && ((&g.ty(ops[0]).shape == keep && shape == squeezed)
+                            || (&g.ty(ops[0]).shape == squeezed && shape == keep))
+                }
+                _ => false,
+            };
+            if !fits || !ops.iter().all(|&o| members.contains(&o) || !depends_on_members(g, o, &members, pos, s)) {
+                continue;
+            }
+            if let Op::Reduce { axis: n, .. } = g.node(u).op {
+                let keep = g.ty(u).shape.clone();
+                let mut squeezed = keep.clone();
+                squeezed.0.remove(n);
+                reduced = Some((u, keep, squeezed));
+            }
+            members.insert(u);
+            order.push(u);
+            frontier.push(u);
+        }
+    }
+    // Elementwise work on the full shape after the reduction cannot run per step: drop
+    // members that need the reduction but have the scan's shape.
+    if let Some((r, _, _)) = &reduced {
+        let mut after = HashSet::from([*r]);
+        for &m in &order {
+            if m != *r && g.operands(m).iter().any(|o| after.contains(o)) {
+                after.insert(m);
+            }
+        }
+        order.retain(|m| !(after.contains(m) && m != r && g.ty(*m).shape == sh));
     }
     order.sort();
     order
@@ -310,9 +383,20 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
     let mm = matmul_reads(g, &live);
     let pos: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
 
-    // Row kernels, grown from each reduction not yet in one.
+    // Scan kernels with their epilogues, then row kernels grown from each reduction left.
     let mut row_of: HashMap<NodeIndex, usize> = HashMap::new();
     let mut rows: Vec<Vec<NodeIndex>> = Vec::new();
+    let mut kinds: Vec<GroupKind> = Vec::new();
+    for &n in &order {
+        if matches!(g.node(n).op, Op::Scan { .. }) && !row_of.contains_key(&n) {
+            let members = grow_scan(g, n, &live, &row_of, &pos);
+            for &m in &members {
+                row_of.insert(m, rows.len());
+            }
+            rows.push(members);
+            kinds.push(GroupKind::Scan);
+        }
+    }
     for &n in &order {
         if matches!(g.node(n).op, Op::Reduce { .. }) && !row_of.contains_key(&n) {
             let members = grow_row(g, n, &live, &row_of, &pos);
@@ -320,6 +404,7 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
                 row_of.insert(m, rows.len());
             }
             rows.push(members);
+            kinds.push(GroupKind::Row);
         }
     }
 
@@ -353,7 +438,7 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
     for &n in &order {
         if let Some(&k) = row_of.get(&n) {
             if emitted_rows.insert(k) {
-                groups.push(make_group(g, GroupKind::Row, rows[k].clone(), &materialized));
+                groups.push(make_group(g, kinds[k], rows[k].clone(), &materialized));
             }
             continue;
         }
@@ -362,7 +447,6 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         }
         let kind = match g.node(n).op {
             Op::MatMul => GroupKind::MatMul,
-            Op::Scan { .. } => GroupKind::Scan,
             Op::ScatterAdd { .. } => GroupKind::ScatterAdd,
             _ => GroupKind::Pointwise,
         };
@@ -403,7 +487,7 @@ fn make_group(g: &Graph, kind: GroupKind, members: Vec<NodeIndex>, mat: &BTreeMa
     inlined.dedup();
     reads.sort();
     let root = *outputs.first().unwrap_or(&members[0]);
-    let members = if kind == GroupKind::Row { members } else { vec![] };
+    let members = if matches!(kind, GroupKind::Row | GroupKind::Scan) { members } else { vec![] };
     Group { root, outputs, members, kind, inlined, reads }
 }
 

@@ -51,6 +51,8 @@ pub enum Expr {
     Lane,
     /// The step of the sequential inner loop (reductions and scans).
     Step,
+    /// The state of a scan with several recurrences per lane.
+    State,
     /// The run-time value of symbolic size number `k` (e.g. the batch).
     Size(u32),
     /// Element `index` of buffer `buf`.
@@ -135,20 +137,27 @@ pub enum Body {
         /// (buffer, value) stored at element `lane`.
         lane_stores: Vec<(u32, ExprId)>,
     },
-    /// For step in 0..inner (or reversed): `h = a * h + b`, `out[index] = h`, `h` starting at 0.
+    /// A linear recurrence per lane over `inner` steps (in reverse when asked), with
+    /// `states` independent recurrences per lane (Mamba's state axis): at each step, for each
+    /// state, `h = a * h + b` (`Expr::Carry` is the new `h`), the state stores run, and
+    /// `reduce` folds a value over the states into `Expr::Acc(0)` for the step stores.
     Scan {
         /// Steps per lane.
         inner: ExprId,
         /// Run from the last step to the first.
         reverse: bool,
-        /// Decay `a` at this lane and step.
+        /// Recurrences per lane (a known size; 1 for a plain scan).
+        states: i64,
+        /// Decay `a` at this lane, step and state.
         a: ExprId,
-        /// Input `b` at this lane and step.
+        /// Input `b` at this lane, step and state.
         b: ExprId,
-        /// Where `h` is stored, as an index of lane and step.
-        index: ExprId,
-        /// Output buffer.
-        out: u32,
+        /// (buffer, index, value) stored for every state at every step.
+        state_stores: Vec<(u32, ExprId, ExprId)>,
+        /// A reduction over the states at each step (the epilogue's `sum_n h C`).
+        reduce: Option<(ReduceOp, ExprId)>,
+        /// (buffer, index, value) stored once per step, after the states.
+        step_stores: Vec<(u32, ExprId, ExprId)>,
     },
     /// `out[ids[lane / row] * row + lane % row] += value` for lanes in order (scatter-add).
     ScatterAdd {

@@ -99,12 +99,13 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
             buf_of: HashMap::new(),
             symbols: &symbols,
             memo: HashMap::new(),
-            members: if grp.kind == GroupKind::Row {
-                grp.members.iter().copied().collect()
-            } else {
+            members: if grp.members.is_empty() {
                 HashSet::from([grp.root])
+            } else {
+                grp.members.iter().copied().collect()
             },
             acc: HashMap::new(),
+            carry: None,
         };
         for &o in &grp.outputs {
             l.buf(o);
@@ -144,6 +145,8 @@ struct Lower<'a> {
     members: HashSet<NodeIndex>,
     /// Reductions of a row kernel already computed, by phase.
     acc: HashMap<NodeIndex, u32>,
+    /// The scan whose value is the running state `Expr::Carry`.
+    carry: Option<NodeIndex>,
 }
 
 impl Lower<'_> {
@@ -213,6 +216,9 @@ impl Lower<'_> {
 
     /// The value of node `n` at multi-index `idx`: a load if it is in memory, else computed.
     fn value(&mut self, n: NodeIndex, idx: &[ExprId]) -> ExprId {
+        if self.carry == Some(n) {
+            return self.b.add(Expr::Carry, KType::Elem(DType::F32));
+        }
         if let Some(&j) = self.acc.get(&n) {
             let ty = self.elem(n);
             return self.b.add(Expr::Acc(j), ty);
@@ -369,20 +375,7 @@ impl Lower<'_> {
                 (lanes, Body::Pointwise { stores: vec![(out, v)] })
             }
             (GroupKind::Row, _) => self.row(grp),
-            (GroupKind::Scan, Op::Scan { axis, reverse }) => {
-                let out = self.buf(n);
-                let mut outer = s.clone();
-                outer.0.remove(*axis);
-                let lanes = self.numel(&outer);
-                let lane = self.b.add(Expr::Lane, KType::Index);
-                let mut idx = self.delinear(lane, &outer);
-                idx.insert(*axis, self.b.add(Expr::Step, KType::Index));
-                let a = self.value(ops[0], &idx);
-                let b = self.value(ops[1], &idx);
-                let index = self.linear(&idx, &s);
-                let inner = self.dim(&s.0[*axis]);
-                (lanes, Body::Scan { inner, reverse: *reverse, a, b, index, out })
-            }
+            (GroupKind::Scan, _) => self.scan(grp),
             (GroupKind::ScatterAdd, Op::ScatterAdd { rows }) => {
                 let out = self.buf(n);
                 let us = self.shape(ops[1]);
@@ -401,6 +394,80 @@ impl Lower<'_> {
             }
             (k, op) => unreachable!("group kind {k:?} for {}", op.name()),
         }
+    }
+
+    /// A scan, with (when fusion found one) its elementwise epilogue, a reduction over the
+    /// state axis and the elementwise work after it: Mamba's selective scan in one kernel.
+    fn scan(&mut self, grp: &Group) -> (ExprId, Body) {
+        let s_node = *grp.members.iter().find(|&&m| matches!(self.g.node(m).op, Op::Scan { .. })).expect("a scan");
+        let Op::Scan { axis, reverse } = self.g.node(s_node).op else { unreachable!() };
+        let sh = self.shape(s_node);
+        let red = grp.members.iter().copied().find(|&m| matches!(self.g.node(m).op, Op::Reduce { .. }));
+        let state_axis = red.map(|r| match self.g.node(r).op {
+            Op::Reduce { axis, .. } => axis,
+            _ => unreachable!(),
+        });
+        // Lanes: every axis but the scan axis and the state axis.
+        let lane_shape = Shape(
+            sh.0.iter()
+                .enumerate()
+                .filter(|(k, _)| *k != axis && Some(*k) != state_axis)
+                .map(|(_, d)| d.clone())
+                .collect(),
+        );
+        let lanes = self.numel(&lane_shape);
+        let lane = self.b.add(Expr::Lane, KType::Index);
+        let lane_idx = self.delinear(lane, &lane_shape);
+        let step = self.b.add(Expr::Step, KType::Index);
+        let state = self.b.add(Expr::State, KType::Index);
+        let zero = self.b.idx(0);
+        let mut idx = Vec::with_capacity(sh.rank());
+        let mut it = lane_idx.into_iter();
+        for k in 0..sh.rank() {
+            idx.push(if k == axis {
+                step
+            } else if Some(k) == state_axis {
+                state
+            } else {
+                it.next().expect("lane axes")
+            });
+        }
+        let states = state_axis.map_or(1, |n| sh.0[n].as_known().expect("fusion checks the state axis is known"));
+        let ops = self.g.operands(s_node);
+        let a = self.value(ops[0], &idx);
+        let b = self.value(ops[1], &idx);
+        self.carry = Some(s_node);
+        let mut state_stores = Vec::new();
+        let mut step_stores = Vec::new();
+        let mut reduce = None;
+        if let Some(r) = red {
+            let Op::Reduce { op, .. } = self.g.node(r).op else { unreachable!() };
+            let v = self.value(self.g.operands(r)[0], &idx);
+            reduce = Some((op, v));
+            self.acc.insert(r, 0);
+        }
+        for &o in &grp.outputs {
+            let buf = self.buf(o);
+            let os = self.shape(o);
+            if os == sh {
+                let index = self.linear(&idx, &sh);
+                let v = self.value(o, &idx);
+                state_stores.push((buf, index, v));
+            } else {
+                // A value after the state reduction: the reduced shape, or it without the state axis.
+                let n = state_axis.expect("only fused scans have other outputs");
+                let oidx: Vec<ExprId> = if os.rank() == sh.rank() {
+                    idx.iter().enumerate().map(|(k, &e)| if k == n { zero } else { e }).collect()
+                } else {
+                    idx.iter().enumerate().filter(|(k, _)| *k != n).map(|(_, &e)| e).collect()
+                };
+                let index = self.linear(&oidx, &os);
+                let v = self.value(o, &oidx);
+                step_stores.push((buf, index, v));
+            }
+        }
+        let inner = self.dim(&sh.0[axis]);
+        (lanes, Body::Scan { inner, reverse, states, a, b, state_stores, reduce, step_stores })
     }
 
     /// A row kernel: the reductions of the group in order, then its stored values.

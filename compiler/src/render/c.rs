@@ -78,6 +78,12 @@ pub fn render_kernel(k: &Kernel) -> String {
             let _ = writeln!(s, "    {o}[r * t{row_len} + t{col}] += t{value};");
             let _ = writeln!(s, "  }}");
         }
+        Body::Scan { .. } => {
+            let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 64)");
+            let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
+            render_scan(&d, k, &lv, &used, &mut s);
+            let _ = writeln!(s, "  }}");
+        }
         Body::Row { .. } => {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 256)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
@@ -88,7 +94,7 @@ pub fn render_kernel(k: &Kernel) -> String {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 2048)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
             declare(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
-            render_body(&d, k, body, &lv, &used, &mut s);
+            render_body(body, &mut s);
             let _ = writeln!(s, "  }}");
         }
     }
@@ -106,24 +112,14 @@ fn body_kind(b: &Body) -> &'static str {
     }
 }
 
-fn render_body(d: &C, k: &Kernel, body: &Body, lv: &[Level], used: &[bool], s: &mut String) {
+fn render_body(body: &Body, s: &mut String) {
     match body {
         Body::Pointwise { stores } => {
             for (buf, v) in stores {
                 let _ = writeln!(s, "    b{buf}[lane] = t{v};");
             }
         }
-        Body::Scan { inner, reverse, a, b, index, out } => {
-            let _ = writeln!(s, "    float h = 0.0f;");
-            let _ = writeln!(s, "    for (int64_t it = 0; it < t{inner}; it++) {{");
-            let step = if *reverse { format!("t{inner} - 1 - it") } else { "it".into() };
-            let _ = writeln!(s, "      const int64_t step = {step};");
-            declare(d, k, lv, used, Level::Step, "      ", s);
-            let _ = writeln!(s, "      h = t{a} * h + t{b};");
-            let _ = writeln!(s, "      b{out}[t{index}] = h;");
-            let _ = writeln!(s, "    }}");
-        }
-        Body::ScatterAdd { .. } | Body::Row { .. } => unreachable!("rendered by the caller"),
+        Body::ScatterAdd { .. } | Body::Row { .. } | Body::Scan { .. } => unreachable!("rendered by the caller"),
     }
 }
 
@@ -188,6 +184,55 @@ fn render_row(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     for (buf, value) in lane_stores {
         let _ = writeln!(s, "    b{buf}[lane] = t{value};");
     }
+}
+
+/// A scan's lane: the states of the lane advance together step by step; a reduction over
+/// the states (the selective scan's `sum_n h C`) and the step stores follow each step.
+fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
+    let Body::Scan { inner, reverse, states, a, b, state_stores, reduce, step_stores } = &k.body else {
+        unreachable!()
+    };
+    let ph = phases(k);
+    let mut done: Vec<bool> = lv.iter().map(|l| *l == Level::Kernel).collect();
+    declare_where(d, k, &|i| used[i] && lv[i] == Level::Lane && ph[i] == 0, &mut done, "    ", s);
+    let _ = writeln!(s, "    float h[{states}];");
+    let _ = writeln!(s, "    for (int64_t st = 0; st < {states}; st++) h[st] = 0.0f;");
+    let _ = writeln!(s, "    for (int64_t it = 0; it < t{inner}; it++) {{");
+    let step = if *reverse { format!("t{inner} - 1 - it") } else { "it".into() };
+    let _ = writeln!(s, "      const int64_t step = {step};");
+    let mut step_done = done.clone();
+    declare_where(d, k, &|i| used[i] && lv[i] == Level::Step && ph[i] == 0, &mut step_done, "      ", s);
+    let (acc_ty, init, update) = match reduce {
+        Some((ReduceOp::Sum, v)) => ("double", "0.0", format!("acc += (double)t{v};")),
+        Some((ReduceOp::Max, v)) => ("float", "-INFINITY", format!("acc = muse_fmax(acc, t{v});")),
+        Some((ReduceOp::Min, v)) => ("float", "INFINITY", format!("acc = muse_fmin(acc, t{v});")),
+        Some((op, _)) => unreachable!("{op:?} over scan states"),
+        None => ("double", "0.0", String::new()),
+    };
+    let _ = writeln!(s, "      {acc_ty} acc = {init}; (void)acc;");
+    let _ = writeln!(s, "      for (int64_t st = 0; st < {states}; st++) {{");
+    // a and b first, then the new h, then what reads it.
+    let need_ab = needed(k, &[*a, *b]);
+    let mut state_done = step_done.clone();
+    declare_where(d, k, &|i| need_ab[i] && lv[i] == Level::State && ph[i] == 0, &mut state_done, "        ", s);
+    let _ = writeln!(s, "        h[st] = t{a} * h[st] + t{b};");
+    declare_where(d, k, &|i| used[i] && lv[i] == Level::State && ph[i] == 0, &mut state_done, "        ", s);
+    for (buf, index, value) in state_stores {
+        let _ = writeln!(s, "        b{buf}[t{index}] = t{value};");
+    }
+    if !update.is_empty() {
+        let _ = writeln!(s, "        {update}");
+    }
+    let _ = writeln!(s, "      }}");
+    if let Some((_, v)) = reduce {
+        let _ =
+            writeln!(s, "      const {} r0 = ({})acc;", d.ty(k.exprs[*v as usize].ty), d.ty(k.exprs[*v as usize].ty));
+    }
+    declare_where(d, k, &|i| used[i] && lv[i] <= Level::Step && ph[i] == 1, &mut step_done, "      ", s);
+    for (buf, index, value) in step_stores {
+        let _ = writeln!(s, "      b{buf}[t{index}] = t{value};");
+    }
+    let _ = writeln!(s, "    }}");
 }
 
 /// The kernels as C translation units of at most `per_unit` kernels each, so that several

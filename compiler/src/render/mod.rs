@@ -25,8 +25,10 @@ pub enum Level {
     Kernel,
     /// Depends on the lane only.
     Lane,
-    /// Depends on the inner-loop step (or the scan carry).
+    /// Depends on the inner-loop step.
     Step,
+    /// Depends on the state of a scan (or its carry).
+    State,
 }
 
 /// The level of every expression of a kernel.
@@ -36,7 +38,8 @@ pub fn levels(k: &Kernel) -> Vec<Level> {
         let kids = children(&n.expr);
         let own = match n.expr {
             Expr::Lane | Expr::Acc(_) => Level::Lane,
-            Expr::Step | Expr::Carry => Level::Step,
+            Expr::Step => Level::Step,
+            Expr::State | Expr::Carry => Level::State,
             _ => Level::Kernel,
         };
         lv[i] = kids.iter().map(|&c| lv[c as usize]).fold(own, Level::max);
@@ -47,7 +50,7 @@ pub fn levels(k: &Kernel) -> Vec<Level> {
 /// Operands of an expression.
 pub fn children(e: &Expr) -> Vec<ExprId> {
     match e {
-        Expr::Const(_) | Expr::Lane | Expr::Step | Expr::Size(_) | Expr::Carry | Expr::Acc(_) => vec![],
+        Expr::Const(_) | Expr::Lane | Expr::Step | Expr::State | Expr::Size(_) | Expr::Carry | Expr::Acc(_) => vec![],
         Expr::Load { index, .. } => vec![*index],
         Expr::Index(_, a, b) | Expr::Binary(_, a, b) => vec![*a, *b],
         Expr::Unary(_, a) | Expr::Cast(a) => vec![*a],
@@ -90,7 +93,12 @@ pub fn used(k: &Kernel) -> Vec<bool> {
             roots.extend(elem_stores.iter().flat_map(|s| [s.1, s.2]));
             roots.extend(lane_stores.iter().map(|s| s.1));
         }
-        Body::Scan { inner, a, b, index, .. } => roots.extend([*inner, *a, *b, *index]),
+        Body::Scan { inner, a, b, state_stores, reduce, step_stores, .. } => {
+            roots.extend([*inner, *a, *b]);
+            roots.extend(state_stores.iter().flat_map(|s| [s.1, s.2]));
+            roots.extend(reduce.iter().map(|r| r.1));
+            roots.extend(step_stores.iter().flat_map(|s| [s.1, s.2]));
+        }
         Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
     }
     needed(k, &roots)
@@ -137,8 +145,9 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
         }
         Expr::Lane => "lane".into(),
         Expr::Step => "step".into(),
+        Expr::State => "st".into(),
         Expr::Size(s) => format!("sizes[{s}]"),
-        Expr::Carry => "h".into(),
+        Expr::Carry => "h[st]".into(),
         Expr::Acc(j) => format!("r{j}"),
         Expr::Load { buf, index } => format!("b{buf}[{}]", t(index)),
         Expr::Index(op, a, b) => match op {
