@@ -174,7 +174,7 @@ fn memory_plan_never_overlaps_live_values() {
         }
     }
     for r in &req {
-        dies.insert(*r, end);
+        dies.insert(prog.aliases.get(r).copied().unwrap_or(*r), end);
     }
     let planned: Vec<(NodeIndex, usize)> = mem.slot_of.iter().map(|(n, s)| (*n, *s)).collect();
     for (i, &(a, sa)) in planned.iter().enumerate() {

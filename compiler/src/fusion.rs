@@ -86,6 +86,9 @@ pub struct Group {
 pub struct FusionPlan {
     /// Materialized nodes and why.
     pub materialized: BTreeMap<NodeIndex, CutReason>,
+    /// Requested values that are contiguous views (reshapes) of a materialized value: they
+    /// are read from that value's buffer instead of being copied.
+    pub aliases: BTreeMap<NodeIndex, NodeIndex>,
     /// Kernels in an order that respects dependencies.
     pub groups: Vec<Group>,
 }
@@ -111,6 +114,45 @@ pub fn contiguous_strides(s: &Shape) -> Vec<Dim> {
     out
 }
 
+/// Strides of `out` viewing the same elements as `shape` with `strides`, when the reshape
+/// only merges or splits axes that are contiguous with each other (numpy's no-copy rule).
+pub fn reshape_strides(shape: &Shape, strides: &[Dim], out: &Shape) -> Option<Vec<Dim>> {
+    let ins: Vec<(Dim, Dim)> = shape.0.iter().cloned().zip(strides.iter().cloned()).filter(|(d, _)| !d.is(1)).collect();
+    let outs: Vec<usize> = (0..out.rank()).filter(|&k| !out.0[k].is(1)).collect();
+    let mut result = vec![Dim::known(0); out.rank()];
+    let (mut i, mut o) = (0, 0);
+    while i < ins.len() && o < outs.len() {
+        let (i0, o0) = (i, o);
+        let mut pi = ins[i].0.clone();
+        let mut po = out.0[outs[o]].clone();
+        i += 1;
+        o += 1;
+        while pi != po {
+            if po.div(&pi).is_some() && i < ins.len() {
+                pi = pi.mul(&ins[i].0)?;
+                i += 1;
+            } else if pi.div(&po).is_some() && o < outs.len() {
+                po = po.mul(&out.0[outs[o]])?;
+                o += 1;
+            } else {
+                return None;
+            }
+        }
+        // The merged input axes must be contiguous with each other.
+        for k in i0..i - 1 {
+            if ins[k].1 != ins[k + 1].1.mul(&ins[k + 1].0)? {
+                return None;
+            }
+        }
+        let mut acc = ins[i - 1].1.clone();
+        for k in (o0..o).rev() {
+            result[outs[k]] = acc.clone();
+            acc = acc.mul(&out.0[outs[k]])?;
+        }
+    }
+    (i == ins.len() && o == outs.len()).then_some(result)
+}
+
 /// `n` as a strided view of the first non-view node behind it, when its chain of views
 /// (reshapes of contiguous data, permutes, broadcasts, slices) allows; a GEMM then reads
 /// the base buffer directly instead of a copy.
@@ -128,12 +170,7 @@ pub fn strided_view(g: &Graph, n: NodeIndex) -> Option<StridedView> {
     for &v in chain.iter().rev() {
         let out = g.ty(v).shape.clone();
         match &g.node(v).op {
-            Op::Reshape { .. } => {
-                if strides != contiguous_strides(&shape) {
-                    return None;
-                }
-                strides = contiguous_strides(&out);
-            }
+            Op::Reshape { .. } => strides = reshape_strides(&shape, &strides, &out)?,
             Op::Permute { perm } => strides = perm.iter().map(|&p| strides[p].clone()).collect(),
             Op::Broadcast { .. } => {
                 for (k, st) in strides.iter_mut().enumerate() {
@@ -183,17 +220,14 @@ pub fn legality(
     }
 }
 
-/// Whether inlining a (legal) node is worth it: recomputing an elementwise op in several
-/// kernels costs more than one write and several reads, unless it is as cheap as a load.
-/// Views compute nothing: whether their source is written to memory is decided there.
-pub fn profitability(g: &Graph, n: NodeIndex) -> Result<(), CutReason> {
-    if is_cheap(g, n) || g.node(n).op.is_view() {
+/// Whether computing a (legal) node inside the kernels that consume it is worth it: yes
+/// when its value flows into a single kernel or it is as cheap as a load (constants, views);
+/// no when several kernels would each recompute it.
+pub fn profitability(g: &Graph, n: NodeIndex, consumer_kernels: usize) -> Result<(), CutReason> {
+    if is_cheap(g, n) || g.node(n).op.is_view() || consumer_kernels <= 1 {
         return Ok(());
     }
-    if consumers(g, n).len() > 1 {
-        return Err(CutReason::MultipleUsers);
-    }
-    Ok(())
+    Err(CutReason::MultipleUsers)
 }
 
 /// Constants, iotas and views of them cost no more to recompute than to load.
@@ -203,26 +237,6 @@ fn is_cheap(g: &Graph, n: NodeIndex) -> bool {
         op if op.is_view() && g.operands(n).len() == 1 => is_cheap(g, g.operands(n)[0]),
         _ => false,
     }
-}
-
-/// The non-view users of `n`, looking through views.
-fn consumers(g: &Graph, n: NodeIndex) -> HashSet<NodeIndex> {
-    let mut out = HashSet::new();
-    let mut stack = vec![n];
-    let mut seen = HashSet::new();
-    while let Some(v) = stack.pop() {
-        for u in g.users(v) {
-            if !seen.insert(u) {
-                continue;
-            }
-            if g.node(u).op.is_view() {
-                stack.push(u);
-            } else {
-                out.insert(u);
-            }
-        }
-    }
-    out
 }
 
 /// Shape of a reduction's input and its axis: the rows a row kernel iterates.
@@ -370,7 +384,16 @@ fn grow_scan(
 
 /// Plans the kernels that compute `requested` (and everything it depends on).
 pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
-    let requested: HashSet<NodeIndex> = requested.iter().copied().collect();
+    // A requested reshape of another value shares that value's buffer.
+    let mut aliases = BTreeMap::new();
+    for &n in requested {
+        if let Some(v) = strided_view(g, n) {
+            if v.base != n && v.offset == 0 && v.strides == contiguous_strides(&g.ty(n).shape) {
+                aliases.insert(n, v.base);
+            }
+        }
+    }
+    let requested: HashSet<NodeIndex> = requested.iter().map(|n| aliases.get(n).copied().unwrap_or(*n)).collect();
     // Only what the requested values depend on.
     let mut live = HashSet::new();
     let mut stack: Vec<NodeIndex> = requested.iter().copied().collect();
@@ -408,15 +431,18 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         }
     }
 
-    // What is written to memory.
+    // What is written to memory. Decided consumers first (reverse topological order): an
+    // elementwise value computed inside exactly one kernel stays there; one that would be
+    // recomputed by several kernels is written once.
     let mut materialized = BTreeMap::new();
-    for &n in &order {
+    let mut sinks: HashMap<NodeIndex, HashSet<Sink>> = HashMap::new();
+    for &n in order.iter().rev() {
         let reason = if let Some(&k) = row_of.get(&n) {
             let outside = g.users(n).iter().any(|u| live.contains(u) && row_of.get(u) != Some(&k));
             if requested.contains(&n) {
                 Some(CutReason::Requested)
             } else if outside {
-                Some(if matches!(g.node(n).op, Op::Reduce { .. }) {
+                Some(if matches!(g.node(n).op, Op::Reduce { .. } | Op::Scan { .. }) {
                     CutReason::AnchorResult
                 } else {
                     CutReason::ReadByAnotherKernel
@@ -425,11 +451,37 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
                 None
             }
         } else {
-            legality(g, n, &requested, &mm).and_then(|_| profitability_in(g, n, &row_of)).err()
+            legality(g, n, &requested, &mm).err()
         };
+        let mut here = HashSet::new();
+        if let Some(&k) = row_of.get(&n) {
+            here.insert(Sink::Group(k));
+        } else if reason.is_some() {
+            here.insert(Sink::Node(n));
+        } else {
+            for u in g.users(n) {
+                if !live.contains(&u) {
+                    continue;
+                }
+                match (row_of.get(&u), materialized.contains_key(&u)) {
+                    (Some(&k), _) => {
+                        here.insert(Sink::Group(k));
+                    }
+                    (None, true) => {
+                        here.insert(Sink::Node(u));
+                    }
+                    (None, false) => here.extend(sinks.get(&u).cloned().unwrap_or_default()),
+                }
+            }
+        }
+        let reason = reason.or_else(|| profitability(g, n, here.len()).err());
         if let Some(r) = reason {
             materialized.insert(n, r);
+            if !row_of.contains_key(&n) {
+                here = HashSet::from([Sink::Node(n)]);
+            }
         }
+        sinks.insert(n, here);
     }
 
     // Kernels: one per row group, one per other materialized value.
@@ -453,7 +505,7 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         groups.push(make_group(g, kind, vec![n], &materialized));
     }
     let groups = order_groups(groups);
-    FusionPlan { materialized, groups }
+    FusionPlan { materialized, aliases, groups }
 }
 
 /// A group from its members: what it writes, computes inline and reads.
@@ -523,19 +575,11 @@ fn order_groups(groups: Vec<Group>) -> Vec<Group> {
     out.into_iter().map(|i| slots[i].take().expect("each once")).collect()
 }
 
-/// Profitability where consumers inside one row kernel count as one.
-fn profitability_in(g: &Graph, n: NodeIndex, row_of: &HashMap<NodeIndex, usize>) -> Result<(), CutReason> {
-    if is_cheap(g, n) || g.node(n).op.is_view() {
-        return Ok(());
-    }
-    let mut kernels = HashSet::new();
-    for c in consumers(g, n) {
-        kernels.insert(row_of.get(&c).map_or(c.index() as i64, |&k| -1 - k as i64));
-    }
-    if kernels.len() > 1 {
-        return Err(CutReason::MultipleUsers);
-    }
-    Ok(())
+/// The kernel a value flows into: a fused group, or the kernel writing a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Sink {
+    Group(usize),
+    Node(NodeIndex),
 }
 
 impl FusionPlan {

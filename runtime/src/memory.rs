@@ -20,7 +20,7 @@ pub struct MemoryPlan {
 
 /// Plans the intermediates of `p` given each value's element count.
 pub fn plan(g: &Graph, p: &KernelProgram, requested: &[NodeIndex], len: &dyn Fn(NodeIndex) -> usize) -> MemoryPlan {
-    let keep: HashSet<NodeIndex> = requested.iter().copied().collect();
+    let keep: HashSet<NodeIndex> = requested.iter().map(|n| p.aliases.get(n).copied().unwrap_or(*n)).collect();
     let reads = |s: &Step| -> Vec<NodeIndex> {
         match s {
             Step::Kernel(k) => k.group.reads.clone(),

@@ -54,6 +54,8 @@ pub struct KernelProgram {
     pub symbols: Vec<String>,
     /// Every materialized value and why.
     pub materialized: BTreeMap<NodeIndex, CutReason>,
+    /// Requested values read from another value's buffer (see `FusionPlan::aliases`).
+    pub aliases: BTreeMap<NodeIndex, NodeIndex>,
 }
 
 /// Lowers a fusion plan of `g` to kernels.
@@ -123,7 +125,7 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
         let kernel = Kernel { name: format!("k{i}"), bufs, lanes, body, exprs: l.b.exprs };
         steps.push(Step::Kernel(LoweredKernel { kernel, buffers: l.bufs, group: grp.clone() }));
     }
-    KernelProgram { steps, symbols, materialized: plan.materialized.clone() }
+    KernelProgram { steps, symbols, materialized: plan.materialized.clone(), aliases: plan.aliases.clone() }
 }
 
 /// A short description of a node for comments: op and block path.

@@ -217,9 +217,12 @@ impl CpuProgram {
                 }
             }
         }
-        let value = |n: NodeIndex| match external.get(&n) {
-            Some(b) => b.to_host(shape_of(n)),
-            None => slots[plan.slot_of[&n]].to_host_prefix(shape_of(n)),
+        let value = |n: NodeIndex| {
+            let src = self.program.aliases.get(&n).copied().unwrap_or(n);
+            match external.get(&src) {
+                Some(b) => b.to_host(shape_of(n)),
+                None => slots[plan.slot_of[&src]].to_host_prefix(shape_of(n)),
+            }
         };
         Ok(self.requested.iter().map(|&n| (n, value(n))).collect())
     }

@@ -1,0 +1,82 @@
+//! Fusion structure: how many kernels common blocks become, and that every value written to
+//! memory says why. (Numerical equality with the interpreter is tests/cpu_backend.rs.)
+
+mod common;
+
+use muse_compiler::fusion::{self, GroupKind};
+use muse_compiler::ir::{NodeIndex, Op};
+use muse_compiler::kernel::{self, KernelProgram};
+use muse_compiler::Model;
+
+fn program(body: &str, decls: &str) -> (Model, KernelProgram) {
+    let src =
+        format!("import \"std/nn.muse\"\nimport \"std/mamba.muse\"\nmodel t {{\n{decls}\n{body}\n  output y\n}}\n");
+    let m = common::compile_one("fusion.muse", &src);
+    let req: Vec<NodeIndex> = m.graph.outputs.iter().map(|x| x.1).collect();
+    let plan = fusion::plan(&m.graph, &req);
+    let p = kernel::lower(&m.graph, &plan);
+    (m, p)
+}
+
+fn matmuls(m: &Model) -> usize {
+    m.graph.g.node_indices().filter(|&n| matches!(m.graph.node(n).op, Op::MatMul)).count()
+}
+
+#[test]
+fn elementwise_chains_are_one_kernel() {
+    let (_, p) = program("  y = exp(x) * 2.0 + tanh(x) - 1.0", "  input x: f32[B, 17, 33]");
+    assert_eq!(p.steps.len(), 1);
+}
+
+#[test]
+fn layernorm_and_softmax_are_one_kernel_each() {
+    let x = "  input x: f32[B, 16, 64]";
+    let (_, p) = program("  y = layernorm(x)", x);
+    assert!(p.steps.len() <= 2, "layernorm: {} kernels", p.steps.len());
+    let (_, p) = program("  y = softmax(x)", x);
+    assert_eq!(p.steps.len(), 1, "softmax");
+    let (_, p) = program("  y = rmsnorm(x) * 2.0", x);
+    assert_eq!(p.steps.len(), 1, "rmsnorm");
+}
+
+#[test]
+fn mamba_block_is_its_matmuls_plus_two() {
+    let (m, p) = program("  y = mamba(x) as mixer", "  input x: f32[B, 16, 64]");
+    let mm = matmuls(&m);
+    assert_eq!(mm, 4, "in_proj, x_proj, dt_proj, out_proj");
+    assert!(p.steps.len() <= mm + 2, "mamba block: {} kernels for {mm} matmuls", p.steps.len());
+}
+
+#[test]
+fn selective_scan_with_prologue_and_epilogue_is_one_kernel() {
+    let decls = "  input u: f32[B, 16, 32]\n  input dt: f32[B, 16, 32]\n  input z: f32[B, 16, 32]\n  input bm: f32[B, 16, 8]\n  input cm: f32[B, 16, 8]\n  param A_log: [32, 8] ~ zeros\n  param D: [32] ~ ones";
+    let body = "  y = (selective_scan(u, softplus(dt), -exp(A_log), bm, cm) + u * D) * silu(z)";
+    let (_, p) = program(body, decls);
+    assert_eq!(p.steps.len(), 1, "the selective scan, its prologue and epilogue");
+    let kernel::Step::Kernel(k) = &p.steps[0] else { panic!("a generated kernel") };
+    assert_eq!(k.group.kind, GroupKind::Scan);
+}
+
+#[test]
+fn every_value_in_memory_has_a_reason_and_every_kernel_reads_only_those() {
+    let m = common::compile_model("mamba_xattn_xz", &[]);
+    let d = muse_compiler::autodiff::differentiate(&m.graph, Default::default());
+    let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
+    req.extend(d.params.iter().map(|x| x.1));
+    let plan = fusion::plan(&d.graph, &req);
+    for g in &plan.groups {
+        for r in &g.reads {
+            assert!(plan.materialized.contains_key(r), "a kernel reads %{} which is not in memory", r.index());
+        }
+        for o in &g.outputs {
+            assert!(plan.materialized.contains_key(o));
+        }
+    }
+    // Every requested value is written by a kernel, is an input/parameter, or aliases one.
+    let written: std::collections::HashSet<NodeIndex> = plan.groups.iter().flat_map(|g| g.outputs.clone()).collect();
+    for r in &req {
+        let src = plan.aliases.get(r).copied().unwrap_or(*r);
+        let external = matches!(d.graph.node(src).op, Op::Input { .. } | Op::Param { .. });
+        assert!(written.contains(&src) || external, "requested %{} is never written", r.index());
+    }
+}
