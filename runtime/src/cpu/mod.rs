@@ -28,6 +28,31 @@ pub struct CpuProgram {
     requested: Vec<NodeIndex>,
 }
 
+/// The buffers of one run: inputs, parameters and the planned intermediates.
+pub struct Prepared {
+    sizes: Vec<i64>,
+    external: HashMap<NodeIndex, Buf>,
+    slots: Vec<Buf>,
+    ptrs: HashMap<NodeIndex, *mut c_void>,
+    /// Where the intermediates live.
+    pub plan: memory::MemoryPlan,
+    gemms: HashMap<usize, (Vec<usize>, Vec<usize>, Vec<isize>, Vec<isize>)>,
+    shapes: HashMap<NodeIndex, Vec<usize>>,
+    aliases: std::collections::BTreeMap<NodeIndex, NodeIndex>,
+}
+
+impl Prepared {
+    /// The current value of a requested or planned node.
+    pub fn read(&self, n: NodeIndex) -> HostTensor {
+        let shape = self.shapes[&n].clone();
+        let src = self.aliases.get(&n).copied().unwrap_or(n);
+        match self.external.get(&src) {
+            Some(b) => b.to_host(shape),
+            None => self.slots[self.plan.slot_of[&src]].to_host_prefix(shape),
+        }
+    }
+}
+
 enum Buf {
     F(Vec<f32>),
     I(Vec<i32>),
@@ -121,12 +146,27 @@ impl CpuProgram {
         inputs: &HashMap<String, HostTensor>,
         params: &HashMap<String, HostTensor>,
         seed: u64,
-        mut observe: Option<&mut dyn FnMut(usize, NodeIndex, HostTensor) -> bool>,
+        observe: Option<&mut dyn FnMut(usize, NodeIndex, HostTensor) -> bool>,
     ) -> Result<HashMap<NodeIndex, HostTensor>, RunError> {
+        let mut prep = self.prepare(g, inputs, params)?;
+        self.launch(&mut prep, seed, observe);
+        Ok(self.requested.iter().map(|&n| (n, prep.read(n))).collect())
+    }
+
+    /// Allocates and fills the buffers of a run (inputs, parameters, planned intermediates).
+    pub fn prepare(
+        &self,
+        g: &Graph,
+        inputs: &HashMap<String, HostTensor>,
+        params: &HashMap<String, HostTensor>,
+    ) -> Result<Prepared, RunError> {
         let bindings = bind_inputs(g, inputs)?;
         check_params(g, params)?;
         let sizes: Vec<i64> = self.program.symbols.iter().map(|s| bindings.0[s]).collect();
-        let shape_of = |n: NodeIndex| bindings.shape(&g.ty(n).shape).expect("symbols are bound");
+        let mut shapes: HashMap<NodeIndex, Vec<usize>> = HashMap::new();
+        let mut shape_of = |n: NodeIndex| -> Vec<usize> {
+            shapes.entry(n).or_insert_with(|| bindings.shape(&g.ty(n).shape).expect("symbols are bound")).clone()
+        };
         // Inputs and parameters get buffers of their own; intermediates share planned slots.
         let mut external: HashMap<NodeIndex, Buf> = HashMap::new();
         for &n in self.program.materialized.keys() {
@@ -136,37 +176,63 @@ impl CpuProgram {
                 _ => None,
             };
         }
-        let len = |n: NodeIndex| shape_of(n).iter().product::<usize>();
-        let plan = memory::plan(g, &self.program, &self.requested, &len);
+        let lens: HashMap<NodeIndex, usize> =
+            g.g.node_indices().map(|n| (n, shape_of(n).iter().product::<usize>())).collect();
+        let plan = memory::plan(g, &self.program, &self.requested, &|n| lens[&n]);
         let mut slots: Vec<Buf> = plan.slots.iter().map(|(d, n)| Buf::zeros(*d, *n)).collect();
         let slot_ptrs: Vec<*mut c_void> = slots.iter_mut().map(Buf::ptr).collect();
         let mut ptrs: HashMap<NodeIndex, *mut c_void> = external.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
         for (n, &k) in &plan.slot_of {
             ptrs.insert(*n, slot_ptrs[k]);
         }
+        let resolve = |v: &muse_compiler::fusion::StridedView| -> Vec<isize> {
+            v.strides.iter().map(|d| d.eval(&|s| bindings.0.get(s).copied()).expect("bound") as isize).collect()
+        };
+        let mut gemms = HashMap::new();
+        for (i, step) in self.program.steps.iter().enumerate() {
+            if let Step::MatMul(m) = step {
+                gemms.insert(i, (shape_of(m.a), shape_of(m.b), resolve(&m.a_view), resolve(&m.b_view)));
+            }
+        }
+        let mut all_shapes = HashMap::new();
+        for n in self.requested.iter().chain(plan.slot_of.keys()) {
+            all_shapes.insert(*n, shape_of(*n));
+        }
+        Ok(Prepared {
+            sizes,
+            external,
+            slots,
+            ptrs,
+            plan,
+            gemms,
+            shapes: all_shapes,
+            aliases: self.program.aliases.clone(),
+        })
+    }
+
+    /// Runs every step over prepared buffers; `observe` as in [`CpuProgram::run_observed`].
+    pub fn launch(
+        &self,
+        prep: &mut Prepared,
+        seed: u64,
+        mut observe: Option<&mut dyn FnMut(usize, NodeIndex, HostTensor) -> bool>,
+    ) {
         for (i, (step, f)) in self.program.steps.iter().zip(&self.fns).enumerate() {
             match step {
                 Step::Kernel(k) => {
-                    let mut args: Vec<*mut c_void> = k.buffers.iter().map(|n| ptrs[n]).collect();
+                    let mut args: Vec<*mut c_void> = k.buffers.iter().map(|n| prep.ptrs[n]).collect();
                     let f = f.expect("kernel steps have functions");
                     // SAFETY: each pointer is a live buffer of the element type and size the
-                    // kernel was generated for; the kernel writes only its output buffer.
-                    unsafe { f(args.as_mut_ptr(), sizes.as_ptr(), seed) };
+                    // kernel was generated for; the kernel writes only its output buffers.
+                    unsafe { f(args.as_mut_ptr(), prep.sizes.as_ptr(), seed) };
                 }
                 Step::MatMul(m) => {
-                    let (sa, sb) = (shape_of(m.a), shape_of(m.b));
+                    let (sa, sb, ta, tb) = &prep.gemms[&i];
                     let r = sa.len();
                     let (rows, inner, cols) = (sa[r - 2], sa[r - 1], sb[r - 1]);
-                    let resolve = |v: &muse_compiler::fusion::StridedView| -> Vec<isize> {
-                        v.strides
-                            .iter()
-                            .map(|d| d.eval(&|s| bindings.0.get(s).copied()).expect("bound") as isize)
-                            .collect()
-                    };
-                    let (ta, tb) = (resolve(&m.a_view), resolve(&m.b_view));
-                    let a0 = ptrs[&m.a_view.base] as *const f32;
-                    let b0 = ptrs[&m.b_view.base] as *const f32;
-                    let o = ptrs[&m.out] as *mut f32;
+                    let a0 = prep.ptrs[&m.a_view.base] as *const f32;
+                    let b0 = prep.ptrs[&m.b_view.base] as *const f32;
+                    let o = prep.ptrs[&m.out] as *mut f32;
                     let batch_shape = &sa[..r - 2];
                     let batch: usize = batch_shape.iter().product();
                     for t in 0..batch {
@@ -211,19 +277,10 @@ impl CpuProgram {
                     Step::Kernel(k) => k.group.outputs.clone(),
                     Step::MatMul(m) => vec![m.out],
                 };
-                if !outs.into_iter().all(|out| observe(i, out, slots[plan.slot_of[&out]].to_host_prefix(shape_of(out))))
-                {
+                if !outs.into_iter().all(|out| observe(i, out, prep.read(out))) {
                     break;
                 }
             }
         }
-        let value = |n: NodeIndex| {
-            let src = self.program.aliases.get(&n).copied().unwrap_or(n);
-            match external.get(&src) {
-                Some(b) => b.to_host(shape_of(n)),
-                None => slots[plan.slot_of[&src]].to_host_prefix(shape_of(n)),
-            }
-        };
-        Ok(self.requested.iter().map(|&n| (n, value(n))).collect())
     }
 }
