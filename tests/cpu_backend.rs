@@ -226,3 +226,28 @@ fn validate_mode_names_the_first_differing_kernel() {
     assert_eq!(mm.step, 0);
     assert_eq!(strict.checked, 1, "validation stops at the first mismatch");
 }
+
+/// The vectorizable exp of the C prelude against the interpreter's, element by element,
+/// over the whole f32 range it covers (underflow to 0, overflow to infinity, NaN kept).
+#[test]
+fn fast_exp_is_accurate_elementwise() {
+    let m = common::compile_one("exp.muse", "model e {\n  input x: f32[4099]\n  output y = exp(x)\n}\n");
+    let p = CpuProgram::compile(&m.graph, &[m.graph.outputs[0].1], &settings()).unwrap();
+    let xs: Vec<f64> = (0..4096).map(|i| -104.0 + 193.0 * i as f64 / 4095.0).chain([f64::NAN, -200.0, 200.0]).collect();
+    let inputs = [("x".to_string(), HostTensor::f(&[4099], xs.iter().map(|&x| x as f32 as f64).collect()))].into();
+    let ours = p.run(&m.graph, &inputs, &Default::default(), 0).unwrap();
+    let got = ours[&m.graph.outputs[0].1].to_f64();
+    for (x, y) in xs.iter().zip(&got) {
+        let want = (*x as f32).exp() as f64;
+        if x.is_nan() {
+            assert!(y.is_nan());
+        } else if want == 0.0 || want.is_infinite() {
+            assert_eq!(*y, want, "exp({x})");
+        } else if want < 1.2e-38 {
+            // Subnormal results carry fewer bits: compare absolutely.
+            assert!((y - want).abs() < 1e-44, "exp({x}) = {y}, want {want}");
+        } else {
+            assert!(((y - want) / want).abs() < 3e-7, "exp({x}) = {y}, want {want}");
+        }
+    }
+}

@@ -201,7 +201,14 @@ impl Lower<'_> {
         for k in (0..s.rank()).rev() {
             let size = self.dim(&s.0[k]);
             let q = self.b.iop(IndexOp::Div, lin, stride);
-            out[k] = if s.0[k].is(1) { self.b.idx(0) } else { self.b.iop(IndexOp::Rem, q, size) };
+            // The outermost index needs no `%`: a linear index in range is below the total size.
+            out[k] = if s.0[k].is(1) {
+                self.b.idx(0)
+            } else if k == 0 {
+                q
+            } else {
+                self.b.iop(IndexOp::Rem, q, size)
+            };
             stride = self.b.iop(IndexOp::Mul, stride, size);
         }
         out

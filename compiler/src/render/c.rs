@@ -20,6 +20,9 @@ impl Dialect for C {
             KType::Index => "int64_t",
         }
     }
+    fn fast_exp(&self) -> String {
+        "muse_expf".into()
+    }
 }
 
 /// Helpers every C file starts with; `muse_key`, `muse_uniform` and `muse_normal` are the
@@ -39,6 +42,29 @@ static inline double muse_uniform(uint64_t key, uint64_t i) { return (double)(mu
 static inline double muse_normal(uint64_t key, uint64_t i) {
   double u1 = 1.0 - muse_uniform(key, 2 * i), u2 = muse_uniform(key, 2 * i + 1);
   return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+/* exp that the compiler can vectorize (Cephes' expf: range reduction and a degree-5
+   polynomial, within 2 ulp); libm's expf is a call per element. */
+static inline float muse_expf(float x) {
+  float c = fminf(fmaxf(x, -104.0f), 88.8f);
+  float fx = floorf(c * 1.44269504088896341f + 0.5f);
+  float r = c - fx * 0.693359375f;
+  r = r - fx * -2.12194440e-4f;
+  float z = r * r;
+  float y = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
+             + 1.6666665459e-1f) * r + 5.0000001201e-1f;
+  y = y * z + r + 1.0f;
+  /* 2^n as two factors, so that n = 128 and the subnormal range stay representable. */
+  int32_t n = (int32_t)fx, h = n / 2;
+  int32_t b1 = (h + 127) << 23, b2 = (n - h + 127) << 23;
+  float p1, p2;
+  memcpy(&p1, &b1, sizeof p1);
+  memcpy(&p2, &b2, sizeof p2);
+  float v = y * p1 * p2;
+  v = x > 88.72283935546875f ? INFINITY : v;
+  v = x < -103.972084f ? 0.0f : v;
+  v = x != x ? x : v;
+  return v;
 }
 static inline float muse_fmax(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
 static inline float muse_fmin(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
@@ -135,32 +161,50 @@ fn render_row(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     declare_where(d, k, &|i| lane_ready(i, 0), &mut done, "    ", s);
     for (j, (op, value)) in reductions.iter().enumerate() {
         let out_ty = k.exprs[*value as usize].ty;
-        let (acc_ty, init, update) = match op {
-            ReduceOp::Sum if out_ty == KType::Elem(DType::I32) => {
-                ("int64_t", "0".to_string(), format!("acc += t{value};"))
-            }
-            ReduceOp::Sum => ("double", "0.0".to_string(), format!("acc += (double)t{value};")),
-            ReduceOp::Max => ("float", "-INFINITY".into(), format!("acc = muse_fmax(acc, t{value});")),
-            ReduceOp::Min => ("float", "INFINITY".into(), format!("acc = muse_fmin(acc, t{value});")),
-            ReduceOp::ArgMax | ReduceOp::ArgMin => {
-                let cmp = if *op == ReduceOp::ArgMax { ">" } else { "<" };
-                (
-                    "float",
-                    "0.0f".into(),
-                    format!("if (step == 0 || t{value} {cmp} acc) {{ acc = t{value}; best = step; }}"),
-                )
-            }
+        let need = needed(k, &[*value]);
+        let int = out_ty == KType::Elem(DType::I32);
+        // Sums, maxima and minima keep 16 partial results (a fixed order, so results are
+        // deterministic) that the compiler can hold in vector registers; argmax is sequential.
+        let (acc_ty, init, combine): (&str, &str, &dyn Fn(&str, &str) -> String) = match op {
+            ReduceOp::Sum if int => ("int64_t", "0", &|a, v| format!("{a} += {v};")),
+            ReduceOp::Sum => ("double", "0.0", &|a, v| format!("{a} += (double){v};")),
+            ReduceOp::Max => ("float", "-INFINITY", &|a, v| format!("{a} = muse_fmax({a}, {v});")),
+            ReduceOp::Min => ("float", "INFINITY", &|a, v| format!("{a} = muse_fmin({a}, {v});")),
+            ReduceOp::ArgMax | ReduceOp::ArgMin => ("float", "0.0f", &|_, _| String::new()),
         };
         let _ = writeln!(s, "    {acc_ty} acc{j} = {init}; int64_t best{j} = 0; (void)best{j};");
         let _ = writeln!(s, "    {{");
-        let _ = writeln!(s, "      {acc_ty} acc = acc{j}; int64_t best = 0; (void)best;");
-        let _ = writeln!(s, "      for (int64_t step = 0; step < t{inner}; step++) {{");
-        let need = needed(k, &[*value]);
-        let mut local = done.clone();
-        declare_where(d, k, &|i| need[i] && lv[i] == Level::Step, &mut local, "        ", s);
-        let _ = writeln!(s, "        {update}");
-        let _ = writeln!(s, "      }}");
-        let _ = writeln!(s, "      acc{j} = acc; best{j} = best;");
+        if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) {
+            let cmp = if *op == ReduceOp::ArgMax { ">" } else { "<" };
+            let _ = writeln!(s, "      float acc = acc{j}; int64_t best = 0;");
+            let _ = writeln!(s, "      for (int64_t step = 0; step < t{inner}; step++) {{");
+            let mut local = done.clone();
+            declare_where(d, k, &|i| need[i] && lv[i] == Level::Step, &mut local, "        ", s);
+            let _ = writeln!(s, "        if (step == 0 || t{value} {cmp} acc) {{ acc = t{value}; best = step; }}");
+            let _ = writeln!(s, "      }}");
+            let _ = writeln!(s, "      acc{j} = acc; best{j} = best;");
+        } else {
+            let _ = writeln!(s, "      {acc_ty} part[16];");
+            let _ = writeln!(s, "      for (int q = 0; q < 16; q++) part[q] = {init};");
+            let _ = writeln!(s, "      int64_t s0 = 0;");
+            let _ = writeln!(s, "      for (; s0 + 16 <= t{inner}; s0 += 16) {{");
+            let _ = writeln!(s, "        for (int q = 0; q < 16; q++) {{");
+            let _ = writeln!(s, "          const int64_t step = s0 + q;");
+            let mut local = done.clone();
+            declare_where(d, k, &|i| need[i] && lv[i] == Level::Step, &mut local, "          ", s);
+            let _ = writeln!(s, "          {}", combine("part[q]", &format!("t{value}")));
+            let _ = writeln!(s, "        }}");
+            let _ = writeln!(s, "      }}");
+            let _ = writeln!(s, "      for (; s0 < t{inner}; s0++) {{");
+            let _ = writeln!(s, "        const int64_t step = s0;");
+            let mut local = done.clone();
+            declare_where(d, k, &|i| need[i] && lv[i] == Level::Step, &mut local, "        ", s);
+            let _ = writeln!(s, "        {}", combine("part[0]", &format!("t{value}")));
+            let _ = writeln!(s, "      }}");
+            let _ = writeln!(s, "      {acc_ty} acc = part[0];");
+            let _ = writeln!(s, "      for (int q = 1; q < 16; q++) {}", combine("acc", "part[q]"));
+            let _ = writeln!(s, "      acc{j} = acc;");
+        }
         let _ = writeln!(s, "    }}");
         let result = match op {
             ReduceOp::ArgMax | ReduceOp::ArgMin => format!("(int32_t)best{j}"),

@@ -16,6 +16,10 @@ pub trait Dialect {
     fn math(&self, f: &'static str) -> String {
         format!("{f}f")
     }
+    /// The exponential used for f32 (a vectorizable one where libm's is a scalar call).
+    fn fast_exp(&self) -> String {
+        self.math("exp")
+    }
 }
 
 /// Where an expression is evaluated: once per kernel, per lane, or per step of the inner loop.
@@ -167,6 +171,7 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
                 (UnaryOp::Abs, false) => format!("{0} < 0 ? -{0} : {0}", t(a)),
                 (UnaryOp::Abs, true) => format!("{}({})", d.math("fabs"), t(a)),
                 (UnaryOp::Rsqrt, _) => format!("1.0f / {}({})", d.math("sqrt"), t(a)),
+                (UnaryOp::Exp, true) => format!("{}({})", d.fast_exp(), t(a)),
                 (UnaryOp::Recip, _) => format!("1.0f / {}", t(a)),
                 (u, _) => format!("{}({})", d.math(u.name()), t(a)),
             }

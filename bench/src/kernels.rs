@@ -1,0 +1,114 @@
+//! CPU backend benchmarks, the muse side of bench/run.sh: (a) a fused elementwise chain
+//! over 16M floats against measured copy bandwidth, (b) layernorm and softmax, (c) the
+//! Mamba block forward+backward, (d) forward+backward of muse_small and mamba_xattn_xz.
+//! Prints one JSON object per line: {"case": ..., "ms": median, "note": ...}.
+//!
+//! `cargo run --release -p muse-bench --bin kernels [REPEATS]`
+
+use muse_compiler::autodiff::{differentiate, Wrt};
+use muse_compiler::ir::{Graph, NodeIndex};
+use muse_compiler::{compile_path, compile_source, Model, Options};
+use muse_runtime::cpu::compile::CompilerSettings;
+use muse_runtime::cpu::CpuProgram;
+use muse_runtime::inputs::random_inputs;
+use muse_runtime::{init_params, Precision};
+use std::time::Instant;
+
+fn model_src(src: &str) -> Model {
+    let c = compile_source("bench.muse", src, &Options::default());
+    c.result.unwrap_or_else(|d| panic!("{}", d.render(&c.sources))).remove(0)
+}
+
+fn model_file(name: &str, sets: &[(&str, &str)]) -> Model {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(format!("{name}.muse"));
+    let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
+    let c = compile_path(&path, &opts);
+    c.result.unwrap_or_else(|d| panic!("{}", d.render(&c.sources))).remove(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median milliseconds of `launch` over prepared buffers (compilation and copies excluded).
+fn time_program(g: &Graph, requested: &[NodeIndex], batch: usize, repeats: usize) -> (f64, usize) {
+    let p = CpuProgram::compile(g, requested, &CompilerSettings::default()).expect("compiles");
+    let inputs = random_inputs(g, batch, 1);
+    let params = init_params(g, 1, Precision::F32).expect("initialises");
+    let mut prep = p.prepare(g, &inputs, &params).expect("prepares");
+    p.launch(&mut prep, 0, None); // warm-up
+    let ms = (0..repeats)
+        .map(|_| {
+            let t = Instant::now();
+            p.launch(&mut prep, 0, None);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    (median(ms), p.launches())
+}
+
+fn emit(case: &str, ms: f64, note: &str) {
+    println!("{{\"case\": \"{case}\", \"impl\": \"muse\", \"ms\": {ms:.4}, \"note\": \"{note}\"}}");
+}
+
+fn fwd_bwd(m: &Model) -> (Graph, Vec<NodeIndex>) {
+    let d = differentiate(&m.graph, Wrt::default());
+    let mut req = vec![d.loss];
+    req.extend(d.params.iter().map(|x| x.1));
+    (d.graph, req)
+}
+
+fn main() {
+    let repeats: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+
+    // (a) copy bandwidth with every core, then the fused chain.
+    let n = 16 * 1024 * 1024;
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let copy_ms = median(
+        (0..repeats)
+            .map(|_| {
+                let t = Instant::now();
+                std::thread::scope(|s| {
+                    let chunk = n.div_ceil(threads);
+                    for (d, x) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                        s.spawn(move || d.copy_from_slice(x));
+                    }
+                });
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    let gbs = |ms: f64| 2.0 * n as f64 * 4.0 / (ms * 1e-3) / 1e9;
+    emit("copy_16M", copy_ms, &format!("{:.1} GB/s read+write, {threads} threads", gbs(copy_ms)));
+    let chain = model_src("model c {\n  input x: f32[16777216]\n  output y = (x * 1.5 + 0.5) * x - 0.25\n}\n");
+    let (ms, k) = time_program(&chain.graph, &[chain.graph.outputs[0].1], 1, repeats);
+    emit("elementwise_16M", ms, &format!("{:.1} GB/s, {:.0}% of copy, {k} kernel", gbs(ms), 100.0 * copy_ms / ms));
+
+    // (b) layernorm and softmax over [8192, 1024].
+    for (case, body) in [("layernorm_8192x1024", "layernorm(x)"), ("softmax_8192x1024", "softmax(x)")] {
+        let m = model_src(&format!(
+            "import \"std/nn.muse\"\nmodel n {{\n  input x: f32[8192, 1024]\n  output y = {body}\n}}\n"
+        ));
+        let (ms, k) = time_program(&m.graph, &[m.graph.outputs[0].1], 1, repeats);
+        emit(case, ms, &format!("{k} kernels"));
+    }
+
+    // (c) the Mamba block forward+backward: batch 8, 64 tokens, width 128, state 16.
+    let mb = model_src(
+        "import \"std/mamba.muse\"\nmodel mb {\n  input x: f32[B, 64, 128]\n  input r: f32[B, 64, 128]\n  y = mamba(x) as mixer\n  loss l = sum(y * r)\n}\n",
+    );
+    let (g, req) = fwd_bwd(&mb);
+    let (ms, k) = time_program(&g, &req, 8, repeats);
+    emit("mamba_block_fwd_bwd", ms, &format!("{k} launches"));
+
+    // (d) forward+backward of two models at their default configs, batch 8.
+    for name in ["muse_small", "mamba_xattn_xz"] {
+        let m = model_file(name, &[]);
+        let (g, req) = fwd_bwd(&m);
+        let (ms, k) = time_program(&g, &req, 8, repeats.min(10));
+        emit(&format!("{name}_fwd_bwd"), ms, &format!("{k} launches, batch 8"));
+    }
+}
