@@ -165,13 +165,14 @@ fn render_row(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         let int = out_ty == KType::Elem(DType::I32);
         // Sums, maxima and minima keep 16 partial results (a fixed order, so results are
         // deterministic) that the compiler can hold in vector registers; argmax is sequential.
-        let (acc_ty, init, combine): (&str, &str, &dyn Fn(&str, &str) -> String) = match op {
-            ReduceOp::Sum if int => ("int64_t", "0", &|a, v| format!("{a} += {v};")),
-            ReduceOp::Sum => ("double", "0.0", &|a, v| format!("{a} += (double){v};")),
-            ReduceOp::Max => ("float", "-INFINITY", &|a, v| format!("{a} = muse_fmax({a}, {v});")),
-            ReduceOp::Min => ("float", "INFINITY", &|a, v| format!("{a} = muse_fmin({a}, {v});")),
-            ReduceOp::ArgMax | ReduceOp::ArgMin => ("float", "0.0f", &|_, _| String::new()),
+        let (acc_ty, init) = match op {
+            ReduceOp::Sum if int => ("int64_t", "0"),
+            ReduceOp::Sum => ("double", "0.0"),
+            ReduceOp::Max => ("float", "-INFINITY"),
+            ReduceOp::Min => ("float", "INFINITY"),
+            ReduceOp::ArgMax | ReduceOp::ArgMin => ("float", "0.0f"),
         };
+        let combine = |a: &str, v: &str| combine_text(*op, int, a, v);
         let _ = writeln!(s, "    {acc_ty} acc{j} = {init}; int64_t best{j} = 0; (void)best{j};");
         let _ = writeln!(s, "    {{");
         if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) {
@@ -277,6 +278,17 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         let _ = writeln!(s, "      b{buf}[t{index}] = t{value};");
     }
     let _ = writeln!(s, "    }}");
+}
+
+/// `a = a (op) v` in C for a sum, maximum or minimum.
+fn combine_text(op: ReduceOp, int: bool, a: &str, v: &str) -> String {
+    match op {
+        ReduceOp::Sum if int => format!("{a} += {v};"),
+        ReduceOp::Sum => format!("{a} += (double){v};"),
+        ReduceOp::Max => format!("{a} = muse_fmax({a}, {v});"),
+        ReduceOp::Min => format!("{a} = muse_fmin({a}, {v});"),
+        ReduceOp::ArgMax | ReduceOp::ArgMin => unreachable!("argmax is sequential"),
+    }
 }
 
 /// The kernels as C translation units of at most `per_unit` kernels each, so that several
