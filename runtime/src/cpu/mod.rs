@@ -28,6 +28,10 @@ pub struct CpuProgram {
     requested: Vec<NodeIndex>,
 }
 
+/// Resolved shapes and strides of one GEMM step: left shape, right shape, left strides,
+/// right strides.
+type GemmShape = (Vec<usize>, Vec<usize>, Vec<isize>, Vec<isize>);
+
 /// The buffers of one run: inputs, parameters and the planned intermediates.
 pub struct Prepared {
     sizes: Vec<i64>,
@@ -36,7 +40,7 @@ pub struct Prepared {
     ptrs: HashMap<NodeIndex, *mut c_void>,
     /// Where the intermediates live.
     pub plan: memory::MemoryPlan,
-    gemms: HashMap<usize, (Vec<usize>, Vec<usize>, Vec<isize>, Vec<isize>)>,
+    gemms: HashMap<usize, GemmShape>,
     shapes: HashMap<NodeIndex, Vec<usize>>,
     aliases: std::collections::BTreeMap<NodeIndex, NodeIndex>,
 }
