@@ -46,8 +46,11 @@ static inline double muse_normal(uint64_t key, uint64_t i) {
 /* exp that the compiler can vectorize (Cephes' expf: range reduction and a degree-5
    polynomial, within 2 ulp); libm's expf is a call per element. */
 static inline float muse_expf(float x) {
-  float c = fminf(fmaxf(x, -104.0f), 88.8f);
-  float fx = floorf(c * 1.44269504088896341f + 0.5f);
+  /* Plain compares and the 1.5*2^23 rounding trick: floorf and fminf would stop GCC from
+     vectorizing (they must honour errno-free IEEE corner cases it will not assume). */
+  float c = x < -104.0f ? -104.0f : (x > 88.8f ? 88.8f : x);
+  c = x != x ? 0.0f : c;
+  float fx = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = c - fx * 0.693359375f;
   r = r - fx * -2.12194440e-4f;
   float z = r * r;
