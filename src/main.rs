@@ -72,6 +72,9 @@ enum Command {
         /// Batch size for the byte and FLOP counts.
         #[arg(long, default_value_t = 8)]
         batch: i64,
+        /// Also write one self-contained HTML page with the kernels drawn as a graph.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         opts: ModelOpts,
     },
@@ -287,6 +290,7 @@ fn inspect_model(
     only: Option<usize>,
     emit: Option<&str>,
     batch: i64,
+    html: Option<&Path>,
 ) -> Result<String, String> {
     use muse_compiler::kernel::Step;
     let (graph, requested) = if backward {
@@ -335,6 +339,12 @@ fn inspect_model(
         return Ok(out);
     }
     let mut rows = muse_compiler::inspect::rows(&graph, &program, Some(sources), batch);
+    if let Some(path) = html {
+        let title = format!("{} ({})", m.name, if backward { "forward + backward" } else { "forward" });
+        let page = muse_compiler::inspect::html(&title, &graph, &program, &rows, sources);
+        std::fs::write(path, page).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(k) = only {
         rows.retain(|r| r.id == k);
     }
@@ -440,7 +450,7 @@ fn main() -> ExitCode {
             }
             write_stdout(&text)
         }
-        Command::Inspect { file, backward, kernel, emit, batch, opts } => {
+        Command::Inspect { file, backward, kernel, emit, batch, html, opts } => {
             let verbose = opts.verbose;
             let opts = match options(&opts) {
                 Ok(o) => o,
@@ -454,7 +464,7 @@ fn main() -> ExitCode {
             };
             let mut text = String::new();
             for m in &models {
-                match inspect_model(m, &c.sources, backward, kernel, emit.as_deref(), batch) {
+                match inspect_model(m, &c.sources, backward, kernel, emit.as_deref(), batch, html.as_deref()) {
                     Ok(t) => text.push_str(&t),
                     Err(e) => {
                         eprintln!("error: {e}");

@@ -140,3 +140,37 @@ fn run_grad_and_backward_graph() {
     assert_eq!(code, 1);
     assert!(err.contains("no/such.safetensors"), "{err}");
 }
+
+#[test]
+fn inspect_table_and_html_page() {
+    let (code, out, err) = muse(&["inspect", "models/mamba_xattn_xz.muse", "--set", "depth=1"]);
+    assert_eq!(code, 0, "{err}");
+    let kernels = out
+        .lines()
+        .filter(|l| l.trim_start().split_whitespace().nth(1).is_some_and(|k| k == "gemm" || k.starts_with('k')))
+        .count();
+    assert!(out.contains(&format!("{kernels} kernels; values written to memory, by reason:")), "{out}");
+    assert!(out.contains(" scan ") && out.contains(" row ") && out.contains("memory at batch 8"), "{out}");
+    let dir = std::env::temp_dir().join(format!("muse-html-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("p.html");
+    let (code, _, err) =
+        muse(&["inspect", "models/mamba_xattn_xz.muse", "--set", "depth=1", "--html", page.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<svg"));
+    assert_eq!(html.matches("<g class=\"kernel ").count(), kernels, "one box per kernel");
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "self-contained");
+    // The embedded data cannot close its script element early.
+    let data = html.split("<script id=\"kernels\" type=\"application/json\">").nth(1).unwrap();
+    let data = data.split("</script>").next().unwrap();
+    assert!(data.starts_with('[') && data.ends_with(']') && !data.contains('<'));
+    let (code, out, _) =
+        muse(&["inspect", "models/mamba_xattn_xz.muse", "--set", "depth=1", "--kernel", "1", "--emit", "c"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("void k1(void **bufs, const int64_t *sizes, uint64_t seed)"), "{out}");
+    let (code, _, err) = muse(&["inspect", "models/mamba_xattn_xz.muse", "--emit", "cuda"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("CUDA renderer is not built yet"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -183,3 +183,227 @@ pub fn table(rows: &[KernelRow], p: &KernelProgram) -> String {
     }
     s
 }
+
+fn js_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // Keeps `</script>` and `<!--` out of the embedded data.
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// One self-contained HTML page: the kernels drawn as a graph (one coloured box per kernel,
+/// arrows for the buffers between them, layered by dependency depth); clicking a kernel shows
+/// its generated code and the `.muse` lines it came from.
+pub fn html(title: &str, g: &Graph, p: &KernelProgram, rows: &[KernelRow], sources: &SourceMap) -> String {
+    use crate::kernel::Step;
+    // Which kernel writes each value.
+    let mut writer: std::collections::HashMap<NodeIndex, usize> = std::collections::HashMap::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        let outs = match s {
+            Step::Kernel(k) => k.group.outputs.clone(),
+            Step::MatMul(m) => vec![m.out],
+        };
+        for o in outs {
+            writer.insert(o, i);
+        }
+    }
+    let mut edges: Vec<(usize, usize, String)> = Vec::new();
+    for r in rows {
+        for (n, reason) in &r.inputs {
+            if let Some(&w) = writer.get(n) {
+                edges.push((w, r.id, reason.describe().to_string()));
+            }
+        }
+    }
+    // Layers by longest path from the sources.
+    let mut depth = vec![0usize; rows.len()];
+    for r in rows {
+        for (w, to, _) in edges.iter().filter(|e| e.1 == r.id) {
+            depth[*to] = depth[*to].max(depth[*w] + 1);
+        }
+    }
+    let mut in_layer: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut pos = vec![(0usize, 0usize); rows.len()];
+    for r in rows {
+        let k = in_layer.entry(depth[r.id]).or_insert(0);
+        pos[r.id] = (*k, depth[r.id]);
+        *k += 1;
+    }
+    let (bw, bh, gx, gy) = (190usize, 46usize, 30usize, 44usize);
+    let width = in_layer.values().max().copied().unwrap_or(1) * (bw + gx) + gx;
+    let height = (in_layer.len().max(1)) * (bh + gy) + gy;
+    let xy = |id: usize| (gx + pos[id].0 * (bw + gx), gy + pos[id].1 * (bh + gy));
+    let mut svg =
+        format!("<svg id=\"graph\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\">\n");
+    svg.push_str("<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#888\"/></marker></defs>\n");
+    for (w, to, reason) in &edges {
+        let (x1, y1) = xy(*w);
+        let (x2, y2) = xy(*to);
+        svg.push_str(&format!(
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" class=\"edge\" marker-end=\"url(#arrow)\"><title>{}</title></line>\n",
+            x1 + bw / 2,
+            y1 + bh,
+            x2 + bw / 2,
+            y2,
+            html_escape(reason)
+        ));
+    }
+    for r in rows {
+        let (x, y) = xy(r.id);
+        let ops: Vec<String> = r.ops.keys().map(|k| k.to_string()).collect();
+        let mut label = ops.join(" ");
+        if label.len() > 26 {
+            label.truncate(24);
+            label.push_str("..");
+        }
+        svg.push_str(&format!(
+            "<g class=\"kernel {kind}{bwd}\" data-id=\"{id}\" transform=\"translate({x},{y})\"><rect width=\"{bw}\" height=\"{bh}\" rx=\"6\"/><text x=\"8\" y=\"18\">{id}: {name} ({kind})</text><text x=\"8\" y=\"36\" class=\"ops\">{ops}</text></g>\n",
+            kind = r.kind,
+            bwd = if r.backward { " bwd" } else { "" },
+            id = r.id,
+            name = html_escape(&r.name),
+            ops = html_escape(&label),
+        ));
+    }
+    svg.push_str("</svg>\n");
+
+    // Per-kernel details as JSON.
+    let mut data = String::from("[");
+    for (i, r) in rows.iter().enumerate() {
+        let code = match &p.steps[r.id] {
+            Step::Kernel(k) => crate::render::c::render_kernel(&k.kernel),
+            Step::MatMul(m) => format!(
+                "GEMM template: {} = {} @ {}\n(the `gemm` crate; operands read through strides)",
+                crate::kernel::lower::label(g, m.out),
+                crate::kernel::lower::label(g, m.a),
+                crate::kernel::lower::label(g, m.b)
+            ),
+        };
+        let mut lines = Vec::new();
+        for l in &r.lines {
+            let (file, no) = l.rsplit_once(':').unwrap_or((l, "0"));
+            let no: usize = no.parse().unwrap_or(0);
+            let src = find_line(sources, file, no).unwrap_or_default();
+            lines.push(format!("{}: {}", l, src.trim()));
+        }
+        let inputs: Vec<String> =
+            r.inputs.iter().map(|(n, why)| format!("%{} ({})", n.index(), why.describe())).collect();
+        if i > 0 {
+            data.push(',');
+        }
+        data.push_str(&format!(
+            "{{\"id\":{},\"name\":{},\"kind\":{},\"backward\":{},\"launch\":{},\"read\":{},\"written\":{},\"flops\":{},\"ops\":{},\"lines\":[{}],\"inputs\":[{}],\"code\":{}}}",
+            r.id,
+            js_escape(&r.name),
+            js_escape(&r.kind),
+            r.backward,
+            js_escape(&r.launch),
+            r.bytes_read,
+            r.bytes_written,
+            r.flops,
+            js_escape(&r.ops.iter().map(|(k, v)| format!("{k}x{v}")).collect::<Vec<_>>().join(" ")),
+            lines.iter().map(|l| js_escape(l)).collect::<Vec<_>>().join(","),
+            inputs.iter().map(|l| js_escape(l)).collect::<Vec<_>>().join(","),
+            js_escape(&code)
+        ));
+    }
+    data.push(']');
+    let summary = table(rows, p);
+    let reasons = summary.lines().skip_while(|l| !l.contains("kernels;")).collect::<Vec<_>>().join("\n");
+    format!(
+        r##"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>muse inspect: {title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 0; display: flex; height: 100vh; }}
+#left {{ flex: 3; overflow: auto; border-right: 1px solid #ccc; }}
+#right {{ flex: 2; overflow: auto; padding: 12px; }}
+.kernel rect {{ stroke: #333; stroke-width: 1; cursor: pointer; }}
+.kernel text {{ font-size: 11px; pointer-events: none; font-family: monospace; }}
+.kernel .ops {{ fill: #333; }}
+.kernel.bwd rect {{ stroke-dasharray: 4 2; }}
+.kernel.selected rect {{ stroke: #d00; stroke-width: 3; }}
+.pointwise rect {{ fill: #8ecae6; }} .row rect {{ fill: #ffb703; }} .scan rect {{ fill: #fb8500; }}
+.matmul rect {{ fill: #90be6d; }} .scatter_add rect {{ fill: #b5e48c; }}
+.edge {{ stroke: #888; stroke-width: 1; }}
+pre {{ background: #f6f6f6; padding: 8px; font-size: 11px; white-space: pre; overflow: auto; }}
+h1 {{ font-size: 16px; }} h2 {{ font-size: 14px; margin-bottom: 4px; }}
+</style></head>
+<body>
+<div id="left">{svg}</div>
+<div id="right"><h1>muse inspect: {title}</h1>
+<p>{n} kernels. Click a kernel to see its code and the <code>.muse</code> lines it came from.
+Solid borders: forward; dashed: backward. Arrows are buffers in memory.</p>
+<pre id="summary">{reasons}</pre>
+<div id="detail"><p>No kernel selected.</p></div></div>
+<script id="kernels" type="application/json">{data}</script>
+<script>
+"use strict";
+const kernels = JSON.parse(document.getElementById("kernels").textContent);
+function esc(s) {{ const d = document.createElement("div"); d.textContent = s; return d.innerHTML; }}
+function show(id) {{
+  const k = kernels[id];
+  document.querySelectorAll(".kernel.selected").forEach(e => e.classList.remove("selected"));
+  document.querySelector(`.kernel[data-id="${{id}}"]`).classList.add("selected");
+  document.getElementById("detail").innerHTML =
+    `<h2>${{k.id}}: ${{esc(k.name)}} (${{esc(k.kind)}}, ${{k.backward ? "backward" : "forward"}})</h2>` +
+    `<p>launch ${{esc(k.launch)}}; reads ${{k.read}} B, writes ${{k.written}} B, ${{k.flops}} FLOPs</p>` +
+    `<p>ops: ${{esc(k.ops)}}</p>` +
+    `<h2>.muse lines</h2><pre class="lines">${{esc(k.lines.join("\n"))}}</pre>` +
+    `<h2>reads (why in memory)</h2><pre>${{esc(k.inputs.join("\n"))}}</pre>` +
+    `<h2>generated code</h2><pre class="code">${{esc(k.code)}}</pre>`;
+}}
+document.querySelectorAll(".kernel").forEach(e => e.addEventListener("click", () => show(+e.dataset.id)));
+// Self-test for the browser check (tests/browser/inspect_html.sh): click every kernel.
+if (location.hash === "#selftest") {{
+  let ok = 0;
+  document.querySelectorAll(".kernel").forEach(e => {{
+    e.dispatchEvent(new MouseEvent("click", {{ bubbles: true }}));
+    const code = document.querySelector("#detail .code");
+    if (code && code.textContent.length > 0 && document.querySelector("#detail h2").textContent.startsWith(e.dataset.id + ":")) ok++;
+  }});
+  document.title = `selftest ${{ok}}/${{kernels.length}}`;
+  document.body.setAttribute("data-selftest", `${{ok}}/${{kernels.length}}`);
+}}
+</script>
+</body></html>
+"##,
+        title = html_escape(title),
+        svg = svg,
+        n = rows.len(),
+        reasons = html_escape(&reasons),
+        data = data,
+    )
+}
+
+fn find_line(sources: &SourceMap, file: &str, line: usize) -> Option<String> {
+    for i in 0.. {
+        let id = crate::source::FileId(i);
+        if i as usize >= sources.len() {
+            return None;
+        }
+        let f = sources.get(id);
+        if f.name == file {
+            return f.text.lines().nth(line.saturating_sub(1)).map(str::to_string);
+        }
+    }
+    None
+}

@@ -37,6 +37,14 @@ impl SourceMap {
         self.files.push(SourceFile { name: name.into(), text: text.into() });
         FileId(self.files.len() as u32 - 1)
     }
+    /// Number of files.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+    /// Whether no file was read.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
     /// The file with this id.
     pub fn get(&self, id: FileId) -> &SourceFile {
         &self.files[id.0 as usize]
