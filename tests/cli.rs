@@ -145,10 +145,12 @@ fn run_grad_and_backward_graph() {
 fn inspect_table_and_html_page() {
     let (code, out, err) = muse(&["inspect", "models/mamba_xattn_xz.muse", "--set", "depth=1"]);
     assert_eq!(code, 0, "{err}");
-    let kernels = out
-        .lines()
-        .filter(|l| l.trim_start().split_whitespace().nth(1).is_some_and(|k| k == "gemm" || k.starts_with('k')))
-        .count();
+    let is_row = |l: &str| {
+        let mut w = l.split_whitespace();
+        w.next().is_some_and(|t| t.parse::<usize>().is_ok())
+            && w.next().is_some_and(|k| k == "gemm" || (k.starts_with('k') && k[1..].parse::<usize>().is_ok()))
+    };
+    let kernels = out.lines().filter(|l| is_row(l)).count();
     assert!(out.contains(&format!("{kernels} kernels; values written to memory, by reason:")), "{out}");
     assert!(out.contains(" scan ") && out.contains(" row ") && out.contains("memory at batch 8"), "{out}");
     let dir = std::env::temp_dir().join(format!("muse-html-{}", std::process::id()));
