@@ -123,6 +123,9 @@ struct RunArgs {
     /// whose output differs (also with MUSE_VALIDATE=1).
     #[arg(long)]
     validate: bool,
+    /// Time every kernel of a (warm) run on the CPU backend and list the slowest.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn options(o: &ModelOpts) -> Result<Options, String> {
@@ -239,6 +242,34 @@ fn execute(
             ));
         }
         eprintln!("validate: {} kernels match the interpreter (worst relative error {:.3e})", v.checked, v.worst);
+    }
+    if run.profile {
+        let settings = muse_runtime::cpu::compile::CompilerSettings::default();
+        let p = muse_runtime::cpu::CpuProgram::compile(g, requested, &settings).map_err(|e| e.to_string())?;
+        let mut prep = p.prepare(g, &inputs, &params).map_err(|e| e.to_string())?;
+        p.launch(&mut prep, ro.seed, None);
+        let ms = p.profile(&mut prep, ro.seed);
+        let rows = muse_compiler::inspect::rows(g, &p.program, None, run.batch as i64);
+        let total: f64 = ms.iter().sum();
+        let mut order: Vec<usize> = (0..ms.len()).collect();
+        order.sort_by(|a, b| ms[*b].total_cmp(&ms[*a]));
+        eprintln!("profile: {} launches, {total:.3} ms in all; the slowest:", ms.len());
+        for &i in order.iter().take(12) {
+            let r = &rows[i];
+            let ops: Vec<String> =
+                r.ops.iter().map(|(k, v)| if *v > 1 { format!("{k}x{v}") } else { k.to_string() }).collect();
+            eprintln!(
+                "  {:>8.3} ms {:>5.1}%  {:>4} {:<6} {:<11} {:<4} {:<18} {}",
+                ms[i],
+                100.0 * ms[i] / total.max(1e-12),
+                i,
+                r.name,
+                r.kind,
+                if r.backward { "bwd" } else { "fwd" },
+                r.launch,
+                ops.join(" ")
+            );
+        }
     }
     let exe = backend.compile(g, requested).map_err(|e| e.to_string())?;
     let vals = exe.run(g, &inputs, &params, ro.seed).map_err(|e| e.to_string())?;

@@ -102,11 +102,11 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
                     let lanes = if group.kind == GroupKind::Row {
                         numel(g, anchor, batch)
                     } else {
-                        let axis = match g.node(group.root).op {
+                        let axis = match g.node(anchor).op {
                             Op::Scan { axis, .. } => axis,
                             _ => 0,
                         };
-                        let len = g.ty(group.root).shape.0[axis].as_known().unwrap_or(1) as u64;
+                        let len = g.ty(anchor).shape.0[axis].as_known().unwrap_or(1) as u64;
                         total / len.max(1)
                     };
                     format!("{lanes} x {}", total / lanes.max(1))

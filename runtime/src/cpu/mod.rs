@@ -115,6 +115,12 @@ impl CpuProgram {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let per_unit = kernels.len().div_ceil(cores * 2).max(64);
         let source = c::render_program(&kernels, per_unit);
+        // GEMM's rayon threads and the kernels' OpenMP threads share the cores: OpenMP threads
+        // that spin while waiting for work slow every GEMM (and small kernels) down. Unless the
+        // user chose, they sleep instead; this must be set before the library starts OpenMP.
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            std::env::set_var("OMP_WAIT_POLICY", "passive");
+        }
         let library = compile::compile(&source, settings)?;
         let mut fns = Vec::new();
         for s in &program.steps {
@@ -221,61 +227,9 @@ impl CpuProgram {
         seed: u64,
         mut observe: Option<&mut dyn FnMut(usize, NodeIndex, HostTensor) -> bool>,
     ) {
-        for (i, (step, f)) in self.program.steps.iter().zip(&self.fns).enumerate() {
-            match step {
-                Step::Kernel(k) => {
-                    let mut args: Vec<*mut c_void> = k.buffers.iter().map(|n| prep.ptrs[n]).collect();
-                    let f = f.expect("kernel steps have functions");
-                    // SAFETY: each pointer is a live buffer of the element type and size the
-                    // kernel was generated for; the kernel writes only its output buffers.
-                    unsafe { f(args.as_mut_ptr(), prep.sizes.as_ptr(), seed) };
-                }
-                Step::MatMul(m) => {
-                    let (sa, sb, ta, tb) = &prep.gemms[&i];
-                    let r = sa.len();
-                    let (rows, inner, cols) = (sa[r - 2], sa[r - 1], sb[r - 1]);
-                    let a0 = prep.ptrs[&m.a_view.base] as *const f32;
-                    let b0 = prep.ptrs[&m.b_view.base] as *const f32;
-                    let o = prep.ptrs[&m.out] as *mut f32;
-                    let batch_shape = &sa[..r - 2];
-                    let batch: usize = batch_shape.iter().product();
-                    for t in 0..batch {
-                        // Offsets of this batch element in each operand's base buffer.
-                        let (mut oa, mut ob, mut rest) = (m.a_view.offset as isize, m.b_view.offset as isize, t);
-                        for k in (0..r - 2).rev() {
-                            let i = (rest % batch_shape[k]) as isize;
-                            rest /= batch_shape[k];
-                            oa += i * ta[k];
-                            ob += i * tb[k];
-                        }
-                        // SAFETY: the strided views stay inside their base buffers (shape inference
-                        // checked every view on the way); the output holds rows*cols per batch element.
-                        unsafe {
-                            gemm::gemm(
-                                rows,
-                                cols,
-                                inner,
-                                o.add(t * rows * cols),
-                                1,
-                                cols as isize,
-                                false,
-                                a0.offset(oa),
-                                ta[r - 1],
-                                ta[r - 2],
-                                b0.offset(ob),
-                                tb[r - 1],
-                                tb[r - 2],
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::Rayon(0),
-                            )
-                        };
-                    }
-                }
-            }
+        for i in 0..self.program.steps.len() {
+            self.run_step(i, prep, seed);
+            let step = &self.program.steps[i];
             if let Some(observe) = observe.as_mut() {
                 let outs = match step {
                     Step::Kernel(k) => k.group.outputs.clone(),
@@ -286,5 +240,75 @@ impl CpuProgram {
                 }
             }
         }
+    }
+
+    /// Runs step `i` of the program over prepared buffers.
+    fn run_step(&self, i: usize, prep: &mut Prepared, seed: u64) {
+        let (step, f) = (&self.program.steps[i], &self.fns[i]);
+        match step {
+            Step::Kernel(k) => {
+                let mut args: Vec<*mut c_void> = k.buffers.iter().map(|n| prep.ptrs[n]).collect();
+                let f = f.expect("kernel steps have functions");
+                // SAFETY: each pointer is a live buffer of the element type and size the
+                // kernel was generated for; the kernel writes only its output buffers.
+                unsafe { f(args.as_mut_ptr(), prep.sizes.as_ptr(), seed) };
+            }
+            Step::MatMul(m) => {
+                let (sa, sb, ta, tb) = &prep.gemms[&i];
+                let r = sa.len();
+                let (rows, inner, cols) = (sa[r - 2], sa[r - 1], sb[r - 1]);
+                let a0 = prep.ptrs[&m.a_view.base] as *const f32;
+                let b0 = prep.ptrs[&m.b_view.base] as *const f32;
+                let o = prep.ptrs[&m.out] as *mut f32;
+                let batch_shape = &sa[..r - 2];
+                let batch: usize = batch_shape.iter().product();
+                for t in 0..batch {
+                    // Offsets of this batch element in each operand's base buffer.
+                    let (mut oa, mut ob, mut rest) = (m.a_view.offset as isize, m.b_view.offset as isize, t);
+                    for k in (0..r - 2).rev() {
+                        let i = (rest % batch_shape[k]) as isize;
+                        rest /= batch_shape[k];
+                        oa += i * ta[k];
+                        ob += i * tb[k];
+                    }
+                    // SAFETY: the strided views stay inside their base buffers (shape inference
+                    // checked every view on the way); the output holds rows*cols per batch element.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            cols,
+                            inner,
+                            o.add(t * rows * cols),
+                            1,
+                            cols as isize,
+                            false,
+                            a0.offset(oa),
+                            ta[r - 1],
+                            ta[r - 2],
+                            b0.offset(ob),
+                            tb[r - 1],
+                            tb[r - 2],
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::Rayon(0),
+                        )
+                    };
+                }
+            }
+        }
+    }
+
+    /// Runs the program once, timing each step: milliseconds per step, in program order.
+    pub fn profile(&self, prep: &mut Prepared, seed: u64) -> Vec<f64> {
+        (0..self.program.steps.len())
+            .map(|i| {
+                let t = std::time::Instant::now();
+                self.run_step(i, prep, seed);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect()
     }
 }
