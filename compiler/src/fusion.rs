@@ -224,10 +224,40 @@ pub fn legality(
 /// when its value flows into a single kernel or it is as cheap as a load (constants, views);
 /// no when several kernels would each recompute it.
 pub fn profitability(g: &Graph, n: NodeIndex, consumer_kernels: usize) -> Result<(), CutReason> {
-    if is_cheap(g, n) || g.node(n).op.is_view() || consumer_kernels <= 1 {
+    if is_cheap(g, n) || g.node(n).op.is_view() || consumer_kernels <= 1 || is_expanding(g, n) {
         return Ok(());
     }
     Err(CutReason::MultipleUsers)
+}
+
+/// Elements (at batch 8) `n` is computed from when its elementwise ops and broadcasts are
+/// recomputed: a broadcast counts its source once, constants count nothing.
+fn source_elems(g: &Graph, n: NodeIndex, memo: &mut HashMap<NodeIndex, f64>) -> f64 {
+    if let Some(&v) = memo.get(&n) {
+        return v;
+    }
+    let own = elems(g, n);
+    let v = match &g.node(n).op {
+        Op::Const { .. } | Op::Iota { .. } => 0.0,
+        op if is_elementwise(op) || matches!(op, Op::Broadcast { .. }) => {
+            g.operands(n).into_iter().map(|o| source_elems(g, o, memo).min(own)).sum::<f64>().min(own)
+        }
+        Op::Reshape { .. } | Op::Permute { .. } => source_elems(g, g.operands(n)[0], memo),
+        _ => own,
+    };
+    memo.insert(n, v);
+    v
+}
+
+fn elems(g: &Graph, n: NodeIndex) -> f64 {
+    g.ty(n).shape.numel().and_then(|d| d.eval(&|_| Some(8))).unwrap_or(i64::MAX) as f64
+}
+
+/// An outer-product-like value (Mamba's `exp(dt A)` is [B, L, E, N] from [B, L, E] and
+/// [E, N]): at least four times larger than what it is computed from, so each consumer
+/// recomputing it reads less memory than one copy written and read back.
+fn is_expanding(g: &Graph, n: NodeIndex) -> bool {
+    is_elementwise(&g.node(n).op) && source_elems(g, n, &mut HashMap::new()) * 4.0 <= elems(g, n)
 }
 
 /// Constants, iotas and views of them cost no more to recompute than to load.
