@@ -191,12 +191,15 @@ pub struct Kernel {
     pub exprs: Vec<Node>,
 }
 
-/// Builds a kernel's hash-consed expression arena.
+/// Builds a kernel's hash-consed expression arena, simplifying index arithmetic with the
+/// known ranges of indices (so `(a * 16 + s) % 16` with `0 <= s < 16` is `s`).
 #[derive(Default)]
 pub struct Builder {
     /// The arena.
     pub exprs: Vec<Node>,
     index: HashMap<Node, ExprId>,
+    /// Inclusive range of index expressions whose bounds are known.
+    ranges: HashMap<ExprId, (i64, i64)>,
 }
 
 impl Builder {
@@ -210,6 +213,17 @@ impl Builder {
         self.exprs.push(node.clone());
         self.index.insert(node, id);
         id
+    }
+    /// Declares that index `e` lies in `lo..=hi` (loop variables with known extents).
+    pub fn set_range(&mut self, e: ExprId, lo: i64, hi: i64) {
+        self.ranges.insert(e, (lo, hi));
+    }
+    /// The known range of an index expression.
+    pub fn range(&self, e: ExprId) -> Option<(i64, i64)> {
+        if let Some(c) = self.as_const(e) {
+            return Some((c, c));
+        }
+        self.ranges.get(&e).copied()
     }
     /// Type of an expression.
     pub fn ty(&self, e: ExprId) -> KType {
@@ -227,7 +241,8 @@ impl Builder {
     pub fn value(&mut self, v: f64, dt: DType) -> ExprId {
         self.add(Expr::Const(v.to_bits()), KType::Elem(dt))
     }
-    fn as_const(&self, e: ExprId) -> Option<i64> {
+    /// The value of a constant index.
+    pub fn as_const(&self, e: ExprId) -> Option<i64> {
         match (self.get(e), self.ty(e)) {
             (Expr::Const(bits), KType::Index) => Some(f64::from_bits(*bits) as i64),
             _ => None,
@@ -256,7 +271,83 @@ impl Builder {
             (IndexOp::Rem, _, Some(1)) => return self.idx(0),
             _ => {}
         }
-        self.add(Expr::Index(op, a, b), KType::Index)
+        if let (IndexOp::Div | IndexOp::Rem, Some(c)) = (op, self.as_const(b)) {
+            if c > 0 {
+                if let Some(e) = self.simplify_divmod(op, a, c) {
+                    return e;
+                }
+            }
+        }
+        let e = self.add(Expr::Index(op, a, b), KType::Index);
+        if let (Some((alo, ahi)), Some((blo, bhi))) = (self.range(a), self.range(b)) {
+            let r = match op {
+                IndexOp::Add => Some((alo.saturating_add(blo), ahi.saturating_add(bhi))),
+                IndexOp::Sub => Some((alo.saturating_sub(bhi), ahi.saturating_sub(blo))),
+                IndexOp::Mul if alo >= 0 && blo >= 0 => Some((alo.saturating_mul(blo), ahi.saturating_mul(bhi))),
+                IndexOp::Div if alo >= 0 && blo > 0 => Some((alo / bhi, ahi / blo)),
+                IndexOp::Min => Some((alo.min(blo), ahi.min(bhi))),
+                IndexOp::Max => Some((alo.max(blo), ahi.max(bhi))),
+                _ => None,
+            };
+            if let Some((lo, hi)) = r {
+                self.ranges.insert(e, (lo, hi));
+            }
+        }
+        if let (IndexOp::Rem, Some(c)) = (op, self.as_const(b)) {
+            if c > 0 && self.range(a).is_some_and(|(lo, _)| lo >= 0) {
+                self.ranges.insert(e, (0, c - 1));
+            }
+        }
+        e
+    }
+
+    /// `x / c` and `x % c` for a constant `c > 0` when the range of `x`, or its form
+    /// `q * c + r` with `0 <= r < c`, decides them.
+    fn simplify_divmod(&mut self, op: IndexOp, x: ExprId, c: i64) -> Option<ExprId> {
+        if let Some((lo, hi)) = self.range(x) {
+            if lo >= 0 && hi < c {
+                return Some(if op == IndexOp::Rem { x } else { self.idx(0) });
+            }
+            if lo >= 0 && op == IndexOp::Div && lo / c == hi / c {
+                return Some(self.idx(lo / c));
+            }
+        }
+        // x = q * k + r with k a multiple of c and 0 <= r < c, q >= 0.
+        if let Expr::Index(IndexOp::Add, p, r) = *self.get(x) {
+            for (m, rest) in [(p, r), (r, p)] {
+                if let Expr::Index(IndexOp::Mul, q, k) = *self.get(m) {
+                    let (q, k) = match (self.as_const(k), self.as_const(q)) {
+                        (Some(kc), _) => (q, kc),
+                        (None, Some(qc)) => (k, qc),
+                        _ => continue,
+                    };
+                    let small = self.range(rest).is_some_and(|(lo, hi)| lo >= 0 && hi < c);
+                    let q_nonneg = self.range(q).is_none_or(|(lo, _)| lo >= 0);
+                    if k % c == 0 && small && q_nonneg {
+                        return Some(if op == IndexOp::Rem {
+                            rest
+                        } else {
+                            let f = self.idx(k / c);
+                            self.iop(IndexOp::Mul, q, f)
+                        });
+                    }
+                }
+            }
+        }
+        // x = q * k with k a multiple of c.
+        if let Expr::Index(IndexOp::Mul, q, k) = *self.get(x) {
+            if let Some(kc) = self.as_const(k) {
+                if kc % c == 0 {
+                    return Some(if op == IndexOp::Rem {
+                        self.idx(0)
+                    } else {
+                        let f = self.idx(kc / c);
+                        self.iop(IndexOp::Mul, q, f)
+                    });
+                }
+            }
+        }
+        None
     }
 }
 
@@ -278,5 +369,64 @@ impl std::fmt::Display for Kernel {
             writeln!(f, "  t{i}: {ty} = {e}")?;
         }
         writeln!(f, "  body: {:?}", self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evaluates index expressions with values for the loop variables.
+    fn eval(b: &Builder, e: ExprId, lane: i64, step: i64) -> i64 {
+        match b.get(e) {
+            Expr::Const(bits) => f64::from_bits(*bits) as i64,
+            Expr::Lane => lane,
+            Expr::Step => step,
+            Expr::Index(op, x, y) => {
+                let (x, y) = (eval(b, *x, lane, step), eval(b, *y, lane, step));
+                match op {
+                    IndexOp::Add => x + y,
+                    IndexOp::Sub => x - y,
+                    IndexOp::Mul => x * y,
+                    IndexOp::Div => x / y,
+                    IndexOp::Rem => x % y,
+                    IndexOp::Min => x.min(y),
+                    IndexOp::Max => x.max(y),
+                }
+            }
+            other => panic!("not an index: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn div_and_rem_simplify_with_ranges_and_stay_exact() {
+        let mut b = Builder::default();
+        let lane = b.add(Expr::Lane, KType::Index);
+        b.set_range(lane, 0, 999);
+        let step = b.add(Expr::Step, KType::Index);
+        b.set_range(step, 0, 15);
+        let c16 = b.idx(16);
+        let c48 = b.idx(48);
+        let m = b.iop(IndexOp::Mul, lane, c48);
+        let x = b.iop(IndexOp::Add, m, step); // lane * 48 + step
+        let r = b.iop(IndexOp::Rem, x, c16);
+        let q = b.iop(IndexOp::Div, x, c16);
+        assert_eq!(r, step, "(lane*48 + step) % 16 is step");
+        assert!(matches!(b.get(q), Expr::Index(IndexOp::Mul, ..)), "(lane*48 + step) / 16 is lane*3");
+        let small = b.iop(IndexOp::Rem, step, c16);
+        assert_eq!(small, step);
+        let zero = b.iop(IndexOp::Div, step, c16);
+        assert_eq!(b.as_const(zero), Some(0));
+        // Not simplifiable: lane has no useful bound against 7.
+        let c7 = b.idx(7);
+        let y = b.iop(IndexOp::Rem, x, c7);
+        for l in [0, 1, 17, 999] {
+            for s in 0..16 {
+                let want = l * 48 + s;
+                assert_eq!(eval(&b, r, l, s), want % 16);
+                assert_eq!(eval(&b, q, l, s), want / 16);
+                assert_eq!(eval(&b, y, l, s), want % 7);
+            }
+        }
     }
 }

@@ -161,6 +161,17 @@ impl Lower<'_> {
         self.buf_of.insert(n, b);
         b
     }
+    /// The lane index, with its range when the lane count is known.
+    fn lane_var(&mut self, lanes: ExprId) -> ExprId {
+        self.loop_var(Expr::Lane, lanes)
+    }
+    /// A loop variable in `0..extent`.
+    fn loop_var(&mut self, var: Expr, extent: ExprId) -> ExprId {
+        let v = self.b.add(var, KType::Index);
+        let hi = self.b.as_const(extent).map_or(i64::MAX, |n| n - 1);
+        self.b.set_range(v, 0, hi);
+        v
+    }
     fn shape(&self, n: NodeIndex) -> Shape {
         self.g.ty(n).shape.clone()
     }
@@ -378,7 +389,7 @@ impl Lower<'_> {
             (GroupKind::Pointwise, _) => {
                 let out = self.buf(n);
                 let lanes = self.numel(&s);
-                let lane = self.b.add(Expr::Lane, KType::Index);
+                let lane = self.lane_var(lanes);
                 let idx = self.delinear(lane, &s);
                 let v = self.compute(n, &idx);
                 (lanes, Body::Pointwise { stores: vec![(out, v)] })
@@ -390,7 +401,7 @@ impl Lower<'_> {
                 let us = self.shape(ops[1]);
                 let r = self.shape(ops[0]).rank();
                 let lanes = self.numel(&us);
-                let lane = self.b.add(Expr::Lane, KType::Index);
+                let lane = self.lane_var(lanes);
                 let uidx = self.delinear(lane, &us);
                 let id = self.value(ops[0], &uidx[..r]);
                 let row = self.b.add(Expr::Cast(id), KType::Index);
@@ -425,10 +436,15 @@ impl Lower<'_> {
                 .collect(),
         );
         let lanes = self.numel(&lane_shape);
-        let lane = self.b.add(Expr::Lane, KType::Index);
+        let lane = self.lane_var(lanes);
         let lane_idx = self.delinear(lane, &lane_shape);
-        let step = self.b.add(Expr::Step, KType::Index);
-        let state = self.b.add(Expr::State, KType::Index);
+        let inner_len = self.dim(&sh.0[axis]);
+        let step = self.loop_var(Expr::Step, inner_len);
+        let states_len = match state_axis {
+            Some(n) => self.dim(&sh.0[n]),
+            None => self.b.idx(1),
+        };
+        let state = self.loop_var(Expr::State, states_len);
         let zero = self.b.idx(0);
         let mut idx = Vec::with_capacity(sh.rank());
         let mut it = lane_idx.into_iter();
@@ -488,11 +504,11 @@ impl Lower<'_> {
         let rows_shape = self.shape(self.g.operands(first)[0]);
         let reduced = self.shape(first);
         let lanes = self.numel(&reduced);
-        let lane = self.b.add(Expr::Lane, KType::Index);
+        let lane = self.lane_var(lanes);
         let lane_idx = self.delinear(lane, &reduced);
-        let mut elem_idx = lane_idx.clone();
-        elem_idx[axis] = self.b.add(Expr::Step, KType::Index);
         let inner = self.dim(&rows_shape.0[axis]);
+        let mut elem_idx = lane_idx.clone();
+        elem_idx[axis] = self.loop_var(Expr::Step, inner);
         let mut phases = Vec::new();
         for (j, &r) in reductions.iter().enumerate() {
             let Op::Reduce { op, .. } = self.g.node(r).op else { unreachable!() };
