@@ -370,8 +370,13 @@ fn grow_scan(
             let ops = g.operands(u);
             let fits = match (&g.node(u).op, &reduced) {
                 (op, None) if is_elementwise(op) => ty.shape == sh,
+                // The state axis is the innermost one (contiguous, as Mamba's N) and small:
+                // the states of a lane then sit side by side in memory and registers.
                 (Op::Reduce { axis: n, .. }, None) => {
-                    *n != axis && g.ty(ops[0]).shape == sh && sh.0[*n].as_known().is_some_and(|k| k <= 4096)
+                    *n != axis
+                        && *n + 1 == sh.rank()
+                        && g.ty(ops[0]).shape == sh
+                        && sh.0[*n].as_known().is_some_and(|k| k <= 64)
                 }
                 (op, Some((_, keep, squeezed))) if is_elementwise(op) => {
                     ty.shape == sh || &ty.shape == keep || &ty.shape == squeezed
