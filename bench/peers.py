@@ -87,6 +87,14 @@ def torch_cases():
             emit("layernorm_8192x1024", impl, timed(lambda: ln(big)))
             sm = wrap(lambda t: torch.softmax(t, -1))
             emit("softmax_8192x1024", impl, timed(lambda: sm(big)))
+    for case, (m, k, nn) in [("gemm_512x512x512", (512, 512, 512)), ("gemm_512x128x512", (512, 128, 512))]:
+        a, b2 = torch.randn(m, k), torch.randn(k, nn)
+        ms = timed(lambda: a @ b2)
+        emit(case, "torch eager", ms, f"{2 * m * k * nn / (ms * 1e-3) / 1e9:.1f} GFLOP/s ({torch.backends.mkldnn.is_available() and 'oneDNN/MKL' or 'BLAS'})")
+        import numpy as np
+        an, bn = a.numpy(), b2.numpy()
+        ms = timed(lambda: an @ bn)
+        emit(case, "numpy", ms, f"{2 * m * k * nn / (ms * 1e-3) / 1e9:.1f} GFLOP/s (numpy's BLAS: OpenBLAS)")
     emit("mamba_block_fwd_bwd", "torch eager", timed(mamba_step(mamba), 10))
     try:
         emit("mamba_block_fwd_bwd", "torch.compile", timed(mamba_step(torch.compile(mamba)), 10))

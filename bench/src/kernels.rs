@@ -96,6 +96,16 @@ fn main() {
         emit(case, ms, &format!("{k} kernels"));
     }
 
+    // GEMM alone (the `gemm` crate through muse's template), two shapes of the models.
+    for (case, m, k, n) in [("gemm_512x512x512", 512, 512, 512), ("gemm_512x128x512", 512, 128, 512)] {
+        let g = model_src(&format!(
+            "model g {{\n  input a: f32[{m}, {k}]\n  input b: f32[{k}, {n}]\n  output y = a @ b\n}}\n"
+        ));
+        let (ms, _) = time_program(&g.graph, &[g.graph.outputs[0].1], 1, repeats);
+        let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e-3) / 1e9;
+        emit(case, ms, &format!("{gflops:.1} GFLOP/s"));
+    }
+
     // (c) the Mamba block forward+backward: batch 8, 64 tokens, width 128, state 16.
     let mb = model_src(
         "import \"std/mamba.muse\"\nmodel mb {\n  input x: f32[B, 64, 128]\n  input r: f32[B, 64, 128]\n  y = mamba(x) as mixer\n  loss l = sum(y * r)\n}\n",

@@ -22,8 +22,8 @@ pub struct CpuProgram {
     pub program: KernelProgram,
     /// The generated C source, one string per translation unit.
     pub source: Vec<String>,
-    /// The loaded library.
-    pub library: Arc<Library>,
+    /// The loaded library (none when the program is GEMM calls only).
+    pub library: Option<Arc<Library>>,
     fns: Vec<Option<KernelFn>>,
     requested: Vec<NodeIndex>,
 }
@@ -121,12 +121,12 @@ impl CpuProgram {
         if std::env::var_os("OMP_WAIT_POLICY").is_none() {
             std::env::set_var("OMP_WAIT_POLICY", "passive");
         }
-        let library = compile::compile(&source, settings)?;
+        let library = if source.is_empty() { None } else { Some(compile::compile(&source, settings)?) };
         let mut fns = Vec::new();
         for s in &program.steps {
-            fns.push(match s {
-                Step::Kernel(k) => Some(library.kernel(&k.kernel.name)?),
-                Step::MatMul(_) => None,
+            fns.push(match (s, &library) {
+                (Step::Kernel(k), Some(lib)) => Some(lib.kernel(&k.kernel.name)?),
+                _ => None,
             });
         }
         Ok(CpuProgram { program, source, library, fns, requested: requested.to_vec() })
