@@ -2,6 +2,7 @@
 //! with libloading and called in order over buffers; matrix products through the `gemm`
 //! crate.
 
+pub mod blas;
 pub mod compile;
 
 use crate::interp::{bind_inputs, check_params, RunError};
@@ -273,19 +274,28 @@ impl CpuProgram {
                     }
                     // SAFETY: the strided views stay inside their base buffers (shape inference
                     // checked every view on the way); the output holds rows*cols per batch element.
+                    let (pa, pb, pc) = unsafe { (a0.offset(oa), b0.offset(ob), o.add(t * rows * cols)) };
+                    if let Some(blas) = blas::get() {
+                        // SAFETY: as above.
+                        let (sa_, sb_) = ((ta[r - 2], ta[r - 1]), (tb[r - 2], tb[r - 1]));
+                        if unsafe { blas.sgemm(rows, cols, inner, pa, sa_, pb, sb_, pc) } {
+                            continue;
+                        }
+                    }
+                    // SAFETY: as above.
                     unsafe {
                         gemm::gemm(
                             rows,
                             cols,
                             inner,
-                            o.add(t * rows * cols),
+                            pc,
                             1,
                             cols as isize,
                             false,
-                            a0.offset(oa),
+                            pa,
                             ta[r - 1],
                             ta[r - 2],
-                            b0.offset(ob),
+                            pb,
                             tb[r - 1],
                             tb[r - 2],
                             0.0,
