@@ -195,6 +195,16 @@ fn report(file: &Path, m: &Model) {
 /// Tensors by name.
 type Tensors = HashMap<String, HostTensor>;
 
+/// Parses the model options and compiles `file`; on failure the diagnostics are printed
+/// and the exit code is returned.
+fn load(file: &Path, o: &ModelOpts) -> Result<(Compiled, Vec<Model>), ExitCode> {
+    let opts = options(o).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    compile(file, &opts, o.verbose).map_err(|()| ExitCode::FAILURE)
+}
+
 /// Inputs, parameters and interpreter settings for `muse run` and `muse grad`.
 fn prepare(g: &muse_compiler::ir::Graph, run: &RunArgs) -> Result<(Tensors, Tensors, RunOptions), String> {
     if run.inputs != "random" {
@@ -434,16 +444,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Graph { file, dot, backward, stats, opts } => {
-            let verbose = opts.verbose;
-            let opts = match options(&opts) {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let Ok((c, models)) = compile(&file, &opts, verbose) else {
-                return ExitCode::FAILURE;
+            let (c, models) = match load(&file, &opts) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let mut text = String::new();
             for m in &models {
@@ -457,7 +460,7 @@ fn main() -> ExitCode {
                     eprintln!("error: model {} has no loss to differentiate", m.name);
                     return ExitCode::FAILURE;
                 }
-                if verbose {
+                if opts.verbose {
                     if let Some(d) = &diff {
                         eprintln!("{}: {}", m.name, d.report);
                     }
@@ -482,16 +485,9 @@ fn main() -> ExitCode {
             write_stdout(&text)
         }
         Command::Inspect { file, backward, kernel, emit, batch, html, opts } => {
-            let verbose = opts.verbose;
-            let opts = match options(&opts) {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let Ok((c, models)) = compile(&file, &opts, verbose) else {
-                return ExitCode::FAILURE;
+            let (c, models) = match load(&file, &opts) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let mut text = String::new();
             for m in &models {
@@ -506,16 +502,9 @@ fn main() -> ExitCode {
             write_stdout(&text)
         }
         Command::Run { file, run, opts } | Command::Grad { file, run, opts } => {
-            let verbose = opts.verbose;
-            let opts = match options(&opts) {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let Ok((_, models)) = compile(&file, &opts, verbose) else {
-                return ExitCode::FAILURE;
+            let (_, models) = match load(&file, &opts) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let mut text = String::new();
             for m in &models {

@@ -10,52 +10,6 @@ use muse_runtime::cpu::CpuProgram;
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::{init_params, run, HostTensor, Precision, RunOptions};
 
-const MODELS: &[&str] = &[
-    "muse_base",
-    "muse_small",
-    "mamba_concat",
-    "mamba_seq_linear_out",
-    "mamba_seq_linear_in",
-    "mamba_xattn_xz",
-    "mamba_then_xattn",
-    "mamba_text_a",
-    "mamba_text_b",
-    "mamba_text_c",
-    "mamba_text_d",
-    "mamba_text_skip",
-    "mamba_parallel",
-    "mamba_layer_critic",
-    "token_critic",
-    "vq_tokenizer",
-];
-
-fn tiny(name: &str) -> Vec<(&'static str, &'static str)> {
-    if name == "vq_tokenizer" {
-        return vec![
-            ("resolution", "8"),
-            ("channels", "4"),
-            ("levels", "1"),
-            ("codebook", "5"),
-            ("code_dim", "3"),
-            ("groups", "2"),
-        ];
-    }
-    let mut v = vec![
-        ("codebook", "7"),
-        ("grid", "3"),
-        ("text_vocab", "11"),
-        ("text_len", "3"),
-        ("dim", "8"),
-        ("depth", "2"),
-        ("heads", "2"),
-        ("text_depth", "1"),
-    ];
-    if name.starts_with("mamba") {
-        v.push(("d_state", "2"));
-    }
-    v
-}
-
 /// Largest difference relative to the reference's largest magnitude.
 pub fn rel_err(ours: &HostTensor, reference: &HostTensor) -> f64 {
     let (a, b) = (ours.to_f64(), reference.to_f64());
@@ -85,8 +39,8 @@ fn settings() -> CompilerSettings {
 fn fused_cpu_equals_the_interpreter_for_every_model() {
     let settings = settings();
     let only = std::env::var("MUSE_TEST_MODEL").ok();
-    for name in MODELS.iter().filter(|n| only.as_deref().is_none_or(|o| o == **n)) {
-        let m = common::compile_model(name, &tiny(name));
+    for name in common::MODELS.iter().filter(|n| only.as_deref().is_none_or(|o| o == **n)) {
+        let m = common::compile_model(name, &common::tiny(name, "3"));
         let d = differentiate(&m.graph, Wrt::default());
         let mut requested: Vec<(String, NodeIndex)> = m.graph.outputs.iter().chain(&m.graph.losses).cloned().collect();
         requested.extend(d.params.iter().map(|(n, g)| (format!("grad {n}"), *g)));
@@ -158,7 +112,7 @@ fn kernel_cache_and_compiler_errors() {
 #[test]
 fn memory_plan_never_overlaps_live_values() {
     use muse_compiler::kernel::Step;
-    let m = common::compile_model("mamba_xattn_xz", &tiny("mamba_xattn_xz"));
+    let m = common::compile_model("mamba_xattn_xz", &common::tiny("mamba_xattn_xz", "3"));
     let d = differentiate(&m.graph, Wrt::default());
     let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
     req.extend(d.params.iter().map(|x| x.1));
@@ -214,7 +168,7 @@ fn memory_plan_never_overlaps_live_values() {
 /// differs beyond the tolerance.
 #[test]
 fn validate_mode_names_the_first_differing_kernel() {
-    let m = common::compile_model("mamba_concat", &tiny("mamba_concat"));
+    let m = common::compile_model("mamba_concat", &common::tiny("mamba_concat", "3"));
     let req: Vec<NodeIndex> = m.graph.outputs.iter().chain(&m.graph.losses).map(|x| x.1).collect();
     let p = CpuProgram::compile(&m.graph, &req, &settings()).unwrap();
     let inputs = random_inputs(&m.graph, 2, 3);

@@ -9,58 +9,10 @@ use muse_runtime::inputs::random_inputs;
 use muse_runtime::{checkpoint, init_params, run, HostTensor, Precision, RunError, RunOptions};
 use std::collections::HashMap;
 
-const MASKED: &[&str] = &[
-    "muse_base",
-    "muse_small",
-    "mamba_concat",
-    "mamba_seq_linear_out",
-    "mamba_seq_linear_in",
-    "mamba_xattn_xz",
-    "mamba_then_xattn",
-    "mamba_text_a",
-    "mamba_text_b",
-    "mamba_text_c",
-    "mamba_text_d",
-    "mamba_text_skip",
-    "mamba_parallel",
-    "mamba_layer_critic",
-    "token_critic",
-];
-
-/// The smallest config of each model that still has every part.
-fn tiny(name: &str) -> Vec<(&'static str, &'static str)> {
-    if name == "vq_tokenizer" {
-        return vec![
-            ("resolution", "8"),
-            ("channels", "4"),
-            ("levels", "1"),
-            ("codebook", "5"),
-            ("code_dim", "3"),
-            ("groups", "2"),
-        ];
-    }
-    let mut v = vec![
-        ("codebook", "7"),
-        ("grid", "2"),
-        ("text_vocab", "11"),
-        ("text_len", "3"),
-        ("dim", "8"),
-        ("depth", "2"),
-        ("heads", "2"),
-        ("text_depth", "1"),
-    ];
-    if name.starts_with("mamba") {
-        v.push(("d_state", "2"));
-    }
-    v
-}
-
 #[test]
 fn every_model_runs_forward_and_backward_with_gradients_for_every_parameter() {
-    let mut names: Vec<&str> = MASKED.to_vec();
-    names.push("vq_tokenizer");
-    for name in names {
-        let m = common::compile_model(name, &tiny(name));
+    for &name in common::MODELS {
+        let m = common::compile_model(name, &common::tiny(name, "2"));
         let d = differentiate(&m.graph, Wrt::default());
         assert!(d.unreached.is_empty(), "{name}: a bug in the model file: {:?} do not influence any loss", d.unreached);
         let inputs = random_inputs(&m.graph, 2, 1);
@@ -145,7 +97,7 @@ fn gradients_accumulate_across_micro_batches() {
 
 #[test]
 fn input_and_parameter_errors_are_clear() {
-    let m = common::compile_model("muse_small", &tiny("muse_small"));
+    let m = common::compile_model("muse_small", &common::tiny("muse_small", "2"));
     let params = init_params(&m.graph, 0, Precision::F32).unwrap();
     let mut inputs = random_inputs(&m.graph, 2, 0);
     let opts = RunOptions::default();
@@ -187,7 +139,7 @@ fn input_and_parameter_errors_are_clear() {
 
 #[test]
 fn initialisers_are_seeded_and_follow_their_declarations() {
-    let m = common::compile_model("mamba_concat", &tiny("mamba_concat"));
+    let m = common::compile_model("mamba_concat", &common::tiny("mamba_concat", "2"));
     let a = init_params(&m.graph, 1, Precision::F32).unwrap();
     let b = init_params(&m.graph, 1, Precision::F32).unwrap();
     let c = init_params(&m.graph, 2, Precision::F32).unwrap();

@@ -1,46 +1,19 @@
 //! Every model of the research log compiles to a shape-checked graph, its parameter count at
 //! paper scale matches the architecture's arithmetic, and its IR matches a golden summary.
 
+mod common;
+
 use muse_compiler::ir::{print, Graph};
-use muse_compiler::{compile_path, compile_source, ConfigValue, Model, Options};
+use muse_compiler::{compile_source, ConfigValue, Model, Options};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The variants of SPEC-models.md section 7, one file each.
-const MODELS: &[&str] = &[
-    "muse_base",
-    "muse_small",
-    "mamba_concat",
-    "mamba_seq_linear_out",
-    "mamba_seq_linear_in",
-    "mamba_xattn_xz",
-    "mamba_then_xattn",
-    "mamba_text_a",
-    "mamba_text_b",
-    "mamba_text_c",
-    "mamba_text_d",
-    "mamba_text_skip",
-    "mamba_parallel",
-    "mamba_layer_critic",
-    "token_critic",
-    "vq_tokenizer",
-];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn compile(name: &str, sets: &[(&str, &str)]) -> Model {
-    let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
-    let path = root().join("models").join(format!("{name}.muse"));
-    let c = compile_path(&path, &opts);
-    match c.result {
-        Ok(mut models) => {
-            assert_eq!(models.len(), 1, "{name}: one model per file");
-            models.pop().unwrap()
-        }
-        Err(d) => panic!("{name} failed to compile:\n{}", d.render(&c.sources)),
-    }
+    common::compile_model(name, sets)
 }
 
 fn config_int(m: &Model, key: &str) -> i64 {
@@ -60,14 +33,14 @@ fn models_directory_has_every_variant() {
         })
         .collect();
     found.sort();
-    let mut want: Vec<String> = MODELS.iter().map(|s| s.to_string()).collect();
+    let mut want: Vec<String> = common::MODELS.iter().map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(found, want);
 }
 
 #[test]
 fn every_model_compiles_with_parameters_and_results() {
-    for name in MODELS {
+    for name in common::MODELS {
         let m = compile(name, &[]);
         assert_eq!(&m.name, name);
         let g = &m.graph;
@@ -90,7 +63,7 @@ fn every_model_compiles_with_parameters_and_results() {
 fn every_model_compiles_at_paper_scale() {
     let masked =
         [("depth", "12"), ("dim", "1024"), ("heads", "16"), ("codebook", "8192"), ("grid", "16"), ("text_len", "64")];
-    for name in MODELS.iter().filter(|n| **n != "vq_tokenizer") {
+    for name in common::MODELS.iter().filter(|n| **n != "vq_tokenizer") {
         let m = compile(name, &masked);
         let logits = m.graph.outputs.iter().find(|(n, _)| n == "logits").expect("logits").1;
         let want = if *name == "token_critic" { "f32[B, 256]" } else { "f32[B, 256, 8192]" };
@@ -229,7 +202,7 @@ fn check_golden(file: &str, actual: &str) {
 
 #[test]
 fn golden_summaries_of_every_model() {
-    for name in MODELS {
+    for name in common::MODELS {
         let m = compile(name, &[]);
         check_golden(&format!("{name}.txt"), &summary(&m.graph));
     }

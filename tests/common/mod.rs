@@ -18,7 +18,58 @@ pub fn compile_model(name: &str, sets: &[(&str, &str)]) -> Model {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(format!("{name}.muse"));
     let c = muse_compiler::compile_path(&path, &opts);
     match c.result {
-        Ok(mut m) => m.remove(0),
+        Ok(mut m) => {
+            assert_eq!(m.len(), 1, "{name}: one model per file");
+            m.remove(0)
+        }
         Err(d) => panic!("{name}: {}", d.render(&c.sources)),
     }
+}
+
+/// The variants of SPEC-models.md section 7, one file each.
+pub const MODELS: &[&str] = &[
+    "muse_base",
+    "muse_small",
+    "mamba_concat",
+    "mamba_seq_linear_out",
+    "mamba_seq_linear_in",
+    "mamba_xattn_xz",
+    "mamba_then_xattn",
+    "mamba_text_a",
+    "mamba_text_b",
+    "mamba_text_c",
+    "mamba_text_d",
+    "mamba_text_skip",
+    "mamba_parallel",
+    "mamba_layer_critic",
+    "token_critic",
+    "vq_tokenizer",
+];
+
+/// The smallest config of each model that still has every part (`grid` sets the tokens per side).
+pub fn tiny(name: &str, grid: &'static str) -> Vec<(&'static str, &'static str)> {
+    if name == "vq_tokenizer" {
+        return vec![
+            ("resolution", "8"),
+            ("channels", "4"),
+            ("levels", "1"),
+            ("codebook", "5"),
+            ("code_dim", "3"),
+            ("groups", "2"),
+        ];
+    }
+    let mut v = vec![
+        ("codebook", "7"),
+        ("grid", grid),
+        ("text_vocab", "11"),
+        ("text_len", "3"),
+        ("dim", "8"),
+        ("depth", "2"),
+        ("heads", "2"),
+        ("text_depth", "1"),
+    ];
+    if name.starts_with("mamba") {
+        v.push(("d_state", "2"));
+    }
+    v
 }
