@@ -230,6 +230,27 @@ pub fn profitability(g: &Graph, n: NodeIndex, consumer_kernels: usize) -> Result
     Err(CutReason::MultipleUsers)
 }
 
+/// A short elementwise chain over one source of its own size (SiLU's `exp(-x)`, `1 + e`):
+/// each consumer recomputing it from that source reads as many bytes as reading a stored
+/// copy would, and nothing is written, so it is recomputed (rematerialised).
+fn is_remat(g: &Graph, n: NodeIndex) -> bool {
+    fn chain(g: &Graph, n: NodeIndex, depth: usize) -> Option<usize> {
+        let op = &g.node(n).op;
+        if !is_elementwise(op) {
+            return Some(0);
+        }
+        if depth > 6 {
+            return None;
+        }
+        let mut ops = 1;
+        for o in g.operands(n) {
+            ops += chain(g, o, depth + 1)?;
+        }
+        (ops <= 6).then_some(ops)
+    }
+    is_elementwise(&g.node(n).op) && chain(g, n, 0).is_some() && source_elems(g, n, &mut HashMap::new()) <= elems(g, n)
+}
+
 /// Elements (at batch 8) `n` is computed from when its elementwise ops and broadcasts are
 /// recomputed: a broadcast counts its source once, constants count nothing.
 fn source_elems(g: &Graph, n: NodeIndex, memo: &mut HashMap<NodeIndex, f64>) -> f64 {
@@ -509,7 +530,11 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
                 }
             }
         }
-        let reason = reason.or_else(|| profitability(g, n, here.len()).err());
+        // Rematerialise short chains, except into scan kernels, whose sequential steps make
+        // every recomputed operation expensive.
+        let into_scan = here.iter().any(|s| matches!(s, Sink::Group(k) if kinds[*k] == GroupKind::Scan));
+        let reason =
+            reason.or_else(|| if !into_scan && is_remat(g, n) { None } else { profitability(g, n, here.len()).err() });
         if let Some(r) = reason {
             materialized.insert(n, r);
             if !row_of.contains_key(&n) {
