@@ -7,7 +7,7 @@
 //! and every place a value is written to memory records why ([`CutReason`]), which
 //! `muse inspect` shows.
 
-use crate::ir::{Dim, Graph, NodeIndex, Op, Shape};
+use crate::ir::{Dim, Graph, NodeIndex, Op, ReduceOp, Shape};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
@@ -302,22 +302,52 @@ fn is_elementwise(op: &Op) -> bool {
     matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. } | Op::StopGradient)
 }
 
+/// The reductions that follow `r` one axis at a time (`sum` over B, then over L, as a
+/// broadcast's gradient makes them): each the only user of the previous, with the same op.
+/// A row kernel reduces them all in one loop over the combined axes.
+pub fn reduction_chain(
+    g: &Graph,
+    r: NodeIndex,
+    live: &HashSet<NodeIndex>,
+    requested: &HashSet<NodeIndex>,
+) -> Vec<NodeIndex> {
+    let mut chain = vec![r];
+    let Op::Reduce { op, .. } = g.node(r).op else { return chain };
+    if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) {
+        return chain;
+    }
+    loop {
+        let last = *chain.last().expect("non-empty");
+        if requested.contains(&last) {
+            return chain;
+        }
+        let users: Vec<NodeIndex> = g.users(last).into_iter().filter(|u| live.contains(u)).collect();
+        match users.as_slice() {
+            [u] if matches!(g.node(*u).op, Op::Reduce { op: o2, .. } if o2 == op) => chain.push(*u),
+            _ => return chain,
+        }
+    }
+}
+
 /// Grows the row kernel of reduction `r`: later reductions over the same rows and the
 /// elementwise users of their results (directly on the reduced shape, or broadcast back
-/// along the reduced axis), as long as nothing outside the kernel sits in between.
+/// along the reduced axes), as long as nothing outside the kernel sits in between. A chain
+/// of reductions over several axes counts as one reduction over all of them.
 fn grow_row(
     g: &Graph,
     r: NodeIndex,
     live: &HashSet<NodeIndex>,
     taken: &HashMap<NodeIndex, usize>,
     pos: &HashMap<NodeIndex, usize>,
+    requested: &HashSet<NodeIndex>,
 ) -> Vec<NodeIndex> {
     let (s, axis) = row_key(g, r).expect("a reduction");
-    let mut reduced = s.clone();
-    reduced.0[axis] = Dim::known(1);
-    let mut members: HashSet<NodeIndex> = HashSet::from([r]);
-    let mut order = vec![r];
-    let mut frontier = vec![r];
+    let chain = reduction_chain(g, r, live, requested);
+    let last = *chain.last().expect("non-empty");
+    let reduced = g.ty(last).shape.clone();
+    let mut members: HashSet<NodeIndex> = chain.iter().copied().collect();
+    let mut order = chain.clone();
+    let mut frontier = vec![last];
     while let Some(v) = frontier.pop() {
         let mut users = g.users(v);
         users.retain(|u| live.contains(u) && !members.contains(u) && !taken.contains_key(u));
@@ -327,7 +357,12 @@ fn grow_row(
             let fits = match &g.node(u).op {
                 op if is_elementwise(op) => ty.shape == reduced || ty.shape == s,
                 Op::Broadcast { shape } => shape == &s && g.ty(ops[0]).shape == reduced && members.contains(&ops[0]),
-                Op::Reduce { .. } => row_key(g, u) == Some((s.clone(), axis)),
+                // Later reductions join only single-axis kernels (layernorm's second pass).
+                Op::Reduce { .. } => {
+                    chain.len() == 1
+                        && row_key(g, u) == Some((s.clone(), axis))
+                        && reduction_chain(g, u, live, requested).len() == 1
+                }
                 _ => false,
             };
             if !fits {
@@ -478,7 +513,7 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
     }
     for &n in &order {
         if matches!(g.node(n).op, Op::Reduce { .. }) && !row_of.contains_key(&n) {
-            let members = grow_row(g, n, &live, &row_of, &pos);
+            let members = grow_row(g, n, &live, &row_of, &pos, &requested);
             for &m in &members {
                 row_of.insert(m, rows.len());
             }

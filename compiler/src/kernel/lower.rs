@@ -495,26 +495,55 @@ impl Lower<'_> {
         (lanes, Body::Scan { inner, reverse, states, a, b, state_stores, reduce, step_stores })
     }
 
-    /// A row kernel: the reductions of the group in order, then its stored values.
+    /// A row kernel: the reductions of the group in order, then its stored values. A chain of
+    /// reductions over several axes is one phase whose steps run over all those axes.
     fn row(&mut self, grp: &Group) -> (ExprId, Body) {
-        let reductions: Vec<NodeIndex> =
-            grp.members.iter().copied().filter(|&m| matches!(self.g.node(m).op, Op::Reduce { .. })).collect();
-        let first = reductions[0];
-        let Op::Reduce { axis, .. } = self.g.node(first).op else { unreachable!() };
+        let member_set: HashSet<NodeIndex> = grp.members.iter().copied().collect();
+        let is_reduce = |g: &Graph, m: NodeIndex| matches!(g.node(m).op, Op::Reduce { .. });
+        // Phases: each reduction whose input is not itself a reduction of the group starts one;
+        // the chain that follows it ends in the value the phase produces.
+        let mut phases_nodes: Vec<Vec<NodeIndex>> = Vec::new();
+        for &m in &grp.members {
+            let input = self.g.operands(m)[0];
+            if is_reduce(self.g, m) && !(member_set.contains(&input) && is_reduce(self.g, input)) {
+                let mut chain = vec![m];
+                loop {
+                    let last = *chain.last().expect("non-empty");
+                    let next =
+                        self.g.users(last).into_iter().find(|u| {
+                            member_set.contains(u) && is_reduce(self.g, *u) && self.g.operands(*u)[0] == last
+                        });
+                    match next {
+                        Some(u) => chain.push(u),
+                        None => break,
+                    }
+                }
+                phases_nodes.push(chain);
+            }
+        }
+        let first = phases_nodes[0][0];
         let rows_shape = self.shape(self.g.operands(first)[0]);
-        let reduced = self.shape(first);
+        let reduced = self.shape(*phases_nodes[0].last().expect("non-empty"));
+        let axes: Vec<usize> = (0..rows_shape.rank()).filter(|&k| rows_shape.0[k] != reduced.0[k]).collect();
         let lanes = self.numel(&reduced);
         let lane = self.lane_var(lanes);
         let lane_idx = self.delinear(lane, &reduced);
-        let inner = self.dim(&rows_shape.0[axis]);
+        let steps_shape = Shape(axes.iter().map(|&k| rows_shape.0[k].clone()).collect());
+        let inner = self.numel(&steps_shape);
+        let step = self.loop_var(Expr::Step, inner);
+        let step_idx = self.delinear(step, &steps_shape);
         let mut elem_idx = lane_idx.clone();
-        elem_idx[axis] = self.loop_var(Expr::Step, inner);
+        for (k, &a) in axes.iter().enumerate() {
+            elem_idx[a] = step_idx[k];
+        }
         let mut phases = Vec::new();
-        for (j, &r) in reductions.iter().enumerate() {
-            let Op::Reduce { op, .. } = self.g.node(r).op else { unreachable!() };
-            let v = self.value(self.g.operands(r)[0], &elem_idx);
+        for (j, chain) in phases_nodes.iter().enumerate() {
+            let Op::Reduce { op, .. } = self.g.node(chain[0]).op else { unreachable!() };
+            let v = self.value(self.g.operands(chain[0])[0], &elem_idx);
             phases.push((op, v));
-            self.acc.insert(r, j as u32);
+            for &r in chain {
+                self.acc.insert(r, j as u32);
+            }
         }
         let (mut elem_stores, mut lane_stores) = (Vec::new(), Vec::new());
         for &o in &grp.outputs {
