@@ -82,36 +82,11 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
         }
         let bytes_read = group.reads.iter().map(|&n| bytes(g, n, batch)).sum();
         let launch = match step {
-            Step::MatMul(m) => {
-                let s = &g.ty(m.out).shape;
-                format!("gemm {}", s)
-            }
-            Step::Kernel(_) => match group.kind {
-                GroupKind::Row | GroupKind::Scan => {
-                    let anchor = if group.kind == GroupKind::Row {
-                        *group
-                            .members
-                            .iter()
-                            .find(|&&m| matches!(g.node(m).op, Op::Reduce { .. }))
-                            .unwrap_or(&group.root)
-                    } else {
-                        group.root
-                    };
-                    let src = g.operands(anchor)[0];
-                    let total = numel(g, src, batch);
-                    let lanes = if group.kind == GroupKind::Row {
-                        numel(g, anchor, batch)
-                    } else {
-                        let axis = match g.node(anchor).op {
-                            Op::Scan { axis, .. } => axis,
-                            _ => 0,
-                        };
-                        let len = g.ty(anchor).shape.0[axis].as_known().unwrap_or(1) as u64;
-                        total / len.max(1)
-                    };
-                    format!("{lanes} x {}", total / lanes.max(1))
-                }
-                _ => format!("{} lanes", numel(g, group.root, batch)),
+            Step::MatMul(m) => format!("gemm {}", g.ty(m.out).shape),
+            Step::Kernel(k) => match k.kernel.launch_shape(batch) {
+                (lanes, 1, 1) => format!("{lanes} lanes"),
+                (lanes, inner, 1) => format!("{lanes} x {inner}"),
+                (lanes, inner, states) => format!("{lanes} x {inner} x {states}"),
             },
         };
         let kind = match group.kind {

@@ -351,6 +351,42 @@ impl Builder {
     }
 }
 
+impl Kernel {
+    /// The value of index expression `e` when every symbolic size is `sizes[k]`; `None` for
+    /// expressions that depend on loop variables or data.
+    pub fn eval_index(&self, e: ExprId, sizes: &[i64]) -> Option<i64> {
+        match &self.exprs[e as usize].expr {
+            Expr::Const(bits) => Some(f64::from_bits(*bits) as i64),
+            Expr::Size(k) => sizes.get(*k as usize).copied(),
+            Expr::Index(op, a, b) => {
+                let (x, y) = (self.eval_index(*a, sizes)?, self.eval_index(*b, sizes)?);
+                Some(match op {
+                    IndexOp::Add => x.checked_add(y)?,
+                    IndexOp::Sub => x.checked_sub(y)?,
+                    IndexOp::Mul => x.checked_mul(y)?,
+                    IndexOp::Div => x.checked_div(y)?,
+                    IndexOp::Rem => x.checked_rem(y)?,
+                    IndexOp::Min => x.min(y),
+                    IndexOp::Max => x.max(y),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Lanes, inner steps and (for scans) states per lane, with symbolic sizes set to `size`.
+    pub fn launch_shape(&self, size: i64) -> (i64, i64, i64) {
+        let sizes = vec![size; 16];
+        let lanes = self.eval_index(self.lanes, &sizes).unwrap_or(0);
+        let (inner, states) = match &self.body {
+            Body::Row { inner, .. } => (self.eval_index(*inner, &sizes).unwrap_or(0), 1),
+            Body::Scan { inner, states, .. } => (self.eval_index(*inner, &sizes).unwrap_or(0), *states),
+            _ => (1, 1),
+        };
+        (lanes, inner, states)
+    }
+}
+
 impl std::fmt::Display for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "kernel {} (lanes t{})", self.name, self.lanes)?;
