@@ -418,6 +418,8 @@ fn write_stdout(text: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (see `quiet_openmp`).
+    muse_runtime::cpu::quiet_openmp();
     let cli = Cli::parse();
     let is_grad = matches!(cli.command, Command::Grad { .. });
     match cli.command {

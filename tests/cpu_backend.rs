@@ -216,3 +216,18 @@ fn fast_exp_is_accurate_elementwise() {
         }
     }
 }
+
+/// Token ids outside the embedding table are an error naming the input, as in the
+/// interpreter, not a quiet clamp.
+#[test]
+fn out_of_range_ids_are_an_error() {
+    let m = common::compile_model("muse_small", &common::tiny("muse_small", "2"));
+    let req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
+    let p = CpuProgram::compile(&m.graph, &req, &settings()).unwrap();
+    let params = init_params(&m.graph, 0, Precision::F32).unwrap();
+    let mut inputs = random_inputs(&m.graph, 2, 0);
+    assert!(p.run(&m.graph, &inputs, &params, 0).is_ok());
+    inputs.insert("tokens".into(), HostTensor::i(&[2, 4], vec![0, 1, 2, 8, 0, 0, 0, 0]));
+    let e = p.run(&m.graph, &inputs, &params, 0).unwrap_err().to_string();
+    assert!(e.contains("input `tokens`") && e.contains("index 8 is outside 0..8"), "{e}");
+}

@@ -8,8 +8,20 @@ use crate::tensor::HostTensor;
 use muse_compiler::ir::{BinaryOp, DType, Graph, NodeIndex, Op};
 use std::collections::HashMap;
 
-/// The largest valid value + 1 of each i32 input, from how the graph uses it.
+/// The range `0..bound` random ids are drawn from for each i32 input: its index limit where
+/// the graph uses it as an index, else `0..2`.
 pub fn index_bounds(g: &Graph) -> HashMap<String, i64> {
+    let limits = index_limits(g);
+    g.inputs
+        .iter()
+        .filter(|(_, n)| g.ty(*n).dtype == DType::I32)
+        .map(|(name, _)| (name.clone(), limits.get(name).copied().unwrap_or(2)))
+        .collect()
+}
+
+/// For each i32 input used as an index, one past the largest valid value: the rows of the
+/// table it gathers from or scatters into, or the size of the axis an iota compares it with.
+pub fn index_limits(g: &Graph) -> HashMap<String, i64> {
     let mut out = HashMap::new();
     for (name, n) in &g.inputs {
         if g.ty(*n).dtype != DType::I32 {
@@ -42,7 +54,9 @@ pub fn index_bounds(g: &Graph) -> HashMap<String, i64> {
                 }
             }
         }
-        out.insert(name.clone(), bound.unwrap_or(2).max(1));
+        if let Some(b) = bound {
+            out.insert(name.clone(), b.max(1));
+        }
     }
     out
 }

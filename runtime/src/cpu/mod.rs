@@ -29,6 +29,37 @@ pub struct CpuProgram {
     requested: Vec<NodeIndex>,
 }
 
+/// GEMM's rayon threads and the kernels' OpenMP threads share the cores: OpenMP threads that
+/// spin while waiting for work slow every GEMM (and small kernels) down. Unless the user
+/// chose a policy, they sleep instead. This must happen before the first kernel library is
+/// loaded (OpenMP reads it once); it runs once per process. Programs embedding muse with
+/// threads of their own should set `OMP_WAIT_POLICY` themselves before starting them.
+pub fn quiet_openmp() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            std::env::set_var("OMP_WAIT_POLICY", "passive");
+        }
+    });
+}
+
+/// Generated kernels clamp indices instead of trapping; the ids a user passes are checked
+/// here instead, with the interpreter's error, so a bad token id is an error, not a quiet
+/// wrong answer.
+fn check_indices(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<(), RunError> {
+    for (name, bound) in crate::inputs::index_limits(g) {
+        let Some(Data::I(v)) = inputs.get(&name).map(|t| &t.data) else { continue };
+        if let Some(&bad) = v.iter().find(|&&x| x < 0 || x as i64 >= bound) {
+            return Err(RunError::IndexOutOfRange {
+                op: format!("input `{name}`"),
+                index: bad as i64,
+                rows: bound as usize,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Resolved shapes and strides of one GEMM step: left shape, right shape, left strides,
 /// right strides.
 type GemmShape = (Vec<usize>, Vec<usize>, Vec<isize>, Vec<isize>);
@@ -116,12 +147,7 @@ impl CpuProgram {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let per_unit = kernels.len().div_ceil(cores * 2).max(64);
         let source = c::render_program(&kernels, per_unit);
-        // GEMM's rayon threads and the kernels' OpenMP threads share the cores: OpenMP threads
-        // that spin while waiting for work slow every GEMM (and small kernels) down. Unless the
-        // user chose, they sleep instead; this must be set before the library starts OpenMP.
-        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-            std::env::set_var("OMP_WAIT_POLICY", "passive");
-        }
+        quiet_openmp();
         let library = if source.is_empty() { None } else { Some(compile::compile(&source, settings)?) };
         let mut fns = Vec::new();
         for s in &program.steps {
@@ -173,6 +199,7 @@ impl CpuProgram {
     ) -> Result<Prepared, RunError> {
         let bindings = bind_inputs(g, inputs)?;
         check_params(g, params)?;
+        check_indices(g, inputs)?;
         let sizes: Vec<i64> = self.program.symbols.iter().map(|s| bindings.0[s]).collect();
         let mut shapes: HashMap<NodeIndex, Vec<usize>> = HashMap::new();
         let mut shape_of = |n: NodeIndex| -> Vec<usize> {
