@@ -5,7 +5,7 @@
 
 use super::{declare, declare_where, levels, needed, phases, used, Dialect, Level};
 use crate::ir::{DType, ReduceOp};
-use crate::kernel::ir::{Access, Body, KType, Kernel};
+use crate::kernel::ir::{Access, Body, Expr, KType, Kernel};
 use std::fmt::Write;
 
 /// The C dialect.
@@ -241,40 +241,74 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         unreachable!()
     };
     let ph = phases(k);
+    // Which expressions vary with the step (or the carried state): the others among the
+    // per-state ones (Mamba's `-exp(A_log)`) are computed once per lane into arrays.
+    let mut per_step = vec![false; k.exprs.len()];
+    for (i, n) in k.exprs.iter().enumerate() {
+        per_step[i] = matches!(n.expr, Expr::Step | Expr::Carry | Expr::Acc(_))
+            || super::children(&n.expr).iter().any(|&c| per_step[c as usize]);
+    }
     let mut done: Vec<bool> = lv.iter().map(|l| *l == Level::Kernel).collect();
     declare_where(d, k, &|i| used[i] && lv[i] == Level::Lane && ph[i] == 0, &mut done, "    ", s);
+    // Only values: index arithmetic is cheaper to redo than to load, and int64 arrays in the
+    // loop keep GCC from vectorizing it.
+    let hoisted: Vec<usize> = (0..k.exprs.len())
+        .filter(|&i| used[i] && lv[i] == Level::State && !per_step[i] && ph[i] == 0)
+        .filter(|&i| matches!(k.exprs[i].ty, KType::Elem(_)))
+        .collect();
+    if !hoisted.is_empty() {
+        for &i in &hoisted {
+            let _ = writeln!(s, "    {} t{i}_s[{states}];", d.ty(k.exprs[i].ty));
+        }
+        let _ = writeln!(s, "    for (int64_t st = 0; st < {states}; st++) {{");
+        let mut local = done.clone();
+        declare_where(d, k, &|i| hoisted.contains(&i) || (used[i] && lv[i] == Level::State && !per_step[i]), &mut local, "      ", s);
+        for &i in &hoisted {
+            let _ = writeln!(s, "      t{i}_s[st] = t{i};");
+        }
+        let _ = writeln!(s, "    }}");
+    }
     let _ = writeln!(s, "    float h[{states}];");
     let _ = writeln!(s, "    for (int64_t st = 0; st < {states}; st++) h[st] = 0.0f;");
+    if reduce.is_some() {
+        let _ = writeln!(s, "    float red[{states}];");
+    }
     let _ = writeln!(s, "    for (int64_t it = 0; it < t{inner}; it++) {{");
     let step = if *reverse { format!("t{inner} - 1 - it") } else { "it".into() };
     let _ = writeln!(s, "      const int64_t step = {step};");
     let mut step_done = done.clone();
     declare_where(d, k, &|i| used[i] && lv[i] == Level::Step && ph[i] == 0, &mut step_done, "      ", s);
-    let (acc_ty, init, update) = match reduce {
-        Some((ReduceOp::Sum, v)) => ("double", "0.0", format!("acc += (double)t{v};")),
-        Some((ReduceOp::Max, v)) => ("float", "-INFINITY", format!("acc = muse_fmax(acc, t{v});")),
-        Some((ReduceOp::Min, v)) => ("float", "INFINITY", format!("acc = muse_fmin(acc, t{v});")),
-        Some((op, _)) => unreachable!("{op:?} over scan states"),
-        None => ("double", "0.0", String::new()),
-    };
-    let _ = writeln!(s, "      {acc_ty} acc = {init}; (void)acc;");
     let _ = writeln!(s, "      for (int64_t st = 0; st < {states}; st++) {{");
+    let mut state_done = step_done.clone();
+    for &i in &hoisted {
+        let _ = writeln!(s, "        const {} t{i} = t{i}_s[st];", d.ty(k.exprs[i].ty));
+        state_done[i] = true;
+    }
     // a and b first, then the new h, then what reads it.
     let need_ab = needed(k, &[*a, *b]);
-    let mut state_done = step_done.clone();
     declare_where(d, k, &|i| need_ab[i] && lv[i] == Level::State && ph[i] == 0, &mut state_done, "        ", s);
     let _ = writeln!(s, "        h[st] = t{a} * h[st] + t{b};");
     declare_where(d, k, &|i| used[i] && lv[i] == Level::State && ph[i] == 0, &mut state_done, "        ", s);
     for (buf, index, value) in state_stores {
         let _ = writeln!(s, "        b{buf}[t{index}] = t{value};");
     }
-    if !update.is_empty() {
-        let _ = writeln!(s, "        {update}");
+    if let Some((_, v)) = reduce {
+        // The terms are stored and folded after the loop, in state order: the loop itself
+        // then has no loop-carried sum and vectorizes across states.
+        let _ = writeln!(s, "        red[st] = t{v};");
     }
     let _ = writeln!(s, "      }}");
-    if let Some((_, v)) = reduce {
-        let _ =
-            writeln!(s, "      const {} r0 = ({})acc;", d.ty(k.exprs[*v as usize].ty), d.ty(k.exprs[*v as usize].ty));
+    if let Some((op, v)) = reduce {
+        let ty = d.ty(k.exprs[*v as usize].ty);
+        let (acc_ty, init) = match op {
+            ReduceOp::Sum => ("double", "0.0"),
+            ReduceOp::Max => ("float", "-INFINITY"),
+            ReduceOp::Min => ("float", "INFINITY"),
+            other => unreachable!("{other:?} over scan states"),
+        };
+        let _ = writeln!(s, "      {acc_ty} acc = {init};");
+        let _ = writeln!(s, "      for (int64_t st = 0; st < {states}; st++) {}", combine_text(*op, false, "acc", "red[st]"));
+        let _ = writeln!(s, "      const {ty} r0 = ({ty})acc;");
     }
     declare_where(d, k, &|i| used[i] && lv[i] <= Level::Step && ph[i] == 1, &mut step_done, "      ", s);
     for (buf, index, value) in step_stores {
