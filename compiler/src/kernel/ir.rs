@@ -210,6 +210,10 @@ impl Builder {
             return id;
         }
         let id = self.exprs.len() as ExprId;
+        if matches!(node.expr, Expr::Size(_)) {
+            // A size is at least 0; its upper bound is known only at run time.
+            self.ranges.insert(id, (0, i64::MAX));
+        }
         self.exprs.push(node.clone());
         self.index.insert(node, id);
         id
@@ -312,42 +316,79 @@ impl Builder {
                 return Some(self.idx(lo / c));
             }
         }
-        // x = q * k + r with k a multiple of c and 0 <= r < c, q >= 0.
-        if let Expr::Index(IndexOp::Add, p, r) = *self.get(x) {
-            for (m, rest) in [(p, r), (r, p)] {
-                if let Expr::Index(IndexOp::Mul, q, k) = *self.get(m) {
-                    let (q, k) = match (self.as_const(k), self.as_const(q)) {
-                        (Some(kc), _) => (q, kc),
-                        (None, Some(qc)) => (k, qc),
-                        _ => continue,
-                    };
-                    let small = self.range(rest).is_some_and(|(lo, hi)| lo >= 0 && hi < c);
-                    let q_nonneg = self.range(q).is_none_or(|(lo, _)| lo >= 0);
-                    if k % c == 0 && small && q_nonneg {
-                        return Some(if op == IndexOp::Rem {
-                            rest
-                        } else {
-                            let f = self.idx(k / c);
-                            self.iop(IndexOp::Mul, q, f)
-                        });
-                    }
-                }
+        // x as a sum of terms coef * atom + constant: the terms whose coefficients are
+        // multiples of c give the quotient; the rest, if they stay in 0..c, the remainder.
+        let (terms, konst) = self.linear_form(x);
+        if konst < 0 {
+            return None;
+        }
+        let (mut q_terms, mut r_terms) = (Vec::new(), Vec::new());
+        let (mut r_lo, mut r_hi) = (konst % c, konst % c);
+        for (atom, coef) in terms {
+            let (lo, hi) = self.range(atom)?;
+            if lo < 0 || coef < 0 {
+                return None;
+            }
+            if coef % c == 0 {
+                q_terms.push((atom, coef / c));
+            } else {
+                r_lo = r_lo.checked_add(coef.checked_mul(lo)?)?;
+                r_hi = r_hi.checked_add(coef.checked_mul(hi)?)?;
+                r_terms.push((atom, coef));
             }
         }
-        // x = q * k with k a multiple of c.
-        if let Expr::Index(IndexOp::Mul, q, k) = *self.get(x) {
-            if let Some(kc) = self.as_const(k) {
-                if kc % c == 0 {
-                    return Some(if op == IndexOp::Rem {
-                        self.idx(0)
-                    } else {
-                        let f = self.idx(kc / c);
-                        self.iop(IndexOp::Mul, q, f)
-                    });
+        if r_lo < 0 || r_hi >= c {
+            return None;
+        }
+        Some(if op == IndexOp::Rem { self.build(&r_terms, konst % c) } else { self.build(&q_terms, konst / c) })
+    }
+
+    /// `e` as `sum(coef * atom) + constant`, looking through additions, subtractions and
+    /// multiplications by constants.
+    fn linear_form(&self, e: ExprId) -> (Vec<(ExprId, i64)>, i64) {
+        let mut terms: Vec<(ExprId, i64)> = Vec::new();
+        let mut konst = 0i64;
+        let mut stack = vec![(e, 1i64)];
+        while let Some((x, k)) = stack.pop() {
+            if let Some(c) = self.as_const(x) {
+                konst = konst.saturating_add(c.saturating_mul(k));
+                continue;
+            }
+            match *self.get(x) {
+                Expr::Index(IndexOp::Add, a, b) => {
+                    stack.push((a, k));
+                    stack.push((b, k));
                 }
+                Expr::Index(IndexOp::Sub, a, b) => {
+                    stack.push((a, k));
+                    stack.push((b, -k));
+                }
+                Expr::Index(IndexOp::Mul, a, b) if self.as_const(b).is_some() => {
+                    stack.push((a, k.saturating_mul(self.as_const(b).expect("const"))))
+                }
+                Expr::Index(IndexOp::Mul, a, b) if self.as_const(a).is_some() => {
+                    stack.push((b, k.saturating_mul(self.as_const(a).expect("const"))))
+                }
+                _ => match terms.iter_mut().find(|t| t.0 == x) {
+                    Some(t) => t.1 += k,
+                    None => terms.push((x, k)),
+                },
             }
         }
-        None
+        terms.retain(|t| t.1 != 0);
+        terms.sort();
+        (terms, konst)
+    }
+
+    /// The expression `sum(coef * atom) + konst`.
+    fn build(&mut self, terms: &[(ExprId, i64)], konst: i64) -> ExprId {
+        let mut e = self.idx(konst);
+        for &(atom, coef) in terms {
+            let c = self.idx(coef);
+            let t = self.iop(IndexOp::Mul, atom, c);
+            e = self.iop(IndexOp::Add, e, t);
+        }
+        e
     }
 }
 
@@ -464,5 +505,28 @@ mod tests {
                 assert_eq!(eval(&b, y, l, s), want % 7);
             }
         }
+    }
+
+    #[test]
+    fn nested_linear_forms_simplify() {
+        let mut b = Builder::default();
+        let lane = b.add(Expr::Lane, KType::Index); // plays b, unbounded above
+        b.set_range(lane, 0, i64::MAX);
+        let step = b.add(Expr::Step, KType::Index); // plays t in 0..16
+        b.set_range(step, 0, 15);
+        let st = b.add(Expr::State, KType::Index); // plays s in 0..16
+        b.set_range(st, 0, 15);
+        let c16 = b.idx(16);
+        let c256 = b.idx(256);
+        let bt = b.iop(IndexOp::Mul, lane, c16);
+        let bt = b.iop(IndexOp::Add, bt, step);
+        let x = b.iop(IndexOp::Mul, bt, c16);
+        let x = b.iop(IndexOp::Add, x, st); // (b*16 + t)*16 + s
+        assert_eq!(b.iop(IndexOp::Div, x, c256), lane);
+        assert_eq!(b.iop(IndexOp::Rem, x, c16), st);
+        let q = b.iop(IndexOp::Div, x, c16);
+        assert_eq!(b.iop(IndexOp::Rem, q, c16), step);
+        let r = b.iop(IndexOp::Rem, x, c256);
+        assert!(!matches!(b.get(r), Expr::Index(IndexOp::Rem, ..)), "no % left: {:?}", b.get(r));
     }
 }

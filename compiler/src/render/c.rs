@@ -262,7 +262,14 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         }
         let _ = writeln!(s, "    for (int64_t st = 0; st < {states}; st++) {{");
         let mut local = done.clone();
-        declare_where(d, k, &|i| hoisted.contains(&i) || (used[i] && lv[i] == Level::State && !per_step[i]), &mut local, "      ", s);
+        declare_where(
+            d,
+            k,
+            &|i| hoisted.contains(&i) || (used[i] && lv[i] == Level::State && !per_step[i]),
+            &mut local,
+            "      ",
+            s,
+        );
         for &i in &hoisted {
             let _ = writeln!(s, "      t{i}_s[st] = t{i};");
         }
@@ -307,7 +314,11 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
             other => unreachable!("{other:?} over scan states"),
         };
         let _ = writeln!(s, "      {acc_ty} acc = {init};");
-        let _ = writeln!(s, "      for (int64_t st = 0; st < {states}; st++) {}", combine_text(*op, false, "acc", "red[st]"));
+        let _ = writeln!(
+            s,
+            "      for (int64_t st = 0; st < {states}; st++) {}",
+            combine_text(*op, false, "acc", "red[st]")
+        );
         let _ = writeln!(s, "      const {ty} r0 = ({ty})acc;");
     }
     declare_where(d, k, &|i| used[i] && lv[i] <= Level::Step && ph[i] == 1, &mut step_done, "      ", s);
