@@ -30,15 +30,17 @@ pub struct CpuProgram {
 }
 
 /// GEMM's rayon threads and the kernels' OpenMP threads share the cores: OpenMP threads that
-/// spin while waiting for work slow every GEMM (and small kernels) down. Unless the user
-/// chose a policy, they sleep instead. This must happen before the first kernel library is
+/// spin long while waiting for work slow every GEMM down, and threads that sleep at once
+/// make every small kernel pay a wake-up. Unless the user chose (`OMP_WAIT_POLICY` or
+/// `GOMP_SPINCOUNT`), they spin briefly (10000 rounds), then sleep: measured best of
+/// passive, active and 1e3-1e6 spins on muse_small and the Mamba block (docs/performance.md). This must happen before the first kernel library is
 /// loaded (OpenMP reads it once); it runs once per process. Programs embedding muse with
 /// threads of their own should set `OMP_WAIT_POLICY` themselves before starting them.
 pub fn quiet_openmp() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-            std::env::set_var("OMP_WAIT_POLICY", "passive");
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() && std::env::var_os("GOMP_SPINCOUNT").is_none() {
+            std::env::set_var("GOMP_SPINCOUNT", "10000");
         }
     });
 }
