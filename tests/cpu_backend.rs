@@ -231,3 +231,21 @@ fn out_of_range_ids_are_an_error() {
     let e = p.run(&m.graph, &inputs, &params, 0).unwrap_err().to_string();
     assert!(e.contains("input `tokens`") && e.contains("index 8 is outside 0..8"), "{e}");
 }
+
+/// The C prelude's tanh against Rust's `f32::tanh`, element by element.
+#[test]
+fn fast_tanh_is_accurate_elementwise() {
+    let m = common::compile_one("tanh.muse", "model t {\n  input x: f32[4099]\n  output y = tanh(x)\n}\n");
+    let p = CpuProgram::compile(&m.graph, &[m.graph.outputs[0].1], &settings()).unwrap();
+    let xs: Vec<f64> = (0..4096).map(|i| -12.0 + 24.0 * i as f64 / 4095.0).chain([f64::NAN, -1e30, 1e30]).collect();
+    let inputs = [("x".to_string(), HostTensor::f(&[4099], xs.iter().map(|&x| x as f32 as f64).collect()))].into();
+    let ours = p.run(&m.graph, &inputs, &Default::default(), 0).unwrap();
+    for (x, y) in xs.iter().zip(ours[&m.graph.outputs[0].1].to_f64()) {
+        let want = (*x as f32).tanh() as f64;
+        if x.is_nan() {
+            assert!(y.is_nan());
+        } else {
+            assert!((y - want).abs() <= 4e-7 * want.abs().max(1e-30) + 1e-12, "tanh({x}) = {y}, want {want}");
+        }
+    }
+}

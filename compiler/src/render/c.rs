@@ -23,6 +23,9 @@ impl Dialect for C {
     fn fast_exp(&self) -> String {
         "muse_expf".into()
     }
+    fn fast_tanh(&self) -> String {
+        "muse_tanhf".into()
+    }
 }
 
 /// Helpers every C file starts with; `muse_key`, `muse_uniform` and `muse_normal` are the
@@ -68,6 +71,18 @@ static inline float muse_expf(float x) {
   v = x < -103.972084f ? 0.0f : v;
   v = x != x ? x : v;
   return v;
+}
+/* tanh on the same terms: Cephes' odd polynomial below |x| = 0.625, 1 - 2/(e^2|x| + 1) above. */
+static inline float muse_tanhf(float x) {
+  float ax = x < 0.0f ? -x : x;
+  float z = x * x;
+  float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
+             - 3.33332819422e-1f) * z * x + x;
+  float e = muse_expf(2.0f * (ax > 20.0f ? 20.0f : ax));
+  float q = 1.0f - 2.0f / (e + 1.0f);
+  q = x < 0.0f ? -q : q;
+  float v = ax < 0.625f ? p : q;
+  return x != x ? x : v;
 }
 static inline float muse_fmax(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
 static inline float muse_fmin(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }

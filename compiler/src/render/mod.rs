@@ -20,6 +20,10 @@ pub trait Dialect {
     fn fast_exp(&self) -> String {
         self.math("exp")
     }
+    /// The hyperbolic tangent used for f32.
+    fn fast_tanh(&self) -> String {
+        self.math("tanh")
+    }
 }
 
 /// Where an expression is evaluated: once per kernel, per lane, or per step of the inner loop.
@@ -172,6 +176,7 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
                 (UnaryOp::Abs, true) => format!("{}({})", d.math("fabs"), t(a)),
                 (UnaryOp::Rsqrt, _) => format!("1.0f / {}({})", d.math("sqrt"), t(a)),
                 (UnaryOp::Exp, true) => format!("{}({})", d.fast_exp(), t(a)),
+                (UnaryOp::Tanh, true) => format!("{}({})", d.fast_tanh(), t(a)),
                 (UnaryOp::Recip, _) => format!("1.0f / {}", t(a)),
                 (u, _) => format!("{}({})", d.math(u.name()), t(a)),
             }
