@@ -280,6 +280,25 @@ impl Builder {
                 if let Some(e) = self.simplify_divmod(op, a, c) {
                     return e;
                 }
+                // (x / a) / c is x / (a * c).
+                if op == IndexOp::Div {
+                    if let Expr::Index(IndexOp::Div, x, k) = *self.get(a) {
+                        if let Some(kc) = self.as_const(k).filter(|&kc| kc > 0) {
+                            let kk = self.idx(kc.saturating_mul(c));
+                            return self.iop(IndexOp::Div, x, kk);
+                        }
+                    }
+                }
+            }
+        }
+        if op == IndexOp::Add {
+            // (y % b) * c + (y / b) * (b * c) is y * c: what re-linearising a delinearised
+            // index leaves (a reshape there and back).
+            let (mut terms, k) = self.linear_form(a);
+            let (tb, kb) = self.linear_form(b);
+            terms.extend(tb);
+            if let Some(t) = self.recombine(terms) {
+                return self.build(&t, k + kb);
             }
         }
         let e = self.add(Expr::Index(op, a, b), KType::Index);
@@ -341,6 +360,52 @@ impl Builder {
             return None;
         }
         Some(if op == IndexOp::Rem { self.build(&r_terms, konst % c) } else { self.build(&q_terms, konst / c) })
+    }
+
+    /// `x` as `(base, divisor)` with `x = base / divisor` (nested divisions by constants merged).
+    fn div_parts(&self, x: ExprId) -> (ExprId, i64) {
+        match *self.get(x) {
+            Expr::Index(IndexOp::Div, y, k) if self.as_const(k).is_some_and(|kc| kc > 0) => {
+                let (base, d) = self.div_parts(y);
+                (base, d.saturating_mul(self.as_const(k).expect("const")))
+            }
+            _ => (x, 1),
+        }
+    }
+
+    /// Merges term pairs `(u % b, c)` and `(u / b, b * c)` into `(u, c)`; `None` if none merge.
+    fn recombine(&self, mut terms: Vec<(ExprId, i64)>) -> Option<Vec<(ExprId, i64)>> {
+        let mut changed = false;
+        'again: loop {
+            for i in 0..terms.len() {
+                let Expr::Index(IndexOp::Rem, u, bx) = *self.get(terms[i].0) else { continue };
+                let Some(b) = self.as_const(bx).filter(|&b| b > 0) else { continue };
+                let (ubase, ua) = self.div_parts(u);
+                for j in 0..terms.len() {
+                    if i == j || terms[j].1 != terms[i].1.saturating_mul(b) {
+                        continue;
+                    }
+                    if !matches!(self.get(terms[j].0), Expr::Index(IndexOp::Div, ..)) {
+                        continue;
+                    }
+                    let (vbase, vk) = self.div_parts(terms[j].0);
+                    if vbase == ubase && vk == ua.saturating_mul(b) {
+                        let coef = terms[i].1;
+                        let (hi, lo) = (i.max(j), i.min(j));
+                        terms.remove(hi);
+                        terms.remove(lo);
+                        match terms.iter_mut().find(|t| t.0 == u) {
+                            Some(t) => t.1 += coef,
+                            None => terms.push((u, coef)),
+                        }
+                        changed = true;
+                        continue 'again;
+                    }
+                }
+            }
+            break;
+        }
+        changed.then_some(terms)
     }
 
     /// `e` as `sum(coef * atom) + constant`, looking through additions, subtractions and
@@ -528,5 +593,22 @@ mod tests {
         assert_eq!(b.iop(IndexOp::Rem, q, c16), step);
         let r = b.iop(IndexOp::Rem, x, c256);
         assert!(!matches!(b.get(r), Expr::Index(IndexOp::Rem, ..)), "no % left: {:?}", b.get(r));
+    }
+
+    #[test]
+    fn delinearise_then_linearise_is_the_identity() {
+        let mut b = Builder::default();
+        let lane = b.add(Expr::Lane, KType::Index);
+        b.set_range(lane, 0, i64::MAX);
+        let (c512, c64, c32768) = (b.idx(512), b.idx(64), b.idx(32768));
+        let d = b.iop(IndexOp::Rem, lane, c512);
+        let q = b.iop(IndexOp::Div, lane, c512);
+        let n = b.iop(IndexOp::Rem, q, c64);
+        let bb = b.iop(IndexOp::Div, lane, c32768);
+        let t = b.iop(IndexOp::Mul, bb, c64);
+        let t = b.iop(IndexOp::Add, t, n);
+        let t = b.iop(IndexOp::Mul, t, c512);
+        let lin = b.iop(IndexOp::Add, t, d);
+        assert_eq!(lin, lane, "((l/32768)*64 + (l/512)%64)*512 + l%512 is l");
     }
 }
