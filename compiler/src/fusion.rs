@@ -432,7 +432,7 @@ fn grow_scan(
                     *n != axis
                         && *n + 1 == sh.rank()
                         && g.ty(ops[0]).shape == sh
-                        && sh.0[*n].as_known().is_some_and(|k| k <= 64)
+                        && sh.0[*n].as_known().is_some_and(|k| (2..=64).contains(&k))
                 }
                 (op, Some((_, keep, squeezed))) if is_elementwise(op) => {
                     ty.shape == sh || &ty.shape == keep || &ty.shape == squeezed

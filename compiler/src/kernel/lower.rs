@@ -474,7 +474,8 @@ impl Lower<'_> {
         for &o in &grp.outputs {
             let buf = self.buf(o);
             let os = self.shape(o);
-            if os == sh {
+            let after_reduction = red.is_some_and(|r| o == r || self.acc.contains_key(&o));
+            if os == sh && !after_reduction {
                 let index = self.linear(&idx, &sh);
                 let v = self.value(o, &idx);
                 state_stores.push((buf, index, v));
@@ -548,7 +549,9 @@ impl Lower<'_> {
         let (mut elem_stores, mut lane_stores) = (Vec::new(), Vec::new());
         for &o in &grp.outputs {
             let buf = self.buf(o);
-            if self.shape(o) == rows_shape {
+            // A reduction's result is stored per lane even when its axes have size 1 (then
+            // its shape equals the rows' shape).
+            if self.shape(o) == rows_shape && !self.acc.contains_key(&o) {
                 let index = self.linear(&elem_idx, &rows_shape);
                 let v = self.compute(o, &elem_idx);
                 elem_stores.push((buf, index, v));
