@@ -84,6 +84,23 @@ fn program(dims: &[usize], choices: &[(u8, u8)]) -> String {
     format!("model f {{\n  input x: f32[{decl}]\n{}\n  output y = {t}\n}}\n", lines.join("\n"))
 }
 
+fn compare(a: &[f64], b: &[f64], src: &str) -> Result<(), TestCaseError> {
+    let scale = b.iter().filter(|x| x.is_finite()).fold(0.0f64, |s, x| s.max(x.abs())).max(1e-6);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let same = if y.is_finite() { (x - y).abs() <= 1e-4 * scale } else { x == y || (x.is_nan() && y.is_nan()) };
+        prop_assert!(same, "element {i}: fused {x}, interpreter {y}\n{src}");
+    }
+    Ok(())
+}
+
+fn settings() -> CompilerSettings {
+    CompilerSettings {
+        flags: vec!["-O1".into(), "-fopenmp".into()],
+        cache_dir: std::env::temp_dir().join(format!("muse-fused-fuzz-{}", std::process::id())),
+        ..CompilerSettings::default()
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -95,20 +112,29 @@ proptest! {
         let src = program(&dims, &choices);
         let m = common::compile_one("fuzz.muse", &src);
         let out = m.graph.outputs[0].1;
-        let settings = CompilerSettings {
-            flags: vec!["-O1".into(), "-fopenmp".into()],
-            cache_dir: std::env::temp_dir().join(format!("muse-fused-fuzz-{}", std::process::id())),
-            ..CompilerSettings::default()
-        };
-        let p = CpuProgram::compile(&m.graph, &[out], &settings).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let p = CpuProgram::compile(&m.graph, &[out], &settings()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let inputs = random_inputs(&m.graph, 1, 3);
         let ours = p.run(&m.graph, &inputs, &Default::default(), 0).unwrap();
         let reference = run(&m.graph, &inputs, &Default::default(), &RunOptions::default()).unwrap();
-        let (a, b) = (ours[&out].to_f64(), reference.get(out).to_f64());
-        let scale = b.iter().filter(|x| x.is_finite()).fold(0.0f64, |s, x| s.max(x.abs())).max(1e-6);
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            let same = if y.is_finite() { (x - y).abs() <= 1e-4 * scale } else { x == y || (x.is_nan() && y.is_nan()) };
-            prop_assert!(same, "element {i}: fused {x}, interpreter {y}\n{src}");
-        }
+        compare(&ours[&out].to_f64(), &reference.get(out).to_f64(), &src)?;
+    }
+
+    /// The same programs differentiated: the gradient of `sum(y * r)` with respect to the
+    /// input, through the backward kernels.
+    #[test]
+    fn fused_gradients_equal_the_interpreter(
+        dims in prop::collection::vec(1usize..5, 1..4),
+        choices in prop::collection::vec((any::<u8>(), any::<u8>()), 1..6),
+    ) {
+        let src = program(&dims, &choices);
+        let with_loss = src.replace("  output y = ", "  y = ").replace("\n}\n", "\n  output yy = y\n  r = stop_gradient(tanh(y * 7.0))\n  loss l = sum(y * r)\n}\n");
+        let m = common::compile_one("fuzz.muse", &with_loss);
+        let d = muse_compiler::autodiff::differentiate(&m.graph, muse_compiler::autodiff::Wrt { inputs: true });
+        let gx = d.inputs[0].1;
+        let p = CpuProgram::compile(&d.graph, &[gx], &settings()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let inputs = random_inputs(&m.graph, 1, 5);
+        let ours = p.run(&d.graph, &inputs, &Default::default(), 0).unwrap();
+        let reference = run(&d.graph, &inputs, &Default::default(), &RunOptions::default()).unwrap();
+        compare(&ours[&gx].to_f64(), &reference.get(gx).to_f64(), &with_loss)?;
     }
 }
