@@ -324,15 +324,18 @@ fn grad_model(m: &Model, run: &RunArgs) -> Result<String, String> {
     Ok(out)
 }
 
-fn inspect_model(
-    m: &Model,
-    sources: &muse_compiler::SourceMap,
+/// What `muse inspect` was asked for.
+struct InspectArgs<'a> {
     backward: bool,
     only: Option<usize>,
-    emit: Option<&str>,
+    emit: Option<&'a str>,
     batch: i64,
-    html: Option<&Path>,
-) -> Result<String, String> {
+    html: Option<&'a Path>,
+    verbose: bool,
+}
+
+fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs) -> Result<String, String> {
+    let (backward, only, emit, batch, html, verbose) = (a.backward, a.only, a.emit, a.batch, a.html, a.verbose);
     use muse_compiler::kernel::Step;
     let (graph, requested) = if backward {
         if m.graph.losses.is_empty() {
@@ -345,8 +348,24 @@ fn inspect_model(
     } else {
         (m.graph.clone(), m.graph.outputs.iter().chain(&m.graph.losses).map(|x| x.1).collect())
     };
+    let timer = muse_compiler::report::PassTimer::start("fusion", graph.node_count());
     let plan = muse_compiler::fusion::plan(&graph, &requested);
+    let fused = timer.finish(
+        graph.node_count(),
+        format!("{} kernels, {} values in memory", plan.kernel_count(), plan.materialized.len()),
+    );
+    let timer = muse_compiler::report::PassTimer::start("lower", graph.node_count());
     let program = muse_compiler::kernel::lower(&graph, &plan);
+    let exprs: usize = program
+        .steps
+        .iter()
+        .map(|s| if let muse_compiler::kernel::Step::Kernel(k) = s { k.kernel.exprs.len() } else { 0 })
+        .sum();
+    let lowered = timer.finish(graph.node_count(), format!("{exprs} kernel-IR expressions"));
+    if verbose {
+        eprintln!("{}: {fused}", m.name);
+        eprintln!("{}: {lowered}", m.name);
+    }
     if let Some(k) = only {
         if k >= program.steps.len() {
             return Err(format!(
@@ -493,7 +512,15 @@ fn main() -> ExitCode {
             };
             let mut text = String::new();
             for m in &models {
-                match inspect_model(m, &c.sources, backward, kernel, emit.as_deref(), batch, html.as_deref()) {
+                let args = InspectArgs {
+                    backward,
+                    only: kernel,
+                    emit: emit.as_deref(),
+                    batch,
+                    html: html.as_deref(),
+                    verbose: opts.verbose,
+                };
+                match inspect_model(m, &c.sources, &args) {
                     Ok(t) => text.push_str(&t),
                     Err(e) => {
                         eprintln!("error: {e}");
