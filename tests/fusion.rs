@@ -80,3 +80,23 @@ fn every_value_in_memory_has_a_reason_and_every_kernel_reads_only_those() {
         assert!(written.contains(&src) || external, "requested %{} is never written", r.index());
     }
 }
+
+#[test]
+fn sibling_elementwise_kernels_share_one_pass() {
+    let m = common::compile_one(
+        "siblings.muse",
+        "model s {\n  input x: f32[B, 33]\n  output a = exp(x) * 2.0\n  output b = tanh(x) + x\n}\n",
+    );
+    let req: Vec<NodeIndex> = m.graph.outputs.iter().map(|x| x.1).collect();
+    let plan = fusion::plan(&m.graph, &req);
+    assert_eq!(plan.groups.len(), 1, "two outputs over one input in one kernel");
+    assert_eq!(plan.groups[0].outputs.len(), 2);
+    // A kernel that reads the other's output cannot join it.
+    let m = common::compile_one(
+        "chain.muse",
+        "import \"std/nn.muse\"\nmodel s {\n  input x: f32[B, 33]\n  output a = exp(x) * 2.0\n  output b = softmax(a) + x\n}\n",
+    );
+    let req: Vec<NodeIndex> = m.graph.outputs.iter().map(|x| x.1).collect();
+    let plan = fusion::plan(&m.graph, &req);
+    assert!(plan.groups.len() >= 2);
+}

@@ -599,7 +599,7 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         };
         groups.push(make_group(g, kind, vec![n], &materialized));
     }
-    let groups = order_groups(groups);
+    let groups = order_groups(merge_siblings(g, groups));
     FusionPlan { materialized, aliases, groups }
 }
 
@@ -636,6 +636,71 @@ fn make_group(g: &Graph, kind: GroupKind, members: Vec<NodeIndex>, mat: &BTreeMa
     let root = *outputs.first().unwrap_or(&members[0]);
     let members = if matches!(kind, GroupKind::Row | GroupKind::Scan) { members } else { vec![] };
     Group { root, outputs, members, kind, inlined, reads }
+}
+
+/// Horizontal fusion: elementwise kernels over the same shape that read a common buffer and
+/// do not depend on each other become one kernel with several outputs (one pass over the
+/// shared input, one launch).
+fn merge_siblings(g: &Graph, groups: Vec<Group>) -> Vec<Group> {
+    let mut groups: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
+    // Which group writes each value, kept up to date as groups merge.
+    let mut writer: HashMap<NodeIndex, usize> = HashMap::new();
+    for (i, gr) in groups.iter().enumerate() {
+        for &o in &gr.as_ref().expect("all present").outputs {
+            writer.insert(o, i);
+        }
+    }
+    let reaches = |groups: &[Option<Group>], writer: &HashMap<NodeIndex, usize>, from: usize, to: usize| {
+        // Does group `to` depend (through reads) on group `from`?
+        let mut stack = vec![to];
+        let mut seen = HashSet::new();
+        while let Some(k) = stack.pop() {
+            if k == from {
+                return true;
+            }
+            if !seen.insert(k) {
+                continue;
+            }
+            if let Some(gr) = &groups[k] {
+                stack.extend(gr.reads.iter().filter_map(|r| writer.get(r).copied()));
+            }
+        }
+        false
+    };
+    let n = groups.len();
+    for i in 0..n {
+        for j in (i + 1)..n {
+            let (Some(a), Some(b)) = (&groups[i], &groups[j]) else { continue };
+            if a.kind != GroupKind::Pointwise || b.kind != GroupKind::Pointwise {
+                continue;
+            }
+            if g.ty(a.root).shape != g.ty(b.root).shape || a.outputs.len() >= 4 {
+                continue;
+            }
+            if !a.reads.iter().any(|r| b.reads.contains(r)) {
+                continue;
+            }
+            if reaches(&groups, &writer, i, j) || reaches(&groups, &writer, j, i) {
+                continue;
+            }
+            let b = groups[j].take().expect("present");
+            let a = groups[i].as_mut().expect("present");
+            a.outputs.extend(b.outputs.iter().copied());
+            a.inlined.extend(b.inlined.iter().copied());
+            a.inlined.sort();
+            a.inlined.dedup();
+            for r in b.reads {
+                if !a.reads.contains(&r) {
+                    a.reads.push(r);
+                }
+            }
+            a.reads.sort();
+            for &o in &b.outputs {
+                writer.insert(o, i);
+            }
+        }
+    }
+    groups.into_iter().flatten().collect()
 }
 
 /// Kernels in an order where each runs after the kernels whose outputs it reads.

@@ -102,7 +102,7 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
             symbols: &symbols,
             memo: HashMap::new(),
             members: if grp.members.is_empty() {
-                HashSet::from([grp.root])
+                grp.outputs.iter().copied().chain([grp.root]).collect()
             } else {
                 grp.members.iter().copied().collect()
             },
@@ -387,12 +387,17 @@ impl Lower<'_> {
         let ops = self.g.operands(n);
         match (&grp.kind, &self.g.node(n).op) {
             (GroupKind::Pointwise, _) => {
-                let out = self.buf(n);
                 let lanes = self.numel(&s);
                 let lane = self.lane_var(lanes);
                 let idx = self.delinear(lane, &s);
-                let v = self.compute(n, &idx);
-                (lanes, Body::Pointwise { stores: vec![(out, v)] })
+                // Several outputs when sibling kernels were merged: all of one shape.
+                let mut stores = Vec::new();
+                for &o in &grp.outputs {
+                    let out = self.buf(o);
+                    let v = self.compute(o, &idx);
+                    stores.push((out, v));
+                }
+                (lanes, Body::Pointwise { stores })
             }
             (GroupKind::Row, _) => self.row(grp),
             (GroupKind::Scan, _) => self.scan(grp),
