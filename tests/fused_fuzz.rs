@@ -1,4 +1,5 @@
-//! Random programs of views, elementwise ops, reductions and scans, fused and compiled to C,
+//! Random programs of views, elementwise ops, reductions, scans and matrix products of
+//! strided views, fused and compiled to C,
 //! against the interpreter: the fusion pass, the lowering of views to index arithmetic and
 //! the index simplifier must never change a value. Runs a few dozen programs in the suite;
 //! `MUSE_FUZZ_CASES=N` runs more.
@@ -25,7 +26,7 @@ fn program(dims: &[usize], choices: &[(u8, u8)]) -> String {
         let r = shape.len();
         let ax = arg as usize % r;
         let name = format!("t{k}");
-        let expr = match op % 12 {
+        let expr = match op % 14 {
             0 => format!("tanh({t}) * 1.5 + 0.25"),
             1 => format!("exp({t} * 0.3) - {t}"),
             2 => format!("where({t} > 0.1, {t} * {t}, -{t})"),
@@ -73,6 +74,17 @@ fn program(dims: &[usize], choices: &[(u8, u8)]) -> String {
             }
             10 => format!("scan(1.0 / (1.0 + exp(-{t})), {t}, {ax})"),
             11 => format!("{t} * sum({t} * {t}, {ax}, true)"),
+            // Matrix products of strided views: the GEMM reads transposes and reshapes in place.
+            12 if r >= 2 => {
+                let e = format!("{t} @ transpose({t})");
+                shape[r - 1] = shape[r - 2];
+                e
+            }
+            13 if r >= 2 => {
+                let e = format!("transpose({t}) @ {t}");
+                shape[r - 2] = shape[r - 1];
+                e
+            }
             _ => format!("{t} + 1.0"),
         };
         lines.push(format!("  {name} = {expr}"));
@@ -136,5 +148,25 @@ proptest! {
         let ours = p.run(&d.graph, &inputs, &Default::default(), 0).unwrap();
         let reference = run(&d.graph, &inputs, &Default::default(), &RunOptions::default()).unwrap();
         compare(&ours[&gx].to_f64(), &reference.get(gx).to_f64(), &with_loss)?;
+    }
+}
+
+/// Programs the fuzzer found, kept as regressions.
+#[test]
+fn found_by_the_fuzzer() {
+    for src in [
+        // `x @ transpose(x)` reads one buffer twice; the memory planner freed its slot twice
+        // and gave it to two live values.
+        "model f {\n  input x: f32[1, 1]\n  t0 = scan(1.0 / (1.0 + exp(-x)), x, 0)\n  t1 = t0 @ transpose(t0)\n  t2 = t1 - max(t1, 0, true)\n  t3 = pad(t2, 0, 1, 0, 0.5)\n  output y = t3\n}\n",
+        // A reduction over a size-1 axis has its input's shape.
+        "model f {\n  input x: f32[3, 1]\n  t0 = x - max(x, 1, true)\n  output y = t0\n}\n",
+    ] {
+        let m = common::compile_one("regression.muse", src);
+        let out = m.graph.outputs[0].1;
+        let p = CpuProgram::compile(&m.graph, &[out], &settings()).unwrap();
+        let inputs = random_inputs(&m.graph, 1, 3);
+        let ours = p.run(&m.graph, &inputs, &Default::default(), 0).unwrap();
+        let reference = run(&m.graph, &inputs, &Default::default(), &RunOptions::default()).unwrap();
+        compare(&ours[&out].to_f64(), &reference.get(out).to_f64(), src).unwrap();
     }
 }

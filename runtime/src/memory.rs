@@ -21,11 +21,16 @@ pub struct MemoryPlan {
 /// Plans the intermediates of `p` given each value's element count.
 pub fn plan(g: &Graph, p: &KernelProgram, requested: &[NodeIndex], len: &dyn Fn(NodeIndex) -> usize) -> MemoryPlan {
     let keep: HashSet<NodeIndex> = requested.iter().map(|n| p.aliases.get(n).copied().unwrap_or(*n)).collect();
+    // Each value once per step: `x @ transpose(x)` reads one buffer twice, and freeing its
+    // slot twice would hand it to two values at once.
     let reads = |s: &Step| -> Vec<NodeIndex> {
-        match s {
+        let mut r = match s {
             Step::Kernel(k) => k.group.reads.clone(),
             Step::MatMul(m) => vec![m.a_view.base, m.b_view.base],
-        }
+        };
+        r.sort();
+        r.dedup();
+        r
     };
     let writes = |s: &Step| match s {
         Step::Kernel(k) => k.group.outputs.clone(),
@@ -68,6 +73,7 @@ pub fn plan(g: &Graph, p: &KernelProgram, requested: &[NodeIndex], len: &dyn Fn(
         for r in reads(s) {
             if last_use.get(&r) == Some(&i) && !keep.contains(&r) && !external(r) {
                 if let Some(&k) = plan.slot_of.get(&r) {
+                    debug_assert!(!free.contains(&k), "slot {k} freed twice");
                     free.push(k);
                 }
             }
