@@ -113,6 +113,21 @@ fn settings() -> CompilerSettings {
     }
 }
 
+/// Compiles `node` of `g` for the CPU and compares it with the interpreter on random inputs.
+fn check_fused(
+    g: &muse_compiler::ir::Graph,
+    node: muse_compiler::ir::NodeIndex,
+    inputs_of: &muse_compiler::ir::Graph,
+    seed: u64,
+    src: &str,
+) -> Result<(), TestCaseError> {
+    let p = CpuProgram::compile(g, &[node], &settings()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let inputs = random_inputs(inputs_of, 1, seed);
+    let ours = p.run(g, &inputs, &Default::default(), 0).unwrap();
+    let reference = run(g, &inputs, &Default::default(), &RunOptions::default()).unwrap();
+    compare(&ours[&node].to_f64(), &reference.get(node).to_f64(), src)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -123,12 +138,7 @@ proptest! {
     ) {
         let src = program(&dims, &choices);
         let m = common::compile_one("fuzz.muse", &src);
-        let out = m.graph.outputs[0].1;
-        let p = CpuProgram::compile(&m.graph, &[out], &settings()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let inputs = random_inputs(&m.graph, 1, 3);
-        let ours = p.run(&m.graph, &inputs, &Default::default(), 0).unwrap();
-        let reference = run(&m.graph, &inputs, &Default::default(), &RunOptions::default()).unwrap();
-        compare(&ours[&out].to_f64(), &reference.get(out).to_f64(), &src)?;
+        check_fused(&m.graph, m.graph.outputs[0].1, &m.graph, 3, &src)?;
     }
 
     /// The same programs differentiated: the gradient of `sum(y * r)` with respect to the
@@ -142,12 +152,7 @@ proptest! {
         let with_loss = src.replace("  output y = ", "  y = ").replace("\n}\n", "\n  output yy = y\n  r = stop_gradient(tanh(y * 7.0))\n  loss l = sum(y * r)\n}\n");
         let m = common::compile_one("fuzz.muse", &with_loss);
         let d = muse_compiler::autodiff::differentiate(&m.graph, muse_compiler::autodiff::Wrt { inputs: true });
-        let gx = d.inputs[0].1;
-        let p = CpuProgram::compile(&d.graph, &[gx], &settings()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let inputs = random_inputs(&m.graph, 1, 5);
-        let ours = p.run(&d.graph, &inputs, &Default::default(), 0).unwrap();
-        let reference = run(&d.graph, &inputs, &Default::default(), &RunOptions::default()).unwrap();
-        compare(&ours[&gx].to_f64(), &reference.get(gx).to_f64(), &with_loss)?;
+        check_fused(&d.graph, d.inputs[0].1, &m.graph, 5, &with_loss)?;
     }
 }
 
@@ -162,11 +167,6 @@ fn found_by_the_fuzzer() {
         "model f {\n  input x: f32[3, 1]\n  t0 = x - max(x, 1, true)\n  output y = t0\n}\n",
     ] {
         let m = common::compile_one("regression.muse", src);
-        let out = m.graph.outputs[0].1;
-        let p = CpuProgram::compile(&m.graph, &[out], &settings()).unwrap();
-        let inputs = random_inputs(&m.graph, 1, 3);
-        let ours = p.run(&m.graph, &inputs, &Default::default(), 0).unwrap();
-        let reference = run(&m.graph, &inputs, &Default::default(), &RunOptions::default()).unwrap();
-        compare(&ours[&out].to_f64(), &reference.get(out).to_f64(), src).unwrap();
+        check_fused(&m.graph, m.graph.outputs[0].1, &m.graph, 3, src).unwrap();
     }
 }
