@@ -8,8 +8,10 @@ pub mod cpu;
 pub mod inputs;
 pub mod interp;
 pub mod memory;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 pub mod validate;
 
 pub use interp::{init_params, run, Precision, RunError, RunOptions, Values};

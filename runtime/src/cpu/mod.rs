@@ -77,6 +77,10 @@ pub struct Prepared {
     gemms: HashMap<usize, GemmShape>,
     shapes: HashMap<NodeIndex, Vec<usize>>,
     aliases: std::collections::BTreeMap<NodeIndex, NodeIndex>,
+    /// Each input the program reads: its node and bound shape.
+    inputs: HashMap<String, (NodeIndex, Vec<usize>)>,
+    /// Each parameter the program reads: its node.
+    params: HashMap<String, NodeIndex>,
 }
 
 impl Prepared {
@@ -88,6 +92,97 @@ impl Prepared {
             Some(b) => b.to_host(shape),
             None => self.slots[self.plan.slot_of[&src]].to_host_prefix(shape),
         }
+    }
+
+    /// Overwrites input `name` for the next launch. The shape must be the one the buffers
+    /// were prepared for (a different batch size needs a new [`CpuProgram::prepare`]).
+    pub fn write_input(&mut self, name: &str, t: &HostTensor) -> Result<(), RunError> {
+        let Some((n, shape)) = self.inputs.get(name) else { return Ok(()) };
+        if &t.shape != shape {
+            return Err(RunError::InputShape {
+                name: name.to_string(),
+                expected: format!("{shape:?} (the shape this program was prepared for)"),
+                found: t.shape.clone(),
+                why: "a prepared program keeps its batch size".into(),
+            });
+        }
+        let buf = self.external.get_mut(n).expect("inputs read by the program have buffers");
+        match (buf, &t.data) {
+            (Buf::F(b), Data::F(v)) => b.iter_mut().zip(v).for_each(|(b, &x)| *b = x as f32),
+            (Buf::I(b), Data::I(v)) => b.copy_from_slice(v),
+            (Buf::B(b), Data::B(v)) => b.iter_mut().zip(v).for_each(|(b, &x)| *b = u8::from(x)),
+            (_, _) => {
+                return Err(RunError::InputDType {
+                    name: name.to_string(),
+                    expected: "the declared type".into(),
+                    found: t.dtype().to_string(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The f32 elements of a planned or requested value.
+    pub fn f32s(&self, n: NodeIndex) -> &[f32] {
+        let len: usize = self.shapes[&n].iter().product();
+        let src = self.aliases.get(&n).copied().unwrap_or(n);
+        let buf = match self.external.get(&src) {
+            Some(b) => b,
+            None => &self.slots[self.plan.slot_of[&src]],
+        };
+        match buf {
+            Buf::F(v) => &v[..len],
+            _ => panic!("value {n:?} is not f32"),
+        }
+    }
+
+    /// Parameter `name`'s buffer, which the program reads in place (none when unread).
+    pub fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let n = self.params.get(name)?;
+        match self.external.get_mut(n)? {
+            Buf::F(v) => Some(v.as_mut_slice()),
+            _ => None,
+        }
+    }
+
+    /// Parameter buffers and their gradients, pair by pair, for an optimizer that updates
+    /// parameters in place. Pairs whose parameter the program does not read are left out.
+    /// A gradient that is itself a parameter (`sum(a * b)`) is copied first.
+    pub fn params_and_grads<'a>(
+        &'a mut self,
+        pairs: &[(String, NodeIndex)],
+    ) -> Vec<(&'a mut [f32], std::borrow::Cow<'a, [f32]>)> {
+        let param_nodes: std::collections::HashSet<NodeIndex> = self.params.values().copied().collect();
+        let grads: Vec<Option<std::borrow::Cow<'a, [f32]>>> = pairs
+            .iter()
+            .map(|(name, g)| {
+                self.params.contains_key(name).then(|| {
+                    let src = self.aliases.get(g).copied().unwrap_or(*g);
+                    let s = self.f32s(*g);
+                    if param_nodes.contains(&src) {
+                        std::borrow::Cow::Owned(s.to_vec())
+                    } else {
+                        // SAFETY: the slice lives in a planned slot or an input buffer, which
+                        // stays allocated and unchanged while `self` is borrowed, and is never
+                        // one of the parameter buffers handed out mutably below.
+                        std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(s.as_ptr(), s.len()) })
+                    }
+                })
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for ((name, _), g) in pairs.iter().zip(grads) {
+            let (Some(g), Some(&n)) = (g, self.params.get(name)) else { continue };
+            assert!(seen.insert(n), "parameter {name} listed twice");
+            if let Some(Buf::F(v)) = self.external.get_mut(&n) {
+                assert_eq!(v.len(), g.len(), "gradient of {name} has the parameter's size");
+                // SAFETY: each parameter buffer is handed out once (checked above); the
+                // buffers are owned by `self.external`, borrowed for 'a.
+                out.push((unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr(), v.len()) }, g));
+            }
+        }
+        out
     }
 }
 
@@ -238,7 +333,22 @@ impl CpuProgram {
         for n in self.requested.iter().chain(plan.slot_of.keys()) {
             all_shapes.insert(*n, shape_of(*n));
         }
+        let input_nodes = g
+            .inputs
+            .iter()
+            .filter(|(_, n)| external.contains_key(n))
+            .map(|(name, n)| (name.clone(), (*n, shape_of(*n))))
+            .collect();
+        let param_nodes =
+            g.g.node_indices()
+                .filter_map(|n| match &g.node(n).op {
+                    Op::Param { name } if external.contains_key(&n) => Some((name.clone(), n)),
+                    _ => None,
+                })
+                .collect();
         Ok(Prepared {
+            inputs: input_nodes,
+            params: param_nodes,
             sizes,
             external,
             slots,

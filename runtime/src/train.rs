@@ -1,0 +1,180 @@
+//! A training step over compiled kernels: the model's forward and backward pass fused into
+//! one program whose parameter buffers persist between steps, then AdamW over every
+//! parameter in place. Gradients are never copied out of the program's buffers (except to
+//! accumulate several micro-batches).
+
+use crate::backend::Tensors;
+use crate::cpu::compile::{CompileError, CompilerSettings};
+use crate::cpu::{CpuProgram, Prepared};
+use crate::interp::RunError;
+use crate::optim::{self, AdamState, AdamW};
+use crate::tensor::HostTensor;
+use muse_compiler::autodiff::{self, Gradients};
+use muse_compiler::ir::{Graph, NodeIndex};
+
+/// What went wrong building a trainer.
+#[derive(Debug)]
+pub enum TrainError {
+    /// The model has no loss.
+    NoLoss(String),
+    /// Generating or compiling kernels failed.
+    Compile(CompileError),
+    /// Inputs or parameters do not fit the model.
+    Run(RunError),
+}
+
+impl std::fmt::Display for TrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainError::NoLoss(m) => write!(f, "model {m} has no loss to train"),
+            TrainError::Compile(e) => write!(f, "{e}"),
+            TrainError::Run(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+impl From<RunError> for TrainError {
+    fn from(e: RunError) -> Self {
+        TrainError::Run(e)
+    }
+}
+
+/// What one optimizer step saw and did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// The loss (mean over the micro-batches).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// False when the loss or the gradients were not finite: nothing was changed.
+    pub applied: bool,
+}
+
+/// A model compiled for training on the CPU, with its parameters and optimizer state.
+pub struct Trainer {
+    /// The differentiated graph: loss and one gradient per parameter.
+    pub grads: Gradients,
+    program: CpuProgram,
+    prep: Prepared,
+    /// Parameters the optimizer updates (those with a gradient the program computes), in order.
+    trained: Vec<(String, NodeIndex)>,
+    /// Parameters that get no gradient: kept as given.
+    frozen: Tensors,
+    /// AdamW's settings.
+    pub opt: AdamW,
+    /// AdamW's moments and step count.
+    pub state: AdamState,
+}
+
+impl Trainer {
+    /// Differentiates `model`, compiles forward and backward, and places the parameters in
+    /// the program's buffers. `example` fixes the batch size of every step.
+    pub fn new(
+        model: &Graph,
+        name: &str,
+        params: &Tensors,
+        example: &Tensors,
+        opt: AdamW,
+        settings: &CompilerSettings,
+    ) -> Result<Trainer, TrainError> {
+        if model.losses.is_empty() {
+            return Err(TrainError::NoLoss(name.to_string()));
+        }
+        let grads = autodiff::differentiate(model, autodiff::Wrt::default());
+        let mut requested = vec![grads.loss];
+        requested.extend(grads.params.iter().map(|x| x.1));
+        let program = CpuProgram::compile(&grads.graph, &requested, settings).map_err(TrainError::Compile)?;
+        let mut prep = program.prepare(&grads.graph, example, params)?;
+        let trained: Vec<(String, NodeIndex)> =
+            grads.params.iter().filter(|(name, _)| prep.param_mut(name).is_some()).cloned().collect();
+        let frozen = params
+            .iter()
+            .filter(|(name, _)| !trained.iter().any(|(t, _)| t == *name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let sizes: Vec<usize> = trained.iter().map(|(name, _)| params[name].len()).collect();
+        Ok(Trainer { grads, program, prep, trained, frozen, opt, state: AdamState::new(&sizes) })
+    }
+
+    /// Names of the parameters the optimizer updates, in optimizer-state order.
+    pub fn trained(&self) -> impl Iterator<Item = &str> {
+        self.trained.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Kernel launches per forward and backward pass.
+    pub fn launches(&self) -> usize {
+        self.program.launches()
+    }
+
+    /// One optimizer step over one or more micro-batches (their gradients are averaged),
+    /// at learning rate `lr`; `seed` keys the random ops of the pass (dropout, ...).
+    pub fn step(&mut self, micro: &[&Tensors], lr: f64, seed: u64) -> Result<StepStats, RunError> {
+        assert!(!micro.is_empty(), "a step needs at least one micro-batch");
+        let mut loss = 0.0;
+        let mut acc: Vec<Vec<f32>> = Vec::new();
+        for (i, inputs) in micro.iter().enumerate() {
+            self.run_pass(inputs, seed.wrapping_add(i as u64))?;
+            loss += self.prep.f32s(self.grads.loss)[0] as f64;
+            if micro.len() > 1 {
+                let grads: Vec<&[f32]> = self.trained.iter().map(|(_, g)| self.prep.f32s(*g)).collect();
+                if acc.is_empty() {
+                    acc = grads.iter().map(|g| g.to_vec()).collect();
+                } else {
+                    acc.iter_mut().zip(grads).for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g));
+                }
+            }
+        }
+        let k = micro.len() as f64;
+        loss /= k;
+        let (mut params, direct): (Vec<&mut [f32]>, Vec<std::borrow::Cow<[f32]>>) =
+            self.prep.params_and_grads(&self.trained).into_iter().unzip();
+        let grads: Vec<&[f32]> = if acc.is_empty() {
+            direct.iter().map(|g| &**g).collect()
+        } else {
+            acc.iter().map(Vec::as_slice).collect()
+        };
+        let grad_norm = optim::global_norm(&grads) / k;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Ok(StepStats { loss, grad_norm, lr, applied: false });
+        }
+        let scale = optim::clip_factor(grad_norm, self.opt.clip_norm) / k;
+        optim::step(&self.opt, lr, &mut self.state, &mut params, &grads, scale);
+        Ok(StepStats { loss, grad_norm, lr, applied: true })
+    }
+
+    /// Forward and backward over one batch, leaving loss and gradients in the buffers.
+    fn run_pass(&mut self, inputs: &Tensors, seed: u64) -> Result<(), RunError> {
+        for (name, _) in &self.grads.graph.inputs {
+            let t = inputs.get(name).ok_or_else(|| RunError::MissingInput(name.clone()))?;
+            self.prep.write_input(name, t)?;
+        }
+        self.program.launch(&mut self.prep, seed, None);
+        Ok(())
+    }
+
+    /// The loss and every gradient for one batch, without changing anything (for tests and
+    /// gradient checks).
+    pub fn gradients(&mut self, inputs: &Tensors, seed: u64) -> Result<(f64, Tensors), RunError> {
+        self.run_pass(inputs, seed)?;
+        let loss = self.prep.f32s(self.grads.loss)[0] as f64;
+        let grads = self.trained.iter().map(|(name, g)| (name.clone(), self.prep.read(*g))).collect();
+        Ok((loss, grads))
+    }
+
+    /// The current parameters, trained and frozen.
+    pub fn params(&mut self) -> Tensors {
+        let mut out = self.frozen.clone();
+        for p in &self.grads.graph.params {
+            if let Some(buf) = self.prep.param_mut(&p.name) {
+                let shape: Vec<usize> =
+                    p.ty.shape.0.iter().map(|d| d.as_known().expect("parameter sizes are known") as usize).collect();
+                out.insert(p.name.clone(), HostTensor::f(&shape, buf.iter().map(|&x| x as f64).collect()));
+            }
+        }
+        out
+    }
+}

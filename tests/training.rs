@@ -1,0 +1,200 @@
+//! Training steps over compiled kernels against an independent reference: gradients from
+//! the reference interpreter (f64) and AdamW written out here from the algorithm in
+//! PyTorch's documentation, step by step.
+
+mod common;
+
+use muse_compiler::autodiff::{differentiate, Wrt};
+use muse_runtime::backend::Tensors;
+use muse_runtime::cpu::compile::CompilerSettings;
+use muse_runtime::inputs::random_inputs;
+use muse_runtime::optim::{self, AdamState, AdamW, Schedule};
+use muse_runtime::train::Trainer;
+use muse_runtime::{init_params, run, Precision, RunOptions};
+use std::collections::HashMap;
+
+fn settings(tag: &str) -> CompilerSettings {
+    CompilerSettings {
+        flags: ["-O1", "-march=native", "-fopenmp"].iter().map(|x| x.to_string()).collect(),
+        cache_dir: std::env::temp_dir().join(format!("muse-test-train-{tag}-{}", std::process::id())),
+        ..CompilerSettings::default()
+    }
+}
+
+/// PyTorch's AdamW as documented, in f64, one parameter at a time.
+struct PlainAdamW {
+    m: HashMap<String, Vec<f64>>,
+    v: HashMap<String, Vec<f64>>,
+    t: i32,
+}
+
+impl PlainAdamW {
+    fn step(&mut self, cfg: &AdamW, lr: f64, params: &mut Tensors, grads: &HashMap<String, Vec<f64>>) {
+        self.t += 1;
+        let norm = grads.values().flatten().map(|g| g * g).sum::<f64>().sqrt();
+        let clip = cfg.clip_norm.map_or(1.0, |c| (c / (norm + 1e-6)).min(1.0));
+        for (name, g) in grads {
+            let p = params.get_mut(name).unwrap();
+            let mut theta = p.to_f64();
+            let m = self.m.entry(name.clone()).or_insert_with(|| vec![0.0; g.len()]);
+            let v = self.v.entry(name.clone()).or_insert_with(|| vec![0.0; g.len()]);
+            for i in 0..g.len() {
+                let gi = g[i] * clip;
+                theta[i] -= lr * cfg.weight_decay * theta[i];
+                m[i] = cfg.beta1 * m[i] + (1.0 - cfg.beta1) * gi;
+                v[i] = cfg.beta2 * v[i] + (1.0 - cfg.beta2) * gi * gi;
+                let mhat = m[i] / (1.0 - cfg.beta1.powi(self.t));
+                let vhat = v[i] / (1.0 - cfg.beta2.powi(self.t));
+                theta[i] -= lr * mhat / (vhat.sqrt() + cfg.eps);
+            }
+            *p = muse_runtime::HostTensor::f(&p.shape.clone(), theta);
+        }
+    }
+}
+
+/// The interpreter's (f64) loss and gradients of every parameter.
+fn reference_grads(m: &muse_compiler::Model, params: &Tensors, inputs: &Tensors) -> (f64, HashMap<String, Vec<f64>>) {
+    let d = differentiate(&m.graph, Wrt::default());
+    let v = run(&d.graph, inputs, params, &RunOptions { precision: Precision::F64, seed: 0 }).unwrap();
+    let grads = d.params.iter().map(|(n, g)| (n.clone(), v.get(*g).to_f64())).collect();
+    (v.get(d.loss).to_f64()[0], grads)
+}
+
+fn max_diff(a: &Tensors, b: &Tensors) -> f64 {
+    let mut worst = 0.0f64;
+    for (name, t) in a {
+        for (x, y) in t.to_f64().iter().zip(b[name].to_f64()) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn fused_training_steps_follow_the_reference() {
+    // Large lr and small clip so that both clipping and the moments matter within 3 steps.
+    let cfg = AdamW { lr: 1e-2, clip_norm: Some(0.5), ..AdamW::default() };
+    for name in ["muse_small", "mamba_xattn_xz"] {
+        let m = common::compile_model(name, &common::tiny(name, "2"));
+        let params0 = init_params(&m.graph, 3, Precision::F32).unwrap();
+        let batches: Vec<Tensors> = (0..3).map(|s| random_inputs(&m.graph, 2, 10 + s)).collect();
+        let mut t = Trainer::new(&m.graph, name, &params0, &batches[0], cfg.clone(), &settings(name)).unwrap();
+        let mut reference = params0.clone();
+        let mut plain = PlainAdamW { m: HashMap::new(), v: HashMap::new(), t: 0 };
+        for (s, b) in batches.iter().enumerate() {
+            let (loss, grads) = reference_grads(&m, &reference, b);
+            let norm = grads.values().flatten().map(|g| g * g).sum::<f64>().sqrt();
+            let stats = t.step(&[b], cfg.lr, 0).unwrap();
+            assert!(stats.applied);
+            assert!((stats.loss - loss).abs() < 1e-4 * loss.abs(), "{name} step {s}: loss {} vs {loss}", stats.loss);
+            assert!(
+                (stats.grad_norm - norm).abs() < 1e-4 * norm,
+                "{name} step {s}: norm {} vs {norm}",
+                stats.grad_norm
+            );
+            assert!(norm > 0.5, "{name}: the test means to exercise clipping (norm {norm})");
+            plain.step(&cfg, cfg.lr, &mut reference, &grads);
+        }
+        // Each step moves a parameter by about lr; f32 rounding of the gradients may move
+        // an update by a small fraction of that.
+        let diff = max_diff(&t.params(), &reference);
+        assert!(diff < 1e-2 * cfg.lr, "{name}: parameters after 3 steps differ by {diff:e}");
+        assert!(max_diff(&params0, &reference) > cfg.lr, "{name}: the parameters moved");
+    }
+}
+
+#[test]
+fn accumulated_micro_batches_average_their_gradients() {
+    let name = "mamba_xattn_xz";
+    let m = common::compile_model(name, &common::tiny(name, "2"));
+    let params0 = init_params(&m.graph, 4, Precision::F32).unwrap();
+    let (a, b) = (random_inputs(&m.graph, 2, 1), random_inputs(&m.graph, 2, 2));
+    let cfg = AdamW { lr: 1e-2, clip_norm: None, ..AdamW::default() };
+    let mut t = Trainer::new(&m.graph, name, &params0, &a, cfg.clone(), &settings("acc")).unwrap();
+    let stats = t.step(&[&a, &b], cfg.lr, 0).unwrap();
+    let ((la, ga), (lb, gb)) = (reference_grads(&m, &params0, &a), reference_grads(&m, &params0, &b));
+    assert!((stats.loss - (la + lb) / 2.0).abs() < 1e-4);
+    let mean: HashMap<String, Vec<f64>> =
+        ga.iter().map(|(k, x)| (k.clone(), x.iter().zip(&gb[k]).map(|(x, y)| (x + y) / 2.0).collect())).collect();
+    let mut reference = params0.clone();
+    PlainAdamW { m: HashMap::new(), v: HashMap::new(), t: 0 }.step(&cfg, cfg.lr, &mut reference, &mean);
+    let diff = max_diff(&t.params(), &reference);
+    assert!(diff < 1e-2 * cfg.lr, "parameters differ by {diff:e}");
+}
+
+#[test]
+fn a_fixed_batch_is_learned() {
+    for name in ["muse_small", "mamba_xattn_xz"] {
+        let m = common::compile_model(name, &common::tiny(name, "3"));
+        let params = init_params(&m.graph, 5, Precision::F32).unwrap();
+        let batch = random_inputs(&m.graph, 4, 6);
+        let cfg = AdamW { lr: 1e-2, ..AdamW::default() };
+        let mut t = Trainer::new(&m.graph, name, &params, &batch, cfg.clone(), &settings("fit")).unwrap();
+        let first = t.step(&[&batch], cfg.lr, 0).unwrap().loss;
+        let mut last = first;
+        for _ in 0..60 {
+            last = t.step(&[&batch], cfg.lr, 0).unwrap().loss;
+        }
+        assert!(last < 0.5 * first, "{name}: loss {first} -> {last}");
+    }
+}
+
+#[test]
+fn a_non_finite_loss_changes_nothing() {
+    let name = "muse_small";
+    let m = common::compile_model(name, &common::tiny(name, "2"));
+    let mut params = init_params(&m.graph, 5, Precision::F32).unwrap();
+    let w = params.get_mut("head.norm_f.weight").expect("the head's norm has a weight");
+    *w = muse_runtime::HostTensor::f(&w.shape.clone(), vec![f64::NAN; w.len()]);
+    let batch = random_inputs(&m.graph, 2, 6);
+    let mut t = Trainer::new(&m.graph, name, &params, &batch, AdamW::default(), &settings("nan")).unwrap();
+    let stats = t.step(&[&batch], 1e-3, 0).unwrap();
+    assert!(!stats.applied && stats.loss.is_nan());
+    assert_eq!(t.state.step, 0);
+    let after = t.params();
+    let finite = |ts: &Tensors| {
+        ts.iter().filter(|(k, _)| *k != "head.norm_f.weight").map(|(_, v)| v.clone()).collect::<Vec<_>>()
+    };
+    let mut a = finite(&after);
+    let mut b = finite(&params);
+    a.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
+    b.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
+    assert_eq!(a, b, "no parameter changed");
+}
+
+#[test]
+fn adamw_chunks_and_threads_do_not_change_results() {
+    // Sizes straddling the parallel chunk size: the update and the norm are per element
+    // and per fixed chunk, so they equal a sequential f64 computation closely and are
+    // identical across repeated runs.
+    let sizes = [1usize, 5, (1 << 14) + 3, 40_000];
+    let grads: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| (0..n).map(|i| ((i * 7 + k) % 13) as f32 * 0.1 - 0.6).collect())
+        .collect();
+    let grad_refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+    let exact = grads.iter().flatten().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
+    assert!((optim::global_norm(&grad_refs) - exact).abs() < 1e-9 * exact);
+    let run = || {
+        let mut ps: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.5; n]).collect();
+        let mut st = AdamState::new(&sizes);
+        for _ in 0..3 {
+            let mut refs: Vec<&mut [f32]> = ps.iter_mut().map(Vec::as_mut_slice).collect();
+            optim::step(&AdamW::default(), 1e-3, &mut st, &mut refs, &grad_refs, 0.5);
+        }
+        ps
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn schedule_warms_up_then_decays_to_the_floor() {
+    let s = Schedule { warmup: 10, total: 110, min_ratio: 0.1 };
+    assert!((s.factor(0) - 0.1).abs() < 1e-12);
+    assert!((s.factor(9) - 1.0).abs() < 1e-12);
+    assert!((s.factor(10) - 1.0).abs() < 1e-12);
+    assert!((s.factor(60) - 0.55).abs() < 1e-12);
+    assert!((s.factor(110) - 0.1).abs() < 1e-12);
+    assert!((s.factor(500) - 0.1).abs() < 1e-12);
+}
