@@ -1,6 +1,7 @@
 //! CPU backend benchmarks, the muse side of bench/run.sh: (a) a fused elementwise chain
 //! over 16M floats against measured copy bandwidth, (b) layernorm and softmax, (c) the
-//! Mamba block forward+backward, (d) forward+backward of muse_small and mamba_xattn_xz.
+//! Mamba block forward+backward, (d) one training step (with AdamW) of muse_small and
+//! mamba_xattn_xz.
 //! Prints one JSON object per line: {"case": ..., "ms": median, "note": ...}.
 //!
 //! `cargo run --release -p muse-bench --bin kernels [REPEATS]`
@@ -11,6 +12,8 @@ use muse_compiler::{compile_path, compile_source, Model, Options};
 use muse_runtime::cpu::compile::CompilerSettings;
 use muse_runtime::cpu::CpuProgram;
 use muse_runtime::inputs::random_inputs;
+use muse_runtime::optim::AdamW;
+use muse_runtime::train::Trainer;
 use muse_runtime::{init_params, Precision};
 use std::time::Instant;
 
@@ -114,11 +117,31 @@ fn main() {
     let (ms, k) = time_program(&g, &req, 8, repeats);
     emit("mamba_block_fwd_bwd", ms, &format!("{k} launches"));
 
-    // (d) forward+backward of two models at their default configs, batch 8.
+    // (d) one training step (forward, backward, global-norm clipping, AdamW) of two models at
+    // their default configs, batch 16; the same step as bench/peers_train.py.
     for name in ["muse_small", "mamba_xattn_xz"] {
         let m = model_file(name, &[]);
-        let (g, req) = fwd_bwd(&m);
-        let (ms, k) = time_program(&g, &req, 8, repeats.min(10));
-        emit(&format!("{name}_fwd_bwd"), ms, &format!("{k} launches, batch 8"));
+        let batch = random_inputs(&m.graph, 16, 1);
+        let params = init_params(&m.graph, 1, Precision::F32).expect("initialises");
+        let mut t = Trainer::new(&m.graph, name, &params, &batch, AdamW::default(), &CompilerSettings::default())
+            .expect("compiles");
+        let mut step = || t.step(&[&batch], 1e-4, 0).expect("runs");
+        let first = step().loss;
+        step();
+        let ms = median(
+            (0..repeats.min(10))
+                .map(|_| {
+                    let t = Instant::now();
+                    step();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        );
+        let count: usize = params.values().map(|p| p.len()).sum();
+        emit(
+            &format!("train {name} B=16"),
+            ms,
+            &format!("{} launches + AdamW, {count} params, first loss {first:.3}", t.launches()),
+        );
     }
 }

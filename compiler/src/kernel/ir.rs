@@ -343,7 +343,7 @@ impl Builder {
         }
         let (mut q_terms, mut r_terms) = (Vec::new(), Vec::new());
         let (mut r_lo, mut r_hi) = (konst % c, konst % c);
-        for (atom, coef) in terms {
+        for &(atom, coef) in &terms {
             let (lo, hi) = self.range(atom)?;
             if lo < 0 || coef < 0 {
                 return None;
@@ -351,15 +351,64 @@ impl Builder {
             if coef % c == 0 {
                 q_terms.push((atom, coef / c));
             } else {
-                r_lo = r_lo.checked_add(coef.checked_mul(lo)?)?;
-                r_hi = r_hi.checked_add(coef.checked_mul(hi)?)?;
+                // An overflowing bound (a term bounded only at run time) is out of 0..c.
+                r_lo = coef.checked_mul(lo).and_then(|l| r_lo.checked_add(l)).unwrap_or(i64::MAX);
+                r_hi = coef.checked_mul(hi).and_then(|h| r_hi.checked_add(h)).unwrap_or(i64::MAX);
                 r_terms.push((atom, coef));
             }
         }
-        if r_lo < 0 || r_hi >= c {
-            return None;
+        if r_lo >= 0 && r_hi < c {
+            return Some(if op == IndexOp::Rem {
+                self.build(&r_terms, konst % c)
+            } else {
+                self.build(&q_terms, konst / c)
+            });
         }
-        Some(if op == IndexOp::Rem { self.build(&r_terms, konst % c) } else { self.build(&q_terms, konst / c) })
+        self.split_by_common_factor(op, &terms, konst, c)
+    }
+
+    /// `(g * a + r) / (g * m)` is `a / m` and `(g * a + r) % (g * m)` is `(a % m) * g + r`
+    /// when `0 <= r < g` and `a >= 0`: a flat index `i * 256 + step` divided by a multiple
+    /// of 256, with `step < 256`, for any `i` (even one bounded only at run time).
+    fn split_by_common_factor(&mut self, op: IndexOp, terms: &[(ExprId, i64)], konst: i64, c: i64) -> Option<ExprId> {
+        let mut factors: Vec<i64> = terms.iter().map(|t| t.1).filter(|&g| g > 1 && g < c && c % g == 0).collect();
+        factors.sort_unstable_by(|a, b| b.cmp(a));
+        factors.dedup();
+        'factor: for g in factors {
+            let (mut big, mut small) = (Vec::new(), Vec::new());
+            let (mut lo, mut hi) = (konst % g, konst % g);
+            for &(atom, coef) in terms {
+                let (alo, ahi) = self.range(atom)?;
+                if alo < 0 || coef < 0 {
+                    return None;
+                }
+                if coef % g == 0 {
+                    big.push((atom, coef / g));
+                } else {
+                    let (Some(l), Some(h)) = (coef.checked_mul(alo), coef.checked_mul(ahi)) else { continue 'factor };
+                    lo += l;
+                    hi = match hi.checked_add(h) {
+                        Some(h) => h,
+                        None => continue 'factor,
+                    };
+                    small.push((atom, coef));
+                }
+            }
+            if lo < 0 || hi >= g {
+                continue;
+            }
+            let a = self.build(&big, konst / g);
+            let m = self.idx(c / g);
+            if op == IndexOp::Div {
+                return Some(self.iop(IndexOp::Div, a, m));
+            }
+            let am = self.iop(IndexOp::Rem, a, m);
+            let gx = self.idx(g);
+            let scaled = self.iop(IndexOp::Mul, am, gx);
+            let r = self.build(&small, konst % g);
+            return Some(self.iop(IndexOp::Add, scaled, r));
+        }
+        None
     }
 
     /// `x` as `(base, divisor)` with `x = base / divisor` (nested divisions by constants merged).
@@ -461,11 +510,18 @@ impl Kernel {
     /// The value of index expression `e` when every symbolic size is `sizes[k]`; `None` for
     /// expressions that depend on loop variables or data.
     pub fn eval_index(&self, e: ExprId, sizes: &[i64]) -> Option<i64> {
+        self.eval_at(e, sizes, None)
+    }
+
+    /// As [`Kernel::eval_index`], with the lane and step set to `vars` when given.
+    pub fn eval_at(&self, e: ExprId, sizes: &[i64], vars: Option<(i64, i64)>) -> Option<i64> {
         match &self.exprs[e as usize].expr {
             Expr::Const(bits) => Some(f64::from_bits(*bits) as i64),
             Expr::Size(k) => sizes.get(*k as usize).copied(),
+            Expr::Lane => vars.map(|v| v.0),
+            Expr::Step => vars.map(|v| v.1),
             Expr::Index(op, a, b) => {
-                let (x, y) = (self.eval_index(*a, sizes)?, self.eval_index(*b, sizes)?);
+                let (x, y) = (self.eval_at(*a, sizes, vars)?, self.eval_at(*b, sizes, vars)?);
                 Some(match op {
                     IndexOp::Add => x.checked_add(y)?,
                     IndexOp::Sub => x.checked_sub(y)?,
@@ -478,6 +534,37 @@ impl Kernel {
             }
             _ => None,
         }
+    }
+
+    /// Whether a row kernel is a lone reduction whose loads put neighbouring lanes at
+    /// neighbouring addresses and consecutive steps far apart (the gradient of a broadcast,
+    /// summed over outer axes). Such a reduction reads memory well only when neighbouring
+    /// lanes advance through the steps together: a CPU tiles lanes, a GPU maps them to
+    /// neighbouring threads.
+    pub fn lane_major(&self) -> bool {
+        let Body::Row { phases, elem_stores, .. } = &self.body else { return false };
+        if phases.len() != 1 || !elem_stores.is_empty() || matches!(phases[0].0, ReduceOp::ArgMax | ReduceOp::ArgMin) {
+            return false;
+        }
+        let sizes = [8i64; 16];
+        let used = crate::render::needed(self, &[phases[0].1]);
+        let (mut lane_major, mut step_major) = (0, 0);
+        for (i, n) in self.exprs.iter().enumerate() {
+            let Expr::Load { index, .. } = n.expr else { continue };
+            if !used[i] {
+                continue;
+            }
+            let at = |lane, step| self.eval_at(index, &sizes, Some((lane, step)));
+            let (Some(base), Some(next_lane), Some(next_step)) = (at(0, 0), at(1, 0), at(0, 1)) else { continue };
+            let (dl, ds) = (next_lane - base, next_step - base);
+            // A load the same for every lane of a tile (dl == 0) costs the same either way.
+            if dl.abs() == 1 && ds.abs() != 1 {
+                lane_major += 1;
+            } else if ds.abs() == 1 && dl != 0 {
+                step_major += 1;
+            }
+        }
+        lane_major > 0 && step_major == 0
     }
 
     /// Lanes, inner steps and (for scans) states per lane, with symbolic sizes set to `size`.
@@ -568,6 +655,31 @@ mod tests {
                 assert_eq!(eval(&b, r, l, s), want % 16);
                 assert_eq!(eval(&b, q, l, s), want / 16);
                 assert_eq!(eval(&b, y, l, s), want % 7);
+            }
+        }
+    }
+
+    #[test]
+    fn a_common_factor_splits_division_by_its_multiple() {
+        let mut b = Builder::default();
+        let lane = b.add(Expr::Lane, KType::Index);
+        b.set_range(lane, 0, i64::MAX / 1024); // bounded only at run time
+        let step = b.add(Expr::Step, KType::Index);
+        b.set_range(step, 0, 255);
+        let (c256, c16384, c192) = (b.idx(256), b.idx(16384), b.idx(192));
+        let m = b.iop(IndexOp::Mul, lane, c256);
+        let x = b.iop(IndexOp::Add, m, step); // lane * 256 + step
+        let q = b.iop(IndexOp::Div, x, c16384);
+        let r = b.iop(IndexOp::Rem, x, c16384);
+        assert!(matches!(b.get(q), Expr::Index(IndexOp::Div, l, _) if *l == lane), "lane / 64: {:?}", b.get(q));
+        // 192 is not a multiple of 256: stays as it is, and exact.
+        let y = b.iop(IndexOp::Div, x, c192);
+        for l in [0, 1, 63, 64, 65, 1000, 123_457] {
+            for s in [0, 1, 17, 255] {
+                let want = l * 256 + s;
+                assert_eq!(eval(&b, q, l, s), want / 16384);
+                assert_eq!(eval(&b, r, l, s), want % 16384);
+                assert_eq!(eval(&b, y, l, s), want / 192);
             }
         }
     }

@@ -128,6 +128,7 @@ pub fn render_kernel(k: &Kernel) -> String {
             render_scan(&d, k, &lv, &used, &mut s);
             let _ = writeln!(s, "  }}");
         }
+        Body::Row { .. } if k.lane_major() => render_row_tiled(&d, k, &lv, &used, &mut s),
         Body::Row { .. } => {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 256)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
@@ -183,13 +184,7 @@ fn render_row(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         let int = out_ty == KType::Elem(DType::I32);
         // Sums, maxima and minima keep 16 partial results (a fixed order, so results are
         // deterministic) that the compiler can hold in vector registers; argmax is sequential.
-        let (acc_ty, init) = match op {
-            ReduceOp::Sum if int => ("int64_t", "0"),
-            ReduceOp::Sum => ("double", "0.0"),
-            ReduceOp::Max => ("float", "-INFINITY"),
-            ReduceOp::Min => ("float", "INFINITY"),
-            ReduceOp::ArgMax | ReduceOp::ArgMin => ("float", "0.0f"),
-        };
+        let (acc_ty, init) = accumulator(*op, int);
         let combine = |a: &str, v: &str| combine_text(*op, int, a, v);
         let _ = writeln!(s, "    {acc_ty} acc{j} = {init}; int64_t best{j} = 0; (void)best{j};");
         let _ = writeln!(s, "    {{");
@@ -247,6 +242,55 @@ fn render_row(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     for (buf, value) in lane_stores {
         let _ = writeln!(s, "    b{buf}[lane] = t{value};");
     }
+}
+
+/// The accumulator type and initial value of a reduction.
+fn accumulator(op: ReduceOp, int: bool) -> (&'static str, &'static str) {
+    match op {
+        ReduceOp::Sum if int => ("int64_t", "0"),
+        ReduceOp::Sum => ("double", "0.0"),
+        ReduceOp::Max => ("float", "-INFINITY"),
+        ReduceOp::Min => ("float", "INFINITY"),
+        ReduceOp::ArgMax | ReduceOp::ArgMin => ("float", "0.0f"),
+    }
+}
+
+/// A lone reduction read lane-major ([`Kernel::lane_major`]): 16 neighbouring lanes advance
+/// through the steps together, so each step reads 16 neighbouring elements (one or two cache
+/// lines) instead of one element per line; each lane still sums its steps in order.
+fn render_row_tiled(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
+    let Body::Row { inner, phases: reductions, lane_stores, .. } = &k.body else { unreachable!() };
+    let (op, value) = reductions[0];
+    let out_ty = k.exprs[value as usize].ty;
+    let int = out_ty == KType::Elem(DType::I32);
+    let (acc_ty, init) = accumulator(op, int);
+    let ph = phases(k);
+    let need = needed(k, &[value]);
+    let lanes = format!("t{}", k.lanes);
+    let kernel_level: Vec<bool> = lv.iter().map(|l| *l == Level::Kernel).collect();
+    let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 256)");
+    let _ = writeln!(s, "  for (int64_t l0 = 0; l0 < {lanes}; l0 += 16) {{");
+    let _ = writeln!(s, "    const int nl = {lanes} - l0 < 16 ? (int)({lanes} - l0) : 16;");
+    let _ = writeln!(s, "    {acc_ty} part[16];");
+    let _ = writeln!(s, "    for (int q = 0; q < 16; q++) part[q] = {init};");
+    let _ = writeln!(s, "    for (int64_t step = 0; step < t{inner}; step++) {{");
+    let _ = writeln!(s, "      for (int q = 0; q < nl; q++) {{");
+    let _ = writeln!(s, "        const int64_t lane = l0 + q;");
+    let mut local = kernel_level.clone();
+    declare_where(d, k, &|i| need[i] && matches!(lv[i], Level::Lane | Level::Step), &mut local, "        ", s);
+    let _ = writeln!(s, "        {}", combine_text(op, int, "part[q]", &format!("t{value}")));
+    let _ = writeln!(s, "      }}");
+    let _ = writeln!(s, "    }}");
+    let _ = writeln!(s, "    for (int q = 0; q < nl; q++) {{");
+    let _ = writeln!(s, "      const int64_t lane = l0 + q;");
+    let _ = writeln!(s, "      const {} r0 = ({})part[q];", d.ty(out_ty), d.ty(out_ty));
+    let mut local = kernel_level;
+    declare_where(d, k, &|i| used[i] && lv[i] == Level::Lane && ph[i] <= 1, &mut local, "      ", s);
+    for (buf, v) in lane_stores {
+        let _ = writeln!(s, "      b{buf}[lane] = t{v};");
+    }
+    let _ = writeln!(s, "    }}");
+    let _ = writeln!(s, "  }}");
 }
 
 /// A scan's lane: the states of the lane advance together step by step; a reduction over
