@@ -205,10 +205,13 @@ def torch_loss_fn(model):
         A = -torch.exp(P[m + ".A_log"])
         da = torch.exp(dt[..., None] * A)                 # [B, L, E, N]
         db = (dt * u)[..., None] * bm[:, :, None, :]      # [B, L, E, N]
-        h = db[:, 0]
+        # unbind once: indexing da[:, t] in the loop would make autograd's backward of each
+        # index materialise a zero-filled gradient of the whole [B, L, E, N] tensor.
+        da_t, db_t = da.unbind(1), db.unbind(1)
+        h = db_t[0]
         hs = [h]
         for t in range(1, L):
-            h = torch.addcmul(db[:, t], da[:, t], h)
+            h = torch.addcmul(db_t[t], da_t[t], h)
             hs.append(h)
         y = (torch.stack(hs, 1) @ cm[..., None]).squeeze(-1) + u * P[m + ".D"]
         return F.linear(y * F.silu(z), P[m + ".out_proj.weight"])
@@ -243,7 +246,7 @@ def torch_cases(model, results):
 
     threads = torch.get_num_threads()
     P0 = init_params(model)
-    count = sum(v.size for v in P0.values())
+    count = f"{sum(v.size for v in P0.values())} params in {len(P0)} tensors"
     X = make_inputs()
     tx = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v) for k, v in X.items()}
     args = (tx["tokens"], tx["targets"], tx["loss_mask"], tx["text_ids"], tx["text_mask"])
@@ -298,7 +301,7 @@ def torch_cases(model, results):
     ms, l0, ln_ = timed_train(make_step(P, opt, loss_fn, eager_update(opt)), sync, f"{model} torch eager")
     results[("torch eager", model)] = l0
     emit(case, "torch eager", ms,
-         f"{count} params; AdamW {best_opt}; clip_grad_norm_ foreach={foreach_clip}; {threads} threads")
+         f"{count}; AdamW {best_opt}; clip_grad_norm_ foreach={foreach_clip}; {threads} threads")
 
     # torch.compile of the forward+loss; the optimizer eager (as above) or compiled too.
     variants = []
@@ -329,7 +332,7 @@ def torch_cases(model, results):
     ms, how, l0 = min(variants, key=lambda v: v[0])
     results[("torch.compile", model)] = l0
     others = "; ".join(f"{h}: {m:.1f} ms" for m, h, _ in variants if h != how)
-    emit(case, "torch.compile", ms, f"{count} params; {how}" + (f" (vs {others})" if others else "")
+    emit(case, "torch.compile", ms, f"{count}; {how}" + (f" (vs {others})" if others else "")
          + f"; {threads} threads")
 
 
@@ -465,7 +468,7 @@ def jax_cases(model, results):
     import jax.numpy as jnp
 
     P0 = init_params(model)
-    count = sum(v.size for v in P0.values())
+    count = f"{sum(v.size for v in P0.values())} params in {len(P0)} tensors"
     X = {k: jnp.asarray(v) for k, v in make_inputs().items()}
     case = f"train {model} B={B}"
 
@@ -501,7 +504,7 @@ def jax_cases(model, results):
     ms, how, l0 = min(variants, key=lambda v: v[0])
     results[("jax jit", model)] = l0
     others = "; ".join(f"{h}: {m:.1f} ms" for m, h, _ in variants if h != how)
-    emit(case, "jax jit", ms, f"{count} params; value_and_grad + hand-written clip/AdamW; {how}"
+    emit(case, "jax jit", ms, f"{count}; value_and_grad + hand-written clip/AdamW; {how}"
          + (f" (vs {others})" if others else ""))
 
 

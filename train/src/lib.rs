@@ -1,0 +1,7 @@
+//! Training and sampling of muse models over compiled kernels: data sets, text tokenizers,
+//! run directories with atomic checkpoints, the training loops and MaskGIT sampling.
+
+pub mod data;
+pub mod picture;
+pub mod run;
+pub mod text;
