@@ -165,6 +165,58 @@ impl Trainer {
         Ok((loss, grads))
     }
 
+    /// Sets parameters (those the program reads) from `params`; others are kept as given.
+    pub fn set_params(&mut self, params: &Tensors) -> Result<(), RunError> {
+        for (name, t) in params {
+            match self.prep.param_mut(name) {
+                Some(buf) if buf.len() == t.len() => {
+                    buf.iter_mut().zip(t.to_f64()).for_each(|(b, v)| *b = v as f32);
+                }
+                Some(buf) => {
+                    return Err(RunError::ParamShape {
+                        name: name.clone(),
+                        expected: vec![buf.len()],
+                        found: t.shape.clone(),
+                    })
+                }
+                None => {
+                    self.frozen.insert(name.clone(), t.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The optimizer state as tensors: `adamw.m/NAME`, `adamw.v/NAME` and `adamw.step`.
+    pub fn optimizer_state(&self) -> Tensors {
+        let mut out = Tensors::new();
+        for (k, (name, _)) in self.trained.iter().enumerate() {
+            let f = |v: &[f32]| HostTensor::f(&[v.len()], v.iter().map(|&x| x as f64).collect());
+            out.insert(format!("adamw.m/{name}"), f(&self.state.m[k]));
+            out.insert(format!("adamw.v/{name}"), f(&self.state.v[k]));
+        }
+        out.insert("adamw.step".into(), HostTensor::f(&[1], vec![self.state.step as f64]));
+        out
+    }
+
+    /// Restores what [`Trainer::optimizer_state`] saved.
+    pub fn set_optimizer_state(&mut self, t: &Tensors) -> Result<(), RunError> {
+        let get = |key: String, len: usize| -> Result<Vec<f32>, RunError> {
+            let v = t.get(&key).ok_or_else(|| RunError::MissingParam(key.clone()))?;
+            if v.len() != len {
+                return Err(RunError::ParamShape { name: key, expected: vec![len], found: v.shape.clone() });
+            }
+            Ok(v.to_f64().iter().map(|&x| x as f32).collect())
+        };
+        for (k, (name, _)) in self.trained.iter().enumerate() {
+            let len = self.state.m[k].len();
+            self.state.m[k] = get(format!("adamw.m/{name}"), len)?;
+            self.state.v[k] = get(format!("adamw.v/{name}"), len)?;
+        }
+        self.state.step = get("adamw.step".into(), 1)?[0] as u64;
+        Ok(())
+    }
+
     /// The current parameters, trained and frozen.
     pub fn params(&mut self) -> Tensors {
         let mut out = self.frozen.clone();

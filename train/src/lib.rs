@@ -2,6 +2,9 @@
 //! run directories with atomic checkpoints, the training loops and MaskGIT sampling.
 
 pub mod data;
+pub mod fit;
+pub mod masked;
 pub mod picture;
 pub mod run;
+pub mod session;
 pub mod text;

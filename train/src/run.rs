@@ -25,3 +25,136 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         format!("cannot write {}: {e}", path.display())
     })
 }
+
+use muse_runtime::checkpoint;
+use muse_runtime::HostTensor;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// A run directory.
+pub struct RunDir {
+    /// Its path.
+    pub path: PathBuf,
+    /// Checkpoints kept (older ones are deleted).
+    pub keep: usize,
+}
+
+/// What a checkpoint holds besides tensors: where training stands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Position in the data stream of the next batch.
+    pub data_pos: u64,
+}
+
+impl RunDir {
+    /// Creates (or reuses) the directory.
+    pub fn create(path: &Path, keep: usize) -> Result<RunDir, String> {
+        std::fs::create_dir_all(path.join("checkpoints"))
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(RunDir { path: path.to_path_buf(), keep: keep.max(1) })
+    }
+
+    /// Opens an existing run (for `--resume`, sampling, tokenizing).
+    pub fn open(path: &Path) -> Result<RunDir, String> {
+        if !path.join("config.json").is_file() {
+            return Err(format!("{}: not a muse run directory (no config.json)", path.display()));
+        }
+        Ok(RunDir { path: path.to_path_buf(), keep: 3 })
+    }
+
+    /// The resolved config.
+    pub fn config(&self) -> Result<serde_json::Value, String> {
+        let p = self.path.join("config.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    }
+
+    /// Writes the resolved config.
+    pub fn write_config(&self, config: &serde_json::Value) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(config).expect("JSON values serialise");
+        write_atomic(&self.path.join("config.json"), text.as_bytes())
+    }
+
+    /// Appends one line to metrics.jsonl.
+    pub fn log(&self, line: &serde_json::Value) -> Result<(), String> {
+        let p = self.path.join("metrics.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        writeln!(f, "{line}").map_err(|e| format!("{}: {e}", p.display()))
+    }
+
+    /// Drops metrics lines of steps after `step` (a resumed run rewrites them).
+    pub fn truncate_log(&self, step: u64) -> Result<(), String> {
+        let p = self.path.join("metrics.jsonl");
+        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                    .is_some_and(|s| s <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomic(&p, kept.as_bytes())
+    }
+
+    /// Saves a checkpoint: the tensors in one safetensors file, then `latest.json` naming it
+    /// (each written atomically, so a crash leaves the previous checkpoint in force); the
+    /// oldest beyond `keep` are deleted.
+    pub fn save(&self, tensors: &HashMap<String, HostTensor>, progress: &Progress) -> Result<PathBuf, String> {
+        let name = format!("step-{:08}.safetensors", progress.step);
+        let file = self.path.join("checkpoints").join(&name);
+        checkpoint::save(&file, tensors).map_err(|e| e.to_string())?;
+        let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let latest = serde_json::json!({
+            "checkpoint": name, "step": progress.step, "data_pos": progress.data_pos, "bytes": bytes,
+        });
+        write_atomic(&self.path.join("latest.json"), latest.to_string().as_bytes())?;
+        let mut all = self.checkpoints();
+        while all.len() > self.keep {
+            let old = all.remove(0);
+            std::fs::remove_file(self.path.join("checkpoints").join(old)).ok();
+        }
+        Ok(file)
+    }
+
+    /// Checkpoint file names, oldest first.
+    pub fn checkpoints(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path.join("checkpoints"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The checkpoint `latest.json` names, checked: it must exist with the recorded size and
+    /// parse as safetensors. `None` when the run has no checkpoint yet.
+    pub fn latest(&self) -> Result<Option<(HashMap<String, HostTensor>, Progress)>, String> {
+        let p = self.path.join("latest.json");
+        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(None) };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        let field = |k: &str| v.get(k).ok_or_else(|| format!("{}: no \"{k}\"", p.display()));
+        let name = field("checkpoint")?.as_str().unwrap_or_default().to_string();
+        let file = self.path.join("checkpoints").join(&name);
+        let want = field("bytes")?.as_u64().unwrap_or(0);
+        let have = std::fs::metadata(&file).map(|m| m.len()).map_err(|e| format!("{}: {e}", file.display()))?;
+        if have != want {
+            return Err(format!("{}: {have} bytes, but {want} were written: the file is damaged", file.display()));
+        }
+        let tensors = checkpoint::load(&file).map_err(|e| e.to_string())?;
+        let progress =
+            Progress { step: field("step")?.as_u64().unwrap_or(0), data_pos: field("data_pos")?.as_u64().unwrap_or(0) };
+        Ok(Some((tensors, progress)))
+    }
+}

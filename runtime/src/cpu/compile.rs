@@ -169,7 +169,8 @@ fn build(
     key: &str,
     so_path: &Path,
 ) -> Result<(), CompileError> {
-    let pid = std::process::id();
+    // Unique per build, not just per process: two threads may build the same library.
+    let pid = unique_suffix();
     let run_err = |e: std::io::Error, src: &Path| CompileError {
         message: format!("cannot run the C compiler `{}`: {e} (install one, or set MUSE_CC)", settings.cc),
         source_path: Some(src.to_path_buf()),
@@ -242,8 +243,14 @@ fn wait(child: std::process::Child, src: &Path, settings: &CompilerSettings) -> 
     Ok(())
 }
 
+/// A name suffix no other build in this or another process uses at the same time.
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| CompileError { message: format!("cannot write {}: {e}", path.display()), source_path: None })

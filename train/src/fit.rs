@@ -1,0 +1,206 @@
+//! The training loop every objective shares: learning-rate schedule, AdamW steps over
+//! micro-batches, an EMA of the weights, the non-finite-loss policy, metrics, progress and
+//! checkpoints that let a run be resumed bit for bit.
+
+use crate::run::{Progress, RunDir};
+use muse_runtime::backend::Tensors;
+use muse_runtime::optim::Schedule;
+use muse_runtime::train::Trainer;
+use muse_runtime::HostTensor;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// Settings of the loop.
+#[derive(Clone, Debug)]
+pub struct FitConfig {
+    /// Optimizer steps of the whole run.
+    pub steps: u64,
+    /// Learning-rate factor per step.
+    pub schedule: Schedule,
+    /// Micro-batches per optimizer step.
+    pub accumulate: usize,
+    /// Save a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Skip a step whose loss or gradients are not finite instead of stopping.
+    pub skip_nonfinite: bool,
+    /// Decay of the exponential moving average of the weights (none: no EMA).
+    pub ema: Option<f64>,
+    /// Seed of the random ops inside the model.
+    pub seed: u64,
+    /// Items (images) per micro-batch, for throughput.
+    pub batch: usize,
+    /// Tokens per item, for throughput (0: not a token model).
+    pub tokens_per_item: usize,
+}
+
+/// A source of micro-batches.
+pub trait Batches {
+    /// The inputs of the next micro-batch and the data position after it.
+    fn next(&mut self) -> Result<(Tensors, u64), String>;
+    /// Time spent waiting for data so far.
+    fn waited(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Items skipped as unreadable so far.
+    fn skipped(&self) -> usize {
+        0
+    }
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Loss of the first and the last step of this invocation.
+    pub first_loss: f64,
+    /// Loss of the last step.
+    pub last_loss: f64,
+    /// Steps skipped as non-finite.
+    pub skipped_steps: u64,
+    /// Fraction of wall time spent waiting for data.
+    pub wait_fraction: f64,
+    /// Items per second.
+    pub items_per_s: f64,
+}
+
+/// The EMA tensors of a checkpoint are saved as `ema/NAME`.
+fn ema_key(name: &str) -> String {
+    format!("ema/{name}")
+}
+
+/// Restores a trainer (and EMA) from the run's latest checkpoint; the progress to resume at.
+pub fn restore(run: &RunDir, trainer: &mut Trainer, ema: &mut Option<Tensors>) -> Result<Progress, String> {
+    let Some((tensors, progress)) = run.latest()? else { return Ok(Progress { step: 0, data_pos: 0 }) };
+    let params: Tensors =
+        tensors.iter().filter(|(k, _)| !k.contains('/')).map(|(k, v)| (k.clone(), v.clone())).collect();
+    trainer.set_params(&params).map_err(|e| e.to_string())?;
+    trainer.set_optimizer_state(&tensors).map_err(|e| e.to_string())?;
+    if let Some(e) = ema.as_mut() {
+        for (name, t) in e.iter_mut() {
+            if let Some(v) = tensors.get(&ema_key(name)) {
+                *t = v.clone();
+            }
+        }
+    }
+    run.truncate_log(progress.step)?;
+    Ok(progress)
+}
+
+/// Trains from `start` to `cfg.steps`.
+pub fn fit(
+    run: &RunDir,
+    trainer: &mut Trainer,
+    batches: &mut dyn Batches,
+    cfg: &FitConfig,
+    start: Progress,
+    ema: &mut Option<Tensors>,
+) -> Result<Summary, String> {
+    let peak = trainer.opt.lr;
+    let terminal = std::io::stderr().is_terminal();
+    let began = Instant::now();
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let mut skipped_steps = 0;
+    let mut data_pos = start.data_pos;
+    let mut last_saved: Option<u64> = (start.step > 0).then_some(start.step);
+    let mut window = Instant::now();
+    let mut window_items = 0usize;
+    let mut items = 0usize;
+    for step in start.step..cfg.steps {
+        let mut micro = Vec::with_capacity(cfg.accumulate);
+        for _ in 0..cfg.accumulate.max(1) {
+            let (t, pos) = batches.next()?;
+            micro.push(t);
+            data_pos = pos;
+        }
+        let lr = peak * cfg.schedule.factor(step);
+        let refs: Vec<&Tensors> = micro.iter().collect();
+        let stats = trainer.step(&refs, lr, cfg.seed ^ step.wrapping_mul(0x9e37_79b9)).map_err(|e| e.to_string())?;
+        if !stats.applied {
+            if !cfg.skip_nonfinite {
+                let good = last_saved.map_or("none yet".to_string(), |s| {
+                    format!("step {s} in {}", run.path.join("checkpoints").display())
+                });
+                return Err(format!(
+                    "step {step}: the loss is {} (gradient norm {}); stopped. Last good checkpoint: {good}. \
+                     Lower the learning rate, or pass --skip-nonfinite to skip such steps.",
+                    stats.loss, stats.grad_norm
+                ));
+            }
+            skipped_steps += 1;
+            eprintln!("warning: step {step}: non-finite loss {} skipped", stats.loss);
+        } else if let Some(decay) = cfg.ema {
+            let params = trainer.params();
+            let e = ema.get_or_insert_with(|| params.clone());
+            for (name, t) in e.iter_mut() {
+                if let Some(p) = params.get(name) {
+                    let v: Vec<f64> = t
+                        .to_f64()
+                        .iter()
+                        .zip(p.to_f64())
+                        .map(|(e, p)| ((decay * e + (1.0 - decay) * p) as f32) as f64)
+                        .collect();
+                    *t = HostTensor::f(&t.shape.clone(), v);
+                }
+            }
+        }
+        if first_loss.is_nan() {
+            first_loss = stats.loss;
+        }
+        last_loss = stats.loss;
+        let n = cfg.batch * cfg.accumulate.max(1);
+        items += n;
+        window_items += n;
+        let secs = window.elapsed().as_secs_f64();
+        let elapsed = began.elapsed().as_secs_f64();
+        let wait = batches.waited().as_secs_f64() / elapsed.max(1e-9);
+        let done = step + 1 == cfg.steps;
+        let line = serde_json::json!({
+            "step": step + 1, "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
+            "items_per_s": window_items as f64 / secs.max(1e-9),
+            "tokens_per_s": (window_items * cfg.tokens_per_item) as f64 / secs.max(1e-9),
+            "wait_fraction": wait, "skipped_items": batches.skipped(), "applied": stats.applied,
+        });
+        run.log(&line)?;
+        if terminal {
+            eprint!(
+                "\r  step {:>6}/{} loss {:.4} lr {:.2e} {:.1} items/s   ",
+                step + 1,
+                cfg.steps,
+                stats.loss,
+                lr,
+                window_items as f64 / secs.max(1e-9)
+            );
+        } else if (step + 1) % 50 == 0 || done || step == start.step {
+            eprintln!(
+                "  step {}/{} loss {:.4} lr {:.2e} {:.1} items/s",
+                step + 1,
+                cfg.steps,
+                stats.loss,
+                lr,
+                window_items as f64 / secs.max(1e-9)
+            );
+        }
+        window = Instant::now();
+        window_items = 0;
+        if (step + 1) % cfg.checkpoint_every.max(1) == 0 || done {
+            let mut tensors = trainer.params();
+            tensors.extend(trainer.optimizer_state());
+            if let Some(e) = ema.as_ref() {
+                tensors.extend(e.iter().map(|(k, v)| (ema_key(k), v.clone())));
+            }
+            run.save(&tensors, &Progress { step: step + 1, data_pos })?;
+            last_saved = Some(step + 1);
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    std::io::stderr().flush().ok();
+    Ok(Summary {
+        first_loss,
+        last_loss,
+        skipped_steps,
+        wait_fraction: batches.waited().as_secs_f64() / elapsed.max(1e-9),
+        items_per_s: items as f64 / elapsed.max(1e-9),
+    })
+}

@@ -1,0 +1,379 @@
+//! `muse train`: picks the objective from the model's inputs (an `image` input: an image
+//! tokenizer; `tokens` and `targets`: a masked-token model), prepares data, text and run
+//! directory, and runs the loop. `--resume` rebuilds everything from the run's config.json.
+
+use crate::data::{self, loader::Loader, Dataset};
+use crate::fit::{self, Batches, FitConfig, Summary};
+use crate::masked::{self, MaskedBatches, TokenSet};
+use crate::run::{Progress, RunDir};
+use crate::text::TextTokenizer;
+use muse_compiler::{compile_path, Model, Options};
+use muse_runtime::backend::Tensors;
+use muse_runtime::cpu::compile::CompilerSettings;
+use muse_runtime::optim::{AdamW, Schedule};
+use muse_runtime::train::Trainer;
+use muse_runtime::{init_params, HostTensor, Precision};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Everything a training run is configured by (the CLI flags).
+#[derive(Clone, Debug)]
+pub struct TrainArgs {
+    /// The `.muse` file.
+    pub model: PathBuf,
+    /// Config overrides.
+    pub sets: Vec<(String, String)>,
+    /// `shapes` or a folder.
+    pub data: String,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Items per micro-batch.
+    pub batch: usize,
+    /// Micro-batches per step.
+    pub accumulate: usize,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Seed of data order, masking, initialisation.
+    pub seed: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warmup steps.
+    pub warmup: u64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Clip gradients to this global norm (0: off).
+    pub clip: f64,
+    /// A trained image tokenizer's run directory (masked-token models).
+    pub tokenizer: Option<PathBuf>,
+    /// A `tokenizer.json` for captions (default: train a word-level one).
+    pub text_tokenizer: Option<PathBuf>,
+    /// Items of an unlimited data set to encode into tokens.
+    pub samples: usize,
+    /// Checkpoint interval in steps.
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep: usize,
+    /// Skip non-finite steps instead of stopping.
+    pub skip_nonfinite: bool,
+    /// EMA decay of the weights (0: off).
+    pub ema: f64,
+    /// Classifier-free guidance text dropout.
+    pub text_dropout: f64,
+    /// Random horizontal flips of folder images.
+    pub flip: bool,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        TrainArgs {
+            model: PathBuf::new(),
+            sets: vec![],
+            data: "shapes".into(),
+            steps: 1000,
+            batch: 16,
+            accumulate: 1,
+            out: PathBuf::from("runs/run"),
+            seed: 0,
+            lr: 1e-3,
+            warmup: 100,
+            weight_decay: 0.045,
+            clip: 1.0,
+            tokenizer: None,
+            text_tokenizer: None,
+            samples: 8192,
+            checkpoint_every: 200,
+            keep: 3,
+            skip_nonfinite: false,
+            ema: 0.0,
+            text_dropout: 0.1,
+            flip: false,
+        }
+    }
+}
+
+impl TrainArgs {
+    fn to_json(&self) -> Value {
+        json!({
+            "model": self.model, "sets": self.sets, "data": self.data, "steps": self.steps, "batch": self.batch,
+            "accumulate": self.accumulate, "seed": self.seed, "lr": self.lr, "warmup": self.warmup,
+            "weight_decay": self.weight_decay, "clip": self.clip, "tokenizer": self.tokenizer,
+            "text_tokenizer": self.text_tokenizer, "samples": self.samples, "checkpoint_every": self.checkpoint_every,
+            "keep": self.keep, "skip_nonfinite": self.skip_nonfinite, "ema": self.ema,
+            "text_dropout": self.text_dropout, "flip": self.flip,
+        })
+    }
+
+    /// The arguments a run was started with (its config.json), for `--resume`.
+    pub fn from_run(run: &Path) -> Result<TrainArgs, String> {
+        let c = RunDir::open(run)?.config()?;
+        let a = &c["args"];
+        let s = |k: &str| a[k].as_str().map(str::to_string);
+        let u = |k: &str| a[k].as_u64().ok_or_else(|| format!("{}/config.json: no args.{k}", run.display()));
+        let f = |k: &str| a[k].as_f64().ok_or_else(|| format!("{}/config.json: no args.{k}", run.display()));
+        let sets = a["sets"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string()))).collect())
+            .unwrap_or_default();
+        Ok(TrainArgs {
+            model: PathBuf::from(s("model").ok_or("config.json: no model")?),
+            sets,
+            data: s("data").unwrap_or_else(|| "shapes".into()),
+            steps: u("steps")?,
+            batch: u("batch")? as usize,
+            accumulate: u("accumulate")? as usize,
+            out: run.to_path_buf(),
+            seed: u("seed")?,
+            lr: f("lr")?,
+            warmup: u("warmup")?,
+            weight_decay: f("weight_decay")?,
+            clip: f("clip")?,
+            tokenizer: s("tokenizer").map(PathBuf::from),
+            text_tokenizer: s("text_tokenizer").map(PathBuf::from),
+            samples: u("samples")? as usize,
+            checkpoint_every: u("checkpoint_every")?,
+            keep: u("keep")? as usize,
+            skip_nonfinite: a["skip_nonfinite"].as_bool().unwrap_or(false),
+            ema: f("ema")?,
+            text_dropout: f("text_dropout")?,
+            flip: a["flip"].as_bool().unwrap_or(false),
+        })
+    }
+}
+
+/// Compiles one model of a file with overrides; the diagnostic rendered on error.
+pub fn compile_model(path: &Path, sets: &[(String, String)]) -> Result<Model, String> {
+    let c = compile_path(path, &Options { overrides: sets.to_vec(), model: None });
+    match c.result {
+        Ok(mut m) if m.len() == 1 => Ok(m.remove(0)),
+        Ok(m) => Err(format!("{}: {} models in the file; train one per file", path.display(), m.len())),
+        Err(d) => Err(d.render(&c.sources)),
+    }
+}
+
+fn config_int(m: &Model, key: &str) -> Option<i64> {
+    m.config.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
+        muse_compiler::elaborate::ConfigValue::Int(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// A trained image tokenizer: its model (compiled as trained) and latest parameters.
+pub struct ImageTokenizer {
+    /// The model.
+    pub model: Model,
+    /// Parameters of the latest checkpoint.
+    pub params: Tensors,
+    /// Its run directory.
+    pub run: PathBuf,
+    /// The checkpoint they came from.
+    pub checkpoint: String,
+}
+
+impl ImageTokenizer {
+    /// Loads the latest checkpoint of a VQ run.
+    pub fn open(run: &Path) -> Result<ImageTokenizer, String> {
+        let args = TrainArgs::from_run(run)?;
+        let model = compile_model(&args.model, &args.sets)?;
+        let dir = RunDir::open(run)?;
+        let (tensors, _) = dir.latest()?.ok_or_else(|| format!("{}: the run has no checkpoint yet", run.display()))?;
+        let params =
+            model.graph.params.iter().filter_map(|p| Some((p.name.clone(), tensors.get(&p.name)?.clone()))).collect();
+        Ok(ImageTokenizer {
+            model,
+            params,
+            run: run.to_path_buf(),
+            checkpoint: dir.checkpoints().last().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Codebook size and tokens per side.
+    pub fn codebook_and_grid(&self) -> Result<(i64, i64), String> {
+        let codebook = config_int(&self.model, "codebook").ok_or("the image tokenizer has no `codebook` config")?;
+        let codes = self.model.graph.outputs.iter().find(|(n, _)| n == "codes").ok_or("no `codes` output")?.1;
+        let shape = &self.model.graph.ty(codes).shape.0;
+        let grid = shape.get(1).and_then(|d| d.as_known()).ok_or("`codes` must be [B, grid, grid]")?;
+        Ok((codebook, grid))
+    }
+
+    /// The data set as token ids, encoded once and cached under the tokenizer's run.
+    pub fn tokens(
+        &self,
+        data_spec: &str,
+        data: &dyn Dataset,
+        samples: usize,
+        settings: &CompilerSettings,
+    ) -> Result<TokenSet, String> {
+        let key = muse_runtime::rng::mix64(
+            data_spec
+                .bytes()
+                .chain(self.checkpoint.bytes())
+                .fold(samples as u64, |h, b| muse_runtime::rng::mix64(h ^ b as u64)),
+        );
+        let dir = self.run.join("tokens").join(format!("{key:016x}"));
+        if let Some(t) = TokenSet::load(&dir)? {
+            eprintln!("tokens: {} items from the cache {}", t.len(), dir.display());
+            return Ok(t);
+        }
+        let count = data.size().map_or(samples, |n| n.min(samples.max(n)));
+        eprintln!("tokenize: encoding {count} images with {} ...", self.run.display());
+        let t = masked::encode(&self.model.graph, &self.params, data, Some(count), 64, settings)?;
+        t.save(&dir)?;
+        Ok(t)
+    }
+}
+
+/// Image batches for an image tokenizer, decoded ahead on a background thread.
+struct ImageBatches {
+    loader: Loader,
+    res: usize,
+    input: String,
+}
+
+impl Batches for ImageBatches {
+    fn next(&mut self) -> Result<(Tensors, u64), String> {
+        let b = self.loader.next_batch().ok_or("the data loader stopped: no image can be read")?;
+        let n = b.samples.len();
+        let pixels: Vec<f64> = b.samples.iter().flat_map(|s| s.image.iter().map(|&x| x as f64)).collect();
+        let mut t = Tensors::new();
+        t.insert(self.input.clone(), HostTensor::f(&[n, self.res, self.res, 3], pixels));
+        Ok((t, b.next))
+    }
+    fn waited(&self) -> std::time::Duration {
+        self.loader.waited()
+    }
+    fn skipped(&self) -> usize {
+        self.loader.skipped()
+    }
+}
+
+/// Trains (or, with `resume`, continues) a run.
+pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Result<Summary, String> {
+    let probe = compile_model(&args.model, &args.sets)?;
+    let has = |n: &str| probe.graph.inputs.iter().any(|(k, _)| k == n);
+    let run = RunDir::create(&args.out, args.keep)?;
+    if !resume && run.path.join("latest.json").exists() {
+        return Err(format!(
+            "{} already holds a run: pass --resume {} to continue it, or choose another --out",
+            run.path.display(),
+            run.path.display()
+        ));
+    }
+    let opt = AdamW {
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        clip_norm: (args.clip > 0.0).then_some(args.clip),
+        ..AdamW::default()
+    };
+    let fit_cfg = |tokens_per_item| FitConfig {
+        steps: args.steps,
+        schedule: Schedule { warmup: args.warmup, total: args.steps, min_ratio: 0.1 },
+        accumulate: args.accumulate.max(1),
+        checkpoint_every: args.checkpoint_every,
+        skip_nonfinite: args.skip_nonfinite,
+        ema: (args.ema > 0.0).then_some(args.ema),
+        seed: args.seed,
+        batch: args.batch,
+        tokens_per_item,
+    };
+    let source = std::fs::read_to_string(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let mut config = json!({
+        "args": args.to_json(), "model_name": probe.name, "source": source,
+        "source_hash": format!("{:016x}", source.bytes().fold(0u64, |h, b| muse_runtime::rng::mix64(h ^ b as u64))),
+        "config": probe.config.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<Vec<_>>(),
+    });
+    if has("image") {
+        let res = probe.graph.ty(probe.graph.inputs.iter().find(|x| x.0 == "image").expect("has").1).shape.0[1]
+            .as_known()
+            .ok_or("the image input needs a known resolution")? as usize;
+        config["objective"] = json!("image tokenizer");
+        run.write_config(&config)?;
+        let params = init_params(&probe.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+        let data: Arc<dyn Dataset> = Arc::from(data::open(&args.data, res, args.seed, args.flip)?);
+        let example = {
+            let mut t = Tensors::new();
+            t.insert("image".into(), HostTensor::f(&[args.batch, res, res, 3], vec![0.0; args.batch * res * res * 3]));
+            t
+        };
+        let mut trainer =
+            Trainer::new(&probe.graph, &probe.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
+        let mut ema = (args.ema > 0.0).then(|| params.clone());
+        let start =
+            if resume { fit::restore(&run, &mut trainer, &mut ema)? } else { Progress { step: 0, data_pos: 0 } };
+        let loader = Loader::start(data, args.seed, start.data_pos, args.batch, 4);
+        let mut batches = ImageBatches { loader, res, input: "image".into() };
+        eprintln!(
+            "train {} (image tokenizer) from step {} to {} in {}",
+            probe.name,
+            start.step,
+            args.steps,
+            run.path.display()
+        );
+        return fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(0), start, &mut ema);
+    }
+    if !(has("tokens") && has("targets") && has("loss_mask") && has("text_ids") && has("text_mask")) {
+        return Err(format!(
+            "{}: muse train knows image tokenizers (an `image` input) and masked-token models (inputs tokens, targets, loss_mask, text_ids, text_mask)",
+            args.model.display()
+        ));
+    }
+    let vq_dir =
+        args.tokenizer.as_ref().ok_or("a masked-token model needs --tokenizer RUN_DIR (a trained image tokenizer)")?;
+    let vq = ImageTokenizer::open(vq_dir)?;
+    let (codebook, grid) = vq.codebook_and_grid()?;
+    // The model's codebook and grid follow the image tokenizer's.
+    let mut sets = args.sets.clone();
+    for (k, v) in [("codebook", codebook), ("grid", grid)] {
+        match sets.iter().find(|(key, _)| key == k) {
+            Some((_, given)) if given.parse::<i64>().ok() != Some(v) => {
+                return Err(format!("--set {k}={given}, but the image tokenizer {} has {k} {v}", vq_dir.display()))
+            }
+            Some(_) => {}
+            None => sets.push((k.to_string(), v.to_string())),
+        }
+    }
+    let model = compile_model(&args.model, &sets)?;
+    let text_len = config_int(&model, "text_len").ok_or("the model has no `text_len` config")? as usize;
+    let text_vocab = config_int(&model, "text_vocab").ok_or("the model has no `text_vocab` config")? as usize;
+    let vq_res = config_int(&vq.model, "resolution").ok_or("the image tokenizer has no `resolution` config")? as usize;
+    let data = data::open(&args.data, vq_res, args.seed, args.flip)?;
+    let tok_path = run.path.join("tokenizer.json");
+    let text = if resume && tok_path.is_file() {
+        TextTokenizer::load(&tok_path, text_len)?
+    } else if let Some(p) = &args.text_tokenizer {
+        TextTokenizer::load(p, text_len)?
+    } else {
+        TextTokenizer::train(&data.captions(), text_vocab, text_len)?
+    };
+    if text.vocab_size() > text_vocab {
+        return Err(format!(
+            "the text tokenizer has {} entries but the model's text_vocab is {text_vocab}: --set text_vocab={}",
+            text.vocab_size(),
+            text.vocab_size()
+        ));
+    }
+    text.save(&tok_path)?;
+    config["objective"] = json!("masked tokens");
+    config["image_tokenizer"] =
+        json!({ "run": vq_dir, "checkpoint": vq.checkpoint, "codebook": codebook, "grid": grid });
+    run.write_config(&config)?;
+    let tokens = vq.tokens(&args.data, data.as_ref(), args.samples, settings)?;
+    let params = init_params(&model.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+    let mut probe_batches = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
+    let example = probe_batches.next()?.0;
+    let mut trainer =
+        Trainer::new(&model.graph, &model.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
+    let mut ema = (args.ema > 0.0).then(|| params.clone());
+    let start = if resume { fit::restore(&run, &mut trainer, &mut ema)? } else { Progress { step: 0, data_pos: 0 } };
+    let per_item = tokens.per_item;
+    let mut batches =
+        MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;
+    eprintln!(
+        "train {} (masked tokens, codebook {codebook}, grid {grid}) from step {} to {} in {}",
+        model.name,
+        start.step,
+        args.steps,
+        run.path.display()
+    );
+    fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut ema)
+}
