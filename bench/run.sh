@@ -14,7 +14,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 out="$(mktemp -d)"
 cargo run -q --release -p muse-bench --bin kernels -- "$repeats" | tee "$out/muse.jsonl"
-"$venv/bin/python" bench/peers.py "$repeats" | tee "$out/peers.jsonl"
+{ "$venv/bin/python" bench/peers.py "$repeats"; "$venv/bin/python" bench/peers_train.py "$((repeats < 10 ? repeats : 10))"; } | tee "$out/peers.jsonl"
 "$venv/bin/python" - "$out" <<'PY'
 import json, sys, math, pathlib
 rows = [json.loads(l) for f in ("muse.jsonl", "peers.jsonl") for l in (pathlib.Path(sys.argv[1]) / f).read_text().splitlines() if l.strip()]

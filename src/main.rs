@@ -87,6 +87,29 @@ enum Command {
         #[command(flatten)]
         opts: ModelOpts,
     },
+    /// Train a model on a data set over compiled kernels: an image tokenizer (a model with
+    /// an `image` input) or a masked-token model (with `--tokenizer`, a trained one's run).
+    Train {
+        /// The .muse file (omit with --resume).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        train: TrainFlags,
+        /// Override a config value, e.g. `--set depth=8` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Encode a data set into image token ids with a trained image tokenizer (cached in its
+    /// run directory; `muse train` does this on its own when it needs to).
+    Tokenize {
+        /// The image tokenizer's run directory.
+        run: PathBuf,
+        /// `shapes` (built in) or a folder of images.
+        #[arg(long, default_value = "shapes")]
+        data: String,
+        /// Items to encode from an unlimited data set (a folder is encoded whole).
+        #[arg(long, default_value_t = 8192)]
+        samples: usize,
+    },
     /// Differentiate a model's loss; print the loss and every parameter's gradient norm.
     Grad {
         /// The .muse file.
@@ -96,6 +119,159 @@ enum Command {
         #[command(flatten)]
         opts: ModelOpts,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct TrainFlags {
+    /// `shapes` (the built-in data set) or a folder of images with captions
+    /// (metadata.jsonl, or IMAGE.png + IMAGE.txt).
+    #[arg(long, default_value = "shapes")]
+    data: String,
+    /// Optimizer steps of the whole run.
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Images per micro-batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
+    /// The run directory (config, tokenizers, checkpoints, metrics.jsonl).
+    #[arg(long, default_value = "runs/run")]
+    out: PathBuf,
+    /// Continue the run in this directory exactly where its last checkpoint left it.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// `cpu`, `cuda` or `auto` (cuda when present).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Seed of initialisation, data order, masking and text dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Peak learning rate (AdamW, betas 0.9/0.96).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+    /// Decoupled weight decay.
+    #[arg(long, default_value_t = 0.045)]
+    weight_decay: f64,
+    /// Clip gradients to this global norm (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// A trained image tokenizer's run directory (masked-token models).
+    #[arg(long, value_name = "RUN_DIR")]
+    tokenizer: Option<PathBuf>,
+    /// A tokenizer.json for the captions (default: train a word-level one on them).
+    #[arg(long, value_name = "FILE")]
+    text_tokenizer: Option<PathBuf>,
+    /// Items of the built-in data set to encode into tokens for masked-token training.
+    #[arg(long, default_value_t = 8192)]
+    samples: usize,
+    /// Save a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: u64,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// Skip steps whose loss is NaN or infinite instead of stopping.
+    #[arg(long)]
+    skip_nonfinite: bool,
+    /// Keep an exponential moving average of the weights with this decay (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    ema: f64,
+    /// Probability of training a sample without its caption (classifier-free guidance).
+    #[arg(long, default_value_t = 0.1)]
+    text_dropout: f64,
+    /// Random horizontal flips of folder images.
+    #[arg(long)]
+    flip: bool,
+}
+
+fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Result<String, String> {
+    if t.device == "cuda" {
+        return Err("--device cuda: the CUDA backend is not built yet; use --device cpu".into());
+    }
+    if !matches!(t.device.as_str(), "cpu" | "auto" | "cuda") {
+        return Err(format!("--device {}: choose cpu, cuda or auto", t.device));
+    }
+    let settings = muse_runtime::cpu::compile::CompilerSettings::default();
+    let (args, resume) = match (&t.resume, file) {
+        (Some(run), _) => {
+            let mut a = muse_train::session::TrainArgs::from_run(run)?;
+            // Only the length of the run may change on resuming.
+            if std::env::args().any(|x| x == "--steps") {
+                a.steps = t.steps;
+            }
+            (a, true)
+        }
+        (None, Some(model)) => {
+            let mut sets = Vec::new();
+            for s in set {
+                let (k, v) = s.split_once('=').ok_or_else(|| format!("--set {s}: expected KEY=VALUE"))?;
+                sets.push((k.trim().to_string(), v.trim().to_string()));
+            }
+            let a = muse_train::session::TrainArgs {
+                model,
+                sets,
+                data: t.data.clone(),
+                steps: t.steps,
+                batch: t.batch,
+                accumulate: t.accumulate,
+                out: t.out.clone(),
+                seed: t.seed,
+                lr: t.lr,
+                warmup: t.warmup,
+                weight_decay: t.weight_decay,
+                clip: t.clip,
+                tokenizer: t.tokenizer.clone(),
+                text_tokenizer: t.text_tokenizer.clone(),
+                samples: t.samples,
+                checkpoint_every: t.checkpoint_every,
+                keep: t.keep,
+                skip_nonfinite: t.skip_nonfinite,
+                ema: t.ema,
+                text_dropout: t.text_dropout,
+                flip: t.flip,
+            };
+            (a, false)
+        }
+        (None, None) => return Err("give a .muse file to train, or --resume RUN_DIR".into()),
+    };
+    let s = muse_train::session::train(&args, resume, &settings)?;
+    Ok(format!(
+        "trained {}: loss {:.4} -> {:.4}, {:.1} images/s, {:.1}% of the time waiting for data, {} steps skipped; run in {}\n",
+        args.model.display(),
+        s.first_loss,
+        s.last_loss,
+        s.items_per_s,
+        100.0 * s.wait_fraction,
+        s.skipped_steps,
+        args.out.display()
+    ))
+}
+
+fn tokenize_command(run: &Path, data: &str, samples: usize) -> Result<String, String> {
+    let settings = muse_runtime::cpu::compile::CompilerSettings::default();
+    let vq = muse_train::session::ImageTokenizer::open(run)?;
+    let res = vq
+        .model
+        .config
+        .iter()
+        .find(|(k, _)| k == "resolution")
+        .and_then(|(_, v)| if let muse_compiler::ConfigValue::Int(i) = v { Some(*i as usize) } else { None })
+        .ok_or("the image tokenizer has no `resolution` config")?;
+    let d = muse_train::data::open(data, res, 0, false)?;
+    let t = vq.tokens(data, d.as_ref(), samples, &settings)?;
+    let (codebook, grid) = vq.codebook_and_grid()?;
+    let mut used = vec![false; codebook as usize];
+    t.ids.iter().for_each(|&i| used[i as usize] = true);
+    Ok(format!(
+        "{} items as {grid}x{grid} tokens; {} of {codebook} codes used\n",
+        t.len(),
+        used.iter().filter(|&&u| u).count()
+    ))
 }
 
 #[derive(clap::Args, Clone)]
@@ -530,6 +706,20 @@ fn main() -> ExitCode {
             }
             write_stdout(&text)
         }
+        Command::Train { file, train, set } => match train_command(file, &train, &set) {
+            Ok(t) => write_stdout(&t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Tokenize { run, data, samples } => match tokenize_command(&run, &data, samples) {
+            Ok(t) => write_stdout(&t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { file, run, opts } | Command::Grad { file, run, opts } => {
             let (_, models) = match load(&file, &opts) {
                 Ok(x) => x,

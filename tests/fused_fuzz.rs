@@ -133,7 +133,7 @@ proptest! {
 
     #[test]
     fn fused_kernels_equal_the_interpreter(
-        dims in prop::collection::vec(1usize..5, 1..4),
+        dims in prop::collection::vec(prop_oneof![3 => 1usize..5, 1 => 16usize..18], 1..4),
         choices in prop::collection::vec((any::<u8>(), any::<u8>()), 1..8),
     ) {
         let src = program(&dims, &choices);
@@ -145,7 +145,7 @@ proptest! {
     /// input, through the backward kernels.
     #[test]
     fn fused_gradients_equal_the_interpreter(
-        dims in prop::collection::vec(1usize..5, 1..4),
+        dims in prop::collection::vec(prop_oneof![3 => 1usize..5, 1 => 16usize..18], 1..4),
         choices in prop::collection::vec((any::<u8>(), any::<u8>()), 1..6),
     ) {
         let src = program(&dims, &choices);

@@ -39,6 +39,9 @@ pub struct RunDir {
     pub keep: usize,
 }
 
+/// A checkpoint's tensors (parameters, optimizer state, EMA) and where training stood.
+pub type Checkpoint = (HashMap<String, HostTensor>, Progress);
+
 /// What a checkpoint holds besides tensors: where training stands.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
@@ -140,7 +143,7 @@ impl RunDir {
 
     /// The checkpoint `latest.json` names, checked: it must exist with the recorded size and
     /// parse as safetensors. `None` when the run has no checkpoint yet.
-    pub fn latest(&self) -> Result<Option<(HashMap<String, HostTensor>, Progress)>, String> {
+    pub fn latest(&self) -> Result<Option<Checkpoint>, String> {
         let p = self.path.join("latest.json");
         let Ok(text) = std::fs::read_to_string(&p) else { return Ok(None) };
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;

@@ -47,8 +47,10 @@ pub enum IndexOp {
 pub enum Expr {
     /// A constant (bits of an f64, converted to the expression's type).
     Const(u64),
-    /// The lane index.
+    /// The lane index (the outer lane index in a split pointwise kernel).
     Lane,
+    /// The inner lane index of a split pointwise kernel.
+    LaneInner,
     /// The step of the sequential inner loop (reductions and scans).
     Step,
     /// The state of a scan with several recurrences per lane.
@@ -123,6 +125,11 @@ pub enum Body {
     Pointwise {
         /// (buffer, value) pairs.
         stores: Vec<(u32, ExprId)>,
+        /// `Some(c)`: lanes run as `Lane` (the outer lanes) times `LaneInner` (`0..c`, the
+        /// innermost axis), element `Lane * c + LaneInner`. Broadcasts along the inner axis
+        /// then index by `LaneInner` directly, without a division, and a CPU vectorizes the
+        /// inner loop; a GPU maps it to neighbouring threads.
+        split: Option<i64>,
     },
     /// A row kernel: per lane, reductions over `inner` steps run one after another (each
     /// may use the results of the earlier ones through `Expr::Acc`), then a final loop over
@@ -519,6 +526,7 @@ impl Kernel {
             Expr::Const(bits) => Some(f64::from_bits(*bits) as i64),
             Expr::Size(k) => sizes.get(*k as usize).copied(),
             Expr::Lane => vars.map(|v| v.0),
+            Expr::LaneInner => None,
             Expr::Step => vars.map(|v| v.1),
             Expr::Index(op, a, b) => {
                 let (x, y) = (self.eval_at(*a, sizes, vars)?, self.eval_at(*b, sizes, vars)?);

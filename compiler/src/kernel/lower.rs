@@ -388,7 +388,20 @@ impl Lower<'_> {
         match (&grp.kind, &self.g.node(n).op) {
             (GroupKind::Pointwise, _) => {
                 let lanes = self.numel(&s);
-                let lane = self.lane_var(lanes);
+                // A known innermost axis of 16 or more runs as its own loop (see `split`).
+                let inner = s.0.last().and_then(|d| d.as_known()).filter(|&c| c >= 16 && s.0.len() >= 2);
+                let lane = match inner {
+                    Some(c) => {
+                        let outer = self.numel(&Shape(s.0[..s.0.len() - 1].to_vec()));
+                        let o = self.lane_var(outer);
+                        let i = self.b.add(Expr::LaneInner, KType::Index);
+                        self.b.set_range(i, 0, c - 1);
+                        let cx = self.b.idx(c);
+                        let scaled = self.b.iop(IndexOp::Mul, o, cx);
+                        self.b.iop(IndexOp::Add, scaled, i)
+                    }
+                    None => self.lane_var(lanes),
+                };
                 let idx = self.delinear(lane, &s);
                 // Several outputs when sibling kernels were merged: all of one shape.
                 let mut stores = Vec::new();
@@ -397,7 +410,7 @@ impl Lower<'_> {
                     let v = self.compute(o, &idx);
                     stores.push((out, v));
                 }
-                (lanes, Body::Pointwise { stores })
+                (lanes, Body::Pointwise { stores, split: inner })
             }
             (GroupKind::Row, _) => self.row(grp),
             (GroupKind::Scan, _) => self.scan(grp),

@@ -45,7 +45,7 @@ pub fn levels(k: &Kernel) -> Vec<Level> {
     for (i, n) in k.exprs.iter().enumerate() {
         let kids = children(&n.expr);
         let own = match n.expr {
-            Expr::Lane | Expr::Acc(_) => Level::Lane,
+            Expr::Lane | Expr::LaneInner | Expr::Acc(_) => Level::Lane,
             Expr::Step => Level::Step,
             Expr::State | Expr::Carry => Level::State,
             _ => Level::Kernel,
@@ -58,7 +58,14 @@ pub fn levels(k: &Kernel) -> Vec<Level> {
 /// Operands of an expression.
 pub fn children(e: &Expr) -> Vec<ExprId> {
     match e {
-        Expr::Const(_) | Expr::Lane | Expr::Step | Expr::State | Expr::Size(_) | Expr::Carry | Expr::Acc(_) => vec![],
+        Expr::Const(_)
+        | Expr::Lane
+        | Expr::LaneInner
+        | Expr::Step
+        | Expr::State
+        | Expr::Size(_)
+        | Expr::Carry
+        | Expr::Acc(_) => vec![],
         Expr::Load { index, .. } => vec![*index],
         Expr::Index(_, a, b) | Expr::Binary(_, a, b) => vec![*a, *b],
         Expr::Unary(_, a) | Expr::Cast(a) => vec![*a],
@@ -94,7 +101,7 @@ pub fn phases(k: &Kernel) -> Vec<u32> {
 pub fn used(k: &Kernel) -> Vec<bool> {
     let mut roots = vec![k.lanes];
     match &k.body {
-        Body::Pointwise { stores } => roots.extend(stores.iter().map(|s| s.1)),
+        Body::Pointwise { stores, .. } => roots.extend(stores.iter().map(|s| s.1)),
         Body::Row { inner, phases, elem_stores, lane_stores } => {
             roots.push(*inner);
             roots.extend(phases.iter().map(|p| p.1));
@@ -152,6 +159,7 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
             }
         }
         Expr::Lane => "lane".into(),
+        Expr::LaneInner => "lane_in".into(),
         Expr::Step => "step".into(),
         Expr::State => "st".into(),
         Expr::Size(s) => format!("sizes[{s}]"),
