@@ -110,6 +110,36 @@ enum Command {
         #[arg(long, default_value_t = 8192)]
         samples: usize,
     },
+    /// Generate images from prompts with a trained masked-token model (MaskGIT decoding with
+    /// classifier-free guidance), decoded by its image tokenizer; writes PNGs and a grid.
+    Sample {
+        /// The masked-token model's run directory.
+        run: PathBuf,
+        /// A prompt (repeatable).
+        #[arg(long)]
+        prompt: Vec<String>,
+        /// A file with one prompt per line.
+        #[arg(long, value_name = "FILE")]
+        prompts: Option<PathBuf>,
+        /// Decoding steps.
+        #[arg(long, default_value_t = 12)]
+        steps: usize,
+        /// Classifier-free guidance scale (ramped up linearly over the steps).
+        #[arg(long, default_value_t = 3.0)]
+        cfg: f64,
+        /// Sampling temperature of the first step (annealed to 0).
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Scale of the noise that decides which tokens are re-masked (annealed to 0).
+        #[arg(long, default_value_t = 4.5)]
+        choice_temperature: f64,
+        /// Seed: the same seed gives the same images.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output folder (NNN.png, grid.png, prompts.txt).
+        #[arg(long, default_value = "samples")]
+        out: PathBuf,
+    },
     /// Differentiate a model's loss; print the loss and every parameter's gradient norm.
     Grad {
         /// The .muse file.
@@ -439,7 +469,19 @@ fn execute(
         let total: f64 = ms.iter().sum();
         let mut order: Vec<usize> = (0..ms.len()).collect();
         order.sort_by(|a, b| ms[*b].total_cmp(&ms[*a]));
-        eprintln!("profile: {} launches, {total:.3} ms in all; the slowest:", ms.len());
+        let mut by_kind: Vec<(String, f64, usize)> = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            match by_kind.iter_mut().find(|k| k.0 == r.kind) {
+                Some(k) => {
+                    k.1 += ms[i];
+                    k.2 += 1;
+                }
+                None => by_kind.push((r.kind.to_string(), ms[i], 1)),
+            }
+        }
+        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let kinds: Vec<String> = by_kind.iter().map(|(k, t, n)| format!("{k} {t:.1} ms ({n})")).collect();
+        eprintln!("profile: {} launches, {total:.3} ms in all: {}; the slowest:", ms.len(), kinds.join(", "));
         for &i in order.iter().take(12) {
             let r = &rows[i];
             let ops: Vec<String> =
@@ -713,6 +755,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sample { run, prompt, prompts, steps, cfg, temperature, choice_temperature, seed, out } => {
+            let mut all = prompt;
+            if let Some(f) = prompts {
+                match std::fs::read_to_string(&f) {
+                    Ok(t) => all.extend(t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from)),
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", f.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            let a = muse_train::sample::SampleArgs {
+                run,
+                prompts: all,
+                steps,
+                cfg,
+                temperature,
+                choice_temperature,
+                seed,
+                out,
+            };
+            match muse_train::sample::sample(&a, &muse_runtime::cpu::compile::CompilerSettings::default()) {
+                Ok(files) => {
+                    write_stdout(&files.iter().map(|f| format!("wrote {}\n", f.display())).collect::<String>())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Tokenize { run, data, samples } => match tokenize_command(&run, &data, samples) {
             Ok(t) => write_stdout(&t),
             Err(e) => {

@@ -7,6 +7,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("mamba.muse", include_str!("../../models/std/mamba.muse")),
     ("conv.muse", include_str!("../../models/std/conv.muse")),
     ("maskgit.muse", include_str!("../../models/std/maskgit.muse")),
+    ("vq.muse", include_str!("../../models/std/vq.muse")),
 ];
 
 /// The text of `std/<name>`.

@@ -6,5 +6,6 @@ pub mod fit;
 pub mod masked;
 pub mod picture;
 pub mod run;
+pub mod sample;
 pub mod session;
 pub mod text;

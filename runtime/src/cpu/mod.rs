@@ -62,6 +62,9 @@ fn check_indices(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<(), 
     Ok(())
 }
 
+/// Multiply-adds below which a batch of products runs one product per thread.
+const SMALL_GEMM: usize = 128 * 128 * 128;
+
 /// Resolved shapes and strides of one GEMM step: left shape, right shape, left strides,
 /// right strides.
 type GemmShape = (Vec<usize>, Vec<usize>, Vec<isize>, Vec<isize>);
@@ -397,13 +400,13 @@ impl CpuProgram {
                 let (sa, sb, ta, tb) = &prep.gemms[&i];
                 let r = sa.len();
                 let (rows, inner, cols) = (sa[r - 2], sa[r - 1], sb[r - 1]);
-                let a0 = prep.ptrs[&m.a_view.base] as *const f32;
-                let b0 = prep.ptrs[&m.b_view.base] as *const f32;
-                let o = prep.ptrs[&m.out] as *mut f32;
+                let a0 = prep.ptrs[&m.a_view.base] as usize;
+                let b0 = prep.ptrs[&m.b_view.base] as usize;
+                let o = prep.ptrs[&m.out] as usize;
                 let batch_shape = &sa[..r - 2];
                 let batch: usize = batch_shape.iter().product();
-                for t in 0..batch {
-                    // Offsets of this batch element in each operand's base buffer.
+                // Offsets of batch element t in each operand's base buffer.
+                let offsets = |t: usize| {
                     let (mut oa, mut ob, mut rest) = (m.a_view.offset as isize, m.b_view.offset as isize, t);
                     for k in (0..r - 2).rev() {
                         let i = (rest % batch_shape[k]) as isize;
@@ -411,14 +414,20 @@ impl CpuProgram {
                         oa += i * ta[k];
                         ob += i * tb[k];
                     }
+                    (oa, ob)
+                };
+                let one = |t: usize, par: gemm::Parallelism| {
+                    let (oa, ob) = offsets(t);
+                    let (a0, b0, o) = (a0 as *const f32, b0 as *const f32, o as *mut f32);
                     // SAFETY: the strided views stay inside their base buffers (shape inference
-                    // checked every view on the way); the output holds rows*cols per batch element.
+                    // checked every view on the way); the output holds rows*cols per batch
+                    // element, and batch elements write disjoint parts of it.
                     let (pa, pb, pc) = unsafe { (a0.offset(oa), b0.offset(ob), o.add(t * rows * cols)) };
                     if let Some(blas) = blas::get() {
-                        // SAFETY: as above.
                         let (sa_, sb_) = ((ta[r - 2], ta[r - 1]), (tb[r - 2], tb[r - 1]));
+                        // SAFETY: as above.
                         if unsafe { blas.sgemm(rows, cols, inner, pa, sa_, pb, sb_, pc) } {
-                            continue;
+                            return;
                         }
                     }
                     // SAFETY: as above.
@@ -442,9 +451,17 @@ impl CpuProgram {
                             false,
                             false,
                             false,
-                            gemm::Parallelism::Rayon(0),
+                            par,
                         )
                     };
+                };
+                // Many small products (attention's per-head matrices): one thread per product
+                // beats splitting each tiny product across threads.
+                if batch > 1 && rows * cols * inner <= SMALL_GEMM {
+                    use rayon::prelude::*;
+                    (0..batch).into_par_iter().for_each(|t| one(t, gemm::Parallelism::None));
+                } else {
+                    (0..batch).for_each(|t| one(t, gemm::Parallelism::Rayon(0)));
                 }
             }
         }

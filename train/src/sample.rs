@@ -1,0 +1,246 @@
+//! MaskGIT decoding with classifier-free guidance (SPEC-models.md section 3): start from all
+//! MASK, and at each of T steps sample every masked token, keep the most confident and
+//! re-mask the rest on a cosine schedule; then the image tokenizer's decoder turns the ids
+//! into pixels. Every random draw is keyed by the seed, so a seed gives the same images.
+
+use crate::picture::{grid, save_png, to_rgb8};
+use crate::run::RunDir;
+use crate::session::{compile_model, ImageTokenizer, TrainArgs};
+use crate::text::TextTokenizer;
+use muse_compiler::{compile_source, ConfigValue, Model, Options};
+use muse_runtime::backend::Tensors;
+use muse_runtime::cpu::compile::CompilerSettings;
+use muse_runtime::cpu::CpuProgram;
+use muse_runtime::rng::{mix64, uniform};
+use muse_runtime::{Data, HostTensor};
+use std::path::{Path, PathBuf};
+
+/// What `muse sample` was asked for.
+#[derive(Clone, Debug)]
+pub struct SampleArgs {
+    /// The masked-token model's run directory.
+    pub run: PathBuf,
+    /// One image per prompt.
+    pub prompts: Vec<String>,
+    /// Decoding steps T.
+    pub steps: usize,
+    /// Guidance scale g (reached at the last step; it ramps up linearly).
+    pub cfg: f64,
+    /// Sampling temperature at the first step (annealed to 0).
+    pub temperature: f64,
+    /// Scale of the Gumbel noise on confidences when choosing what to re-mask (annealed).
+    pub choice_temperature: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+fn config_int(m: &Model, key: &str) -> Result<i64, String> {
+    m.config
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| if let ConfigValue::Int(i) = v { Some(*i) } else { None })
+        .ok_or_else(|| format!("model {} has no integer config `{key}`", m.name))
+}
+
+/// The decoder of an image tokenizer as a model of its own: ids -> pixels, sharing the
+/// tokenizer's parameter names (`embedding`, `vq_decoder.*`).
+fn decoder(vq: &Model) -> Result<Model, String> {
+    let v = |k: &str| config_int(vq, k);
+    let (res, levels) = (v("resolution")?, v("levels")?);
+    let src = format!(
+        "import \"std/vq.muse\"\nmodel vq_decode {{\n  input ids: i32[B, {g}, {g}]\n  param embedding: [{k}, {d}] ~ zeros\n  \
+         output image = vq_decoder(take(embedding, ids), {c}, {levels}, {groups})\n}}\n",
+        g = res >> levels,
+        k = v("codebook")?,
+        d = v("code_dim")?,
+        c = v("channels")?,
+        groups = v("groups")?,
+    );
+    let c = compile_source("vq_decode.muse", &src, &Options::default());
+    c.result.map(|mut m| m.remove(0)).map_err(|d| d.render(&c.sources))
+}
+
+/// A Gumbel(0, 1) draw.
+fn gumbel(key: u64, i: u64) -> f64 {
+    -(-(uniform(key, i).max(1e-20)).ln()).ln()
+}
+
+/// Samples one image per prompt; writes `NNN.png`, `grid.png` and `prompts.txt` into `out`.
+pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf>, String> {
+    if a.prompts.is_empty() {
+        return Err("no prompt: give --prompt TEXT or --prompts FILE".into());
+    }
+    if a.steps == 0 {
+        return Err("--steps must be at least 1".into());
+    }
+    let targs = TrainArgs::from_run(&a.run)?;
+    let run = RunDir::open(&a.run)?;
+    let config = run.config()?;
+    let vq_dir = config["image_tokenizer"]["run"]
+        .as_str()
+        .ok_or_else(|| format!("{}: not a masked-token run (no image tokenizer in config.json)", a.run.display()))?;
+    let vq = ImageTokenizer::open(Path::new(vq_dir))?;
+    let (codebook, g) = vq.codebook_and_grid()?;
+    let mut sets = targs.sets.clone();
+    sets.retain(|(k, _)| k != "codebook" && k != "grid");
+    sets.extend([("codebook".to_string(), codebook.to_string()), ("grid".to_string(), g.to_string())]);
+    let model = compile_model(&targs.model, &sets)?;
+    let text_len = config_int(&model, "text_len")? as usize;
+    let text = TextTokenizer::load(&a.run.join("tokenizer.json"), text_len)?;
+    let (tensors, progress) = run.latest()?.ok_or_else(|| format!("{}: no checkpoint yet", a.run.display()))?;
+    // The EMA weights when the run kept them.
+    let params: Tensors = model
+        .graph
+        .params
+        .iter()
+        .map(|p| {
+            let t = tensors.get(&format!("ema/{}", p.name)).or_else(|| tensors.get(&p.name));
+            t.map(|t| (p.name.clone(), t.clone())).ok_or_else(|| format!("checkpoint lacks parameter `{}`", p.name))
+        })
+        .collect::<Result<_, _>>()?;
+    let logits_node =
+        model.graph.outputs.iter().find(|(n, _)| n == "logits").ok_or("the model has no `logits` output")?.1;
+    let program = CpuProgram::compile(&model.graph, &[logits_node], settings).map_err(|e| e.to_string())?;
+
+    let (p, n, k) = (a.prompts.len(), (g * g) as usize, codebook as usize);
+    let mask_id = codebook as i32;
+    // Rows 0..p are conditioned on the prompts, rows p..2p on the null caption.
+    let mut text_ids = Vec::new();
+    let mut text_mask = Vec::new();
+    for prompt in &a.prompts {
+        let (i, m) = text.encode(prompt)?;
+        text_ids.extend(i);
+        text_mask.extend(m);
+    }
+    for _ in 0..p {
+        let (i, m) = text.null();
+        text_ids.extend(i);
+        text_mask.extend(m);
+    }
+    let mut x = vec![mask_id; p * n];
+    for s in 0..a.steps {
+        let frac = (s + 1) as f64 / a.steps as f64;
+        let mut inputs = Tensors::new();
+        let both: Vec<i32> = x.iter().chain(x.iter()).copied().collect();
+        inputs.insert("tokens".into(), HostTensor::i(&[2 * p, n], both));
+        inputs.insert("targets".into(), HostTensor::i(&[2 * p, n], vec![0; 2 * p * n]));
+        inputs.insert("loss_mask".into(), HostTensor::b(&[2 * p, n], vec![false; 2 * p * n]));
+        inputs.insert("text_ids".into(), HostTensor::i(&[2 * p, text_len], text_ids.clone()));
+        inputs.insert("text_mask".into(), HostTensor::b(&[2 * p, text_len], text_mask.clone()));
+        let out = program.run(&model.graph, &inputs, &params, a.seed).map_err(|e| e.to_string())?;
+        let Data::F(logits) = &out[&logits_node].data else { return Err("logits are not floats".into()) };
+        let scale = a.cfg * frac;
+        let tau = a.temperature * (1.0 - frac);
+        let key = mix64(a.seed ^ mix64(s as u64 + 1));
+        let mut sampled = vec![0i32; p * n];
+        let mut confidence = vec![f64::INFINITY; p * n];
+        for row in 0..p {
+            for pos in 0..n {
+                let at = row * n + pos;
+                if x[at] != mask_id {
+                    continue;
+                }
+                let c = &logits[(row * n + pos) * k..][..k];
+                let u = &logits[((p + row) * n + pos) * k..][..k];
+                let guided: Vec<f64> = c.iter().zip(u).map(|(c, u)| u + scale * (c - u)).collect();
+                let max = guided.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + guided.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                // Gumbel-max sampling at temperature tau (argmax at tau = 0).
+                let pick = (0..k)
+                    .max_by(|&i, &j| {
+                        let score = |t: usize| {
+                            if tau > 0.0 {
+                                guided[t] / tau + gumbel(key, (at * k + t) as u64)
+                            } else {
+                                guided[t]
+                            }
+                        };
+                        score(i).total_cmp(&score(j))
+                    })
+                    .expect("k > 0");
+                sampled[at] = pick as i32;
+                confidence[at] = guided[pick] - lse;
+            }
+        }
+        if s + 1 == a.steps {
+            for (xi, si) in x.iter_mut().zip(&sampled) {
+                if *xi == mask_id {
+                    *xi = *si;
+                }
+            }
+            break;
+        }
+        // Re-mask the least confident of each image (noise annealed), keep the rest.
+        let noise_key = mix64(key ^ 0x006e_6f69_7365);
+        for row in 0..p {
+            let unknown = (0..n).filter(|&i| x[row * n + i] == mask_id).count();
+            let target = ((n as f64) * (std::f64::consts::FRAC_PI_2 * frac).cos()).floor() as usize;
+            let remask = target.min(unknown.saturating_sub(1)).max(1);
+            let mut order: Vec<(f64, usize)> = (0..n)
+                .map(|i| {
+                    let at = row * n + i;
+                    let noise = a.choice_temperature * (1.0 - frac) * gumbel(noise_key, at as u64);
+                    (confidence[at] + noise, i)
+                })
+                .collect();
+            order.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for i in 0..n {
+                let at = row * n + i;
+                if x[at] == mask_id {
+                    x[at] = sampled[at];
+                }
+            }
+            for &(_, i) in order.iter().take(remask) {
+                x[row * n + i] = mask_id;
+            }
+        }
+    }
+    // Pixels from ids.
+    let dec = decoder(&vq.model)?;
+    let image = dec.graph.outputs[0].1;
+    let dprog = CpuProgram::compile(&dec.graph, &[image], settings).map_err(|e| e.to_string())?;
+    let mut dinputs = Tensors::new();
+    dinputs.insert("ids".into(), HostTensor::i(&[p, g as usize, g as usize], x.clone()));
+    let dparams: Tensors = dec
+        .graph
+        .params
+        .iter()
+        .map(|q| {
+            vq.params
+                .get(&q.name)
+                .map(|t| (q.name.clone(), t.clone()))
+                .ok_or_else(|| format!("tokenizer lacks `{}`", q.name))
+        })
+        .collect::<Result<_, _>>()?;
+    let pixels = dprog.run(&dec.graph, &dinputs, &dparams, 0).map_err(|e| e.to_string())?;
+    let res = pixels[&image].shape[1];
+    let flat: Vec<f32> = pixels[&image].to_f64().iter().map(|&v| v as f32).collect();
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let mut files = Vec::new();
+    let mut imgs = Vec::new();
+    let mut listing = format!(
+        "# {} (checkpoint step {}), seed {}, {} steps, cfg {}, temperature {}\n",
+        a.run.display(),
+        progress.step,
+        a.seed,
+        a.steps,
+        a.cfg,
+        a.temperature
+    );
+    for (i, prompt) in a.prompts.iter().enumerate() {
+        let img = to_rgb8(&flat[i * res * res * 3..][..res * res * 3], res);
+        let f = a.out.join(format!("{i:03}.png"));
+        save_png(&img, &f)?;
+        listing.push_str(&format!("{i:03}.png\t{prompt}\n"));
+        files.push(f);
+        imgs.push(img);
+    }
+    let cols = (p as f64).sqrt().ceil() as usize;
+    let gpath = a.out.join("grid.png");
+    save_png(&grid(&imgs, cols, 2), &gpath)?;
+    crate::run::write_atomic(&a.out.join("prompts.txt"), listing.as_bytes())?;
+    files.push(gpath);
+    Ok(files)
+}
