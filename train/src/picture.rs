@@ -9,8 +9,21 @@ pub fn to_rgb8(pixels: &[f32], res: usize) -> RgbImage {
     RgbImage::from_raw(res as u32, res as u32, bytes).expect("res * res * 3 values")
 }
 
-/// The images side by side, `cols` per row, with a `gap`-pixel border in grey.
+/// The images side by side, `cols` per row, with a `gap`-pixel border in grey; images
+/// smaller than 64 pixels are enlarged (nearest neighbour) to at least 64 so a grid of
+/// small samples can be looked at.
 pub fn grid(images: &[RgbImage], cols: usize, gap: u32) -> RgbImage {
+    let scale = images.first().map_or(1, |i| 64u32.div_ceil(i.width().max(1)).max(1));
+    let scaled: Vec<RgbImage>;
+    let images = if scale > 1 {
+        scaled = images
+            .iter()
+            .map(|i| image::imageops::resize(i, i.width() * scale, i.height() * scale, image::imageops::FilterType::Nearest))
+            .collect();
+        &scaled[..]
+    } else {
+        images
+    };
     let (w, h) = images.first().map_or((0, 0), |i| i.dimensions());
     let cols = cols.clamp(1, images.len().max(1));
     let rows = images.len().div_ceil(cols);
