@@ -155,7 +155,9 @@ fn corrupt_images_are_skipped_named_and_counted() {
     // Real PNG and JPEG files (written by the image crate) of different sizes and aspect
     // ratios, one file of garbage with a .png name, and one truncated PNG.
     for i in 0..6u32 {
-        let img = image::RgbImage::from_fn(10 + 3 * i, 8 + i, |x, y| image::Rgb([(x * 20) as u8, (y * 30) as u8, (i * 40) as u8]));
+        let img = image::RgbImage::from_fn(10 + 3 * i, 8 + i, |x, y| {
+            image::Rgb([(x * 20) as u8, (y * 30) as u8, (i * 40) as u8])
+        });
         let name = if i % 2 == 0 { format!("ok{i}.png") } else { format!("ok{i}.jpg") };
         img.save(data.join(&name)).unwrap();
         meta.push_str(&format!("{{\"file_name\": \"{name}\", \"text\": \"picture {i}\"}}\n"));
@@ -163,7 +165,9 @@ fn corrupt_images_are_skipped_named_and_counted() {
     std::fs::write(data.join("garbage.png"), b"this is not a png at all").unwrap();
     let good = std::fs::read(data.join("ok0.png")).unwrap();
     std::fs::write(data.join("cut.png"), &good[..good.len() / 2]).unwrap();
-    meta.push_str("{\"file_name\": \"garbage.png\", \"text\": \"broken\"}\n{\"file_name\": \"cut.png\", \"text\": \"cut\"}\n");
+    meta.push_str(
+        "{\"file_name\": \"garbage.png\", \"text\": \"broken\"}\n{\"file_name\": \"cut.png\", \"text\": \"cut\"}\n",
+    );
     std::fs::write(data.join("metadata.jsonl"), meta).unwrap();
 
     let folder = muse_train::data::folder::ImageFolder::open(&data, 8, false).unwrap();
@@ -171,17 +175,19 @@ fn corrupt_images_are_skipped_named_and_counted() {
     assert_eq!(folder.size(), Some(8));
     let errors: Vec<String> = (0..8).filter_map(|i| folder.get(i).err()).collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("garbage.png")) && errors.iter().any(|e| e.contains("cut.png")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("garbage.png")) && errors.iter().any(|e| e.contains("cut.png")),
+        "{errors:?}"
+    );
     let ok = folder.get(0).unwrap();
     assert_eq!(ok.image.len(), 8 * 8 * 3);
     assert!(ok.image.iter().all(|v| (-1.0..=1.0).contains(v)));
 
     let args = TrainArgs { data: data.display().to_string(), steps: 6, batch: 4, ..vq(&dir) };
     train(&args, false, &settings()).unwrap();
-    let last: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(args.out.join("metrics.jsonl")).unwrap().lines().last().unwrap(),
-    )
-    .unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(args.out.join("metrics.jsonl")).unwrap().lines().last().unwrap())
+            .unwrap();
     // 6 steps of 4 images pass over the 8 entries three times; each pass skips both bad ones.
     assert!(last["skipped_items"].as_u64().unwrap() >= 4, "{last}");
     std::fs::remove_dir_all(&dir).ok();

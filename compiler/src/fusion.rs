@@ -27,6 +27,9 @@ pub enum CutReason {
     MultipleUsers,
     /// Computed inside a row kernel (a reduction's epilogue) but also read by another kernel.
     ReadByAnotherKernel,
+    /// Read through several different views inside one kernel (a convolution's taps of a
+    /// padded input): inlined, every element would be computed once per view.
+    ReadThroughManyViews,
 }
 
 impl CutReason {
@@ -39,6 +42,7 @@ impl CutReason {
             CutReason::MatmulOperand => "matmul operand",
             CutReason::MultipleUsers => "used by several kernels",
             CutReason::ReadByAnotherKernel => "row-kernel value read by another kernel",
+            CutReason::ReadThroughManyViews => "read through several views (taps): computed once",
         }
     }
 }
@@ -228,6 +232,32 @@ pub fn profitability(g: &Graph, n: NodeIndex, consumer_kernels: usize) -> Result
         return Ok(());
     }
     Err(CutReason::MultipleUsers)
+}
+
+/// Most views of one computed value a kernel may read before the value is stored once instead.
+const MAX_VIEW_PATHS: usize = 2;
+
+/// The number of different ways consumers index `n`: 1 for direct elementwise use (the same
+/// element), plus one per chain of views to a non-view user (`slice(pad(x), k)` per tap).
+fn view_paths(g: &Graph, n: NodeIndex, live: &HashSet<NodeIndex>, memo: &mut HashMap<NodeIndex, usize>) -> usize {
+    if let Some(&v) = memo.get(&n) {
+        return v;
+    }
+    let mut direct = 0;
+    let mut through_views = 0usize;
+    for u in g.users(n) {
+        if !live.contains(&u) {
+            continue;
+        }
+        if g.node(u).op.is_view() {
+            through_views = through_views.saturating_add(view_paths(g, u, live, memo));
+        } else {
+            direct = 1;
+        }
+    }
+    let v = direct + through_views;
+    memo.insert(n, v);
+    v
 }
 
 /// A short elementwise chain over one source of its own size (SiLU's `exp(-x)`, `1 + e`):
@@ -527,6 +557,7 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
     // recomputed by several kernels is written once.
     let mut materialized = BTreeMap::new();
     let mut sinks: HashMap<NodeIndex, HashSet<Sink>> = HashMap::new();
+    let mut paths_memo = HashMap::new();
     for &n in order.iter().rev() {
         let reason = if let Some(&k) = row_of.get(&n) {
             let outside = g.users(n).iter().any(|u| live.contains(u) && row_of.get(u) != Some(&k));
@@ -568,8 +599,17 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         // Rematerialise short chains, except into scan kernels, whose sequential steps make
         // every recomputed operation expensive.
         let into_scan = here.iter().any(|s| matches!(s, Sink::Group(k) if kinds[*k] == GroupKind::Scan));
-        let reason =
-            reason.or_else(|| if !into_scan && is_remat(g, n) { None } else { profitability(g, n, here.len()).err() });
+        let many_views =
+            !is_cheap(g, n) && !g.node(n).op.is_view() && view_paths(g, n, &live, &mut paths_memo) > MAX_VIEW_PATHS;
+        let reason = reason.or_else(|| {
+            if many_views {
+                Some(CutReason::ReadThroughManyViews)
+            } else if !into_scan && is_remat(g, n) {
+                None
+            } else {
+                profitability(g, n, here.len()).err()
+            }
+        });
         if let Some(r) = reason {
             materialized.insert(n, r);
             if !row_of.contains_key(&n) {

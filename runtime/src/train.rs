@@ -68,6 +68,8 @@ pub struct Trainer {
     pub opt: AdamW,
     /// AdamW's moments and step count.
     pub state: AdamState,
+    /// Forward outputs computed alongside the loss, by name.
+    outputs: Vec<(String, NodeIndex)>,
 }
 
 impl Trainer {
@@ -81,12 +83,35 @@ impl Trainer {
         opt: AdamW,
         settings: &CompilerSettings,
     ) -> Result<Trainer, TrainError> {
+        Trainer::with_outputs(model, name, params, example, opt, settings, &[])
+    }
+
+    /// As [`Trainer::new`], also computing the named forward outputs each pass (read them
+    /// with [`Trainer::output`]).
+    pub fn with_outputs(
+        model: &Graph,
+        name: &str,
+        params: &Tensors,
+        example: &Tensors,
+        opt: AdamW,
+        settings: &CompilerSettings,
+        outputs: &[&str],
+    ) -> Result<Trainer, TrainError> {
         if model.losses.is_empty() {
             return Err(TrainError::NoLoss(name.to_string()));
         }
         let grads = autodiff::differentiate(model, autodiff::Wrt::default());
         let mut requested = vec![grads.loss];
         requested.extend(grads.params.iter().map(|x| x.1));
+        let mut outs = Vec::new();
+        for want in outputs {
+            let n =
+                model.outputs.iter().find(|(o, _)| o == want).ok_or_else(|| {
+                    TrainError::Run(RunError::MissingInput(format!("output `{want}` of model {name}")))
+                })?;
+            outs.push(n.clone());
+            requested.push(n.1);
+        }
         let program = CpuProgram::compile(&grads.graph, &requested, settings).map_err(TrainError::Compile)?;
         let mut prep = program.prepare(&grads.graph, example, params)?;
         let trained: Vec<(String, NodeIndex)> =
@@ -97,7 +122,7 @@ impl Trainer {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let sizes: Vec<usize> = trained.iter().map(|(name, _)| params[name].len()).collect();
-        Ok(Trainer { grads, program, prep, trained, frozen, opt, state: AdamState::new(&sizes) })
+        Ok(Trainer { grads, program, prep, trained, frozen, opt, state: AdamState::new(&sizes), outputs: outs })
     }
 
     /// Names of the parameters the optimizer updates, in optimizer-state order.
@@ -163,6 +188,11 @@ impl Trainer {
         let loss = self.prep.f32s(self.grads.loss)[0] as f64;
         let grads = self.trained.iter().map(|(name, g)| (name.clone(), self.prep.read(*g))).collect();
         Ok((loss, grads))
+    }
+
+    /// A forward output of the last pass (one asked for in [`Trainer::with_outputs`]).
+    pub fn output(&self, name: &str) -> Option<HostTensor> {
+        self.outputs.iter().find(|(n, _)| n == name).map(|(_, node)| self.prep.read(*node))
     }
 
     /// Sets parameters (those the program reads) from `params`; others are kept as given.

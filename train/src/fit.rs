@@ -47,6 +47,28 @@ pub trait Batches {
     }
 }
 
+/// Work an objective does after each applied step (the VQ codebook's dead-code re-seeding);
+/// its state is saved in checkpoints so a resumed run does the same.
+pub trait StepHook {
+    /// Called after each applied optimizer step (`step` counts from 1).
+    fn after_step(&mut self, trainer: &mut Trainer, step: u64) -> Result<(), String>;
+    /// State to save in a checkpoint (names must contain a `/`).
+    fn state(&self) -> Tensors {
+        Tensors::new()
+    }
+    /// Restores [`StepHook::state`].
+    fn restore(&mut self, _t: &Tensors) {}
+}
+
+/// No per-step work.
+pub struct NoHook;
+
+impl StepHook for NoHook {
+    fn after_step(&mut self, _: &mut Trainer, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct Summary {
@@ -68,8 +90,14 @@ fn ema_key(name: &str) -> String {
 }
 
 /// Restores a trainer (and EMA) from the run's latest checkpoint; the progress to resume at.
-pub fn restore(run: &RunDir, trainer: &mut Trainer, ema: &mut Option<Tensors>) -> Result<Progress, String> {
+pub fn restore(
+    run: &RunDir,
+    trainer: &mut Trainer,
+    ema: &mut Option<Tensors>,
+    hook: &mut dyn StepHook,
+) -> Result<Progress, String> {
     let Some((tensors, progress)) = run.latest()? else { return Ok(Progress { step: 0, data_pos: 0 }) };
+    hook.restore(&tensors);
     let params: Tensors =
         tensors.iter().filter(|(k, _)| !k.contains('/')).map(|(k, v)| (k.clone(), v.clone())).collect();
     trainer.set_params(&params).map_err(|e| e.to_string())?;
@@ -93,6 +121,7 @@ pub fn fit(
     cfg: &FitConfig,
     start: Progress,
     ema: &mut Option<Tensors>,
+    hook: &mut dyn StepHook,
 ) -> Result<Summary, String> {
     let peak = trainer.opt.lr;
     let terminal = std::io::stderr().is_terminal();
@@ -127,18 +156,21 @@ pub fn fit(
             }
             skipped_steps += 1;
             eprintln!("warning: step {step}: non-finite loss {} skipped", stats.loss);
-        } else if let Some(decay) = cfg.ema {
-            let params = trainer.params();
-            let e = ema.get_or_insert_with(|| params.clone());
-            for (name, t) in e.iter_mut() {
-                if let Some(p) = params.get(name) {
-                    let v: Vec<f64> = t
-                        .to_f64()
-                        .iter()
-                        .zip(p.to_f64())
-                        .map(|(e, p)| ((decay * e + (1.0 - decay) * p) as f32) as f64)
-                        .collect();
-                    *t = HostTensor::f(&t.shape.clone(), v);
+        } else {
+            hook.after_step(trainer, step + 1)?;
+            if let Some(decay) = cfg.ema {
+                let params = trainer.params();
+                let e = ema.get_or_insert_with(|| params.clone());
+                for (name, t) in e.iter_mut() {
+                    if let Some(p) = params.get(name) {
+                        let v: Vec<f64> = t
+                            .to_f64()
+                            .iter()
+                            .zip(p.to_f64())
+                            .map(|(e, p)| ((decay * e + (1.0 - decay) * p) as f32) as f64)
+                            .collect();
+                        *t = HostTensor::f(&t.shape.clone(), v);
+                    }
                 }
             }
         }
@@ -184,6 +216,7 @@ pub fn fit(
         if (step + 1) % cfg.checkpoint_every.max(1) == 0 || done {
             let mut tensors = trainer.params();
             tensors.extend(trainer.optimizer_state());
+            tensors.extend(hook.state());
             if let Some(e) = ema.as_ref() {
                 tensors.extend(e.iter().map(|(k, v)| (ema_key(k), v.clone())));
             }

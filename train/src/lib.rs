@@ -9,3 +9,4 @@ pub mod run;
 pub mod sample;
 pub mod session;
 pub mod text;
+pub mod vq;

@@ -18,7 +18,9 @@ pub fn grid(images: &[RgbImage], cols: usize, gap: u32) -> RgbImage {
     let images = if scale > 1 {
         scaled = images
             .iter()
-            .map(|i| image::imageops::resize(i, i.width() * scale, i.height() * scale, image::imageops::FilterType::Nearest))
+            .map(|i| {
+                image::imageops::resize(i, i.width() * scale, i.height() * scale, image::imageops::FilterType::Nearest)
+            })
             .collect();
         &scaled[..]
     } else {

@@ -3,10 +3,11 @@
 //! directory, and runs the loop. `--resume` rebuilds everything from the run's config.json.
 
 use crate::data::{self, loader::Loader, Dataset};
-use crate::fit::{self, Batches, FitConfig, Summary};
+use crate::fit::{self, Batches, FitConfig, NoHook, StepHook, Summary};
 use crate::masked::{self, MaskedBatches, TokenSet};
 use crate::run::{Progress, RunDir};
 use crate::text::TextTokenizer;
+use crate::vq::Reseed;
 use muse_compiler::{compile_path, Model, Options};
 use muse_runtime::backend::Tensors;
 use muse_runtime::cpu::compile::CompilerSettings;
@@ -295,11 +296,22 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
             t.insert("image".into(), HostTensor::f(&[args.batch, res, res, 3], vec![0.0; args.batch * res * res * 3]));
             t
         };
-        let mut trainer =
-            Trainer::new(&probe.graph, &probe.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
+        // A codebook (`embedding`) whose ids come out as `codes` gets dead-code re-seeding.
+        let reseeding = probe.graph.outputs.iter().any(|(n, _)| n == "codes") && params.contains_key("embedding");
+        let outputs: &[&str] = if reseeding { &["codes"] } else { &[] };
+        let mut trainer = Trainer::with_outputs(&probe.graph, &probe.name, &params, &example, opt, settings, outputs)
+            .map_err(|e| e.to_string())?;
+        let mut hook: Box<dyn StepHook> = if reseeding {
+            Box::new(Reseed::new("embedding", params["embedding"].shape[0], 50, args.seed))
+        } else {
+            Box::new(NoHook)
+        };
         let mut ema = (args.ema > 0.0).then(|| params.clone());
-        let start =
-            if resume { fit::restore(&run, &mut trainer, &mut ema)? } else { Progress { step: 0, data_pos: 0 } };
+        let start = if resume {
+            fit::restore(&run, &mut trainer, &mut ema, hook.as_mut())?
+        } else {
+            Progress { step: 0, data_pos: 0 }
+        };
         let loader = Loader::start(data, args.seed, start.data_pos, args.batch, 4);
         let mut batches = ImageBatches { loader, res, input: "image".into() };
         eprintln!(
@@ -309,7 +321,7 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
             args.steps,
             run.path.display()
         );
-        return fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(0), start, &mut ema);
+        return fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(0), start, &mut ema, hook.as_mut());
     }
     if !(has("tokens") && has("targets") && has("loss_mask") && has("text_ids") && has("text_mask")) {
         return Err(format!(
@@ -364,7 +376,11 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
     let mut trainer =
         Trainer::new(&model.graph, &model.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
     let mut ema = (args.ema > 0.0).then(|| params.clone());
-    let start = if resume { fit::restore(&run, &mut trainer, &mut ema)? } else { Progress { step: 0, data_pos: 0 } };
+    let start = if resume {
+        fit::restore(&run, &mut trainer, &mut ema, &mut NoHook)?
+    } else {
+        Progress { step: 0, data_pos: 0 }
+    };
     let per_item = tokens.per_item;
     let mut batches =
         MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;
@@ -375,5 +391,5 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         args.steps,
         run.path.display()
     );
-    fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut ema)
+    fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut ema, &mut NoHook)
 }
