@@ -39,7 +39,7 @@ impl StepHook for Reseed {
                 *u += 1.0;
             }
         }
-        if step % self.every.max(1) != 0 {
+        if !step.is_multiple_of(self.every.max(1)) {
             return Ok(());
         }
         let dead: Vec<usize> = (0..self.usage.len()).filter(|&j| self.usage[j] == 0.0).collect();
