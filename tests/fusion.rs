@@ -106,21 +106,24 @@ fn a_convolution_computes_its_activated_input_once() {
     // conv2d reads silu(x) through nine tap views of the padded input; inlined, each output
     // element would evaluate every tap's exp. The activation is stored once instead, and
     // the patch kernel only gathers.
-    let src =
-        "import \"std/conv.muse\"\nmodel t {\n  input x: f32[B, 8, 8, 4]\n  output y = conv2d(silu(x), 4) as conv\n}\n";
-    let m = common::compile_one("conv.muse", src);
-    let req: Vec<NodeIndex> = m.graph.outputs.iter().map(|x| x.1).collect();
-    let plan = fusion::plan(&m.graph, &req);
-    let reasons: Vec<_> = plan.materialized.values().copied().collect();
-    assert!(reasons.contains(&fusion::CutReason::ReadThroughManyViews), "{reasons:?}");
-    let p = kernel::lower(&m.graph, &plan);
-    let exps = p
-        .steps
-        .iter()
-        .filter_map(|s| if let kernel::Step::Kernel(k) = s { Some(k) } else { None })
-        .filter(|k| {
-            k.kernel.exprs.iter().any(|e| matches!(e.expr, kernel::ir::Expr::Unary(muse_compiler::ir::UnaryOp::Exp, _)))
-        })
-        .count();
-    assert_eq!(exps, 1, "one kernel evaluates the activation");
+    for (shape, pre) in [("8, 8, 4", "x"), ("32, 32, 32", "group_norm(x, 8)"), ("16, 16, 64", "group_norm(x, 8)")] {
+        let src = format!(
+            "import \"std/conv.muse\"\nmodel t {{\n  input x: f32[B, {shape}]\n  output y = conv2d(silu({pre}), 4) as conv\n}}\n"
+        );
+        let m = common::compile_one("conv.muse", &src);
+        let req: Vec<NodeIndex> = m.graph.outputs.iter().map(|x| x.1).collect();
+        let plan = fusion::plan(&m.graph, &req);
+        let reasons: Vec<_> = plan.materialized.values().copied().collect();
+        assert!(reasons.contains(&fusion::CutReason::ReadThroughManyViews), "{shape}: {reasons:?}");
+        let p = kernel::lower(&m.graph, &plan);
+        let exps = p
+            .steps
+            .iter()
+            .filter_map(|s| if let kernel::Step::Kernel(k) = s { Some(k) } else { None })
+            .filter(|k| {
+                k.kernel.exprs.iter().any(|e| matches!(e.expr, kernel::ir::Expr::Unary(muse_compiler::ir::UnaryOp::Exp, _)))
+            })
+            .count();
+        assert_eq!(exps, 1, "{shape}: one kernel evaluates the activation");
+    }
 }
