@@ -270,6 +270,14 @@ fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Resul
         (None, None) => return Err("give a .muse file to train, or --resume RUN_DIR".into()),
     };
     let s = muse_train::session::train(&args, resume, &settings)?;
+    if s.first_loss.is_nan() {
+        return Ok(format!(
+            "{}: the run has finished its {} steps (--resume {} --steps N continues it to N)\n",
+            args.out.display(),
+            args.steps,
+            args.out.display()
+        ));
+    }
     Ok(format!(
         "trained {}: loss {:.4} -> {:.4}, {:.1} images/s, {:.1}% of the time waiting for data, {} steps skipped; run in {}\n",
         args.model.display(),

@@ -121,7 +121,10 @@ fn a_convolution_computes_its_activated_input_once() {
             .iter()
             .filter_map(|s| if let kernel::Step::Kernel(k) = s { Some(k) } else { None })
             .filter(|k| {
-                k.kernel.exprs.iter().any(|e| matches!(e.expr, kernel::ir::Expr::Unary(muse_compiler::ir::UnaryOp::Exp, _)))
+                k.kernel
+                    .exprs
+                    .iter()
+                    .any(|e| matches!(e.expr, kernel::ir::Expr::Unary(muse_compiler::ir::UnaryOp::Exp, _)))
             })
             .count();
         assert_eq!(exps, 1, "{shape}: one kernel evaluates the activation");

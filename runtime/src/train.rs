@@ -130,6 +130,12 @@ impl Trainer {
         self.trained.iter().map(|(n, _)| n.as_str())
     }
 
+    /// Bytes the memory planner gives the intermediates of one pass (activations and
+    /// gradients; parameters, inputs and optimizer state are extra).
+    pub fn planned_bytes(&self) -> usize {
+        self.prep.plan.peak_bytes
+    }
+
     /// Kernel launches per forward and backward pass.
     pub fn launches(&self) -> usize {
         self.program.launches()
