@@ -15,6 +15,9 @@ pub struct CompilerSettings {
     pub flags: Vec<String>,
     /// Folder of compiled kernels.
     pub cache_dir: PathBuf,
+    /// Matrix products through the template of kernels/gemm.c (AVX-512; elsewhere, and
+    /// when false, the `gemm` crate). Default true; `MUSE_GEMM=crate` makes it false.
+    pub gemm_template: bool,
 }
 
 impl Default for CompilerSettings {
@@ -23,7 +26,8 @@ impl Default for CompilerSettings {
         let flags = std::env::var("MUSE_CFLAGS")
             .map(|f| f.split_whitespace().map(str::to_string).collect())
             .unwrap_or_else(|_| ["-O3", "-march=native", "-fopenmp"].iter().map(|s| s.to_string()).collect());
-        CompilerSettings { cc, flags, cache_dir: default_cache_dir() }
+        let gemm_template = std::env::var("MUSE_GEMM").map_or(true, |v| v != "crate");
+        CompilerSettings { cc, flags, cache_dir: default_cache_dir(), gemm_template }
     }
 }
 
@@ -98,7 +102,23 @@ pub struct Library {
 /// Signature of every generated kernel.
 pub type KernelFn = unsafe extern "C" fn(*mut *mut std::ffi::c_void, *const i64, u64);
 
+/// Signature of `muse_sgemm` (kernels/gemm.c): m, n, k, A, A's row and column strides, B,
+/// B's strides, C, C's row stride, whether to use threads; returns 0 when it cannot run here.
+pub type GemmFn =
+    unsafe extern "C" fn(i64, i64, i64, *const f32, i64, i64, *const f32, i64, i64, *mut f32, i64, i32) -> i32;
+
 impl Library {
+    /// The matrix-product template's entry point.
+    pub fn gemm(&self) -> Result<GemmFn, CompileError> {
+        // SAFETY: kernels/gemm.c defines `muse_sgemm` with the `GemmFn` signature.
+        unsafe {
+            self.lib.get::<GemmFn>(b"muse_sgemm").map(|s| *s).map_err(|e| CompileError {
+                message: format!("`muse_sgemm` is missing from {}: {e}", self.path.display()),
+                source_path: None,
+            })
+        }
+    }
+
     /// The kernel function called `name`.
     pub fn kernel(&self, name: &str) -> Result<KernelFn, CompileError> {
         // SAFETY: every generated kernel has the `KernelFn` signature (render::c).

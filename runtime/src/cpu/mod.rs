@@ -26,6 +26,8 @@ pub struct CpuProgram {
     /// The loaded library (none when the program is GEMM calls only).
     pub library: Option<Arc<Library>>,
     fns: Vec<Option<KernelFn>>,
+    /// The matrix-product template of kernels/gemm.c, when the program has products.
+    gemm: Option<compile::GemmFn>,
     requested: Vec<NodeIndex>,
 }
 
@@ -61,6 +63,9 @@ fn check_indices(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<(), 
     }
     Ok(())
 }
+
+/// The matrix-product template, compiled with every program that has products.
+const GEMM_TEMPLATE: &str = include_str!("../../../kernels/gemm.c");
 
 /// Multiply-adds below which a batch of products runs one product per thread.
 const SMALL_GEMM: usize = 128 * 128 * 128;
@@ -246,7 +251,11 @@ impl CpuProgram {
         // Enough units to keep every core busy, but not so many that the prelude dominates.
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let per_unit = kernels.len().div_ceil(cores * 2).max(64);
-        let source = c::render_program(&kernels, per_unit);
+        let mut source = c::render_program(&kernels, per_unit);
+        let has_products = settings.gemm_template && program.steps.iter().any(|s| matches!(s, Step::MatMul(_)));
+        if has_products {
+            source.push(GEMM_TEMPLATE.to_string());
+        }
         quiet_openmp();
         let library = if source.is_empty() { None } else { Some(compile::compile(&source, settings)?) };
         let mut fns = Vec::new();
@@ -256,7 +265,11 @@ impl CpuProgram {
                 _ => None,
             });
         }
-        Ok(CpuProgram { program, source, library, fns, requested: requested.to_vec() })
+        let gemm = match (&library, has_products) {
+            (Some(lib), true) => Some(lib.gemm()?),
+            _ => None,
+        };
+        Ok(CpuProgram { program, source, library, fns, gemm, requested: requested.to_vec() })
     }
 
     /// Number of kernel launches (generated kernels and GEMM calls).
@@ -427,6 +440,30 @@ impl CpuProgram {
                         let (sa_, sb_) = ((ta[r - 2], ta[r - 1]), (tb[r - 2], tb[r - 1]));
                         // SAFETY: as above.
                         if unsafe { blas.sgemm(rows, cols, inner, pa, sa_, pb, sb_, pc) } {
+                            return;
+                        }
+                    }
+                    if let Some(f) = self.gemm {
+                        let parallel = i32::from(matches!(par, gemm::Parallelism::Rayon(_)));
+                        // SAFETY: as above; the template reads `inner` columns of A and rows of
+                        // B through the given strides and writes rows*cols of C.
+                        let done = unsafe {
+                            f(
+                                rows as i64,
+                                cols as i64,
+                                inner as i64,
+                                pa,
+                                ta[r - 2] as i64,
+                                ta[r - 1] as i64,
+                                pb,
+                                tb[r - 2] as i64,
+                                tb[r - 1] as i64,
+                                pc,
+                                cols as i64,
+                                parallel,
+                            )
+                        };
+                        if done != 0 {
                             return;
                         }
                     }
