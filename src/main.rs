@@ -139,6 +139,9 @@ enum Command {
         /// Output folder (NNN.png, grid.png, prompts.txt).
         #[arg(long, default_value = "samples")]
         out: PathBuf,
+        /// A trained token critic's run directory: its scores choose which tokens to re-mask.
+        #[arg(long, value_name = "RUN_DIR")]
+        critic: Option<PathBuf>,
     },
     /// Differentiate a model's loss; print the loss and every parameter's gradient norm.
     Grad {
@@ -196,6 +199,9 @@ struct TrainFlags {
     /// A tokenizer.json for the captions (default: train a word-level one on them).
     #[arg(long, value_name = "FILE")]
     text_tokenizer: Option<PathBuf>,
+    /// A trained masked-token model's run directory whose fills a token critic learns to judge.
+    #[arg(long, value_name = "RUN_DIR")]
+    generator: Option<PathBuf>,
     /// Items of the built-in data set to encode into tokens for masked-token training.
     #[arg(long, default_value_t = 8192)]
     samples: usize,
@@ -257,6 +263,7 @@ fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Resul
                 clip: t.clip,
                 tokenizer: t.tokenizer.clone(),
                 text_tokenizer: t.text_tokenizer.clone(),
+                generator: t.generator.clone(),
                 samples: t.samples,
                 checkpoint_every: t.checkpoint_every,
                 keep: t.keep,
@@ -763,7 +770,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Sample { run, prompt, prompts, steps, cfg, temperature, choice_temperature, seed, out } => {
+        Command::Sample { run, prompt, prompts, steps, cfg, temperature, choice_temperature, seed, out, critic } => {
             let mut all = prompt;
             if let Some(f) = prompts {
                 match std::fs::read_to_string(&f) {
@@ -783,6 +790,7 @@ fn main() -> ExitCode {
                 choice_temperature,
                 seed,
                 out,
+                critic,
             };
             match muse_train::sample::sample(&a, &muse_runtime::cpu::compile::CompilerSettings::default()) {
                 Ok(files) => {

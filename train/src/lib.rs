@@ -1,6 +1,7 @@
 //! Training and sampling of muse models over compiled kernels: data sets, text tokenizers,
 //! run directories with atomic checkpoints, the training loops and MaskGIT sampling.
 
+pub mod critic;
 pub mod data;
 pub mod fit;
 pub mod masked;
@@ -9,4 +10,5 @@ pub mod run;
 pub mod sample;
 pub mod session;
 pub mod text;
+pub mod trained;
 pub mod vq;

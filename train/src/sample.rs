@@ -4,16 +4,14 @@
 //! into pixels. Every random draw is keyed by the seed, so a seed gives the same images.
 
 use crate::picture::{grid, save_png, to_rgb8};
-use crate::run::RunDir;
-use crate::session::{compile_model, ImageTokenizer, TrainArgs};
-use crate::text::TextTokenizer;
-use muse_compiler::{compile_source, ConfigValue, Model, Options};
+use crate::trained::{config_int, TrainedTokenModel};
+use muse_compiler::{compile_source, Model, Options};
 use muse_runtime::backend::Tensors;
 use muse_runtime::cpu::compile::CompilerSettings;
 use muse_runtime::cpu::CpuProgram;
 use muse_runtime::rng::{mix64, uniform};
-use muse_runtime::{Data, HostTensor};
-use std::path::{Path, PathBuf};
+use muse_runtime::HostTensor;
+use std::path::PathBuf;
 
 /// What `muse sample` was asked for.
 #[derive(Clone, Debug)]
@@ -34,14 +32,19 @@ pub struct SampleArgs {
     pub seed: u64,
     /// Output folder.
     pub out: PathBuf,
+    /// A trained token critic's run: its scores choose what to re-mask.
+    pub critic: Option<PathBuf>,
 }
 
-fn config_int(m: &Model, key: &str) -> Result<i64, String> {
-    m.config
-        .iter()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, v)| if let ConfigValue::Int(i) = v { Some(*i) } else { None })
-        .ok_or_else(|| format!("model {} has no integer config `{key}`", m.name))
+/// The prompts as the critic's text tokenizer encodes them.
+fn critic_text(c: &TrainedTokenModel, prompts: &[String]) -> Result<(Vec<i32>, Vec<bool>), String> {
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for prompt in prompts {
+        let (i, m) = c.text.encode(prompt)?;
+        ids.extend(i);
+        mask.extend(m);
+    }
+    Ok((ids, mask))
 }
 
 /// The decoder of an image tokenizer as a model of its own: ids -> pixels, sharing the
@@ -75,35 +78,19 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
     if a.steps == 0 {
         return Err("--steps must be at least 1".into());
     }
-    let targs = TrainArgs::from_run(&a.run)?;
-    let run = RunDir::open(&a.run)?;
-    let config = run.config()?;
-    let vq_dir = config["image_tokenizer"]["run"]
-        .as_str()
-        .ok_or_else(|| format!("{}: not a masked-token run (no image tokenizer in config.json)", a.run.display()))?;
-    let vq = ImageTokenizer::open(Path::new(vq_dir))?;
-    let (codebook, g) = vq.codebook_and_grid()?;
-    let mut sets = targs.sets.clone();
-    sets.retain(|(k, _)| k != "codebook" && k != "grid");
-    sets.extend([("codebook".to_string(), codebook.to_string()), ("grid".to_string(), g.to_string())]);
-    let model = compile_model(&targs.model, &sets)?;
-    let text_len = config_int(&model, "text_len")? as usize;
-    let text = TextTokenizer::load(&a.run.join("tokenizer.json"), text_len)?;
-    let (tensors, progress) = run.latest()?.ok_or_else(|| format!("{}: no checkpoint yet", a.run.display()))?;
-    // The EMA weights when the run kept them.
-    let params: Tensors = model
-        .graph
-        .params
-        .iter()
-        .map(|p| {
-            let t = tensors.get(&format!("ema/{}", p.name)).or_else(|| tensors.get(&p.name));
-            t.map(|t| (p.name.clone(), t.clone())).ok_or_else(|| format!("checkpoint lacks parameter `{}`", p.name))
-        })
-        .collect::<Result<_, _>>()?;
-    let logits_node =
-        model.graph.outputs.iter().find(|(n, _)| n == "logits").ok_or("the model has no `logits` output")?.1;
-    let program = CpuProgram::compile(&model.graph, &[logits_node], settings).map_err(|e| e.to_string())?;
-
+    let gen = TrainedTokenModel::open(&a.run, settings)?;
+    let critic = match &a.critic {
+        Some(dir) => {
+            let c = TrainedTokenModel::open(dir, settings)?;
+            if (c.codebook, c.grid) != (gen.codebook, gen.grid) {
+                return Err(format!("the critic {} models other tokens than the generator", dir.display()));
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    let (codebook, g, text, vq, progress_step) = (gen.codebook, gen.grid, &gen.text, &gen.vq, gen.step);
+    let text_len = text.len;
     let (p, n, k) = (a.prompts.len(), (g * g) as usize, codebook as usize);
     let mask_id = codebook as i32;
     // Rows 0..p are conditioned on the prompts, rows p..2p on the null caption.
@@ -129,8 +116,7 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
         inputs.insert("loss_mask".into(), HostTensor::b(&[2 * p, n], vec![false; 2 * p * n]));
         inputs.insert("text_ids".into(), HostTensor::i(&[2 * p, text_len], text_ids.clone()));
         inputs.insert("text_mask".into(), HostTensor::b(&[2 * p, text_len], text_mask.clone()));
-        let out = program.run(&model.graph, &inputs, &params, a.seed).map_err(|e| e.to_string())?;
-        let Data::F(logits) = &out[&logits_node].data else { return Err("logits are not floats".into()) };
+        let logits = gen.logits(&inputs, a.seed)?;
         let scale = a.cfg * frac;
         let tau = a.temperature * (1.0 - frac);
         let key = mix64(a.seed ^ mix64(s as u64 + 1));
@@ -164,6 +150,24 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
                 confidence[at] = guided[pick] - lse;
             }
         }
+        // With a critic, its logits (high: the token looks original) rank every position,
+        // fixed ones included, so tokens accepted earlier can be masked again.
+        if let Some(c) = &critic {
+            let filled: Vec<i32> =
+                x.iter().zip(&sampled).map(|(&xi, &si)| if xi == mask_id { si } else { xi }).collect();
+            let (cids, cmask) = critic_text(c, &a.prompts)?;
+            let mut ci = Tensors::new();
+            ci.insert("tokens".into(), HostTensor::i(&[p, n], filled));
+            ci.insert("text_ids".into(), HostTensor::i(&[p, c.text.len], cids));
+            ci.insert("text_mask".into(), HostTensor::b(&[p, c.text.len], cmask));
+            let scores = c.logits(&ci, a.seed)?;
+            confidence.copy_from_slice(&scores[..p * n]);
+            for (xi, si) in x.iter_mut().zip(&sampled) {
+                if *xi == mask_id {
+                    *xi = *si;
+                }
+            }
+        }
         if s + 1 == a.steps {
             for (xi, si) in x.iter_mut().zip(&sampled) {
                 if *xi == mask_id {
@@ -175,7 +179,7 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
         // Re-mask the least confident of each image (noise annealed), keep the rest.
         let noise_key = mix64(key ^ 0x006e_6f69_7365);
         for row in 0..p {
-            let unknown = (0..n).filter(|&i| x[row * n + i] == mask_id).count();
+            let unknown = if critic.is_some() { n } else { (0..n).filter(|&i| x[row * n + i] == mask_id).count() };
             let target = ((n as f64) * (std::f64::consts::FRAC_PI_2 * frac).cos()).floor() as usize;
             let remask = target.min(unknown.saturating_sub(1)).max(1);
             let mut order: Vec<(f64, usize)> = (0..n)
@@ -223,7 +227,7 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
     let mut listing = format!(
         "# {} (checkpoint step {}), seed {}, {} steps, cfg {}, temperature {}\n",
         a.run.display(),
-        progress.step,
+        progress_step,
         a.seed,
         a.steps,
         a.cfg,

@@ -2,11 +2,13 @@
 //! tokenizer; `tokens` and `targets`: a masked-token model), prepares data, text and run
 //! directory, and runs the loop. `--resume` rebuilds everything from the run's config.json.
 
+use crate::critic::CriticBatches;
 use crate::data::{self, loader::Loader, Dataset};
 use crate::fit::{self, Batches, FitConfig, NoHook, StepHook, Summary};
 use crate::masked::{self, MaskedBatches, TokenSet};
 use crate::run::{Progress, RunDir};
 use crate::text::TextTokenizer;
+use crate::trained::TrainedTokenModel;
 use crate::vq::Reseed;
 use muse_compiler::{compile_path, Model, Options};
 use muse_runtime::backend::Tensors;
@@ -49,6 +51,8 @@ pub struct TrainArgs {
     pub tokenizer: Option<PathBuf>,
     /// A `tokenizer.json` for captions (default: train a word-level one).
     pub text_tokenizer: Option<PathBuf>,
+    /// A trained masked-token generator's run directory (token critics).
+    pub generator: Option<PathBuf>,
     /// Items of an unlimited data set to encode into tokens.
     pub samples: usize,
     /// Checkpoint interval in steps.
@@ -82,6 +86,7 @@ impl Default for TrainArgs {
             clip: 1.0,
             tokenizer: None,
             text_tokenizer: None,
+            generator: None,
             samples: 8192,
             checkpoint_every: 200,
             keep: 3,
@@ -99,7 +104,7 @@ impl TrainArgs {
             "model": self.model, "sets": self.sets, "data": self.data, "steps": self.steps, "batch": self.batch,
             "accumulate": self.accumulate, "seed": self.seed, "lr": self.lr, "warmup": self.warmup,
             "weight_decay": self.weight_decay, "clip": self.clip, "tokenizer": self.tokenizer,
-            "text_tokenizer": self.text_tokenizer, "samples": self.samples, "checkpoint_every": self.checkpoint_every,
+            "text_tokenizer": self.text_tokenizer, "generator": self.generator, "samples": self.samples, "checkpoint_every": self.checkpoint_every,
             "keep": self.keep, "skip_nonfinite": self.skip_nonfinite, "ema": self.ema,
             "text_dropout": self.text_dropout, "flip": self.flip,
         })
@@ -131,6 +136,7 @@ impl TrainArgs {
             clip: f("clip")?,
             tokenizer: s("tokenizer").map(PathBuf::from),
             text_tokenizer: s("text_tokenizer").map(PathBuf::from),
+            generator: s("generator").map(PathBuf::from),
             samples: u("samples")? as usize,
             checkpoint_every: u("checkpoint_every")?,
             keep: u("keep")? as usize,
@@ -250,6 +256,15 @@ impl Batches for ImageBatches {
 
 /// Trains (or, with `resume`, continues) a run.
 pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Result<Summary, String> {
+    // Paths are recorded absolute, so runs can be resumed and used from any directory.
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let args = &TrainArgs {
+        model: absolute(&args.model),
+        tokenizer: args.tokenizer.as_deref().map(absolute),
+        generator: args.generator.as_deref().map(absolute),
+        text_tokenizer: args.text_tokenizer.as_deref().map(absolute),
+        ..args.clone()
+    };
     let probe = compile_model(&args.model, &args.sets)?;
     let has = |n: &str| probe.graph.inputs.iter().any(|(k, _)| k == n);
     let run = RunDir::create(&args.out, args.keep)?;
@@ -323,9 +338,12 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         );
         return fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(0), start, &mut ema, hook.as_mut());
     }
+    if has("tokens") && has("is_original") && has("text_ids") && has("text_mask") {
+        return train_critic(args, resume, settings, &run, opt, config, &fit_cfg);
+    }
     if !(has("tokens") && has("targets") && has("loss_mask") && has("text_ids") && has("text_mask")) {
         return Err(format!(
-            "{}: muse train knows image tokenizers (an `image` input) and masked-token models (inputs tokens, targets, loss_mask, text_ids, text_mask)",
+            "{}: muse train knows image tokenizers (an `image` input) and masked-token models (inputs tokens, targets, loss_mask, text_ids, text_mask) and token critics (tokens, is_original, text_ids, text_mask)",
             args.model.display()
         ));
     }
@@ -392,4 +410,68 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         run.path.display()
     );
     fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut ema, &mut NoHook)
+}
+
+/// Trains a token critic on a trained generator's fills (`--generator RUN`).
+fn train_critic(
+    args: &TrainArgs,
+    resume: bool,
+    settings: &CompilerSettings,
+    run: &RunDir,
+    opt: AdamW,
+    mut config: Value,
+    fit_cfg: &dyn Fn(usize) -> FitConfig,
+) -> Result<Summary, String> {
+    let gen_dir =
+        args.generator.as_ref().ok_or("a token critic needs --generator RUN_DIR (a trained masked-token model)")?;
+    let generator = TrainedTokenModel::open(gen_dir, settings)?;
+    let (codebook, grid) = (generator.codebook, generator.grid);
+    let mut sets = args.sets.clone();
+    sets.retain(|(k, _)| k != "codebook" && k != "grid");
+    sets.extend([("codebook".to_string(), codebook.to_string()), ("grid".to_string(), grid.to_string())]);
+    let model = compile_model(&args.model, &sets)?;
+    let text_len = config_int(&model, "text_len").ok_or("the model has no `text_len` config")? as usize;
+    let text_vocab = config_int(&model, "text_vocab").ok_or("the model has no `text_vocab` config")? as usize;
+    // The critic reads captions exactly as the generator does.
+    let text = TextTokenizer::load(&gen_dir.join("tokenizer.json"), text_len)?;
+    if text.vocab_size() > text_vocab {
+        return Err(format!(
+            "the generator's text tokenizer has {} entries but the critic's text_vocab is {text_vocab}",
+            text.vocab_size()
+        ));
+    }
+    text.save(&run.path.join("tokenizer.json"))?;
+    config["objective"] = json!("token critic");
+    config["image_tokenizer"] =
+        json!({ "run": generator.vq.run, "checkpoint": generator.vq.checkpoint, "codebook": codebook, "grid": grid });
+    config["generator"] = json!({ "run": gen_dir, "step": generator.step });
+    run.write_config(&config)?;
+    let vq_res =
+        config_int(&generator.vq.model, "resolution").ok_or("the image tokenizer has no `resolution` config")? as usize;
+    let data = data::open(&args.data, vq_res, args.seed, args.flip)?;
+    let tokens = generator.vq.tokens(&args.data, data.as_ref(), args.samples, settings)?;
+    let per_item = tokens.per_item;
+    let params = init_params(&model.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+    let masked = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
+    let mut probe = CriticBatches { masked, generator, seed: args.seed };
+    let example = probe.next()?.0;
+    let mut trainer =
+        Trainer::new(&model.graph, &model.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
+    let mut ema = (args.ema > 0.0).then(|| params.clone());
+    let start = if resume {
+        fit::restore(run, &mut trainer, &mut ema, &mut NoHook)?
+    } else {
+        Progress { step: 0, data_pos: 0 }
+    };
+    let masked = MaskedBatches::new(tokens, &text, codebook as i32, 0.0, args.batch, args.seed, start.data_pos)?;
+    let mut batches = CriticBatches { masked, generator: probe.generator, seed: args.seed };
+    eprintln!(
+        "train {} (token critic of {}) from step {} to {} in {}",
+        model.name,
+        gen_dir.display(),
+        start.step,
+        args.steps,
+        run.path.display()
+    );
+    fit::fit(run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut ema, &mut NoHook)
 }

@@ -1,0 +1,102 @@
+//! A trained token model (a masked-token generator or a token critic) opened from its run
+//! directory: the model compiled as it was trained, its latest weights (the EMA when kept),
+//! its text tokenizer and image tokenizer, and a compiled program for its `logits`.
+
+use crate::run::RunDir;
+use crate::session::{compile_model, ImageTokenizer, TrainArgs};
+use crate::text::TextTokenizer;
+use muse_compiler::ir::{DType, NodeIndex};
+use muse_compiler::{ConfigValue, Model};
+use muse_runtime::backend::Tensors;
+use muse_runtime::cpu::compile::CompilerSettings;
+use muse_runtime::cpu::CpuProgram;
+use muse_runtime::{Data, HostTensor};
+use std::path::Path;
+
+/// A trained token model ready to compute logits.
+pub struct TrainedTokenModel {
+    /// The model.
+    pub model: Model,
+    /// Its weights.
+    pub params: Tensors,
+    /// Its caption tokenizer.
+    pub text: TextTokenizer,
+    /// The image tokenizer whose ids it models.
+    pub vq: ImageTokenizer,
+    /// Codebook size (the MASK id).
+    pub codebook: i64,
+    /// Tokens per side.
+    pub grid: i64,
+    /// Steps its checkpoint was trained for.
+    pub step: u64,
+    program: CpuProgram,
+    logits: NodeIndex,
+}
+
+/// An integer config value of a model.
+pub fn config_int(m: &Model, key: &str) -> Result<i64, String> {
+    m.config
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| if let ConfigValue::Int(i) = v { Some(*i) } else { None })
+        .ok_or_else(|| format!("model {} has no integer config `{key}`", m.name))
+}
+
+impl TrainedTokenModel {
+    /// Opens the run at `dir` (trained with an image tokenizer: config.json names it).
+    pub fn open(dir: &Path, settings: &CompilerSettings) -> Result<TrainedTokenModel, String> {
+        let targs = TrainArgs::from_run(dir)?;
+        let run = RunDir::open(dir)?;
+        let config = run.config()?;
+        let vq_dir = config["image_tokenizer"]["run"]
+            .as_str()
+            .ok_or_else(|| format!("{}: not a token-model run (no image tokenizer in config.json)", dir.display()))?;
+        let vq = ImageTokenizer::open(Path::new(vq_dir))?;
+        let (codebook, grid) = vq.codebook_and_grid()?;
+        let mut sets = targs.sets.clone();
+        sets.retain(|(k, _)| k != "codebook" && k != "grid");
+        sets.extend([("codebook".to_string(), codebook.to_string()), ("grid".to_string(), grid.to_string())]);
+        let model = compile_model(&targs.model, &sets)?;
+        let text = TextTokenizer::load(&dir.join("tokenizer.json"), config_int(&model, "text_len")? as usize)?;
+        let (tensors, progress) = run.latest()?.ok_or_else(|| format!("{}: no checkpoint yet", dir.display()))?;
+        let params: Tensors = model
+            .graph
+            .params
+            .iter()
+            .map(|p| {
+                let t = tensors.get(&format!("ema/{}", p.name)).or_else(|| tensors.get(&p.name));
+                t.map(|t| (p.name.clone(), t.clone())).ok_or_else(|| format!("checkpoint lacks parameter `{}`", p.name))
+            })
+            .collect::<Result<_, _>>()?;
+        let logits =
+            model.graph.outputs.iter().find(|(n, _)| n == "logits").ok_or("the model has no `logits` output")?.1;
+        let program = CpuProgram::compile(&model.graph, &[logits], settings).map_err(|e| e.to_string())?;
+        Ok(TrainedTokenModel { model, params, text, vq, codebook, grid, step: progress.step, program, logits })
+    }
+
+    /// The logits for a batch; inputs the logits do not need (targets, masks of the loss)
+    /// may be left out and are filled with zeros.
+    pub fn logits(&self, inputs: &Tensors, seed: u64) -> Result<Vec<f64>, String> {
+        let batch = inputs.get("tokens").map(|t| t.shape[0] as i64).ok_or("no `tokens` input")?;
+        let mut all = inputs.clone();
+        for (name, n) in &self.model.graph.inputs {
+            if all.contains_key(name) {
+                continue;
+            }
+            let ty = self.model.graph.ty(*n);
+            let shape: Vec<usize> = ty.shape.0.iter().map(|d| d.eval(&|_| Some(batch)).unwrap_or(1) as usize).collect();
+            let len = shape.iter().product();
+            let t = match ty.dtype {
+                DType::F32 => HostTensor::f(&shape, vec![0.0; len]),
+                DType::I32 => HostTensor::i(&shape, vec![0; len]),
+                DType::Bool => HostTensor::b(&shape, vec![false; len]),
+            };
+            all.insert(name.clone(), t);
+        }
+        let out = self.program.run(&self.model.graph, &all, &self.params, seed).map_err(|e| e.to_string())?;
+        match &out[&self.logits].data {
+            Data::F(v) => Ok(v.clone()),
+            _ => Err("logits are not floats".into()),
+        }
+    }
+}
