@@ -5,6 +5,7 @@
 
 use crate::fit::Batches;
 use crate::masked::MaskedBatches;
+use crate::sample::sample_token;
 use crate::trained::TrainedTokenModel;
 use muse_runtime::backend::Tensors;
 use muse_runtime::rng::{mix64, uniform};
@@ -18,20 +19,6 @@ pub struct CriticBatches {
     pub generator: TrainedTokenModel,
     /// Seed of the sampling.
     pub seed: u64,
-}
-
-/// Gumbel-max sample of one position's logits at temperature `tau`.
-pub fn sample_token(logits: &[f64], tau: f64, key: u64, counter: u64) -> usize {
-    let k = logits.len() as u64;
-    (0..logits.len())
-        .max_by(|&i, &j| {
-            let score = |t: usize| {
-                let g = -(-(uniform(key, counter * k + t as u64).max(1e-20)).ln()).ln();
-                logits[t] / tau + g
-            };
-            score(i).total_cmp(&score(j))
-        })
-        .expect("a non-empty vocabulary")
 }
 
 impl Batches for CriticBatches {

@@ -70,6 +70,14 @@ fn gumbel(key: u64, i: u64) -> f64 {
     -(-(uniform(key, i).max(1e-20)).ln()).ln()
 }
 
+/// A token drawn from `softmax(logits / tau)` by the Gumbel-max trick, keyed by (`key`,
+/// `counter`); the most likely token at `tau = 0`.
+pub fn sample_token(logits: &[f64], tau: f64, key: u64, counter: u64) -> usize {
+    let k = logits.len() as u64;
+    let score = |t: usize| if tau > 0.0 { logits[t] / tau + gumbel(key, counter * k + t as u64) } else { logits[t] };
+    (0..logits.len()).max_by(|&i, &j| score(i).total_cmp(&score(j))).expect("a non-empty vocabulary")
+}
+
 /// Samples one image per prompt; writes `NNN.png`, `grid.png` and `prompts.txt` into `out`.
 pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf>, String> {
     if a.prompts.is_empty() {
@@ -133,19 +141,7 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
                 let guided: Vec<f64> = c.iter().zip(u).map(|(c, u)| u + scale * (c - u)).collect();
                 let max = guided.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = max + guided.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-                // Gumbel-max sampling at temperature tau (argmax at tau = 0).
-                let pick = (0..k)
-                    .max_by(|&i, &j| {
-                        let score = |t: usize| {
-                            if tau > 0.0 {
-                                guided[t] / tau + gumbel(key, (at * k + t) as u64)
-                            } else {
-                                guided[t]
-                            }
-                        };
-                        score(i).total_cmp(&score(j))
-                    })
-                    .expect("k > 0");
+                let pick = sample_token(&guided, tau, key, at as u64);
                 sampled[at] = pick as i32;
                 confidence[at] = guided[pick] - lse;
             }
