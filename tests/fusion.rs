@@ -130,3 +130,27 @@ fn a_convolution_computes_its_activated_input_once() {
         assert_eq!(exps, 1, "{shape}: one kernel evaluates the activation");
     }
 }
+
+#[test]
+fn only_selects_with_costly_branches_become_branches() {
+    use muse_compiler::render::c::render_kernel;
+    let kernels = |src: &str| -> Vec<String> {
+        let m = common::compile_one("sel.muse", src);
+        let req: Vec<NodeIndex> = m.graph.outputs.iter().map(|x| x.1).collect();
+        let plan = fusion::plan(&m.graph, &req);
+        kernel::lower(&m.graph, &plan)
+            .steps
+            .iter()
+            .filter_map(|s| if let kernel::Step::Kernel(k) = s { Some(render_kernel(&k.kernel)) } else { None })
+            .collect()
+    };
+    // A convolution's taps: each branch gathers through offsets and bounds of its own, so
+    // the patch kernel computes only the taken one.
+    let conv = kernels(
+        "import \"std/conv.muse\"\nmodel t {\n  input x: f32[B, 8, 8, 4]\n  output y = conv2d(x, 4) as conv\n}\n",
+    );
+    assert!(conv.iter().any(|c| c.contains("if (")), "{}", conv.join("\n"));
+    // A plain `where` stays a branch-free select that vectorizes.
+    let relu = kernels("model t {\n  input x: f32[B, 64]\n  output y = where(x > 0.0, x * 2.0, 0.0)\n}\n");
+    assert!(relu.iter().all(|c| !c.contains("if (")), "{}", relu.join("\n"));
+}

@@ -3,7 +3,7 @@
 //! uint64_t seed)`. Lanes run in parallel with OpenMP; the inner loop of a reduction or scan
 //! runs sequentially inside its lane.
 
-use super::{declare, declare_where, levels, needed, phases, used, Dialect, Level};
+use super::{declare, declare_lazy, declare_where, levels, needed, phases, used, Dialect, Level};
 use crate::ir::{DType, ReduceOp};
 use crate::kernel::ir::{Access, Body, Expr, KType, Kernel};
 use std::fmt::Write;
@@ -141,7 +141,7 @@ pub fn render_kernel(k: &Kernel) -> String {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 2048)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes} / {c}; lane++) {{");
             let _ = writeln!(s, "    for (int64_t lane_in = 0; lane_in < {c}; lane_in++) {{");
-            declare(&d, k, &lv, &used, Level::Lane, "      ", &mut s);
+            declare_lazy(&d, k, &lv, &used, Level::Lane, "      ", &mut s);
             for (buf, v) in stores {
                 let _ = writeln!(s, "      b{buf}[lane * {c} + lane_in] = t{v};");
             }
@@ -151,7 +151,7 @@ pub fn render_kernel(k: &Kernel) -> String {
         body => {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 2048)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
-            declare(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
+            declare_lazy(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
             render_body(body, &mut s);
             let _ = writeln!(s, "  }}");
         }

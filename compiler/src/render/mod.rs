@@ -239,6 +239,100 @@ pub fn declare(d: &dyn Dialect, k: &Kernel, lv: &[Level], used: &[bool], level: 
     }
 }
 
+/// Index operations a select's branch must compute of its own before it counts as worth
+/// skipping (a concatenation's part, a convolution's tap: offsets, bounds, clamps).
+const LAZY_INDEX_OPS: usize = 4;
+
+/// As [`declare`], but a select whose branches need loads and index arithmetic no one else
+/// uses (a concatenation's parts, a convolution's taps) becomes an `if`/`else` that computes
+/// only the taken branch; cheap selects stay branch-free (so loops still vectorize).
+pub fn declare_lazy(
+    d: &dyn Dialect,
+    k: &Kernel,
+    lv: &[Level],
+    used: &[bool],
+    level: Level,
+    indent: &str,
+    out: &mut String,
+) {
+    let n = k.exprs.len();
+    let here = |i: usize| used[i] && lv[i] == level;
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in (0..n).filter(|&i| used[i]) {
+        for c in children(&k.exprs[i].expr) {
+            users[c as usize].push(i);
+        }
+    }
+    // Expressions only branch `b` of select `s` uses (children precede parents in the arena).
+    let private = |s: usize, root: usize| -> Vec<bool> {
+        let mut p = vec![false; n];
+        if !here(root) || users[root].iter().any(|&u| u != s) {
+            return p;
+        }
+        p[root] = true;
+        for x in (0..root).rev() {
+            if here(x) && !users[x].is_empty() && users[x].iter().all(|&u| p[u]) {
+                p[x] = true;
+            }
+        }
+        p
+    };
+    // owner[x] = (select, branch) of the innermost lazy select whose branch alone uses x.
+    let mut owner: Vec<Option<(usize, usize)>> = vec![None; n];
+    let mut lazy = vec![false; n];
+    for s in (0..n).rev().filter(|&s| here(s)) {
+        let Expr::Select(_, a, b) = k.exprs[s].expr else { continue };
+        let sets = [private(s, a as usize), private(s, b as usize)];
+        let worth = |p: &Vec<bool>| {
+            let loads = (0..n).any(|x| p[x] && matches!(k.exprs[x].expr, Expr::Load { .. }));
+            let index_ops = (0..n).filter(|&x| p[x] && k.exprs[x].ty == KType::Index).count();
+            loads && index_ops >= LAZY_INDEX_OPS
+        };
+        if !sets.iter().any(worth) {
+            continue;
+        }
+        lazy[s] = true;
+        for (branch, p) in sets.iter().enumerate() {
+            for x in (0..n).filter(|&x| p[x]) {
+                owner[x] = Some((s, branch));
+            }
+        }
+    }
+    fn emit(
+        d: &dyn Dialect,
+        k: &Kernel,
+        scope: Option<(usize, usize)>,
+        ctx: (&dyn Fn(usize) -> bool, &[Option<(usize, usize)>], &[bool]),
+        indent: &str,
+        out: &mut String,
+    ) {
+        let (here, owner, lazy) = ctx;
+        for i in 0..k.exprs.len() {
+            if !here(i) || owner[i] != scope {
+                continue;
+            }
+            let ty = d.ty(k.exprs[i].ty);
+            match k.exprs[i].expr {
+                Expr::Select(c, a, b) if lazy[i] => {
+                    let inner = format!("{indent}  ");
+                    let _ = writeln!(out, "{indent}{ty} t{i};");
+                    let _ = writeln!(out, "{indent}if (t{c}) {{");
+                    emit(d, k, Some((i, 0)), ctx, &inner, out);
+                    let _ = writeln!(out, "{inner}t{i} = t{a};");
+                    let _ = writeln!(out, "{indent}}} else {{");
+                    emit(d, k, Some((i, 1)), ctx, &inner, out);
+                    let _ = writeln!(out, "{inner}t{i} = t{b};");
+                    let _ = writeln!(out, "{indent}}}");
+                }
+                _ => {
+                    let _ = writeln!(out, "{indent}const {ty} t{i} = {};", expr_text(d, k, i as ExprId));
+                }
+            }
+        }
+    }
+    emit(d, k, None, (&here, &owner, &lazy), indent, out);
+}
+
 /// Declares the used expressions at `level` that `pick` selects and marks them declared.
 pub fn declare_where(
     d: &dyn Dialect,
