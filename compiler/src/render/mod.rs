@@ -298,15 +298,14 @@ pub fn declare_lazy(
             }
         }
     }
-    fn emit(
-        d: &dyn Dialect,
-        k: &Kernel,
-        scope: Option<(usize, usize)>,
-        ctx: (&dyn Fn(usize) -> bool, &[Option<(usize, usize)>], &[bool]),
-        indent: &str,
-        out: &mut String,
-    ) {
-        let (here, owner, lazy) = ctx;
+    /// Which expressions to emit here, who owns each, and which selects branch.
+    struct Lazy<'a> {
+        here: &'a dyn Fn(usize) -> bool,
+        owner: &'a [Option<(usize, usize)>],
+        lazy: &'a [bool],
+    }
+    fn emit(d: &dyn Dialect, k: &Kernel, scope: Option<(usize, usize)>, ctx: &Lazy, indent: &str, out: &mut String) {
+        let (here, owner, lazy) = (ctx.here, ctx.owner, ctx.lazy);
         for i in 0..k.exprs.len() {
             if !here(i) || owner[i] != scope {
                 continue;
@@ -330,7 +329,7 @@ pub fn declare_lazy(
             }
         }
     }
-    emit(d, k, None, (&here, &owner, &lazy), indent, out);
+    emit(d, k, None, &Lazy { here: &here, owner: &owner, lazy: &lazy }, indent, out);
 }
 
 /// Declares the used expressions at `level` that `pick` selects and marks them declared.
