@@ -165,6 +165,27 @@ fn config_int(m: &Model, key: &str) -> Option<i64> {
     })
 }
 
+/// Config overrides of a token model with the codebook and grid of its image tokenizer
+/// (`vq`); a different value given explicitly is an error.
+pub fn token_model_sets(
+    sets: &[(String, String)],
+    codebook: i64,
+    grid: i64,
+    vq: &Path,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = sets.to_vec();
+    for (k, v) in [("codebook", codebook), ("grid", grid)] {
+        match out.iter().find(|(key, _)| key == k) {
+            Some((_, given)) if given.parse::<i64>().ok() != Some(v) => {
+                return Err(format!("--set {k}={given}, but the image tokenizer {} has {k} {v}", vq.display()))
+            }
+            Some(_) => {}
+            None => out.push((k.to_string(), v.to_string())),
+        }
+    }
+    Ok(out)
+}
+
 /// A trained image tokenizer: its model (compiled as trained) and latest parameters.
 pub struct ImageTokenizer {
     /// The model.
@@ -351,17 +372,7 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         args.tokenizer.as_ref().ok_or("a masked-token model needs --tokenizer RUN_DIR (a trained image tokenizer)")?;
     let vq = ImageTokenizer::open(vq_dir)?;
     let (codebook, grid) = vq.codebook_and_grid()?;
-    // The model's codebook and grid follow the image tokenizer's.
-    let mut sets = args.sets.clone();
-    for (k, v) in [("codebook", codebook), ("grid", grid)] {
-        match sets.iter().find(|(key, _)| key == k) {
-            Some((_, given)) if given.parse::<i64>().ok() != Some(v) => {
-                return Err(format!("--set {k}={given}, but the image tokenizer {} has {k} {v}", vq_dir.display()))
-            }
-            Some(_) => {}
-            None => sets.push((k.to_string(), v.to_string())),
-        }
-    }
+    let sets = token_model_sets(&args.sets, codebook, grid, vq_dir)?;
     let model = compile_model(&args.model, &sets)?;
     let text_len = config_int(&model, "text_len").ok_or("the model has no `text_len` config")? as usize;
     let text_vocab = config_int(&model, "text_vocab").ok_or("the model has no `text_vocab` config")? as usize;
@@ -426,9 +437,7 @@ fn train_critic(
         args.generator.as_ref().ok_or("a token critic needs --generator RUN_DIR (a trained masked-token model)")?;
     let generator = TrainedTokenModel::open(gen_dir, settings)?;
     let (codebook, grid) = (generator.codebook, generator.grid);
-    let mut sets = args.sets.clone();
-    sets.retain(|(k, _)| k != "codebook" && k != "grid");
-    sets.extend([("codebook".to_string(), codebook.to_string()), ("grid".to_string(), grid.to_string())]);
+    let sets = token_model_sets(&args.sets, codebook, grid, &generator.vq.run)?;
     let model = compile_model(&args.model, &sets)?;
     let text_len = config_int(&model, "text_len").ok_or("the model has no `text_len` config")? as usize;
     let text_vocab = config_int(&model, "text_vocab").ok_or("the model has no `text_vocab` config")? as usize;

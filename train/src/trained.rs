@@ -3,7 +3,7 @@
 //! its text tokenizer and image tokenizer, and a compiled program for its `logits`.
 
 use crate::run::RunDir;
-use crate::session::{compile_model, ImageTokenizer, TrainArgs};
+use crate::session::{compile_model, token_model_sets, ImageTokenizer, TrainArgs};
 use crate::text::TextTokenizer;
 use muse_compiler::ir::{DType, NodeIndex};
 use muse_compiler::{ConfigValue, Model};
@@ -53,9 +53,7 @@ impl TrainedTokenModel {
             .ok_or_else(|| format!("{}: not a token-model run (no image tokenizer in config.json)", dir.display()))?;
         let vq = ImageTokenizer::open(Path::new(vq_dir))?;
         let (codebook, grid) = vq.codebook_and_grid()?;
-        let mut sets = targs.sets.clone();
-        sets.retain(|(k, _)| k != "codebook" && k != "grid");
-        sets.extend([("codebook".to_string(), codebook.to_string()), ("grid".to_string(), grid.to_string())]);
+        let sets = token_model_sets(&targs.sets, codebook, grid, Path::new(vq_dir))?;
         let model = compile_model(&targs.model, &sets)?;
         let text = TextTokenizer::load(&dir.join("tokenizer.json"), config_int(&model, "text_len")? as usize)?;
         let (tensors, progress) = run.latest()?.ok_or_else(|| format!("{}: no checkpoint yet", dir.display()))?;
