@@ -1,4 +1,4 @@
-//! Training throughput of every masked-token variant on the CPU: one training step
+//! Training throughput of every token-model variant in models/ on the CPU: one training step
 //! (forward, backward, clipping, AdamW) over compiled kernels at the default config, batch
 //! 16, random inputs; median of REPEATS steps after two warm-up steps. Prints one JSON object
 //! per line: {"case", "impl", "ms", "note"} with images/s, tokens/s and memory in the note.
@@ -12,23 +12,6 @@ use muse_runtime::optim::AdamW;
 use muse_runtime::train::Trainer;
 use muse_runtime::{init_params, Precision};
 use std::time::Instant;
-
-const MODELS: &[&str] = &[
-    "muse_small",
-    "mamba_concat",
-    "mamba_seq_linear_out",
-    "mamba_seq_linear_in",
-    "mamba_xattn_xz",
-    "mamba_then_xattn",
-    "mamba_text_a",
-    "mamba_text_b",
-    "mamba_text_c",
-    "mamba_text_d",
-    "mamba_text_skip",
-    "mamba_parallel",
-    "mamba_layer_critic",
-    "token_critic",
-];
 
 /// Peak resident memory of this process so far (VmHWM), in bytes.
 fn peak_rss() -> usize {
@@ -44,10 +27,25 @@ fn main() {
     let repeats: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let only: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
     let batch = 16;
-    for name in MODELS.iter().filter(|m| only.is_empty() || only.contains(m)) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(format!("{name}.muse"));
+    // Every model of models/ that trains on tokens (the image tokenizer's inputs are images).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("models/ is readable")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "muse"))
+        .collect();
+    files.sort();
+    for path in files {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        if name == "muse_base" || !(only.is_empty() || only.contains(&name.as_str())) {
+            continue; // muse_base at its default size is the paper's, too large for this bench
+        }
         let c = compile_path(&path, &Options::default());
         let m = c.result.unwrap_or_else(|d| panic!("{}", d.render(&c.sources))).remove(0);
+        if !m.graph.inputs.iter().any(|(n, _)| n == "tokens") {
+            continue;
+        }
+        let name = name.as_str();
         let inputs = random_inputs(&m.graph, batch, 1);
         let params = init_params(&m.graph, 1, Precision::F32).expect("initialises");
         let count: usize = params.values().map(|p| p.len()).sum();
