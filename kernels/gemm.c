@@ -1,15 +1,25 @@
-/* muse's matrix product for the CPU backend: C[m, n] = A[m, k] B[k, n], f32, any element
- * strides for A and B, C contiguous with row stride ldc. Compiled with the program's
- * kernels (same compiler and flags, so -march=native picks the instruction set).
+/* muse's matrix product for the CPU backend: for each batch element t,
+ * C_t[m, n] = A_t[m, k] B_t[k, n], f32, any element strides for A and B (the same for every
+ * t; A_t starts at a + aoff[t], B_t at b + boff[t]), C_t contiguous at c + t * m * ldc with
+ * row stride ldc. Compiled with the program's kernels (same compiler and flags, so
+ * -march=native picks the instruction set).
  *
  * Blocking after the BLIS/GotoBLAS scheme: B is packed per KC-deep slice into panels of NR
  * columns, A per MC-row block into panels of MR rows (zero-padded at the edges), and an
  * MR x NR micro-kernel keeps its tile of C in 16 AVX-512 registers over the KC products.
- * OpenMP threads take MC-row blocks. Returns 1 when it computed the product, 0 when this
- * build has no AVX-512 (the caller then uses its portable GEMM). */
+ *
+ * Threads: one OpenMP parallel region per call, because the program's other kernels are
+ * OpenMP too and a second thread pool would fight them for the cores. A batch of at least
+ * as many elements as threads runs one element per thread; otherwise the threads share B's
+ * packing and then take (row block, column chunk) tasks, blocks shrunk until every thread
+ * has one. Returns 1 when it computed the product, 0 when this build has no AVX-512 (the
+ * caller then uses its portable GEMM). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define MUSE_MR 8
 #define MUSE_NR 32
@@ -20,19 +30,17 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 
-/* B[k0.., j..] -> panels of NR columns, row after row; missing columns are zero. */
-static void muse_pack_b(int64_t kc, int64_t n, const float *b, int64_t sbk, int64_t sbn, float *pb) {
-  for (int64_t j0 = 0; j0 < n; j0 += MUSE_NR) {
-    int64_t nr = n - j0 < MUSE_NR ? n - j0 : MUSE_NR;
-    for (int64_t k = 0; k < kc; k++) {
-      float *dst = pb + j0 * kc + k * MUSE_NR;
-      const float *src = b + k * sbk + j0 * sbn;
-      if (sbn == 1 && nr == MUSE_NR) {
-        memcpy(dst, src, MUSE_NR * sizeof(float));
-      } else {
-        for (int64_t j = 0; j < MUSE_NR; j++) dst[j] = j < nr ? src[j * sbn] : 0.0f;
-      }
-    }
+/* B[k0.., j0..j0+NR] -> one panel of NR columns, row after row; missing columns are zero. */
+static void muse_pack_b_panel(int64_t kc, int64_t nr, const float *src, int64_t sbk, int64_t sbn, float *dst) {
+  if (sbn == 1 && nr == MUSE_NR) {
+    for (int64_t k = 0; k < kc; k++) memcpy(dst + k * MUSE_NR, src + k * sbk, MUSE_NR * sizeof(float));
+  } else if (sbk == 1) {
+    /* A transposed operand: read each column's run of k contiguously. */
+    for (int64_t j = 0; j < MUSE_NR; j++)
+      for (int64_t k = 0; k < kc; k++) dst[k * MUSE_NR + j] = j < nr ? src[j * sbn + k] : 0.0f;
+  } else {
+    for (int64_t k = 0; k < kc; k++)
+      for (int64_t j = 0; j < MUSE_NR; j++) dst[k * MUSE_NR + j] = j < nr ? src[k * sbk + j * sbn] : 0.0f;
   }
 }
 
@@ -84,50 +92,113 @@ static inline void muse_micro(int64_t kc, const float *pa, const float *pb, floa
   }
 }
 
-int muse_sgemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t sam, int64_t sak, const float *b,
-               int64_t sbk, int64_t sbn, float *c, int64_t ldc, int parallel) {
-  if (m <= 0 || n <= 0) return 1;
-  if (k <= 0) {
-    for (int64_t i = 0; i < m; i++) memset(c + i * ldc, 0, sizeof(float) * (size_t)n);
-    return 1;
+/* Rows i0..i0+mc, columns jc..jend of one KC slice, B already packed into pb. */
+static void muse_block(int64_t mc, int64_t jc, int64_t jend, int64_t n, int64_t kc, const float *a, int64_t sam,
+                       int64_t sak, const float *pb, float *c, int64_t ldc, int first, float *pa) {
+  muse_pack_a(mc, kc, a, sam, sak, pa);
+  for (int64_t j0 = jc; j0 < jend; j0 += MUSE_NR) {
+    int64_t nr = n - j0 < MUSE_NR ? n - j0 : MUSE_NR;
+    for (int64_t ii = 0; ii < mc; ii += MUSE_MR) {
+      int64_t mr = mc - ii < MUSE_MR ? mc - ii : MUSE_MR;
+      muse_micro(kc, pa + ii * kc, pb + j0 * kc, c + ii * ldc + j0, ldc, mr, nr, first);
+    }
   }
-  int64_t panels = (n + MUSE_NR - 1) / MUSE_NR * MUSE_NR;
-  int64_t kc_max = k < MUSE_KC ? k : MUSE_KC;
-  float *pb = (float *)aligned_alloc(64, sizeof(float) * (size_t)(((kc_max * panels) + 15) / 16 * 16));
-  if (!pb) return 0;
+}
+
+/* A whole product on the calling thread. */
+static void muse_serial(int64_t m, int64_t n, int64_t k, const float *a, int64_t sam, int64_t sak, const float *b,
+                        int64_t sbk, int64_t sbn, float *c, int64_t ldc, float *pb, float *pa) {
   for (int64_t k0 = 0; k0 < k; k0 += MUSE_KC) {
     int64_t kc = k - k0 < MUSE_KC ? k - k0 : MUSE_KC;
-    muse_pack_b(kc, n, b + k0 * sbk, sbk, sbn, pb);
-    /* Tasks are (MC-row block, NC-column chunk) pairs, so that a product with few rows
-       (a weight gradient, 128 x 1024 x 512) still gives every thread work. */
-    int64_t mblocks = (m + MUSE_MC - 1) / MUSE_MC, nchunks = (n + MUSE_NC - 1) / MUSE_NC;
-    #pragma omp parallel if(parallel && mblocks * nchunks > 1)
-    {
-      float pa[MUSE_MC * MUSE_KC] __attribute__((aligned(64)));
+    for (int64_t j0 = 0; j0 < n; j0 += MUSE_NR)
+      muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, b + k0 * sbk + j0 * sbn, sbk, sbn, pb + j0 * kc);
+    for (int64_t i0 = 0; i0 < m; i0 += MUSE_MC) {
+      int64_t mc = m - i0 < MUSE_MC ? m - i0 : MUSE_MC;
+      muse_block(mc, 0, n, n, kc, a + i0 * sam + k0 * sak, sam, sak, pb, c + i0 * ldc, ldc, k0 == 0, pa);
+    }
+  }
+}
+
+static int64_t muse_div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int muse_sgemm(int64_t batch, int64_t m, int64_t n, int64_t k, const float *a, const int64_t *aoff, int64_t sam,
+               int64_t sak, const float *b, const int64_t *boff, int64_t sbk, int64_t sbn, float *c, int64_t ldc,
+               int parallel) {
+  if (batch <= 0 || m <= 0 || n <= 0) return 1;
+  if (k <= 0) {
+    for (int64_t t = 0; t < batch; t++)
+      for (int64_t i = 0; i < m; i++) memset(c + (t * m + i) * ldc, 0, sizeof(float) * (size_t)n);
+    return 1;
+  }
+  int threads = 1;
+#ifdef _OPENMP
+  if (parallel && (double)batch * m * n * k >= 65536.0) threads = omp_get_max_threads();
+#else
+  (void)parallel;
+#endif
+  int64_t panels = muse_div_up(n, MUSE_NR) * MUSE_NR;
+  int64_t kc_max = k < MUSE_KC ? k : MUSE_KC;
+  size_t pb_bytes = sizeof(float) * (size_t)muse_div_up(kc_max * panels, 16) * 16;
+  int per_element = threads == 1 || batch >= 4 * threads || batch % threads == 0;
+  /* Packed B: one buffer per thread when threads take whole elements, one shared otherwise. */
+  float *packed = (float *)aligned_alloc(64, pb_bytes * (per_element ? (size_t)threads : 1));
+  if (!packed) return 0;
+  #pragma omp parallel num_threads(threads) if(threads > 1)
+  {
+    float pa[MUSE_MC * MUSE_KC] __attribute__((aligned(64)));
+    if (per_element) {
+      int me = 0;
+#ifdef _OPENMP
+      me = omp_get_thread_num();
+#endif
+      float *pb = packed + (size_t)me * (pb_bytes / sizeof(float));
       #pragma omp for schedule(static)
-      for (int64_t t = 0; t < mblocks * nchunks; t++) {
-        int64_t i0 = (t / nchunks) * MUSE_MC, jc = (t % nchunks) * MUSE_NC;
-        int64_t mc = m - i0 < MUSE_MC ? m - i0 : MUSE_MC;
-        int64_t jend = jc + MUSE_NC < n ? jc + MUSE_NC : n;
-        muse_pack_a(mc, kc, a + i0 * sam + k0 * sak, sam, sak, pa);
-        for (int64_t j0 = jc; j0 < jend; j0 += MUSE_NR) {
-          int64_t nr = n - j0 < MUSE_NR ? n - j0 : MUSE_NR;
-          for (int64_t ii = 0; ii < mc; ii += MUSE_MR) {
-            int64_t mr = mc - ii < MUSE_MR ? mc - ii : MUSE_MR;
-            muse_micro(kc, pa + ii * kc, pb + j0 * kc, c + (i0 + ii) * ldc + j0, ldc, mr, nr, k0 == 0);
+      for (int64_t t = 0; t < batch; t++)
+        muse_serial(m, n, k, a + aoff[t], sam, sak, b + boff[t], sbk, sbn, c + t * m * ldc, ldc, pb, pa);
+    } else {
+      float *shared_pb = packed;
+      /* Blocks: MC x NC, shrunk (MR, NR multiples) until there are as many as threads. */
+      int64_t mc = MUSE_MC, nc = MUSE_NC;
+      if (muse_div_up(m, mc) * muse_div_up(n, nc) < threads) {
+        int64_t want = muse_div_up(threads, muse_div_up(n, nc));
+        mc = muse_div_up(muse_div_up(m, want), MUSE_MR) * MUSE_MR;
+      }
+      if (muse_div_up(m, mc) * muse_div_up(n, nc) < threads) {
+        int64_t want = muse_div_up(threads, muse_div_up(m, mc));
+        nc = muse_div_up(muse_div_up(n, want), MUSE_NR) * MUSE_NR;
+      }
+      int64_t mblocks = muse_div_up(m, mc), nchunks = muse_div_up(n, nc), npanels = panels / MUSE_NR;
+      for (int64_t t = 0; t < batch; t++) {
+        const float *at = a + aoff[t], *bt = b + boff[t];
+        float *ct = c + t * m * ldc;
+        for (int64_t k0 = 0; k0 < k; k0 += MUSE_KC) {
+          int64_t kc = k - k0 < MUSE_KC ? k - k0 : MUSE_KC;
+          #pragma omp for schedule(static)
+          for (int64_t p = 0; p < npanels; p++) {
+            int64_t j0 = p * MUSE_NR;
+            muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, bt + k0 * sbk + j0 * sbn, sbk, sbn,
+                              shared_pb + j0 * kc);
+          }
+          #pragma omp for schedule(static)
+          for (int64_t task = 0; task < mblocks * nchunks; task++) {
+            int64_t i0 = (task / nchunks) * mc, jc = (task % nchunks) * nc;
+            int64_t rows = m - i0 < mc ? m - i0 : mc, jend = jc + nc < n ? jc + nc : n;
+            muse_block(rows, jc, jend, n, kc, at + i0 * sam + k0 * sak, sam, sak, shared_pb, ct + i0 * ldc, ldc,
+                       k0 == 0, pa);
           }
         }
       }
     }
   }
-  free(pb);
+  free(packed);
   return 1;
 }
 #else
-int muse_sgemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t sam, int64_t sak, const float *b,
-               int64_t sbk, int64_t sbn, float *c, int64_t ldc, int parallel) {
-  (void)m; (void)n; (void)k; (void)a; (void)sam; (void)sak; (void)b; (void)sbk; (void)sbn; (void)c; (void)ldc;
-  (void)parallel;
+int muse_sgemm(int64_t batch, int64_t m, int64_t n, int64_t k, const float *a, const int64_t *aoff, int64_t sam,
+               int64_t sak, const float *b, const int64_t *boff, int64_t sbk, int64_t sbn, float *c, int64_t ldc,
+               int parallel) {
+  (void)batch; (void)m; (void)n; (void)k; (void)a; (void)aoff; (void)sam; (void)sak; (void)b; (void)boff;
+  (void)sbk; (void)sbn; (void)c; (void)ldc; (void)parallel;
   return 0;
 }
 #endif

@@ -497,14 +497,17 @@ fn execute(
         by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
         let kinds: Vec<String> = by_kind.iter().map(|(k, t, n)| format!("{k} {t:.1} ms ({n})")).collect();
         eprintln!("profile: {} launches, {total:.3} ms in all: {}; the slowest:", ms.len(), kinds.join(", "));
-        for &i in order.iter().take(12) {
+        // MUSE_PROFILE_TOP=N lists N kernels instead of 12.
+        let top = std::env::var("MUSE_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+        for &i in order.iter().take(top) {
             let r = &rows[i];
             let ops: Vec<String> =
                 r.ops.iter().map(|(k, v)| if *v > 1 { format!("{k}x{v}") } else { k.to_string() }).collect();
             eprintln!(
-                "  {:>8.3} ms {:>5.1}%  {:>4} {:<6} {:<11} {:<4} {:<18} {}",
+                "  {:>8.3} ms {:>5.1}% {:>6.1} GF/s {:>4} {:<6} {:<11} {:<4} {:<18} {}",
                 ms[i],
                 100.0 * ms[i] / total.max(1e-12),
+                r.flops as f64 / (ms[i] * 1e6).max(1e-12),
                 i,
                 r.name,
                 r.kind,

@@ -97,7 +97,15 @@ fn kernel_cache_and_compiler_errors() {
     // without it (the `gemm` crate) computes the same.
     let mm = common::compile_one(
         "mm.muse",
-        "model m {\n  input a: f32[37, 300]\n  input b: f32[300, 41]\n  output y = a @ b\n  output z = transpose(a) @ a\n}\n",
+        concat!(
+            "model m {\n  input a: f32[37, 300]\n  input b: f32[300, 41]\n  output y = a @ b\n",
+            "  output z = transpose(a) @ a\n",
+            // Batches the template splits differently: fewer elements than 4 threads and not
+            // a multiple of 2 (threads share each element), and many (one thread each).
+            "  input c: f32[3, 9, 40]\n  input d: f32[3, 70, 40]\n  output w = c @ transpose(d)\n",
+            "  input e: f32[2, 4, 5, 33]\n  input f: f32[2, 4, 33, 17]\n  output v = e @ f\n",
+            "  output u = transpose(e) @ e\n}\n"
+        ),
     );
     let outs: Vec<NodeIndex> = mm.graph.outputs.iter().map(|x| x.1).collect();
     let inputs = random_inputs(&mm.graph, 1, 2);

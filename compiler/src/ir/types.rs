@@ -31,12 +31,10 @@ impl DType {
             DType::Bool => "bool",
         }
     }
-    /// Size of one element in bytes.
+    /// Size of one element in bytes. Truth values take 4 like the others: backends hold
+    /// them as 32-bit ints so that vector units select on them without widening bytes.
     pub fn size_bytes(self) -> usize {
-        match self {
-            DType::F32 | DType::I32 => 4,
-            DType::Bool => 1,
-        }
+        4
     }
 }
 

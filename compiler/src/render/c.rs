@@ -16,7 +16,10 @@ impl Dialect for C {
         match t {
             KType::Elem(DType::F32) => "float",
             KType::Elem(DType::I32) => "int32_t",
-            KType::Elem(DType::Bool) => "uint8_t",
+            // Truth values are 32-bit ints, in registers and in buffers: GCC 12 cannot turn
+            // a vector of byte compares into an AVX-512 mask for a select over floats, so a
+            // masked softmax row stayed scalar while its mask was held as bytes.
+            KType::Elem(DType::Bool) => "int32_t",
             KType::Index => "int64_t",
         }
     }
@@ -84,8 +87,11 @@ static inline float muse_tanhf(float x) {
   float v = ax < 0.625f ? p : q;
   return x != x ? x : v;
 }
-static inline float muse_fmax(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
-static inline float muse_fmin(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
+/* NaN-propagating max and min in one compare and one self-compare, a form GCC vectorizes
+   inside a row's partial reductions (a NaN in `a` is kept by the self-compare, one in `b` by
+   the failed compare). */
+static inline float muse_fmax(float a, float b) { return (a > b || a != a) ? a : b; }
+static inline float muse_fmin(float a, float b) { return (a < b || a != a) ? a : b; }
 static inline int32_t muse_idiv(int32_t a, int32_t b) { return b == 0 ? 0 : (b == -1 ? -a : a / b); }
 static inline int32_t muse_f2i(float x) { return x != x ? 0 : (x >= 2147483647.0f ? 2147483647 : (x <= -2147483648.0f ? (-2147483647 - 1) : (int32_t)x)); }
 "#;

@@ -104,8 +104,23 @@ pub type KernelFn = unsafe extern "C" fn(*mut *mut std::ffi::c_void, *const i64,
 
 /// Signature of `muse_sgemm` (kernels/gemm.c): m, n, k, A, A's row and column strides, B,
 /// B's strides, C, C's row stride, whether to use threads; returns 0 when it cannot run here.
-pub type GemmFn =
-    unsafe extern "C" fn(i64, i64, i64, *const f32, i64, i64, *const f32, i64, i64, *mut f32, i64, i32) -> i32;
+pub type GemmFn = unsafe extern "C" fn(
+    i64,
+    i64,
+    i64,
+    i64,
+    *const f32,
+    *const i64,
+    i64,
+    i64,
+    *const f32,
+    *const i64,
+    i64,
+    i64,
+    *mut f32,
+    i64,
+    i32,
+) -> i32;
 
 impl Library {
     /// The matrix-product template's entry point.

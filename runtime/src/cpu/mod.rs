@@ -11,7 +11,7 @@ use crate::tensor::{Data, HostTensor};
 use compile::{CompileError, CompilerSettings, KernelFn, Library};
 use muse_compiler::fusion;
 use muse_compiler::ir::{DType, Graph, NodeIndex, Op};
-use muse_compiler::kernel::{self, KernelProgram, Step};
+use muse_compiler::kernel::{self, KernelProgram, MatMulStep, Step};
 use muse_compiler::render::c;
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -70,9 +70,46 @@ const GEMM_TEMPLATE: &str = include_str!("../../../kernels/gemm.c");
 /// Multiply-adds below which a batch of products runs one product per thread.
 const SMALL_GEMM: usize = 128 * 128 * 128;
 
-/// Resolved shapes and strides of one GEMM step: left shape, right shape, left strides,
-/// right strides.
-type GemmShape = (Vec<usize>, Vec<usize>, Vec<isize>, Vec<isize>);
+/// One GEMM step resolved at a batch size: the product's sizes, the operands' row and
+/// column strides, and where each batch element's operands start in their base buffers.
+struct GemmShape {
+    rows: usize,
+    inner: usize,
+    cols: usize,
+    a_strides: (isize, isize),
+    b_strides: (isize, isize),
+    a_offsets: Vec<i64>,
+    b_offsets: Vec<i64>,
+}
+
+impl GemmShape {
+    fn new(m: &MatMulStep, sa: &[usize], sb: &[usize], ta: &[isize], tb: &[isize]) -> Self {
+        let r = sa.len();
+        let batch_shape = &sa[..r - 2];
+        let batch: usize = batch_shape.iter().product();
+        let (mut a_offsets, mut b_offsets) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+        for t in 0..batch {
+            let (mut oa, mut ob, mut rest) = (m.a_view.offset as isize, m.b_view.offset as isize, t);
+            for k in (0..r - 2).rev() {
+                let i = (rest % batch_shape[k]) as isize;
+                rest /= batch_shape[k];
+                oa += i * ta[k];
+                ob += i * tb[k];
+            }
+            a_offsets.push(oa as i64);
+            b_offsets.push(ob as i64);
+        }
+        GemmShape {
+            rows: sa[r - 2],
+            inner: sa[r - 1],
+            cols: sb[r - 1],
+            a_strides: (ta[r - 2], ta[r - 1]),
+            b_strides: (tb[r - 2], tb[r - 1]),
+            a_offsets,
+            b_offsets,
+        }
+    }
+}
 
 /// The buffers of one run: inputs, parameters and the planned intermediates.
 pub struct Prepared {
@@ -118,7 +155,7 @@ impl Prepared {
         match (buf, &t.data) {
             (Buf::F(b), Data::F(v)) => b.iter_mut().zip(v).for_each(|(b, &x)| *b = x as f32),
             (Buf::I(b), Data::I(v)) => b.copy_from_slice(v),
-            (Buf::B(b), Data::B(v)) => b.iter_mut().zip(v).for_each(|(b, &x)| *b = u8::from(x)),
+            (Buf::B(b), Data::B(v)) => b.iter_mut().zip(v).for_each(|(b, &x)| *b = i32::from(x)),
             (_, _) => {
                 return Err(RunError::InputDType {
                     name: name.to_string(),
@@ -197,7 +234,7 @@ impl Prepared {
 enum Buf {
     F(Vec<f32>),
     I(Vec<i32>),
-    B(Vec<u8>),
+    B(Vec<i32>),
 }
 
 impl Buf {
@@ -212,7 +249,7 @@ impl Buf {
         match &t.data {
             Data::F(v) => Buf::F(v.iter().map(|&x| x as f32).collect()),
             Data::I(v) => Buf::I(v.clone()),
-            Data::B(v) => Buf::B(v.iter().map(|&b| u8::from(b)).collect()),
+            Data::B(v) => Buf::B(v.iter().map(|&b| i32::from(b)).collect()),
         }
     }
     fn ptr(&mut self) -> *mut c_void {
@@ -342,7 +379,10 @@ impl CpuProgram {
         let mut gemms = HashMap::new();
         for (i, step) in self.program.steps.iter().enumerate() {
             if let Step::MatMul(m) = step {
-                gemms.insert(i, (shape_of(m.a), shape_of(m.b), resolve(&m.a_view), resolve(&m.b_view)));
+                gemms.insert(
+                    i,
+                    GemmShape::new(m, &shape_of(m.a), &shape_of(m.b), &resolve(&m.a_view), &resolve(&m.b_view)),
+                );
             }
         }
         let mut all_shapes = HashMap::new();
@@ -410,60 +450,57 @@ impl CpuProgram {
                 unsafe { f(args.as_mut_ptr(), prep.sizes.as_ptr(), seed) };
             }
             Step::MatMul(m) => {
-                let (sa, sb, ta, tb) = &prep.gemms[&i];
-                let r = sa.len();
-                let (rows, inner, cols) = (sa[r - 2], sa[r - 1], sb[r - 1]);
-                let a0 = prep.ptrs[&m.a_view.base] as usize;
-                let b0 = prep.ptrs[&m.b_view.base] as usize;
-                let o = prep.ptrs[&m.out] as usize;
-                let batch_shape = &sa[..r - 2];
-                let batch: usize = batch_shape.iter().product();
-                // Offsets of batch element t in each operand's base buffer.
-                let offsets = |t: usize| {
-                    let (mut oa, mut ob, mut rest) = (m.a_view.offset as isize, m.b_view.offset as isize, t);
-                    for k in (0..r - 2).rev() {
-                        let i = (rest % batch_shape[k]) as isize;
-                        rest /= batch_shape[k];
-                        oa += i * ta[k];
-                        ob += i * tb[k];
-                    }
-                    (oa, ob)
-                };
-                let one = |t: usize, par: gemm::Parallelism| {
-                    let (oa, ob) = offsets(t);
-                    let (a0, b0, o) = (a0 as *const f32, b0 as *const f32, o as *mut f32);
-                    // SAFETY: the strided views stay inside their base buffers (shape inference
-                    // checked every view on the way); the output holds rows*cols per batch
-                    // element, and batch elements write disjoint parts of it.
-                    let (pa, pb, pc) = unsafe { (a0.offset(oa), b0.offset(ob), o.add(t * rows * cols)) };
-                    if let Some(blas) = blas::get() {
-                        let (sa_, sb_) = ((ta[r - 2], ta[r - 1]), (tb[r - 2], tb[r - 1]));
-                        // SAFETY: as above.
-                        if unsafe { blas.sgemm(rows, cols, inner, pa, sa_, pb, sb_, pc) } {
-                            return;
-                        }
-                    }
+                let gs = &prep.gemms[&i];
+                let (rows, inner, cols) = (gs.rows, gs.inner, gs.cols);
+                let a0 = prep.ptrs[&m.a_view.base] as *const f32;
+                let b0 = prep.ptrs[&m.b_view.base] as *const f32;
+                let o = prep.ptrs[&m.out] as *mut f32;
+                let batch = gs.a_offsets.len();
+                if blas::get().is_none() {
                     if let Some(f) = self.gemm {
-                        let parallel = i32::from(matches!(par, gemm::Parallelism::Rayon(_)));
-                        // SAFETY: as above; the template reads `inner` columns of A and rows of
-                        // B through the given strides and writes rows*cols of C.
+                        // SAFETY: the strided views stay inside their base buffers (shape
+                        // inference checked every view on the way); the output holds
+                        // rows*cols per batch element; the template reads `inner` columns of
+                        // A and rows of B through the given strides and offsets.
                         let done = unsafe {
                             f(
+                                batch as i64,
                                 rows as i64,
                                 cols as i64,
                                 inner as i64,
-                                pa,
-                                ta[r - 2] as i64,
-                                ta[r - 1] as i64,
-                                pb,
-                                tb[r - 2] as i64,
-                                tb[r - 1] as i64,
-                                pc,
+                                a0,
+                                gs.a_offsets.as_ptr(),
+                                gs.a_strides.0 as i64,
+                                gs.a_strides.1 as i64,
+                                b0,
+                                gs.b_offsets.as_ptr(),
+                                gs.b_strides.0 as i64,
+                                gs.b_strides.1 as i64,
+                                o,
                                 cols as i64,
-                                parallel,
+                                1,
                             )
                         };
                         if done != 0 {
+                            return;
+                        }
+                    }
+                }
+                // A CBLAS or the `gemm` crate: one product per batch element.
+                let (a0, b0, o) = (a0 as usize, b0 as usize, o as usize);
+                let one = |t: usize, par: gemm::Parallelism| {
+                    let (a0, b0, o) = (a0 as *const f32, b0 as *const f32, o as *mut f32);
+                    // SAFETY: as above; batch elements write disjoint parts of the output.
+                    let (pa, pb, pc) = unsafe {
+                        (
+                            a0.offset(gs.a_offsets[t] as isize),
+                            b0.offset(gs.b_offsets[t] as isize),
+                            o.add(t * rows * cols),
+                        )
+                    };
+                    if let Some(blas) = blas::get() {
+                        // SAFETY: as above.
+                        if unsafe { blas.sgemm(rows, cols, inner, pa, gs.a_strides, pb, gs.b_strides, pc) } {
                             return;
                         }
                     }
@@ -478,11 +515,11 @@ impl CpuProgram {
                             cols as isize,
                             false,
                             pa,
-                            ta[r - 1],
-                            ta[r - 2],
+                            gs.a_strides.1,
+                            gs.a_strides.0,
                             pb,
-                            tb[r - 1],
-                            tb[r - 2],
+                            gs.b_strides.1,
+                            gs.b_strides.0,
                             0.0,
                             1.0,
                             false,
