@@ -57,6 +57,35 @@ fn selective_scan_with_prologue_and_epilogue_is_one_kernel() {
     assert_eq!(k.group.kind, GroupKind::Scan);
 }
 
+/// The backward selective scan sums the gradients of `dt` over the states inside the scan
+/// (a second reduction next to `sum_n h C`'s adjoint), rather than writing a [B, L, E, N]
+/// tensor for a row kernel to reduce.
+#[test]
+fn the_backward_scan_sums_over_the_states_itself() {
+    use muse_compiler::autodiff::{differentiate, Wrt};
+    let decls = "  input u: f32[B, 16, 32]\n  input dt: f32[B, 16, 32]\n  input bm: f32[B, 16, 8]\n  input cm: f32[B, 16, 8]\n  param A_log: [32, 8] ~ zeros\n  param W: [32] ~ ones";
+    let body = "  y = sum(selective_scan(u * W, softplus(dt * W), -exp(A_log), bm, cm))\n  loss l = y";
+    let (m, _) = program(body, decls);
+    let d = differentiate(&m.graph, Wrt::default());
+    let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
+    req.extend(d.params.iter().map(|x| x.1));
+    let p = kernel::lower(&d.graph, &fusion::plan(&d.graph, &req));
+    let scans: Vec<&kernel::LoweredKernel> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            kernel::Step::Kernel(k) if k.group.kind == GroupKind::Scan => Some(k),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scans.len(), 2, "the forward scan and the backward scan");
+    let reductions = |k: &kernel::LoweredKernel| {
+        k.group.members.iter().filter(|&&n| matches!(d.graph.node(n).op, Op::Reduce { .. })).count()
+    };
+    assert_eq!(reductions(scans[0]), 1, "forward: sum_n h C");
+    assert!(reductions(scans[1]) >= 2, "backward: {} state reductions", reductions(scans[1]));
+}
+
 #[test]
 fn every_value_in_memory_has_a_reason_and_every_kernel_reads_only_those() {
     let m = common::compile_model("mamba_xattn_xz", &[]);

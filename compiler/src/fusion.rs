@@ -432,9 +432,10 @@ fn depends_on_members(
     false
 }
 
-/// Grows the kernel of scan `s`: its elementwise users over the same shape, a reduction
-/// over another axis of known size (the state axis of a selective scan), and the elementwise
-/// work after that reduction, as long as nothing outside the kernel sits in between.
+/// Grows the kernel of scan `s`: its elementwise users over the same shape, reductions
+/// over another axis of known size (the state axis of a selective scan; the forward has one,
+/// `sum_n h C`, the backward several, one per gradient summed over the states), and the
+/// elementwise work after them, as long as nothing outside the kernel sits in between.
 fn grow_scan(
     g: &Graph,
     s: NodeIndex,
@@ -446,7 +447,11 @@ fn grow_scan(
     let sh = g.ty(s).shape.clone();
     let mut members: HashSet<NodeIndex> = HashSet::from([s]);
     let mut order = vec![s];
-    let mut reduced: Option<(NodeIndex, Shape, Shape)> = None; // (reduction, keepdim shape, squeezed shape)
+    // (state axis, keepdim shape, squeezed shape) once a reduction joined.
+    let mut reduced: Option<(usize, Shape, Shape)> = None;
+    // Members that need a reduction's result: per step, they run after all the reductions,
+    // so no reduction may read them.
+    let mut after: HashSet<NodeIndex> = HashSet::new();
     let mut frontier = vec![s];
     while let Some(v) = frontier.pop() {
         let mut users = g.users(v);
@@ -464,6 +469,9 @@ fn grow_scan(
                         && g.ty(ops[0]).shape == sh
                         && sh.0[*n].as_known().is_some_and(|k| (2..=64).contains(&k))
                 }
+                (Op::Reduce { axis: n, .. }, Some((first, keep, _))) => {
+                    n == first && &ty.shape == keep && g.ty(ops[0]).shape == sh && !after.contains(&ops[0])
+                }
                 (op, Some((_, keep, squeezed))) if is_elementwise(op) => {
                     ty.shape == sh || &ty.shape == keep || &ty.shape == squeezed
                 }
@@ -478,27 +486,24 @@ fn grow_scan(
                 continue;
             }
             if let Op::Reduce { axis: n, .. } = g.node(u).op {
-                let keep = g.ty(u).shape.clone();
-                let mut squeezed = keep.clone();
-                squeezed.0.remove(n);
-                reduced = Some((u, keep, squeezed));
+                if reduced.is_none() {
+                    let keep = g.ty(u).shape.clone();
+                    let mut squeezed = keep.clone();
+                    squeezed.0.remove(n);
+                    reduced = Some((n, keep, squeezed));
+                }
+                after.insert(u);
+            } else if ops.iter().any(|o| after.contains(o)) {
+                after.insert(u);
             }
             members.insert(u);
             order.push(u);
             frontier.push(u);
         }
     }
-    // Elementwise work on the full shape after the reduction cannot run per step: drop
-    // members that need the reduction but have the scan's shape.
-    if let Some((r, _, _)) = &reduced {
-        let mut after = HashSet::from([*r]);
-        for &m in &order {
-            if m != *r && g.operands(m).iter().any(|o| after.contains(o)) {
-                after.insert(m);
-            }
-        }
-        order.retain(|m| !(after.contains(m) && m != r && g.ty(*m).shape == sh));
-    }
+    // Elementwise work on the full shape after a reduction cannot run per step: drop
+    // members that need a reduction but have the scan's shape.
+    order.retain(|m| !(after.contains(m) && g.ty(*m).shape == sh));
     order.sort();
     order
 }

@@ -147,7 +147,8 @@ pub enum Body {
     /// A linear recurrence per lane over `inner` steps (in reverse when asked), with
     /// `states` independent recurrences per lane (Mamba's state axis): at each step, for each
     /// state, `h = a * h + b` (`Expr::Carry` is the new `h`), the state stores run, and
-    /// `reduce` folds a value over the states into `Expr::Acc(0)` for the step stores.
+    /// each of `reduces` folds a value over the states into `Expr::Acc(j)` for the step
+    /// stores.
     Scan {
         /// Steps per lane.
         inner: ExprId,
@@ -161,8 +162,9 @@ pub enum Body {
         b: ExprId,
         /// (buffer, index, value) stored for every state at every step.
         state_stores: Vec<(u32, ExprId, ExprId)>,
-        /// A reduction over the states at each step (the epilogue's `sum_n h C`).
-        reduce: Option<(ReduceOp, ExprId)>,
+        /// Reductions over the states at each step, independent of each other: the
+        /// epilogue's `sum_n h C`; in a backward scan also the state sums of gradients.
+        reduces: Vec<(ReduceOp, ExprId)>,
         /// (buffer, index, value) stored once per step, after the states.
         step_stores: Vec<(u32, ExprId, ExprId)>,
     },

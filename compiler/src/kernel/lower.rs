@@ -440,8 +440,9 @@ impl Lower<'_> {
         let s_node = *grp.members.iter().find(|&&m| matches!(self.g.node(m).op, Op::Scan { .. })).expect("a scan");
         let Op::Scan { axis, reverse } = self.g.node(s_node).op else { unreachable!() };
         let sh = self.shape(s_node);
-        let red = grp.members.iter().copied().find(|&m| matches!(self.g.node(m).op, Op::Reduce { .. }));
-        let state_axis = red.map(|r| match self.g.node(r).op {
+        let reds: Vec<NodeIndex> =
+            grp.members.iter().copied().filter(|&m| matches!(self.g.node(m).op, Op::Reduce { .. })).collect();
+        let state_axis = reds.first().map(|&r| match self.g.node(r).op {
             Op::Reduce { axis, .. } => axis,
             _ => unreachable!(),
         });
@@ -482,17 +483,17 @@ impl Lower<'_> {
         self.carry = Some(s_node);
         let mut state_stores = Vec::new();
         let mut step_stores = Vec::new();
-        let mut reduce = None;
-        if let Some(r) = red {
+        let mut reduces = Vec::new();
+        for (j, &r) in reds.iter().enumerate() {
             let Op::Reduce { op, .. } = self.g.node(r).op else { unreachable!() };
             let v = self.value(self.g.operands(r)[0], &idx);
-            reduce = Some((op, v));
-            self.acc.insert(r, 0);
+            reduces.push((op, v));
+            self.acc.insert(r, j as u32);
         }
         for &o in &grp.outputs {
             let buf = self.buf(o);
             let os = self.shape(o);
-            let after_reduction = red.is_some_and(|r| o == r || self.acc.contains_key(&o));
+            let after_reduction = self.acc.contains_key(&o);
             if os == sh && !after_reduction {
                 let index = self.linear(&idx, &sh);
                 let v = self.value(o, &idx);
@@ -511,7 +512,7 @@ impl Lower<'_> {
             }
         }
         let inner = self.dim(&sh.0[axis]);
-        (lanes, Body::Scan { inner, reverse, states, a, b, state_stores, reduce, step_stores })
+        (lanes, Body::Scan { inner, reverse, states, a, b, state_stores, reduces, step_stores })
     }
 
     /// A row kernel: the reductions of the group in order, then its stored values. A chain of

@@ -315,7 +315,7 @@ fn render_row_tiled(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut Stri
 /// A scan's lane: the states of the lane advance together step by step; a reduction over
 /// the states (the selective scan's `sum_n h C`) and the step stores follow each step.
 fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
-    let Body::Scan { inner, reverse, states, a, b, state_stores, reduce, step_stores } = &k.body else {
+    let Body::Scan { inner, reverse, states, a, b, state_stores, reduces, step_stores } = &k.body else {
         unreachable!()
     };
     let ph = phases(k);
@@ -355,8 +355,8 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     }
     let _ = writeln!(s, "    float h[{states}];");
     let _ = writeln!(s, "    for (int64_t st = 0; st < {states}; st++) h[st] = 0.0f;");
-    if reduce.is_some() {
-        let _ = writeln!(s, "    float red[{states}];");
+    for (j, (_, v)) in reduces.iter().enumerate() {
+        let _ = writeln!(s, "    {} red{j}[{states}];", d.ty(k.exprs[*v as usize].ty));
     }
     let _ = writeln!(s, "    for (int64_t it = 0; it < t{inner}; it++) {{");
     let step = if *reverse { format!("t{inner} - 1 - it") } else { "it".into() };
@@ -377,13 +377,13 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     for (buf, index, value) in state_stores {
         let _ = writeln!(s, "        b{buf}[t{index}] = t{value};");
     }
-    if let Some((_, v)) = reduce {
-        // The terms are stored and folded after the loop, in state order: the loop itself
-        // then has no loop-carried sum and vectorizes across states.
-        let _ = writeln!(s, "        red[st] = t{v};");
+    // The terms are stored and folded after the loop, in state order: the loop itself then
+    // has no loop-carried sum and vectorizes across states.
+    for (j, (_, v)) in reduces.iter().enumerate() {
+        let _ = writeln!(s, "        red{j}[st] = t{v};");
     }
     let _ = writeln!(s, "      }}");
-    if let Some((op, v)) = reduce {
+    for (j, (op, v)) in reduces.iter().enumerate() {
         let ty = d.ty(k.exprs[*v as usize].ty);
         let (acc_ty, init) = match op {
             ReduceOp::Sum => ("double", "0.0"),
@@ -391,15 +391,15 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
             ReduceOp::Min => ("float", "INFINITY"),
             other => unreachable!("{other:?} over scan states"),
         };
-        let _ = writeln!(s, "      {acc_ty} acc = {init};");
+        let _ = writeln!(s, "      {acc_ty} acc{j} = {init};");
         let _ = writeln!(
             s,
             "      for (int64_t st = 0; st < {states}; st++) {}",
-            combine_text(*op, false, "acc", "red[st]")
+            combine_text(*op, false, &format!("acc{j}"), &format!("red{j}[st]"))
         );
-        let _ = writeln!(s, "      const {ty} r0 = ({ty})acc;");
+        let _ = writeln!(s, "      const {ty} r{j} = ({ty})acc{j};");
     }
-    declare_where(d, k, &|i| used[i] && lv[i] <= Level::Step && ph[i] == 1, &mut step_done, "      ", s);
+    declare_where(d, k, &|i| used[i] && lv[i] <= Level::Step && ph[i] >= 1, &mut step_done, "      ", s);
     for (buf, index, value) in step_stores {
         let _ = writeln!(s, "      b{buf}[t{index}] = t{value};");
     }

@@ -108,10 +108,10 @@ pub fn used(k: &Kernel) -> Vec<bool> {
             roots.extend(elem_stores.iter().flat_map(|s| [s.1, s.2]));
             roots.extend(lane_stores.iter().map(|s| s.1));
         }
-        Body::Scan { inner, a, b, state_stores, reduce, step_stores, .. } => {
+        Body::Scan { inner, a, b, state_stores, reduces, step_stores, .. } => {
             roots.extend([*inner, *a, *b]);
             roots.extend(state_stores.iter().flat_map(|s| [s.1, s.2]));
-            roots.extend(reduce.iter().map(|r| r.1));
+            roots.extend(reduces.iter().map(|r| r.1));
             roots.extend(step_stores.iter().flat_map(|s| [s.1, s.2]));
         }
         Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
