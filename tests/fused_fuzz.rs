@@ -75,13 +75,16 @@ fn program(dims: &[usize], choices: &[(u8, u8)]) -> String {
             10 => format!("scan(1.0 / (1.0 + exp(-{t})), {t}, {ax})"),
             11 => format!("{t} * sum({t} * {t}, {ax}, true)"),
             // Matrix products of strided views: the GEMM reads transposes and reshapes in place.
+            // Scaled by 1/sqrt(inner) as attention does: unscaled, a product of 17 terms fed
+            // to exp(exp(..)) gave values near 1e30 whose 1e-4 agreement depends on the order
+            // of the 17 additions, not on fusion.
             12 if r >= 2 => {
-                let e = format!("{t} @ transpose({t})");
+                let e = format!("({t} @ transpose({t})) * {:.6}", 1.0 / (shape[r - 1] as f64).sqrt());
                 shape[r - 1] = shape[r - 2];
                 e
             }
             13 if r >= 2 => {
-                let e = format!("transpose({t}) @ {t}");
+                let e = format!("(transpose({t}) @ {t}) * {:.6}", 1.0 / (shape[r - 2] as f64).sqrt());
                 shape[r - 2] = shape[r - 1];
                 e
             }

@@ -209,7 +209,10 @@ impl Backward {
     fn sum_to(&mut self, g: NodeIndex, target: &Shape) -> NodeIndex {
         let s = self.shape(g);
         let mut cur = g;
-        for (axis, (a, t)) in s.0.iter().zip(&target.0).enumerate() {
+        // Innermost axis first: a broadcast parameter's gradient under a scan (Mamba's A,
+        // broadcast over batch and steps) then sums over the steps before the batch, and
+        // the scan kernel accumulates that sum as it steps instead of storing every term.
+        for (axis, (a, t)) in s.0.iter().zip(&target.0).enumerate().rev() {
             if a != t {
                 debug_assert!(t.is(1));
                 cur = self.ap(Op::Reduce { op: ReduceOp::Sum, axis }, &[cur]);

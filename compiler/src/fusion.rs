@@ -452,6 +452,8 @@ fn grow_scan(
     // Members that need a reduction's result: per step, they run after all the reductions,
     // so no reduction may read them.
     let mut after: HashSet<NodeIndex> = HashSet::new();
+    // Folds over the steps.
+    let mut folded: HashSet<NodeIndex> = HashSet::new();
     let mut frontier = vec![s];
     while let Some(v) = frontier.pop() {
         let mut users = g.users(v);
@@ -460,6 +462,14 @@ fn grow_scan(
             let ty = g.ty(u);
             let ops = g.operands(u);
             let fits = match (&g.node(u).op, &reduced) {
+                // A fold over the steps of a full-shape value (a gradient summed over the
+                // sequence): one accumulator per lane and state, stored after the last step.
+                (Op::Reduce { axis: n, op }, _) if *n == axis => {
+                    matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min)
+                        && members.contains(&ops[0])
+                        && g.ty(ops[0]).shape == sh
+                        && !after.contains(&ops[0])
+                }
                 (op, None) if is_elementwise(op) => ty.shape == sh,
                 // The state axis is the innermost one (contiguous, as Mamba's N) and small:
                 // the states of a lane then sit side by side in memory and registers.
@@ -482,7 +492,17 @@ fn grow_scan(
                 }
                 _ => false,
             };
-            if !fits || !ops.iter().all(|&o| members.contains(&o) || !depends_on_members(g, o, &members, pos, s)) {
+            if !fits
+                || ops.iter().any(|o| folded.contains(o))
+                || !ops.iter().all(|&o| members.contains(&o) || !depends_on_members(g, o, &members, pos, s))
+            {
+                continue;
+            }
+            if matches!(g.node(u).op, Op::Reduce { axis: n, .. } if n == axis) {
+                // Its result exists only after the last step: nothing in the kernel reads it.
+                folded.insert(u);
+                members.insert(u);
+                order.push(u);
                 continue;
             }
             if let Op::Reduce { axis: n, .. } = g.node(u).op {

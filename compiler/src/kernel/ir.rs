@@ -167,6 +167,10 @@ pub enum Body {
         reduces: Vec<(ReduceOp, ExprId)>,
         /// (buffer, index, value) stored once per step, after the states.
         step_stores: Vec<(u32, ExprId, ExprId)>,
+        /// Reductions over the steps, one accumulator per state, folded as the lane steps
+        /// and stored once after the last step: (op, value, buffer, index by lane and
+        /// state). A gradient summed over the steps (Mamba's A) never lives in memory whole.
+        step_reduces: Vec<(ReduceOp, ExprId, u32, ExprId)>,
     },
     /// `out[ids[lane / row] * row + lane % row] += value` for lanes in order (scatter-add).
     ScatterAdd {

@@ -440,8 +440,14 @@ impl Lower<'_> {
         let s_node = *grp.members.iter().find(|&&m| matches!(self.g.node(m).op, Op::Scan { .. })).expect("a scan");
         let Op::Scan { axis, reverse } = self.g.node(s_node).op else { unreachable!() };
         let sh = self.shape(s_node);
-        let reds: Vec<NodeIndex> =
-            grp.members.iter().copied().filter(|&m| matches!(self.g.node(m).op, Op::Reduce { .. })).collect();
+        // Reductions over the state axis feed the step stores; those over the scan axis fold
+        // across steps.
+        let (step_reds, reds): (Vec<NodeIndex>, Vec<NodeIndex>) = grp
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| matches!(self.g.node(m).op, Op::Reduce { .. }))
+            .partition(|&m| matches!(self.g.node(m).op, Op::Reduce { axis: r, .. } if r == axis));
         let state_axis = reds.first().map(|&r| match self.g.node(r).op {
             Op::Reduce { axis, .. } => axis,
             _ => unreachable!(),
@@ -490,7 +496,18 @@ impl Lower<'_> {
             reduces.push((op, v));
             self.acc.insert(r, j as u32);
         }
+        let mut step_reduces = Vec::new();
+        for &r in &step_reds {
+            let Op::Reduce { op, .. } = self.g.node(r).op else { unreachable!() };
+            let v = self.value(self.g.operands(r)[0], &idx);
+            let oidx: Vec<ExprId> = idx.iter().enumerate().map(|(k, &e)| if k == axis { zero } else { e }).collect();
+            let index = self.linear(&oidx, &self.shape(r));
+            step_reduces.push((op, v, self.buf(r), index));
+        }
         for &o in &grp.outputs {
+            if step_reds.contains(&o) {
+                continue;
+            }
             let buf = self.buf(o);
             let os = self.shape(o);
             let after_reduction = self.acc.contains_key(&o);
@@ -512,7 +529,7 @@ impl Lower<'_> {
             }
         }
         let inner = self.dim(&sh.0[axis]);
-        (lanes, Body::Scan { inner, reverse, states, a, b, state_stores, reduces, step_stores })
+        (lanes, Body::Scan { inner, reverse, states, a, b, state_stores, reduces, step_stores, step_reduces })
     }
 
     /// A row kernel: the reductions of the group in order, then its stored values. A chain of

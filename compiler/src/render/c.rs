@@ -129,8 +129,12 @@ pub fn render_kernel(k: &Kernel) -> String {
             let _ = writeln!(s, "  }}");
         }
         Body::Scan { .. } => {
+            // Smaller tiles when there are few lanes, so that every thread still gets some.
+            let t = SCAN_TILE;
+            let _ = writeln!(s, "  const int64_t tile = {lanes} >= 8 * {t} ? {t} : ({lanes} + 7) / 8;");
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 64)");
-            let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
+            let _ = writeln!(s, "  for (int64_t l0 = 0; l0 < {lanes}; l0 += tile) {{");
+            let _ = writeln!(s, "    const int nl = {lanes} - l0 < tile ? (int)({lanes} - l0) : (int)tile;");
             render_scan(&d, k, &lv, &used, &mut s);
             let _ = writeln!(s, "  }}");
         }
@@ -312,12 +316,21 @@ fn render_row_tiled(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut Stri
     let _ = writeln!(s, "  }}");
 }
 
-/// A scan's lane: the states of the lane advance together step by step; a reduction over
-/// the states (the selective scan's `sum_n h C`) and the step stores follow each step.
+/// Neighbouring lanes a scan advances together, step by step (at most). A lane's values at
+/// successive steps lie a whole row of lanes apart (16 KiB in Mamba's [B, L, E, N] states),
+/// so one lane at a time touches a new page at every step and waits on memory; 64 lanes
+/// read and write each step's values as one page-long run that the prefetcher follows (the
+/// scans of mamba_xattn_xz's step: 94 ms one lane at a time, 57 with 16, 51 with 64).
+const SCAN_TILE: usize = 64;
+
+/// A tile of a scan's lanes: the states of every lane advance together step by step; the
+/// reductions over the states (the selective scan's `sum_n h C`) and the step stores follow
+/// each lane's step; folds over the steps are stored after the last one.
 fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
-    let Body::Scan { inner, reverse, states, a, b, state_stores, reduces, step_stores } = &k.body else {
+    let Body::Scan { inner, reverse, states, a, b, state_stores, reduces, step_stores, step_reduces } = &k.body else {
         unreachable!()
     };
+    let t = SCAN_TILE;
     let ph = phases(k);
     // Which expressions vary with the step (or the carried state): the others among the
     // per-state ones (Mamba's `-exp(A_log)`) are computed once per lane into arrays.
@@ -326,47 +339,67 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         per_step[i] = matches!(n.expr, Expr::Step | Expr::Carry | Expr::Acc(_))
             || super::children(&n.expr).iter().any(|&c| per_step[c as usize]);
     }
-    let mut done: Vec<bool> = lv.iter().map(|l| *l == Level::Kernel).collect();
-    declare_where(d, k, &|i| used[i] && lv[i] == Level::Lane && ph[i] == 0, &mut done, "    ", s);
+    let kernel_done: Vec<bool> = lv.iter().map(|l| *l == Level::Kernel).collect();
+    let lane_level = |i: usize| used[i] && lv[i] == Level::Lane && ph[i] == 0;
     // Only values: index arithmetic is cheaper to redo than to load, and int64 arrays in the
     // loop keep GCC from vectorizing it.
     let hoisted: Vec<usize> = (0..k.exprs.len())
         .filter(|&i| used[i] && lv[i] == Level::State && !per_step[i] && ph[i] == 0)
         .filter(|&i| matches!(k.exprs[i].ty, KType::Elem(_)))
         .collect();
-    if !hoisted.is_empty() {
-        for &i in &hoisted {
-            let _ = writeln!(s, "    {} t{i}_s[{states}];", d.ty(k.exprs[i].ty));
-        }
-        let _ = writeln!(s, "    for (int64_t st = 0; st < {states}; st++) {{");
-        let mut local = done.clone();
-        declare_where(
-            d,
-            k,
-            &|i| hoisted.contains(&i) || (used[i] && lv[i] == Level::State && !per_step[i]),
-            &mut local,
-            "      ",
-            s,
-        );
-        for &i in &hoisted {
-            let _ = writeln!(s, "      t{i}_s[st] = t{i};");
-        }
-        let _ = writeln!(s, "    }}");
+    // Per-lane arrays of the tile; inside a lane's loop, pointers to its row.
+    let _ = writeln!(s, "    float h_t[{t}][{states}];");
+    for &i in &hoisted {
+        let _ = writeln!(s, "    {} t{i}_t[{t}][{states}];", d.ty(k.exprs[i].ty));
     }
-    let _ = writeln!(s, "    float h[{states}];");
-    let _ = writeln!(s, "    for (int64_t st = 0; st < {states}; st++) h[st] = 0.0f;");
-    for (j, (_, v)) in reduces.iter().enumerate() {
-        let _ = writeln!(s, "    {} red{j}[{states}];", d.ty(k.exprs[*v as usize].ty));
+    for (j, (op, ..)) in step_reduces.iter().enumerate() {
+        let _ = writeln!(s, "    {} over{j}_t[{t}][{states}];", acc_init(*op).0);
     }
+    let open_lane = |s: &mut String, done: &mut Vec<bool>| {
+        let _ = writeln!(s, "    for (int q = 0; q < nl; q++) {{");
+        let _ = writeln!(s, "      const int64_t lane = l0 + q;");
+        let _ = writeln!(s, "      float *restrict h = h_t[q];");
+        for (j, (op, ..)) in step_reduces.iter().enumerate() {
+            let _ = writeln!(s, "      {} *restrict over{j} = over{j}_t[q];", acc_init(*op).0);
+        }
+        declare_where(d, k, &lane_level, done, "      ", s);
+    };
+    // Set-up: the hoisted per-state values, zero states, empty folds.
+    let mut done = kernel_done.clone();
+    open_lane(s, &mut done);
+    let _ = writeln!(s, "      for (int64_t st = 0; st < {states}; st++) {{");
+    declare_where(
+        d,
+        k,
+        &|i| hoisted.contains(&i) || (used[i] && lv[i] == Level::State && !per_step[i] && ph[i] == 0),
+        &mut done.clone(),
+        "        ",
+        s,
+    );
+    for &i in &hoisted {
+        let _ = writeln!(s, "        t{i}_t[q][st] = t{i};");
+    }
+    let _ = writeln!(s, "        h[st] = 0.0f;");
+    for (j, (op, ..)) in step_reduces.iter().enumerate() {
+        let _ = writeln!(s, "        over{j}[st] = {};", acc_init(*op).1);
+    }
+    let _ = writeln!(s, "      }}");
+    let _ = writeln!(s, "    }}");
+    // The steps, every lane of the tile at each.
     let _ = writeln!(s, "    for (int64_t it = 0; it < t{inner}; it++) {{");
     let step = if *reverse { format!("t{inner} - 1 - it") } else { "it".into() };
-    let _ = writeln!(s, "      const int64_t step = {step};");
-    let mut step_done = done.clone();
+    let _ = writeln!(s, "    const int64_t step = {step};");
+    let mut lane_done = kernel_done.clone();
+    open_lane(s, &mut lane_done);
+    for (j, (_, v)) in reduces.iter().enumerate() {
+        let _ = writeln!(s, "      {} red{j}[{states}];", d.ty(k.exprs[*v as usize].ty));
+    }
+    let mut step_done = lane_done.clone();
     declare_where(d, k, &|i| used[i] && lv[i] == Level::Step && ph[i] == 0, &mut step_done, "      ", s);
     let _ = writeln!(s, "      for (int64_t st = 0; st < {states}; st++) {{");
     let mut state_done = step_done.clone();
     for &i in &hoisted {
-        let _ = writeln!(s, "        const {} t{i} = t{i}_s[st];", d.ty(k.exprs[i].ty));
+        let _ = writeln!(s, "        const {} t{i} = t{i}_t[q][st];", d.ty(k.exprs[i].ty));
         state_done[i] = true;
     }
     // a and b first, then the new h, then what reads it.
@@ -382,15 +415,13 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     for (j, (_, v)) in reduces.iter().enumerate() {
         let _ = writeln!(s, "        red{j}[st] = t{v};");
     }
+    for (j, (op, v, ..)) in step_reduces.iter().enumerate() {
+        let _ = writeln!(s, "        {}", combine_text(*op, false, &format!("over{j}[st]"), &format!("t{v}")));
+    }
     let _ = writeln!(s, "      }}");
     for (j, (op, v)) in reduces.iter().enumerate() {
         let ty = d.ty(k.exprs[*v as usize].ty);
-        let (acc_ty, init) = match op {
-            ReduceOp::Sum => ("double", "0.0"),
-            ReduceOp::Max => ("float", "-INFINITY"),
-            ReduceOp::Min => ("float", "INFINITY"),
-            other => unreachable!("{other:?} over scan states"),
-        };
+        let (acc_ty, init) = acc_init(*op);
         let _ = writeln!(s, "      {acc_ty} acc{j} = {init};");
         let _ = writeln!(
             s,
@@ -404,6 +435,30 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         let _ = writeln!(s, "      b{buf}[t{index}] = t{value};");
     }
     let _ = writeln!(s, "    }}");
+    let _ = writeln!(s, "    }}");
+    if !step_reduces.is_empty() {
+        let mut done = kernel_done.clone();
+        open_lane(s, &mut done);
+        let _ = writeln!(s, "      for (int64_t st = 0; st < {states}; st++) {{");
+        let need = needed(k, &step_reduces.iter().map(|r| r.3).collect::<Vec<_>>());
+        declare_where(d, k, &|i| need[i] && lv[i] == Level::State, &mut done, "        ", s);
+        for (j, (_, v, buf, index)) in step_reduces.iter().enumerate() {
+            let ty = d.ty(k.exprs[*v as usize].ty);
+            let _ = writeln!(s, "        b{buf}[t{index}] = ({ty})over{j}[st];");
+        }
+        let _ = writeln!(s, "      }}");
+        let _ = writeln!(s, "    }}");
+    }
+}
+
+/// The accumulator type and start of a reduction folded inside a scan.
+fn acc_init(op: ReduceOp) -> (&'static str, &'static str) {
+    match op {
+        ReduceOp::Sum => ("double", "0.0"),
+        ReduceOp::Max => ("float", "-INFINITY"),
+        ReduceOp::Min => ("float", "INFINITY"),
+        other => unreachable!("{other:?} inside a scan"),
+    }
 }
 
 /// `a = a (op) v` in C for a sum, maximum or minimum.

@@ -108,11 +108,12 @@ pub fn used(k: &Kernel) -> Vec<bool> {
             roots.extend(elem_stores.iter().flat_map(|s| [s.1, s.2]));
             roots.extend(lane_stores.iter().map(|s| s.1));
         }
-        Body::Scan { inner, a, b, state_stores, reduces, step_stores, .. } => {
+        Body::Scan { inner, a, b, state_stores, reduces, step_stores, step_reduces, .. } => {
             roots.extend([*inner, *a, *b]);
             roots.extend(state_stores.iter().flat_map(|s| [s.1, s.2]));
             roots.extend(reduces.iter().map(|r| r.1));
             roots.extend(step_stores.iter().flat_map(|s| [s.1, s.2]));
+            roots.extend(step_reduces.iter().flat_map(|r| [r.1, r.3]));
         }
         Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
     }
