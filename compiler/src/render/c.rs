@@ -5,7 +5,7 @@
 
 use super::{declare, declare_lazy, declare_where, levels, needed, phases, used, Dialect, Level};
 use crate::ir::{DType, ReduceOp};
-use crate::kernel::ir::{Access, Body, Expr, KType, Kernel};
+use crate::kernel::ir::{Access, Body, Expr, IndexOp, KType, Kernel};
 use std::fmt::Write;
 
 /// The C dialect.
@@ -296,10 +296,37 @@ fn render_row_tiled(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut Stri
     let _ = writeln!(s, "    const int nl = {lanes} - l0 < 16 ? (int)({lanes} - l0) : 16;");
     let _ = writeln!(s, "    {acc_ty} part[16];");
     let _ = writeln!(s, "    for (int q = 0; q < 16; q++) part[q] = {init};");
+    // Tiles start at multiples of 16, so for a divisor c that 16 divides, `lane / c` is the
+    // tile's and `lane % c` is the tile's plus q: said so, every index is affine in q and
+    // GCC loads the tile's 16 values as one vector instead of element by element.
+    let mut local = kernel_level.clone();
+    let aligned = |i: usize, want: IndexOp| match k.exprs[i].expr {
+        Expr::Index(op, a, b) if op == want && k.exprs[a as usize].expr == Expr::Lane => {
+            match k.exprs[b as usize].expr {
+                Expr::Const(bits) => {
+                    let c = f64::from_bits(bits) as i64;
+                    (c > 0 && c % 16 == 0).then_some(c)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    for i in (0..k.exprs.len()).filter(|&i| need[i]) {
+        if let Some(c) = aligned(i, IndexOp::Div) {
+            let _ = writeln!(s, "    const int64_t t{i} = l0 / {c};");
+            local[i] = true;
+        }
+    }
     let _ = writeln!(s, "    for (int64_t step = 0; step < t{inner}; step++) {{");
     let _ = writeln!(s, "      for (int q = 0; q < nl; q++) {{");
     let _ = writeln!(s, "        const int64_t lane = l0 + q;");
-    let mut local = kernel_level.clone();
+    for i in (0..k.exprs.len()).filter(|&i| need[i]) {
+        if let Some(c) = aligned(i, IndexOp::Rem) {
+            let _ = writeln!(s, "        const int64_t t{i} = l0 % {c} + q;");
+            local[i] = true;
+        }
+    }
     declare_where(d, k, &|i| need[i] && matches!(lv[i], Level::Lane | Level::Step), &mut local, "        ", s);
     let _ = writeln!(s, "        {}", combine_text(op, int, "part[q]", &format!("t{value}")));
     let _ = writeln!(s, "      }}");
