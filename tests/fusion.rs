@@ -183,3 +183,22 @@ fn only_selects_with_costly_branches_become_branches() {
     let relu = kernels("model t {\n  input x: f32[B, 64]\n  output y = where(x > 0.0, x * 2.0, 0.0)\n}\n");
     assert!(relu.iter().all(|c| !c.contains("if (")), "{}", relu.join("\n"));
 }
+
+/// The kernel table counts a product's FLOPs as 2 m n k, also when k is the batch (a weight
+/// gradient's product sums over the rows of the batch).
+#[test]
+fn kernel_table_counts_products_over_a_symbolic_inner_length() {
+    use muse_compiler::autodiff::{differentiate, Wrt};
+    let (m, _) = program(
+        "  h = x @ W\n  y = sum(h * h)\n  loss l = y",
+        "  input x: f32[B, 16]\n  param W: [16, 8] ~ normal(0.02)",
+    );
+    let d = differentiate(&m.graph, Wrt::default());
+    let req: Vec<NodeIndex> = d.params.iter().map(|x| x.1).collect();
+    let p = kernel::lower(&d.graph, &fusion::plan(&d.graph, &req));
+    let rows = muse_compiler::inspect::rows(&d.graph, &p, None, 32);
+    let flops: Vec<u64> = rows.iter().filter(|r| r.kind == "matmul").map(|r| r.flops).collect();
+    // Forward x @ W: 2 * 32 * 8 * 16; the gradient of W, transpose(x) @ dh: 2 * 16 * 8 * 32.
+    assert!(flops.contains(&(2 * 16 * 8 * 32)), "{flops:?}");
+    assert!(flops.iter().all(|&f| f == 2 * 16 * 8 * 32), "{flops:?}");
+}

@@ -65,8 +65,9 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
             }
             flops += match &node.op {
                 Op::MatMul => {
+                    // The inner length may be symbolic (a weight gradient sums over the batch).
                     let s = &g.ty(g.operands(n)[0]).shape;
-                    let k = s.0[s.rank() - 1].as_known().unwrap_or(0) as u64;
+                    let k = s.0[s.rank() - 1].eval(&|_| Some(batch)).unwrap_or(0).max(0) as u64;
                     2 * numel(g, n, batch) * k
                 }
                 Op::Unary(_) | Op::Binary(_) | Op::Select => numel(g, n, batch),
