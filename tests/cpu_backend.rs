@@ -236,6 +236,42 @@ fn fast_exp_is_accurate_elementwise() {
     }
 }
 
+/// The vectorizable log and log1p of the C prelude against f64 references, within 2 ulp of
+/// f32 (or a hair absolutely for log near 1, whose result is near 0), over normal and
+/// subnormal arguments, and libm's answers at 0, below the domain, infinity and NaN.
+#[test]
+fn fast_log_and_log1p_are_accurate_elementwise() {
+    let src = "model e {\n  input x: f32[N]\n  output a = log(x)\n  output b = log1p(x)\n}\n";
+    let m = common::compile_one("log.muse", src);
+    let outs: Vec<NodeIndex> = m.graph.outputs.iter().map(|o| o.1).collect();
+    let p = CpuProgram::compile(&m.graph, &outs, &settings()).unwrap();
+    let mut xs: Vec<f32> = (0..6000).map(|i| 10f32.powf(-44.0 + 82.0 * i as f32 / 5999.0)).collect();
+    xs.extend((0..2000).map(|i| 0.5 + i as f32 / 1999.0)); // around 1, where log is near 0
+    xs.extend((0..2000).map(|i| -0.999 + 1.998 * i as f32 / 1999.0)); // log1p around 0
+    xs.extend([0.0, -0.0, -1.0, -2.0, f32::INFINITY, f32::NAN, f32::MAX, 1e-45, 1e31]);
+    let n = xs.len();
+    let inputs = [("x".to_string(), HostTensor::f(&[n], xs.iter().map(|&x| x as f64).collect()))].into();
+    let ours = p.run(&m.graph, &inputs, &Default::default(), 0).unwrap();
+    let close = |got: f64, want: f64, what: &str| {
+        if want.is_nan() {
+            assert!(got.is_nan(), "{what} = {got}, want NaN");
+        } else if want.is_infinite() {
+            assert_eq!(got, want, "{what}");
+        } else {
+            let ulp = (want as f32).abs().max(f32::MIN_POSITIVE) as f64 * f32::EPSILON as f64;
+            assert!((got - want).abs() <= 2.0 * ulp + 1e-12, "{what} = {got}, want {want}");
+        }
+    };
+    let (a, b) = (ours[&outs[0]].to_f64(), ours[&outs[1]].to_f64());
+    for (i, &x) in xs.iter().enumerate() {
+        let x = x as f64;
+        let log = if x == 0.0 { f64::NEG_INFINITY } else { x.ln() };
+        close(a[i], log, &format!("log({x:e})"));
+        let log1p = if x == -1.0 { f64::NEG_INFINITY } else { x.ln_1p() };
+        close(b[i], log1p, &format!("log1p({x:e})"));
+    }
+}
+
 /// Token ids outside the embedding table are an error naming the input, as in the
 /// interpreter, not a quiet clamp.
 #[test]

@@ -4,7 +4,7 @@
 //! runs sequentially inside its lane.
 
 use super::{declare, declare_lazy, declare_where, levels, needed, phases, used, Dialect, Level};
-use crate::ir::{DType, ReduceOp};
+use crate::ir::{DType, ReduceOp, UnaryOp};
 use crate::kernel::ir::{Access, Body, Expr, IndexOp, KType, Kernel};
 use std::fmt::Write;
 
@@ -23,11 +23,14 @@ impl Dialect for C {
             KType::Index => "int64_t",
         }
     }
-    fn fast_exp(&self) -> String {
-        "muse_expf".into()
-    }
-    fn fast_tanh(&self) -> String {
-        "muse_tanhf".into()
+    fn fast_unary(&self, u: UnaryOp) -> Option<&'static str> {
+        match u {
+            UnaryOp::Exp => Some("muse_expf"),
+            UnaryOp::Tanh => Some("muse_tanhf"),
+            UnaryOp::Log => Some("muse_logf"),
+            UnaryOp::Log1p => Some("muse_log1pf"),
+            _ => None,
+        }
     }
 }
 
@@ -90,6 +93,44 @@ static inline float muse_tanhf(float x) {
 /* NaN-propagating max and min in one compare and one self-compare, a form GCC vectorizes
    inside a row's partial reductions (a NaN in `a` is kept by the self-compare, one in `b` by
    the failed compare). */
+/* log on the same terms (Cephes' logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-9
+   polynomial in m - 1; within 2 ulp), with libm's answers at 0, below 0, infinity and NaN. */
+static inline float muse_logf(float x) {
+  /* Subnormals scaled into the normal range first. */
+  int sub = x < 1.17549435e-38f;
+  float xs = sub ? x * 8388608.0f : x;
+  int32_t bits;
+  memcpy(&bits, &xs, sizeof bits);
+  float e = (float)(((bits >> 23) & 0xff) - 126) - (sub ? 23.0f : 0.0f);
+  int32_t mb = (bits & 0x807fffff) | 0x3f000000;
+  float m;
+  memcpy(&m, &mb, sizeof m);
+  int low = m < 0.707106781186547524f;
+  e = low ? e - 1.0f : e;
+  float r = low ? m + m - 1.0f : m - 1.0f;
+  float z = r * r;
+  float y = ((((((((7.0376836292e-2f * r - 1.1514610310e-1f) * r + 1.1676998740e-1f) * r - 1.2420140846e-1f) * r
+                + 1.4249322787e-1f) * r - 1.6668057665e-1f) * r + 2.0000714765e-1f) * r - 2.4999993993e-1f) * r
+             + 3.3333331174e-1f) * r * z;
+  y = y + -2.12194440e-4f * e - 0.5f * z;
+  float v = r + y + 0.693359375f * e;
+  v = x == 0.0f ? -INFINITY : v;
+  v = x < 0.0f ? NAN : v;
+  v = x > 3.40282347e38f ? INFINITY : v;
+  return x != x ? x : v;
+}
+/* log(1 + x) without losing small x: log(u) * x / (u - 1) for u = 1 + x (Goldberg's
+   correction of u's rounding), x itself where u rounds to 1, log(x) where 1 is lost in x. */
+static inline float muse_log1pf(float x) {
+  float u = 1.0f + x;
+  float d = u - 1.0f;
+  float v = muse_logf(u) * (x / (d == 0.0f ? 1.0f : d));
+  v = d == 0.0f ? x : v;
+  v = x > 1e30f ? muse_logf(x) : v;
+  v = x == -1.0f ? -INFINITY : v;
+  v = x < -1.0f ? NAN : v;
+  return x != x ? x : v;
+}
 static inline float muse_fmax(float a, float b) { return (a > b || a != a) ? a : b; }
 static inline float muse_fmin(float a, float b) { return (a < b || a != a) ? a : b; }
 static inline int32_t muse_idiv(int32_t a, int32_t b) { return b == 0 ? 0 : (b == -1 ? -a : a / b); }

@@ -16,13 +16,10 @@ pub trait Dialect {
     fn math(&self, f: &'static str) -> String {
         format!("{f}f")
     }
-    /// The exponential used for f32 (a vectorizable one where libm's is a scalar call).
-    fn fast_exp(&self) -> String {
-        self.math("exp")
-    }
-    /// The hyperbolic tangent used for f32.
-    fn fast_tanh(&self) -> String {
-        self.math("tanh")
+    /// A function of this dialect's own for an f32 unary op (a vectorizable one where the
+    /// math library's is a scalar call); `None` uses [`Dialect::math`].
+    fn fast_unary(&self, _u: UnaryOp) -> Option<&'static str> {
+        None
     }
 }
 
@@ -184,9 +181,10 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
                 (UnaryOp::Abs, false) => format!("{0} < 0 ? -{0} : {0}", t(a)),
                 (UnaryOp::Abs, true) => format!("{}({})", d.math("fabs"), t(a)),
                 (UnaryOp::Rsqrt, _) => format!("1.0f / {}({})", d.math("sqrt"), t(a)),
-                (UnaryOp::Exp, true) => format!("{}({})", d.fast_exp(), t(a)),
-                (UnaryOp::Tanh, true) => format!("{}({})", d.fast_tanh(), t(a)),
                 (UnaryOp::Recip, _) => format!("1.0f / {}", t(a)),
+                (u, true) if d.fast_unary(*u).is_some() => {
+                    format!("{}({})", d.fast_unary(*u).unwrap_or_default(), t(a))
+                }
                 (u, _) => format!("{}({})", d.math(u.name()), t(a)),
             }
         }
