@@ -4,6 +4,10 @@
  * row stride ldc. Compiled with the program's kernels (same compiler and flags, so
  * -march=native picks the instruction set).
  *
+ * An epilogue (a generated pointwise kernel's `_range` entry point) runs over each finished
+ * tile of C while it is in cache: elements lo..hi of the batch of C's, numbered row-major
+ * (it needs ldc == n).
+ *
  * Blocking after the BLIS/GotoBLAS scheme: B is packed per KC-deep slice into panels of NR
  * columns, A per MC-row block into panels of MR rows (zero-padded at the edges), and an
  * MR x NR micro-kernel keeps its tile of C in 16 AVX-512 registers over the KC products.
@@ -20,6 +24,24 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+/* The arguments; muse's runtime fills the same layout (runtime/src/cpu/compile.rs). */
+struct muse_gemm {
+  int64_t batch, m, n, k;
+  const float *a;
+  const int64_t *aoff;
+  int64_t sam, sak;
+  const float *b;
+  const int64_t *boff;
+  int64_t sbk, sbn;
+  float *c;
+  int64_t ldc;
+  int32_t parallel;
+  void (*epi)(void **bufs, const int64_t *sizes, uint64_t seed, int64_t lo, int64_t hi);
+  void **epi_bufs;
+  const int64_t *epi_sizes;
+  uint64_t seed;
+};
 
 #define MUSE_MR 8
 #define MUSE_NR 32
@@ -121,13 +143,19 @@ static void muse_serial(int64_t m, int64_t n, int64_t k, const float *a, int64_t
 
 static int64_t muse_div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int muse_sgemm(int64_t batch, int64_t m, int64_t n, int64_t k, const float *a, const int64_t *aoff, int64_t sam,
-               int64_t sak, const float *b, const int64_t *boff, int64_t sbk, int64_t sbn, float *c, int64_t ldc,
-               int parallel) {
+int muse_sgemm(const struct muse_gemm *g) {
+  const int64_t batch = g->batch, m = g->m, n = g->n, k = g->k, sam = g->sam, sak = g->sak, sbk = g->sbk,
+                sbn = g->sbn, ldc = g->ldc;
+  const float *a = g->a, *b = g->b;
+  const int64_t *aoff = g->aoff, *boff = g->boff;
+  float *c = g->c;
+  const int parallel = g->parallel;
+  if (g->epi && ldc != n) return 0;
   if (batch <= 0 || m <= 0 || n <= 0) return 1;
   if (k <= 0) {
     for (int64_t t = 0; t < batch; t++)
       for (int64_t i = 0; i < m; i++) memset(c + (t * m + i) * ldc, 0, sizeof(float) * (size_t)n);
+    if (g->epi) g->epi(g->epi_bufs, g->epi_sizes, g->seed, 0, batch * m * n);
     return 1;
   }
   int threads = 1;
@@ -153,8 +181,10 @@ int muse_sgemm(int64_t batch, int64_t m, int64_t n, int64_t k, const float *a, c
 #endif
       float *pb = packed + (size_t)me * (pb_bytes / sizeof(float));
       #pragma omp for schedule(static)
-      for (int64_t t = 0; t < batch; t++)
+      for (int64_t t = 0; t < batch; t++) {
         muse_serial(m, n, k, a + aoff[t], sam, sak, b + boff[t], sbk, sbn, c + t * m * ldc, ldc, pb, pa);
+        if (g->epi) g->epi(g->epi_bufs, g->epi_sizes, g->seed, t * m * n, (t + 1) * m * n);
+      }
     } else {
       float *shared_pb = packed;
       /* Blocks: MC x NC, shrunk (MR, NR multiples) until there are as many as threads. */
@@ -185,6 +215,15 @@ int muse_sgemm(int64_t batch, int64_t m, int64_t n, int64_t k, const float *a, c
             int64_t rows = m - i0 < mc ? m - i0 : mc, jend = jc + nc < n ? jc + nc : n;
             muse_block(rows, jc, jend, n, kc, at + i0 * sam + k0 * sak, sam, sak, shared_pb, ct + i0 * ldc, ldc,
                        k0 == 0, pa);
+            if (g->epi && k0 + kc >= k) {
+              /* The tile is final: whole rows in one call, else row by row. */
+              int64_t base = (t * m + i0) * n;
+              if (jc == 0 && jend == n)
+                g->epi(g->epi_bufs, g->epi_sizes, g->seed, base, base + rows * n);
+              else
+                for (int64_t r = 0; r < rows; r++)
+                  g->epi(g->epi_bufs, g->epi_sizes, g->seed, base + r * n + jc, base + r * n + jend);
+            }
           }
         }
       }
@@ -194,11 +233,8 @@ int muse_sgemm(int64_t batch, int64_t m, int64_t n, int64_t k, const float *a, c
   return 1;
 }
 #else
-int muse_sgemm(int64_t batch, int64_t m, int64_t n, int64_t k, const float *a, const int64_t *aoff, int64_t sam,
-               int64_t sak, const float *b, const int64_t *boff, int64_t sbk, int64_t sbn, float *c, int64_t ldc,
-               int parallel) {
-  (void)batch; (void)m; (void)n; (void)k; (void)a; (void)aoff; (void)sam; (void)sak; (void)b; (void)boff;
-  (void)sbk; (void)sbn; (void)c; (void)ldc; (void)parallel;
+int muse_sgemm(const struct muse_gemm *g) {
+  (void)g;
   return 0;
 }
 #endif

@@ -597,7 +597,14 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
         .iter()
         .map(|s| if let muse_compiler::kernel::Step::Kernel(k) = s { k.kernel.exprs.len() } else { 0 })
         .sum();
-    let lowered = timer.finish(graph.node_count(), format!("{exprs} kernel-IR expressions"));
+    let lowered = timer.finish(
+        graph.node_count(),
+        format!(
+            "{exprs} kernel-IR expressions, {} products with an epilogue{}",
+            program.epilogues.fused.len(),
+            program.epilogues.kept.iter().map(|(_, k, why)| format!("; not {k}: {why}")).collect::<String>()
+        ),
+    );
     if verbose {
         eprintln!("{}: {fused}", m.name);
         eprintln!("{}: {lowered}", m.name);
@@ -617,19 +624,27 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
             if only.is_some_and(|k| k != i) {
                 continue;
             }
+            let emit_kernel = |k: &muse_compiler::kernel::Kernel, range: bool| match lang {
+                "c" if range => Ok(muse_compiler::render::c::render_range(k).unwrap_or_default()),
+                "c" => Ok(muse_compiler::render::c::render_kernel(k)),
+                "kernel-ir" => Ok(k.to_string()),
+                "cuda" => Err("--emit cuda: the CUDA renderer is not built yet (the next issue)".to_string()),
+                other => Err(format!("--emit {other}: choose c, cuda or kernel-ir")),
+            };
             match step {
-                Step::MatMul(mm) => out.push_str(&format!(
-                    "/* {i}: gemm template: {} = {} @ {} */\n",
-                    muse_compiler::kernel::lower::label(&graph, mm.out),
-                    muse_compiler::kernel::lower::label(&graph, mm.a),
-                    muse_compiler::kernel::lower::label(&graph, mm.b)
-                )),
-                Step::Kernel(k) => match lang {
-                    "c" => out.push_str(&muse_compiler::render::c::render_kernel(&k.kernel)),
-                    "kernel-ir" => out.push_str(&k.kernel.to_string()),
-                    "cuda" => return Err("--emit cuda: the CUDA renderer is not built yet (the next issue)".into()),
-                    other => return Err(format!("--emit {other}: choose c, cuda or kernel-ir")),
-                },
+                Step::MatMul(mm) => {
+                    out.push_str(&format!(
+                        "/* {i}: gemm template: {} = {} @ {}{} */\n",
+                        muse_compiler::kernel::lower::label(&graph, mm.out),
+                        muse_compiler::kernel::lower::label(&graph, mm.a),
+                        muse_compiler::kernel::lower::label(&graph, mm.b),
+                        if mm.epilogue.is_some() { ", then its epilogue on each finished tile" } else { "" }
+                    ));
+                    if let Some(e) = &mm.epilogue {
+                        out.push_str(&emit_kernel(&e.kernel, true)?);
+                    }
+                }
+                Step::Kernel(k) => out.push_str(&emit_kernel(&k.kernel, false)?),
             }
         }
         return Ok(out);

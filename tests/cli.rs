@@ -148,7 +148,10 @@ fn inspect_table_and_html_page() {
     let is_row = |l: &str| {
         let mut w = l.split_whitespace();
         w.next().is_some_and(|t| t.parse::<usize>().is_ok())
-            && w.next().is_some_and(|k| k == "gemm" || (k.starts_with('k') && k[1..].parse::<usize>().is_ok()))
+            && w.next().is_some_and(|k| {
+                let kernel = |k: &str| k.starts_with('k') && k[1..].parse::<usize>().is_ok();
+                k == "gemm" || k.strip_prefix("gemm+").is_some_and(kernel) || kernel(k)
+            })
     };
     let kernels = out.lines().filter(|l| is_row(l)).count();
     assert!(out.contains(&format!("{kernels} kernels; values written to memory, by reason:")), "{out}");

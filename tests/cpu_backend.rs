@@ -93,8 +93,8 @@ fn kernel_cache_and_compiler_errors() {
     let missing = CompilerSettings { cc: "no-such-compiler-muse".into(), ..settings.clone() };
     let e = CpuProgram::compile(&m.graph, &req, &missing).err().expect("no compiler").to_string();
     assert!(e.contains("cannot run the C compiler `no-such-compiler-muse`") && e.contains("MUSE_CC"), "{e}");
-    // A program of GEMM calls only compiles just the GEMM template (kernels/gemm.c), and
-    // without it (the `gemm` crate) computes the same.
+    // Products through the GEMM template (kernels/gemm.c) and without it (the `gemm` crate)
+    // compute the same, epilogues included.
     let mm = common::compile_one(
         "mm.muse",
         concat!(
@@ -104,7 +104,11 @@ fn kernel_cache_and_compiler_errors() {
             // a multiple of 2 (threads share each element), and many (one thread each).
             "  input c: f32[3, 9, 40]\n  input d: f32[3, 70, 40]\n  output w = c @ transpose(d)\n",
             "  input e: f32[2, 4, 5, 33]\n  input f: f32[2, 4, 33, 17]\n  output v = e @ f\n",
-            "  output u = transpose(e) @ e\n}\n"
+            "  output u = transpose(e) @ e\n",
+            // Products with an epilogue (applied per tile by the template, after the whole
+            // product otherwise), batched and not.
+            "  output q = tanh(c @ transpose(d) + 1.0)\n  output p = exp((a @ b) * 0.01)\n",
+            "  output o = (e @ f) * 3.0 + 1.0\n}\n"
         ),
     );
     let outs: Vec<NodeIndex> = mm.graph.outputs.iter().map(|x| x.1).collect();
@@ -113,8 +117,9 @@ fn kernel_cache_and_compiler_errors() {
     for template in [true, false] {
         let s = CompilerSettings { gemm_template: template, ..settings.clone() };
         let p = CpuProgram::compile(&mm.graph, &outs, &s).unwrap();
-        assert_eq!(p.library.is_some(), template);
-        assert_eq!(p.source.len(), usize::from(template));
+        let epilogues = p.program.epilogues.fused.len();
+        assert_eq!(epilogues, 3, "every pointwise result is its product's epilogue");
+        assert!(p.library.is_some());
         let ours = p.run(&mm.graph, &inputs, &Default::default(), 0).unwrap();
         for n in &outs {
             let e = rel_err(&ours[n], reference.get(*n));
@@ -128,7 +133,6 @@ fn kernel_cache_and_compiler_errors() {
 /// lifetimes recomputed here from the program), and reuse saves memory.
 #[test]
 fn memory_plan_never_overlaps_live_values() {
-    use muse_compiler::kernel::Step;
     let m = common::compile_model("mamba_xattn_xz", &common::tiny("mamba_xattn_xz", "3"));
     let d = differentiate(&m.graph, Wrt::default());
     let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
@@ -143,10 +147,7 @@ fn memory_plan_never_overlaps_live_values() {
     let mut born = std::collections::HashMap::new();
     let mut dies = std::collections::HashMap::new();
     for (i, s) in prog.steps.iter().enumerate() {
-        let (outs, reads) = match s {
-            Step::Kernel(k) => (k.group.outputs.clone(), k.group.reads.clone()),
-            Step::MatMul(mm) => (vec![mm.out], vec![mm.a_view.base, mm.b_view.base]),
-        };
+        let (outs, reads) = (s.writes(), s.reads());
         for out in outs {
             born.insert(out, i);
             dies.entry(out).or_insert(i);
@@ -194,15 +195,7 @@ fn validate_mode_names_the_first_differing_kernel() {
     let params = init_params(&m.graph, 3, Precision::F32).unwrap();
     let ok = muse_runtime::validate::validate(&m.graph, &p, &inputs, &params, 0, 1e-4).unwrap();
     assert_eq!(ok.first_mismatch, None);
-    let outputs: usize = p
-        .program
-        .steps
-        .iter()
-        .map(|s| match s {
-            muse_compiler::kernel::Step::Kernel(k) => k.group.outputs.len(),
-            muse_compiler::kernel::Step::MatMul(_) => 1,
-        })
-        .sum();
+    let outputs: usize = p.program.steps.iter().map(|s| s.writes().len()).sum();
     assert_eq!(ok.checked, outputs, "every value every kernel writes is compared");
     // With a tolerance nothing can meet, the first kernel with any rounding difference is named.
     let strict = muse_runtime::validate::validate(&m.graph, &p, &inputs, &params, 0, -1.0).unwrap();

@@ -48,14 +48,21 @@ fn bytes(g: &Graph, n: NodeIndex, batch: i64) -> u64 {
 pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i64) -> Vec<KernelRow> {
     let mut out = Vec::new();
     for (id, step) in p.steps.iter().enumerate() {
-        let (group, name) = match step {
-            Step::Kernel(k) => (&k.group, k.kernel.name.clone()),
-            Step::MatMul(m) => (&m.group, "gemm".to_string()),
+        let (group, name, epilogue) = match step {
+            Step::Kernel(k) => (&k.group, k.kernel.name.clone(), None),
+            Step::MatMul(m) => match &m.epilogue {
+                Some(e) => (&m.group, format!("gemm+{}", e.kernel.name), Some(&e.group)),
+                None => (&m.group, "gemm".to_string(), None),
+            },
         };
         let mut ops = BTreeMap::new();
         let mut lines = BTreeSet::new();
         let mut flops = 0u64;
-        let mut all: Vec<NodeIndex> = group.inlined.iter().copied().chain(group.outputs.iter().copied()).collect();
+        let mut all: Vec<NodeIndex> = [Some(group), epilogue]
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g.inlined.iter().chain(&g.outputs).copied())
+            .collect();
         all.sort();
         all.dedup();
         for &n in &all {
@@ -81,7 +88,9 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
                 lines.insert(format!("{}:{l}", sm.get(loc.file).name));
             }
         }
-        let bytes_read = group.reads.iter().map(|&n| bytes(g, n, batch)).sum();
+        // An epilogue reads the product's tiles from cache, not memory.
+        let from_memory = |n: &NodeIndex| !matches!(step, Step::MatMul(m) if m.out == *n && m.epilogue.is_some());
+        let bytes_read = step.reads().iter().filter(|n| from_memory(n)).map(|&n| bytes(g, n, batch)).sum();
         let launch = match step {
             Step::MatMul(m) => format!("gemm {}", g.ty(m.out).shape),
             Step::Kernel(k) => match k.kernel.launch_shape(batch) {
@@ -97,7 +106,7 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
             GroupKind::Scan => "scan",
             GroupKind::ScatterAdd => "scatter_add",
         };
-        let inputs = group.reads.iter().map(|n| (*n, p.materialized[n])).collect();
+        let inputs = step.reads().iter().filter(|n| from_memory(n)).map(|n| (*n, p.materialized[n])).collect();
         out.push(KernelRow {
             id,
             name,
@@ -105,7 +114,7 @@ pub fn rows(g: &Graph, p: &KernelProgram, sources: Option<&SourceMap>, batch: i6
             ops,
             lines,
             bytes_read,
-            bytes_written: group.outputs.iter().map(|&o| bytes(g, o, batch)).sum(),
+            bytes_written: step.writes().iter().map(|&o| bytes(g, o, batch)).sum(),
             flops,
             launch,
             backward: g.node(group.root).prov.grad,
@@ -194,11 +203,7 @@ pub fn html(title: &str, g: &Graph, p: &KernelProgram, rows: &[KernelRow], sourc
     // Which kernel writes each value.
     let mut writer: std::collections::HashMap<NodeIndex, usize> = std::collections::HashMap::new();
     for (i, s) in p.steps.iter().enumerate() {
-        let outs = match s {
-            Step::Kernel(k) => k.group.outputs.clone(),
-            Step::MatMul(m) => vec![m.out],
-        };
-        for o in outs {
+        for o in s.writes() {
             writer.insert(o, i);
         }
     }
@@ -267,12 +272,19 @@ pub fn html(title: &str, g: &Graph, p: &KernelProgram, rows: &[KernelRow], sourc
     for (i, r) in rows.iter().enumerate() {
         let code = match &p.steps[r.id] {
             Step::Kernel(k) => crate::render::c::render_kernel(&k.kernel),
-            Step::MatMul(m) => format!(
-                "GEMM template: {} = {} @ {}\n(the `gemm` crate; operands read through strides)",
-                crate::kernel::lower::label(g, m.out),
-                crate::kernel::lower::label(g, m.a),
-                crate::kernel::lower::label(g, m.b)
-            ),
+            Step::MatMul(m) => {
+                let mut code = format!(
+                    "GEMM template (kernels/gemm.c): {} = {} @ {}\n(operands read through strides)\n",
+                    crate::kernel::lower::label(g, m.out),
+                    crate::kernel::lower::label(g, m.a),
+                    crate::kernel::lower::label(g, m.b)
+                );
+                if let Some(e) = &m.epilogue {
+                    code.push_str("\nits epilogue, applied to each finished tile:\n");
+                    code.push_str(&crate::render::c::render_range(&e.kernel).unwrap_or_default());
+                }
+                code
+            }
         };
         let mut lines = Vec::new();
         for l in &r.lines {

@@ -23,19 +23,8 @@ pub fn plan(g: &Graph, p: &KernelProgram, requested: &[NodeIndex], len: &dyn Fn(
     let keep: HashSet<NodeIndex> = requested.iter().map(|n| p.aliases.get(n).copied().unwrap_or(*n)).collect();
     // Each value once per step: `x @ transpose(x)` reads one buffer twice, and freeing its
     // slot twice would hand it to two values at once.
-    let reads = |s: &Step| -> Vec<NodeIndex> {
-        let mut r = match s {
-            Step::Kernel(k) => k.group.reads.clone(),
-            Step::MatMul(m) => vec![m.a_view.base, m.b_view.base],
-        };
-        r.sort();
-        r.dedup();
-        r
-    };
-    let writes = |s: &Step| match s {
-        Step::Kernel(k) => k.group.outputs.clone(),
-        Step::MatMul(m) => vec![m.out],
-    };
+    let reads = Step::reads;
+    let writes = Step::writes;
     let mut last_use: HashMap<NodeIndex, usize> = HashMap::new();
     for (i, s) in p.steps.iter().enumerate() {
         for r in reads(s) {

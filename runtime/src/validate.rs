@@ -65,7 +65,7 @@ pub fn validate(
         if e > tolerance {
             let kernel = match &p.program.steps[step] {
                 Step::Kernel(k) => k.kernel.name.clone(),
-                Step::MatMul(_) => "gemm".into(),
+                Step::MatMul(m) => m.epilogue.as_ref().map_or("gemm".into(), |e| format!("gemm+{}", e.kernel.name)),
             };
             v.first_mismatch = Some(Mismatch { step, kernel, value: label(g, node), error: e });
             return false;

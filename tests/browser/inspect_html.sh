@@ -13,7 +13,7 @@ fail=0
 for args in "models/mamba_xattn_xz.muse --set depth=1" "models/muse_small.muse --set depth=1 --backward"; do
   # shellcheck disable=SC2086
   "$muse" inspect $args --html "$dir/page.html" > "$dir/table.txt" 2>/dev/null
-  kernels=$(grep -cE "^ *[0-9]+  (k[0-9]+|gemm) " "$dir/table.txt")
+  kernels=$(grep -cE "^ *[0-9]+  (k[0-9]+|gemm(\+k[0-9]+)?) " "$dir/table.txt")
   chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
     --disable-component-update --disable-sync --user-data-dir="$dir/profile" --enable-logging=stderr --v=0 \
     --virtual-time-budget=5000 --dump-dom "file://$dir/page.html#selftest" > "$dir/dom.html" 2> "$dir/console.log"

@@ -2,6 +2,7 @@
 //! a kernel are expressions at an index; views become index arithmetic on the way to a
 //! load; a gather is a load at an index read from another buffer.
 
+use super::epilogue::{fuse_epilogues, EpilogueReport};
 use super::ir::{Access, Body, BufParam, Builder, Expr, ExprId, IndexOp, KType, Kernel};
 use crate::fusion::{strided_view, CutReason, FusionPlan, Group, GroupKind, StridedView};
 use crate::ir::{BinaryOp, DType, Dim, Graph, NodeIndex, Op, Shape};
@@ -34,6 +35,9 @@ pub struct MatMulStep {
     pub out: NodeIndex,
     /// The fusion group it came from.
     pub group: Group,
+    /// A pointwise kernel applied to each finished tile of the result (see
+    /// [`super::epilogue`]): it reads the result only at the element it computes.
+    pub epilogue: Option<LoweredKernel>,
 }
 
 /// One step of a compiled program.
@@ -43,6 +47,33 @@ pub enum Step {
     Kernel(LoweredKernel),
     /// A GEMM template call.
     MatMul(MatMulStep),
+}
+
+impl Step {
+    /// The values the step reads from memory, each once.
+    pub fn reads(&self) -> Vec<NodeIndex> {
+        let mut r = match self {
+            Step::Kernel(k) => k.group.reads.clone(),
+            Step::MatMul(m) => {
+                let mut r = vec![m.a_view.base, m.b_view.base];
+                r.extend(m.epilogue.iter().flat_map(|e| e.group.reads.iter().copied()));
+                r
+            }
+        };
+        r.sort();
+        r.dedup();
+        r
+    }
+
+    /// The values the step writes.
+    pub fn writes(&self) -> Vec<NodeIndex> {
+        match self {
+            Step::Kernel(k) => k.group.outputs.clone(),
+            Step::MatMul(m) => {
+                std::iter::once(m.out).chain(m.epilogue.iter().flat_map(|e| e.group.outputs.iter().copied())).collect()
+            }
+        }
+    }
 }
 
 /// The kernels of a graph in execution order, with the symbols their sizes use.
@@ -56,6 +87,8 @@ pub struct KernelProgram {
     pub materialized: BTreeMap<NodeIndex, CutReason>,
     /// Requested values read from another value's buffer (see `FusionPlan::aliases`).
     pub aliases: BTreeMap<NodeIndex, NodeIndex>,
+    /// Which products took an epilogue, and why the others did not.
+    pub epilogues: EpilogueReport,
 }
 
 /// Lowers a fusion plan of `g` to kernels.
@@ -90,6 +123,7 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
                 b_view: view(ops[1]),
                 out: grp.root,
                 group: grp.clone(),
+                epilogue: None,
             }));
             continue;
         }
@@ -125,7 +159,8 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
         let kernel = Kernel { name: format!("k{i}"), bufs, lanes, body, exprs: l.b.exprs };
         steps.push(Step::Kernel(LoweredKernel { kernel, buffers: l.bufs, group: grp.clone() }));
     }
-    KernelProgram { steps, symbols, materialized: plan.materialized.clone(), aliases: plan.aliases.clone() }
+    let (steps, epilogues) = fuse_epilogues(g, steps);
+    KernelProgram { steps, symbols, materialized: plan.materialized.clone(), aliases: plan.aliases.clone(), epilogues }
 }
 
 /// A short description of a node for comments: op and block path.

@@ -1,5 +1,7 @@
-//! Kernels: the typed kernel IR and the lowering of fusion groups to it.
+//! Kernels: the typed kernel IR, the lowering of fusion groups to it, and the products'
+//! epilogues.
 
+pub mod epilogue;
 pub mod ir;
 pub mod lower;
 

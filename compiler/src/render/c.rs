@@ -139,12 +139,63 @@ static inline int32_t muse_f2i(float x) { return x != x ? 0 : (x >= 2147483647.0
 
 /// Source of one kernel as a C function.
 pub fn render_kernel(k: &Kernel) -> String {
-    let d = C;
     let lv = levels(k);
     let used = used(k);
     let mut s = String::new();
     let _ = writeln!(s, "/* {}: {} */", k.name, body_kind(&k.body));
     let _ = writeln!(s, "void {}(void **bufs, const int64_t *sizes, uint64_t seed) {{", k.name);
+    open_kernel(k, &lv, &used, &mut s);
+    let lanes = format!("t{}", k.lanes);
+    render_lanes(k, &lv, &used, &lanes, &mut s);
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// Name of the entry point that runs elements `lo..hi` of a pointwise kernel (as a product's
+/// epilogue, on the calling thread).
+pub fn range_name(k: &Kernel) -> String {
+    format!("{}_range", k.name)
+}
+
+/// A pointwise kernel over elements `lo..hi` only, sequentially: a product's epilogue, called
+/// by the GEMM template for each finished tile. `None` for other kernels.
+pub fn render_range(k: &Kernel) -> Option<String> {
+    let Body::Pointwise { stores, split } = &k.body else { return None };
+    let d = C;
+    let lv = levels(k);
+    let used = used(k);
+    let mut s = String::new();
+    let _ = writeln!(s, "/* {}: elements lo..hi of {} */", range_name(k), k.name);
+    let name = range_name(k);
+    let _ = writeln!(s, "void {name}(void **bufs, const int64_t *sizes, uint64_t seed, int64_t lo, int64_t hi) {{");
+    open_kernel(k, &lv, &used, &mut s);
+    match split {
+        // Whole or partial rows of the inner axis; the inner loop still vectorizes.
+        Some(c) => {
+            let _ = writeln!(s, "  for (int64_t lane = lo / {c}; lane * {c} < hi; lane++) {{");
+            let _ = writeln!(s, "    const int64_t in0 = lo > lane * {c} ? lo - lane * {c} : 0;");
+            let _ = writeln!(s, "    const int64_t in1 = hi < (lane + 1) * {c} ? hi - lane * {c} : {c};");
+            let _ = writeln!(s, "    for (int64_t lane_in = in0; lane_in < in1; lane_in++) {{");
+            declare_lazy(&d, k, &lv, &used, Level::Lane, "      ", &mut s);
+            for (buf, v) in stores {
+                let _ = writeln!(s, "      b{buf}[lane * {c} + lane_in] = t{v};");
+            }
+            let _ = writeln!(s, "    }}");
+        }
+        None => {
+            let _ = writeln!(s, "  for (int64_t lane = lo; lane < hi; lane++) {{");
+            declare_lazy(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
+            render_body(&k.body, &mut s);
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    Some(s)
+}
+
+/// A kernel function's opening: its buffers and the kernel-level values.
+fn open_kernel(k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
+    let d = C;
     let _ = writeln!(s, "  (void)sizes; (void)seed;");
     for (i, b) in k.bufs.iter().enumerate() {
         let konst = if b.access == Access::Read { "const " } else { "" };
@@ -156,15 +207,19 @@ pub fn render_kernel(k: &Kernel) -> String {
             b.label.replace("*/", "* /")
         );
     }
-    declare(&d, k, &lv, &used, Level::Kernel, "  ", &mut s);
-    let lanes = format!("t{}", k.lanes);
+    declare(&d, k, lv, used, Level::Kernel, "  ", s);
+}
+
+/// The lanes of a kernel, in parallel.
+fn render_lanes(k: &Kernel, lv: &[Level], used: &[bool], lanes: &str, s: &mut String) {
+    let d = C;
     match &k.body {
         Body::ScatterAdd { row, col, row_len, rows, value, out } => {
             // Lanes add into shared rows: run them in order (sequential and deterministic).
             let o = format!("b{out}");
             let _ = writeln!(s, "  memset({o}, 0, sizeof(*{o}) * (size_t)(t{rows} * t{row_len}));");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
-            declare(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
+            declare(&d, k, lv, used, Level::Lane, "    ", s);
             let _ = writeln!(s, "    int64_t r = t{row} < 0 ? 0 : (t{row} >= t{rows} ? t{rows} - 1 : t{row});");
             let _ = writeln!(s, "    {o}[r * t{row_len} + t{col}] += t{value};");
             let _ = writeln!(s, "  }}");
@@ -176,14 +231,14 @@ pub fn render_kernel(k: &Kernel) -> String {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 64)");
             let _ = writeln!(s, "  for (int64_t l0 = 0; l0 < {lanes}; l0 += tile) {{");
             let _ = writeln!(s, "    const int nl = {lanes} - l0 < tile ? (int)({lanes} - l0) : (int)tile;");
-            render_scan(&d, k, &lv, &used, &mut s);
+            render_scan(&d, k, lv, used, s);
             let _ = writeln!(s, "  }}");
         }
-        Body::Row { .. } if k.lane_major() => render_row_tiled(&d, k, &lv, &used, &mut s),
+        Body::Row { .. } if k.lane_major() => render_row_tiled(&d, k, lv, used, s),
         Body::Row { .. } => {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 256)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
-            render_row(&d, k, &lv, &used, &mut s);
+            render_row(&d, k, lv, used, s);
             let _ = writeln!(s, "  }}");
         }
         Body::Pointwise { stores, split: Some(c) } => {
@@ -192,7 +247,7 @@ pub fn render_kernel(k: &Kernel) -> String {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 2048)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes} / {c}; lane++) {{");
             let _ = writeln!(s, "    for (int64_t lane_in = 0; lane_in < {c}; lane_in++) {{");
-            declare_lazy(&d, k, &lv, &used, Level::Lane, "      ", &mut s);
+            declare_lazy(&d, k, lv, used, Level::Lane, "      ", s);
             for (buf, v) in stores {
                 let _ = writeln!(s, "      b{buf}[lane * {c} + lane_in] = t{v};");
             }
@@ -202,13 +257,11 @@ pub fn render_kernel(k: &Kernel) -> String {
         body => {
             let _ = writeln!(s, "  #pragma omp parallel for schedule(static) if({lanes} > 2048)");
             let _ = writeln!(s, "  for (int64_t lane = 0; lane < {lanes}; lane++) {{");
-            declare_lazy(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
-            render_body(body, &mut s);
+            declare_lazy(&d, k, lv, used, Level::Lane, "    ", s);
+            render_body(body, s);
             let _ = writeln!(s, "  }}");
         }
     }
-    let _ = writeln!(s, "}}");
-    s
 }
 
 fn body_kind(b: &Body) -> &'static str {
@@ -541,9 +594,9 @@ fn combine_text(op: ReduceOp, int: bool, a: &str, v: &str) -> String {
 }
 
 /// The kernels as C translation units of at most `per_unit` kernels each, so that several
-/// compiler processes can work at once.
-pub fn render_program(kernels: &[&Kernel], per_unit: usize) -> Vec<String> {
-    kernels
+/// compiler processes can work at once; `ranges` also get their element-range entry points.
+pub fn render_program(kernels: &[&Kernel], ranges: &[&Kernel], per_unit: usize) -> Vec<String> {
+    let mut units: Vec<String> = kernels
         .chunks(per_unit.max(1))
         .map(|chunk| {
             let mut s = String::from(PRELUDE);
@@ -553,5 +606,18 @@ pub fn render_program(kernels: &[&Kernel], per_unit: usize) -> Vec<String> {
             }
             s
         })
-        .collect()
+        .collect();
+    // The products' epilogues over element ranges (see `render_range`), with the last unit.
+    if !ranges.is_empty() && units.is_empty() {
+        units.push(String::from(PRELUDE));
+    }
+    if let Some(last) = units.last_mut() {
+        for k in ranges {
+            if let Some(r) = render_range(k) {
+                last.push('\n');
+                last.push_str(&r);
+            }
+        }
+    }
+    units
 }

@@ -102,25 +102,58 @@ pub struct Library {
 /// Signature of every generated kernel.
 pub type KernelFn = unsafe extern "C" fn(*mut *mut std::ffi::c_void, *const i64, u64);
 
-/// Signature of `muse_sgemm` (kernels/gemm.c): m, n, k, A, A's row and column strides, B,
-/// B's strides, C, C's row stride, whether to use threads; returns 0 when it cannot run here.
-pub type GemmFn = unsafe extern "C" fn(
-    i64,
-    i64,
-    i64,
-    i64,
-    *const f32,
-    *const i64,
-    i64,
-    i64,
-    *const f32,
-    *const i64,
-    i64,
-    i64,
-    *mut f32,
-    i64,
-    i32,
-) -> i32;
+/// Signature of a pointwise kernel's element-range entry point (`render::c::render_range`).
+pub type RangeFn = unsafe extern "C" fn(*mut *mut std::ffi::c_void, *const i64, u64, i64, i64);
+
+/// The arguments of `muse_sgemm` (kernels/gemm.c, `struct muse_gemm`, same layout): for each
+/// of `batch` elements, `c = a @ b` with `a` (m x k) and `b` (k x n) read through row and
+/// column strides from their offsets, `c` contiguous with row stride `ldc`; then the
+/// epilogue, if any, over each finished tile.
+#[repr(C)]
+pub struct GemmArgs {
+    /// Products.
+    pub batch: i64,
+    /// Rows of each product.
+    pub m: i64,
+    /// Columns of each product.
+    pub n: i64,
+    /// Inner length.
+    pub k: i64,
+    /// Base of the left operands.
+    pub a: *const f32,
+    /// Where each left operand starts (elements from `a`), `batch` of them.
+    pub a_offsets: *const i64,
+    /// Row stride of a left operand.
+    pub a_rows: i64,
+    /// Column stride of a left operand.
+    pub a_cols: i64,
+    /// Base of the right operands.
+    pub b: *const f32,
+    /// Where each right operand starts.
+    pub b_offsets: *const i64,
+    /// Row stride of a right operand.
+    pub b_rows: i64,
+    /// Column stride of a right operand.
+    pub b_cols: i64,
+    /// The results, one after another.
+    pub c: *mut f32,
+    /// Row stride of a result.
+    pub ldc: i64,
+    /// Whether to use the OpenMP threads (1) or only the calling thread (0).
+    pub parallel: i32,
+    /// Applied to elements `lo..hi` of the results once they are final.
+    pub epilogue: Option<RangeFn>,
+    /// The epilogue kernel's buffers.
+    pub epilogue_bufs: *mut *mut std::ffi::c_void,
+    /// The epilogue kernel's symbolic sizes.
+    pub epilogue_sizes: *const i64,
+    /// The run's seed (for random ops in the epilogue).
+    pub seed: u64,
+}
+
+/// Signature of `muse_sgemm`; returns 0 when it cannot run here (no AVX-512, or an epilogue
+/// with padded rows), having done nothing.
+pub type GemmFn = unsafe extern "C" fn(*const GemmArgs) -> i32;
 
 impl Library {
     /// The matrix-product template's entry point.
@@ -129,6 +162,18 @@ impl Library {
         unsafe {
             self.lib.get::<GemmFn>(b"muse_sgemm").map(|s| *s).map_err(|e| CompileError {
                 message: format!("`muse_sgemm` is missing from {}: {e}", self.path.display()),
+                source_path: None,
+            })
+        }
+    }
+
+    /// The element-range entry point of kernel `name`.
+    pub fn range(&self, name: &str) -> Result<RangeFn, CompileError> {
+        let symbol = format!("{name}_range");
+        // SAFETY: render::c::render_range defines it with the `RangeFn` signature.
+        unsafe {
+            self.lib.get::<RangeFn>(symbol.as_bytes()).map(|s| *s).map_err(|e| CompileError {
+                message: format!("`{symbol}` is missing from {}: {e}", self.path.display()),
                 source_path: None,
             })
         }

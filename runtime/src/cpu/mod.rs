@@ -25,7 +25,11 @@ pub struct CpuProgram {
     pub source: Vec<String>,
     /// The loaded library (none when the program is GEMM calls only).
     pub library: Option<Arc<Library>>,
+    /// Per step: the kernel, or a product's epilogue as a whole kernel (run after a GEMM
+    /// that cannot apply it tile by tile).
     fns: Vec<Option<KernelFn>>,
+    /// Per step: a product's epilogue over element ranges, for the GEMM template.
+    ranges: Vec<Option<compile::RangeFn>>,
     /// The matrix-product template of kernels/gemm.c, when the program has products.
     gemm: Option<compile::GemmFn>,
     requested: Vec<NodeIndex>,
@@ -283,30 +287,44 @@ impl CpuProgram {
     ) -> Result<CpuProgram, CompileError> {
         let plan = fusion::plan(g, requested);
         let program = kernel::lower(g, &plan);
-        let kernels: Vec<&kernel::Kernel> =
-            program.steps.iter().filter_map(|s| if let Step::Kernel(k) = s { Some(&k.kernel) } else { None }).collect();
+        let ranges: Vec<&kernel::Kernel> = program
+            .steps
+            .iter()
+            .filter_map(|s| if let Step::MatMul(m) = s { m.epilogue.as_ref().map(|e| &e.kernel) } else { None })
+            .collect();
+        let kernels: Vec<&kernel::Kernel> = program
+            .steps
+            .iter()
+            .filter_map(|s| if let Step::Kernel(k) = s { Some(&k.kernel) } else { None })
+            .chain(ranges.iter().copied())
+            .collect();
         // Enough units to keep every core busy, but not so many that the prelude dominates.
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let per_unit = kernels.len().div_ceil(cores * 2).max(64);
-        let mut source = c::render_program(&kernels, per_unit);
+        let mut source = c::render_program(&kernels, &ranges, per_unit);
         let has_products = settings.gemm_template && program.steps.iter().any(|s| matches!(s, Step::MatMul(_)));
         if has_products {
             source.push(GEMM_TEMPLATE.to_string());
         }
         quiet_openmp();
         let library = if source.is_empty() { None } else { Some(compile::compile(&source, settings)?) };
-        let mut fns = Vec::new();
+        let (mut fns, mut range_fns) = (Vec::new(), Vec::new());
         for s in &program.steps {
-            fns.push(match (s, &library) {
-                (Step::Kernel(k), Some(lib)) => Some(lib.kernel(&k.kernel.name)?),
-                _ => None,
-            });
+            let (f, r) = match (s, &library) {
+                (Step::Kernel(k), Some(lib)) => (Some(lib.kernel(&k.kernel.name)?), None),
+                (Step::MatMul(MatMulStep { epilogue: Some(e), .. }), Some(lib)) => {
+                    (Some(lib.kernel(&e.kernel.name)?), Some(lib.range(&e.kernel.name)?))
+                }
+                _ => (None, None),
+            };
+            fns.push(f);
+            range_fns.push(r);
         }
         let gemm = match (&library, has_products) {
             (Some(lib), true) => Some(lib.gemm()?),
             _ => None,
         };
-        Ok(CpuProgram { program, source, library, fns, gemm, requested: requested.to_vec() })
+        Ok(CpuProgram { program, source, library, fns, ranges: range_fns, gemm, requested: requested.to_vec() })
     }
 
     /// Number of kernel launches (generated kernels and GEMM calls).
@@ -427,10 +445,7 @@ impl CpuProgram {
             self.run_step(i, prep, seed);
             let step = &self.program.steps[i];
             if let Some(observe) = observe.as_mut() {
-                let outs = match step {
-                    Step::Kernel(k) => k.group.outputs.clone(),
-                    Step::MatMul(m) => vec![m.out],
-                };
+                let outs = step.writes();
                 if !outs.into_iter().all(|out| observe(i, out, prep.read(out))) {
                     break;
                 }
@@ -456,32 +471,39 @@ impl CpuProgram {
                 let b0 = prep.ptrs[&m.b_view.base] as *const f32;
                 let o = prep.ptrs[&m.out] as *mut f32;
                 let batch = gs.a_offsets.len();
+                let mut epi_args: Vec<*mut c_void> = match &m.epilogue {
+                    Some(e) => e.buffers.iter().map(|n| prep.ptrs[n]).collect(),
+                    None => Vec::new(),
+                };
                 if blas::get().is_none() {
                     if let Some(f) = self.gemm {
+                        let args = compile::GemmArgs {
+                            batch: batch as i64,
+                            m: rows as i64,
+                            n: cols as i64,
+                            k: inner as i64,
+                            a: a0,
+                            a_offsets: gs.a_offsets.as_ptr(),
+                            a_rows: gs.a_strides.0 as i64,
+                            a_cols: gs.a_strides.1 as i64,
+                            b: b0,
+                            b_offsets: gs.b_offsets.as_ptr(),
+                            b_rows: gs.b_strides.0 as i64,
+                            b_cols: gs.b_strides.1 as i64,
+                            c: o,
+                            ldc: cols as i64,
+                            parallel: 1,
+                            epilogue: self.ranges[i],
+                            epilogue_bufs: epi_args.as_mut_ptr(),
+                            epilogue_sizes: prep.sizes.as_ptr(),
+                            seed,
+                        };
                         // SAFETY: the strided views stay inside their base buffers (shape
                         // inference checked every view on the way); the output holds
                         // rows*cols per batch element; the template reads `inner` columns of
-                        // A and rows of B through the given strides and offsets.
-                        let done = unsafe {
-                            f(
-                                batch as i64,
-                                rows as i64,
-                                cols as i64,
-                                inner as i64,
-                                a0,
-                                gs.a_offsets.as_ptr(),
-                                gs.a_strides.0 as i64,
-                                gs.a_strides.1 as i64,
-                                b0,
-                                gs.b_offsets.as_ptr(),
-                                gs.b_strides.0 as i64,
-                                gs.b_strides.1 as i64,
-                                o,
-                                cols as i64,
-                                1,
-                            )
-                        };
-                        if done != 0 {
+                        // A and rows of B through the given strides and offsets; the
+                        // epilogue's buffers are live and of the sizes it was generated for.
+                        if unsafe { f(&args) } != 0 {
                             return;
                         }
                     }
@@ -536,6 +558,10 @@ impl CpuProgram {
                     (0..batch).into_par_iter().for_each(|t| one(t, gemm::Parallelism::None));
                 } else {
                     (0..batch).for_each(|t| one(t, gemm::Parallelism::Rayon(0)));
+                }
+                if let Some(f) = self.fns[i].filter(|_| m.epilogue.is_some()) {
+                    // SAFETY: as for any kernel step.
+                    unsafe { f(epi_args.as_mut_ptr(), prep.sizes.as_ptr(), seed) };
                 }
             }
         }
