@@ -77,18 +77,24 @@ static void muse_pack_a(int64_t mc, int64_t kc, const float *a, int64_t sam, int
   }
 }
 
-/* One MR x NR tile of C from packed panels: written when `first`, accumulated after. */
-static inline void muse_micro(int64_t kc, const float *pa, const float *pb, float *c, int64_t ldc, int64_t mr,
-                              int64_t nr, int first) {
+/* One MR x NR tile of C from a packed panel of B and MR rows of A, element (i, k) at
+   pa[i * ars + k * acs] (a packed panel, or A itself when its rows are contiguous): written
+   when `first`, accumulated after. */
+static inline __attribute__((always_inline)) void muse_micro(int64_t kc, const float *pa, int64_t ars, int64_t acs,
+                                                             const float *pb, float *c, int64_t ldc, int64_t mr,
+                                                             int64_t nr, int first) {
   __m512 acc[MUSE_MR][2];
   for (int i = 0; i < MUSE_MR; i++) {
     acc[i][0] = _mm512_setzero_ps();
     acc[i][1] = _mm512_setzero_ps();
   }
+  /* Rows past the edge read the last row again; their results are never stored. */
+  const float *row[MUSE_MR];
+  for (int i = 0; i < MUSE_MR; i++) row[i] = pa + (i < mr ? i : mr - 1) * ars;
   for (int64_t k = 0; k < kc; k++) {
     __m512 b0 = _mm512_loadu_ps(pb + k * MUSE_NR), b1 = _mm512_loadu_ps(pb + k * MUSE_NR + 16);
     for (int i = 0; i < MUSE_MR; i++) {
-      __m512 av = _mm512_set1_ps(pa[k * MUSE_MR + i]);
+      __m512 av = _mm512_set1_ps(row[i][k * acs]);
       acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
     }
@@ -117,12 +123,18 @@ static inline void muse_micro(int64_t kc, const float *pa, const float *pb, floa
 /* Rows i0..i0+mc, columns jc..jend of one KC slice, B already packed into pb. */
 static void muse_block(int64_t mc, int64_t jc, int64_t jend, int64_t n, int64_t kc, const float *a, int64_t sam,
                        int64_t sak, const float *pb, float *c, int64_t ldc, int first, float *pa) {
-  muse_pack_a(mc, kc, a, sam, sak, pa);
+  /* Rows of A that are contiguous are read in place: packing them cost a quarter of a
+     product with k = 128 (most of a small transformer's). Others are packed. */
+  int direct = sak == 1;
+  if (!direct) muse_pack_a(mc, kc, a, sam, sak, pa);
   for (int64_t j0 = jc; j0 < jend; j0 += MUSE_NR) {
     int64_t nr = n - j0 < MUSE_NR ? n - j0 : MUSE_NR;
     for (int64_t ii = 0; ii < mc; ii += MUSE_MR) {
       int64_t mr = mc - ii < MUSE_MR ? mc - ii : MUSE_MR;
-      muse_micro(kc, pa + ii * kc, pb + j0 * kc, c + ii * ldc + j0, ldc, mr, nr, first);
+      if (direct)
+        muse_micro(kc, a + ii * sam, sam, 1, pb + j0 * kc, c + ii * ldc + j0, ldc, mr, nr, first);
+      else
+        muse_micro(kc, pa + ii * kc, 1, MUSE_MR, pb + j0 * kc, c + ii * ldc + j0, ldc, mr, nr, first);
     }
   }
 }
