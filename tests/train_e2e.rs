@@ -140,7 +140,8 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let dir = scratch("resume");
     let s = settings();
     train(&vq(&dir), false, &s).unwrap();
-    let whole = masked("mamba_xattn_xz", &dir, 20);
+    // With a weight average, which the checkpoints carry as ema/*.
+    let whole = TrainArgs { ema: 0.9, ..masked("mamba_xattn_xz", &dir, 20) };
     train(&whole, false, &s).unwrap();
     let mut half = TrainArgs { out: dir.join("halves"), steps: 10, ..whole.clone() };
     train(&half, false, &s).unwrap();
@@ -152,7 +153,11 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     train(&resumed, true, &s).unwrap();
     let ck = |run: &Path| muse_runtime::checkpoint::load(&run.join("checkpoints/step-00000020.safetensors")).unwrap();
     let (a, b) = (ck(&whole.out), ck(&half.out));
-    assert_eq!(a.len(), b.len());
+    let only = |x: &muse_runtime::backend::Tensors, y: &muse_runtime::backend::Tensors| {
+        x.keys().filter(|k| !y.contains_key(*k)).cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(a.len(), b.len(), "only uninterrupted: {:?}, only resumed: {:?}", only(&a, &b), only(&b, &a));
+    assert!(a.keys().any(|k| k.starts_with("ema/")), "the checkpoint holds the weight average");
     for (k, t) in &a {
         assert_eq!(t, &b[k], "{k} differs after resuming");
     }

@@ -122,6 +122,44 @@ fn accumulated_micro_batches_average_their_gradients() {
     assert!(diff < 1e-2 * cfg.lr, "parameters differ by {diff:e}");
 }
 
+/// The moving average kept beside the parameter buffers follows `e = d e + (1 - d) p` from
+/// the initial parameters, computed here from the host copies after every step; a trainer
+/// given it back (a resumed run) carries it on.
+#[test]
+fn the_weight_average_follows_the_parameters() {
+    let name = "muse_small";
+    let m = common::compile_model(name, &common::tiny(name, "2"));
+    let params0 = init_params(&m.graph, 5, Precision::F32).unwrap();
+    let batch = random_inputs(&m.graph, 2, 3);
+    let cfg = AdamW { lr: 1e-2, ..AdamW::default() };
+    let mut t = Trainer::new(&m.graph, name, &params0, &batch, cfg.clone(), &settings("ema")).unwrap();
+    assert!(t.ema().is_none());
+    t.start_ema();
+    let decay = 0.9;
+    let mut expect = params0.clone();
+    for step in 0..3 {
+        t.step(&[&batch], cfg.lr, step).unwrap();
+        t.update_ema(decay);
+        let p = t.params();
+        for (k, e) in expect.iter_mut() {
+            let v = e
+                .to_f64()
+                .iter()
+                .zip(p[k].to_f64())
+                .map(|(e, p)| ((decay * e + (1.0 - decay) * p) as f32) as f64)
+                .collect();
+            *e = muse_runtime::HostTensor::f(&e.shape.clone(), v);
+        }
+    }
+    let ema = t.ema().unwrap();
+    assert_eq!(max_diff(&ema, &expect), 0.0);
+    assert!(max_diff(&ema, &t.params()) > 0.0, "the average lags the parameters");
+    let mut resumed = Trainer::new(&m.graph, name, &t.params(), &batch, cfg.clone(), &settings("ema")).unwrap();
+    resumed.start_ema();
+    resumed.set_ema(&ema);
+    assert_eq!(max_diff(&resumed.ema().unwrap(), &ema), 0.0);
+}
+
 #[test]
 fn a_fixed_batch_is_learned() {
     for name in ["muse_small", "mamba_xattn_xz"] {

@@ -70,6 +70,9 @@ pub struct Trainer {
     pub state: AdamState,
     /// Forward outputs computed alongside the loss, by name.
     outputs: Vec<(String, NodeIndex)>,
+    /// An exponential moving average of the parameters the program holds, by name, kept
+    /// beside their buffers (see [`Trainer::update_ema`]).
+    ema: Option<Vec<(String, Vec<f32>)>>,
 }
 
 impl Trainer {
@@ -122,7 +125,17 @@ impl Trainer {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let sizes: Vec<usize> = trained.iter().map(|(name, _)| params[name].len()).collect();
-        Ok(Trainer { grads, program, prep, trained, frozen, opt, state: AdamState::new(&sizes), outputs: outs })
+        Ok(Trainer {
+            grads,
+            program,
+            prep,
+            trained,
+            frozen,
+            opt,
+            state: AdamState::new(&sizes),
+            outputs: outs,
+            ema: None,
+        })
     }
 
     /// Names of the parameters the optimizer updates, in optimizer-state order.
@@ -233,6 +246,67 @@ impl Trainer {
         }
         out.insert("adamw.step".into(), HostTensor::f(&[1], vec![self.state.step as f64]));
         out
+    }
+
+    /// Starts an exponential moving average of the parameters at their present values.
+    pub fn start_ema(&mut self) {
+        let names: Vec<String> = self.grads.graph.params.iter().map(|p| p.name.clone()).collect();
+        let ema =
+            names.into_iter().filter_map(|n| self.prep.param_mut(&n).map(|b| b.to_vec()).map(|v| (n, v))).collect();
+        self.ema = Some(ema);
+    }
+
+    /// `ema = decay * ema + (1 - decay) * param` for every parameter, in place beside the
+    /// parameter buffers (computed in f64, stored as f32); nothing when no EMA was started.
+    pub fn update_ema(&mut self, decay: f64) {
+        use rayon::prelude::*;
+        let Some(ema) = self.ema.as_mut() else { return };
+        let params: Vec<&[f32]> = ema
+            .iter()
+            .map(|(n, _)| {
+                let b = self.prep.param_mut(n).expect("EMA tensors are the program's parameters");
+                // SAFETY: the parameter buffers stay allocated and unchanged while this
+                // function runs; the EMA vectors written below are distinct allocations.
+                unsafe { std::slice::from_raw_parts(b.as_ptr(), b.len()) }
+            })
+            .collect();
+        let mut work: Vec<(&mut [f32], &[f32])> = Vec::new();
+        for ((_, e), p) in ema.iter_mut().zip(params) {
+            for (ec, pc) in e.chunks_mut(1 << 16).zip(p.chunks(1 << 16)) {
+                work.push((ec, pc));
+            }
+        }
+        work.into_par_iter().for_each(|(e, p)| {
+            for (e, &p) in e.iter_mut().zip(p) {
+                *e = (decay * *e as f64 + (1.0 - decay) * p as f64) as f32;
+            }
+        });
+    }
+
+    /// The moving average of every parameter (those the program does not hold as given),
+    /// or `None` without one.
+    pub fn ema(&self) -> Option<Tensors> {
+        let ema = self.ema.as_ref()?;
+        let mut out = self.frozen.clone();
+        for p in &self.grads.graph.params {
+            if let Some((_, v)) = ema.iter().find(|(n, _)| *n == p.name) {
+                let shape: Vec<usize> =
+                    p.ty.shape.0.iter().map(|d| d.as_known().expect("parameter sizes are known") as usize).collect();
+                out.insert(p.name.clone(), HostTensor::f(&shape, v.iter().map(|&x| x as f64).collect()));
+            }
+        }
+        Some(out)
+    }
+
+    /// Sets the moving average of the parameters `t` names (a checkpoint's), if one runs.
+    pub fn set_ema(&mut self, t: &Tensors) {
+        if let Some(ema) = self.ema.as_mut() {
+            for (name, v) in ema.iter_mut() {
+                if let Some(saved) = t.get(name).filter(|s| s.len() == v.len()) {
+                    v.iter_mut().zip(saved.to_f64()).for_each(|(v, s)| *v = s as f32);
+                }
+            }
+        }
     }
 
     /// Restores what [`Trainer::optimizer_state`] saved.

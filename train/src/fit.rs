@@ -6,7 +6,6 @@ use crate::run::{Progress, RunDir};
 use muse_runtime::backend::Tensors;
 use muse_runtime::optim::Schedule;
 use muse_runtime::train::Trainer;
-use muse_runtime::HostTensor;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -89,26 +88,21 @@ fn ema_key(name: &str) -> String {
     format!("ema/{name}")
 }
 
-/// Restores a trainer (and EMA) from the run's latest checkpoint; the progress to resume at.
-pub fn restore(
-    run: &RunDir,
-    trainer: &mut Trainer,
-    ema: &mut Option<Tensors>,
-    hook: &mut dyn StepHook,
-) -> Result<Progress, String> {
+/// Restores a trainer (and its EMA, if it runs one) from the run's latest checkpoint; the
+/// progress to resume at.
+pub fn restore(run: &RunDir, trainer: &mut Trainer, hook: &mut dyn StepHook) -> Result<Progress, String> {
     let Some((tensors, progress)) = run.latest()? else { return Ok(Progress { step: 0, data_pos: 0 }) };
     hook.restore(&tensors);
+    // The model's parameters only: optimizer and hook state (`adamw.step`, `ema/...`) are
+    // restored by their owners.
+    let known = trainer.params();
     let params: Tensors =
-        tensors.iter().filter(|(k, _)| !k.contains('/')).map(|(k, v)| (k.clone(), v.clone())).collect();
+        tensors.iter().filter(|(k, _)| known.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     trainer.set_params(&params).map_err(|e| e.to_string())?;
     trainer.set_optimizer_state(&tensors).map_err(|e| e.to_string())?;
-    if let Some(e) = ema.as_mut() {
-        for (name, t) in e.iter_mut() {
-            if let Some(v) = tensors.get(&ema_key(name)) {
-                *t = v.clone();
-            }
-        }
-    }
+    let saved_ema: Tensors =
+        tensors.iter().filter_map(|(k, v)| k.strip_prefix("ema/").map(|n| (n.to_string(), v.clone()))).collect();
+    trainer.set_ema(&saved_ema);
     run.truncate_log(progress.step)?;
     Ok(progress)
 }
@@ -120,7 +114,6 @@ pub fn fit(
     batches: &mut dyn Batches,
     cfg: &FitConfig,
     start: Progress,
-    ema: &mut Option<Tensors>,
     hook: &mut dyn StepHook,
 ) -> Result<Summary, String> {
     let peak = trainer.opt.lr;
@@ -159,19 +152,7 @@ pub fn fit(
         } else {
             hook.after_step(trainer, step + 1)?;
             if let Some(decay) = cfg.ema {
-                let params = trainer.params();
-                let e = ema.get_or_insert_with(|| params.clone());
-                for (name, t) in e.iter_mut() {
-                    if let Some(p) = params.get(name) {
-                        let v: Vec<f64> = t
-                            .to_f64()
-                            .iter()
-                            .zip(p.to_f64())
-                            .map(|(e, p)| ((decay * e + (1.0 - decay) * p) as f32) as f64)
-                            .collect();
-                        *t = HostTensor::f(&t.shape.clone(), v);
-                    }
-                }
+                trainer.update_ema(decay);
             }
         }
         if first_loss.is_nan() {
@@ -217,8 +198,8 @@ pub fn fit(
             let mut tensors = trainer.params();
             tensors.extend(trainer.optimizer_state());
             tensors.extend(hook.state());
-            if let Some(e) = ema.as_ref() {
-                tensors.extend(e.iter().map(|(k, v)| (ema_key(k), v.clone())));
+            if let Some(e) = trainer.ema() {
+                tensors.extend(e.into_iter().map(|(k, v)| (ema_key(&k), v)));
             }
             run.save(&tensors, &Progress { step: step + 1, data_pos })?;
             last_saved = Some(step + 1);

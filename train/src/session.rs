@@ -342,12 +342,11 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         } else {
             Box::new(NoHook)
         };
-        let mut ema = (args.ema > 0.0).then(|| params.clone());
-        let start = if resume {
-            fit::restore(&run, &mut trainer, &mut ema, hook.as_mut())?
-        } else {
-            Progress { step: 0, data_pos: 0 }
-        };
+        if args.ema > 0.0 {
+            trainer.start_ema();
+        }
+        let start =
+            if resume { fit::restore(&run, &mut trainer, hook.as_mut())? } else { Progress { step: 0, data_pos: 0 } };
         let loader = Loader::start(data, args.seed, start.data_pos, args.batch, 4);
         let mut batches = ImageBatches { loader, res, input: "image".into() };
         eprintln!(
@@ -357,7 +356,7 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
             args.steps,
             run.path.display()
         );
-        return fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(0), start, &mut ema, hook.as_mut());
+        return fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(0), start, hook.as_mut());
     }
     if has("tokens") && has("is_original") && has("text_ids") && has("text_mask") {
         return train_critic(args, resume, settings, &run, opt, config, &fit_cfg);
@@ -404,12 +403,10 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
     let example = probe_batches.next()?.0;
     let mut trainer =
         Trainer::new(&model.graph, &model.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
-    let mut ema = (args.ema > 0.0).then(|| params.clone());
-    let start = if resume {
-        fit::restore(&run, &mut trainer, &mut ema, &mut NoHook)?
-    } else {
-        Progress { step: 0, data_pos: 0 }
-    };
+    if args.ema > 0.0 {
+        trainer.start_ema();
+    }
+    let start = if resume { fit::restore(&run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
     let per_item = tokens.per_item;
     let mut batches =
         MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;
@@ -420,7 +417,7 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         args.steps,
         run.path.display()
     );
-    fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut ema, &mut NoHook)
+    fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut NoHook)
 }
 
 /// Trains a token critic on a trained generator's fills (`--generator RUN`).
@@ -466,12 +463,10 @@ fn train_critic(
     let example = probe.next()?.0;
     let mut trainer =
         Trainer::new(&model.graph, &model.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
-    let mut ema = (args.ema > 0.0).then(|| params.clone());
-    let start = if resume {
-        fit::restore(run, &mut trainer, &mut ema, &mut NoHook)?
-    } else {
-        Progress { step: 0, data_pos: 0 }
-    };
+    if args.ema > 0.0 {
+        trainer.start_ema();
+    }
+    let start = if resume { fit::restore(run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
     let masked = MaskedBatches::new(tokens, &text, codebook as i32, 0.0, args.batch, args.seed, start.data_pos)?;
     let mut batches = CriticBatches { masked, generator: probe.generator, seed: args.seed };
     eprintln!(
@@ -482,5 +477,5 @@ fn train_critic(
         args.steps,
         run.path.display()
     );
-    fit::fit(run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut ema, &mut NoHook)
+    fit::fit(run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut NoHook)
 }
