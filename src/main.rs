@@ -223,6 +223,10 @@ struct TrainFlags {
     /// Random horizontal flips of folder images.
     #[arg(long)]
     flip: bool,
+    /// Progressive resolution (image tokenizers): RES:UNTIL_STEP[:BATCH[:ACCUMULATE]], one per
+    /// stage in order, e.g. `--stage 16:400:32 --stage 32:1000:16:2`; the last ends the run.
+    #[arg(long = "stage")]
+    stages: Vec<String>,
 }
 
 fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Result<String, String> {
@@ -239,6 +243,9 @@ fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Resul
             // Only the length of the run may change on resuming.
             if std::env::args().any(|x| x == "--steps") {
                 a.steps = t.steps;
+                if let Some(last) = a.stages.last_mut() {
+                    last.until = t.steps;
+                }
             }
             (a, true)
         }
@@ -248,11 +255,21 @@ fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Resul
                 let (k, v) = s.split_once('=').ok_or_else(|| format!("--set {s}: expected KEY=VALUE"))?;
                 sets.push((k.trim().to_string(), v.trim().to_string()));
             }
+            let stages = t
+                .stages
+                .iter()
+                .map(|s| muse_train::session::Stage::parse(s, t.batch, t.accumulate))
+                .collect::<Result<Vec<_>, _>>()?;
+            // With stages, the run ends where the last one does unless --steps says otherwise.
+            let steps = match stages.last() {
+                Some(last) if !std::env::args().any(|x| x == "--steps") => last.until,
+                _ => t.steps,
+            };
             let a = muse_train::session::TrainArgs {
                 model,
                 sets,
                 data: t.data.clone(),
-                steps: t.steps,
+                steps,
                 batch: t.batch,
                 accumulate: t.accumulate,
                 out: t.out.clone(),
@@ -271,6 +288,7 @@ fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Resul
                 ema: t.ema,
                 text_dropout: t.text_dropout,
                 flip: t.flip,
+                stages,
             };
             (a, false)
         }

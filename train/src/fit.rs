@@ -81,6 +81,8 @@ pub struct Summary {
     pub wait_fraction: f64,
     /// Items per second.
     pub items_per_s: f64,
+    /// Where in the data the run stopped (the next stage or resumption starts there).
+    pub data_pos: u64,
 }
 
 /// The EMA tensors of a checkpoint are saved as `ema/NAME`.
@@ -216,5 +218,6 @@ pub fn fit(
         skipped_steps,
         wait_fraction: batches.waited().as_secs_f64() / elapsed.max(1e-9),
         items_per_s: items as f64 / elapsed.max(1e-9),
+        data_pos,
     })
 }

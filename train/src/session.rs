@@ -67,6 +67,51 @@ pub struct TrainArgs {
     pub text_dropout: f64,
     /// Random horizontal flips of folder images.
     pub flip: bool,
+    /// Progressive resolution of an image tokenizer: stages in order (none: one stage at
+    /// the model's resolution with `batch` and `accumulate`).
+    pub stages: Vec<Stage>,
+}
+
+/// One stage of a progressive-resolution schedule: train at `resolution` until step `until`
+/// with micro-batches of `batch` images, `accumulate` per step (the research log went
+/// 64 -> 128 -> 256 -> 512 with batch x accumulation 128x1, 32x4, 8x4, 3x6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage {
+    /// Image side in pixels.
+    pub resolution: usize,
+    /// The step this stage ends at.
+    pub until: u64,
+    /// Images per micro-batch.
+    pub batch: usize,
+    /// Micro-batches per optimizer step.
+    pub accumulate: usize,
+}
+
+impl Stage {
+    /// Parses `RES:UNTIL[:BATCH[:ACCUMULATE]]`; batch and accumulation default to `batch` and
+    /// `accumulate`.
+    pub fn parse(s: &str, batch: usize, accumulate: usize) -> Result<Stage, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |i: usize, what: &str| -> Result<Option<u64>, String> {
+            parts
+                .get(i)
+                .map(|p| p.parse::<u64>().map_err(|_| format!("--stage {s}: {what} `{p}` is not a whole number")))
+                .transpose()
+        };
+        if !(2..=4).contains(&parts.len()) {
+            return Err(format!("--stage {s}: write RESOLUTION:UNTIL_STEP[:BATCH[:ACCUMULATE]], e.g. 64:1000:32:4"));
+        }
+        let stage = Stage {
+            resolution: num(0, "resolution")?.unwrap_or(0) as usize,
+            until: num(1, "step")?.unwrap_or(0),
+            batch: num(2, "batch")?.map_or(batch, |b| b as usize),
+            accumulate: num(3, "accumulation")?.map_or(accumulate, |a| a as usize),
+        };
+        if stage.resolution == 0 || stage.batch == 0 || stage.accumulate == 0 {
+            return Err(format!("--stage {s}: resolution, batch and accumulation must be at least 1"));
+        }
+        Ok(stage)
+    }
 }
 
 impl Default for TrainArgs {
@@ -94,6 +139,7 @@ impl Default for TrainArgs {
             ema: 0.0,
             text_dropout: 0.1,
             flip: false,
+            stages: vec![],
         }
     }
 }
@@ -107,6 +153,7 @@ impl TrainArgs {
             "text_tokenizer": self.text_tokenizer, "generator": self.generator, "samples": self.samples, "checkpoint_every": self.checkpoint_every,
             "keep": self.keep, "skip_nonfinite": self.skip_nonfinite, "ema": self.ema,
             "text_dropout": self.text_dropout, "flip": self.flip,
+            "stages": self.stages.iter().map(|s| [s.resolution as u64, s.until, s.batch as u64, s.accumulate as u64]).collect::<Vec<_>>(),
         })
     }
 
@@ -144,6 +191,22 @@ impl TrainArgs {
             ema: f("ema")?,
             text_dropout: f("text_dropout")?,
             flip: a["flip"].as_bool().unwrap_or(false),
+            stages: a["stages"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|s| {
+                            let n = |i: usize| s[i].as_u64();
+                            Some(Stage {
+                                resolution: n(0)? as usize,
+                                until: n(1)?,
+                                batch: n(2)? as usize,
+                                accumulate: n(3)? as usize,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -320,43 +383,12 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         "config": probe.config.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<Vec<_>>(),
     });
     if has("image") {
-        let res = probe.graph.ty(probe.graph.inputs.iter().find(|x| x.0 == "image").expect("has").1).shape.0[1]
-            .as_known()
-            .ok_or("the image input needs a known resolution")? as usize;
         config["objective"] = json!("image tokenizer");
         run.write_config(&config)?;
-        let params = init_params(&probe.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
-        let data: Arc<dyn Dataset> = Arc::from(data::open(&args.data, res, args.seed, args.flip)?);
-        let example = {
-            let mut t = Tensors::new();
-            t.insert("image".into(), HostTensor::f(&[args.batch, res, res, 3], vec![0.0; args.batch * res * res * 3]));
-            t
-        };
-        // A codebook (`embedding`) whose ids come out as `codes` gets dead-code re-seeding.
-        let reseeding = probe.graph.outputs.iter().any(|(n, _)| n == "codes") && params.contains_key("embedding");
-        let outputs: &[&str] = if reseeding { &["codes"] } else { &[] };
-        let mut trainer = Trainer::with_outputs(&probe.graph, &probe.name, &params, &example, opt, settings, outputs)
-            .map_err(|e| e.to_string())?;
-        let mut hook: Box<dyn StepHook> = if reseeding {
-            Box::new(Reseed::new("embedding", params["embedding"].shape[0], 50, args.seed))
-        } else {
-            Box::new(NoHook)
-        };
-        if args.ema > 0.0 {
-            trainer.start_ema();
-        }
-        let start =
-            if resume { fit::restore(&run, &mut trainer, hook.as_mut())? } else { Progress { step: 0, data_pos: 0 } };
-        let loader = Loader::start(data, args.seed, start.data_pos, args.batch, 4);
-        let mut batches = ImageBatches { loader, res, input: "image".into() };
-        eprintln!(
-            "train {} (image tokenizer) from step {} to {} in {}",
-            probe.name,
-            start.step,
-            args.steps,
-            run.path.display()
-        );
-        return fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(0), start, hook.as_mut());
+        return train_tokenizer(args, resume, settings, &run, opt, &probe, &fit_cfg);
+    }
+    if !args.stages.is_empty() {
+        return Err("--stage: progressive resolution is for image tokenizers (models with an `image` input)".into());
     }
     if has("tokens") && has("is_original") && has("text_ids") && has("text_mask") {
         return train_critic(args, resume, settings, &run, opt, config, &fit_cfg);
@@ -478,4 +510,114 @@ fn train_critic(
         run.path.display()
     );
     fit::fit(run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut NoHook)
+}
+
+/// The image tokenizer's objective, stage by stage: each stage compiles the model at its
+/// resolution (the tokenizer is fully convolutional, so its parameters carry over) and
+/// continues with the previous stage's parameters, AdamW moments, weight average and
+/// codebook statistics.
+fn train_tokenizer(
+    args: &TrainArgs,
+    resume: bool,
+    settings: &CompilerSettings,
+    run: &RunDir,
+    opt: AdamW,
+    probe: &Model,
+    fit_cfg: &dyn Fn(usize) -> FitConfig,
+) -> Result<Summary, String> {
+    let model_res = probe.graph.ty(probe.graph.inputs.iter().find(|x| x.0 == "image").expect("has").1).shape.0[1]
+        .as_known()
+        .ok_or("the image input needs a known resolution")? as usize;
+    let stages = if args.stages.is_empty() {
+        vec![Stage { resolution: model_res, until: args.steps, batch: args.batch, accumulate: args.accumulate.max(1) }]
+    } else {
+        args.stages.clone()
+    };
+    if stages.windows(2).any(|w| w[1].until <= w[0].until) {
+        return Err("--stage: each stage must end at a later step than the one before".into());
+    }
+    if stages.last().map(|s| s.until) != Some(args.steps) {
+        return Err(format!(
+            "--stage: the last stage ends at step {}, but --steps is {}; make them equal",
+            stages.last().map_or(0, |s| s.until),
+            args.steps
+        ));
+    }
+    let params = init_params(&probe.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+    // A codebook (`embedding`) whose ids come out as `codes` gets dead-code re-seeding.
+    let reseeding = probe.graph.outputs.iter().any(|(n, _)| n == "codes") && params.contains_key("embedding");
+    let outputs: &[&str] = if reseeding { &["codes"] } else { &[] };
+    let mut hook: Box<dyn StepHook> = if reseeding {
+        Box::new(Reseed::new("embedding", params["embedding"].shape[0], 50, args.seed))
+    } else {
+        Box::new(NoHook)
+    };
+    let trainer_at = |stage: &Stage, params: &Tensors| -> Result<(Trainer, Model), String> {
+        let mut sets = args.sets.clone();
+        sets.retain(|(k, _)| k != "resolution");
+        sets.push(("resolution".into(), stage.resolution.to_string()));
+        let m = if stage.resolution == model_res { probe.clone() } else { compile_model(&args.model, &sets)? };
+        let (b, r) = (stage.batch, stage.resolution);
+        let example: Tensors = [("image".to_string(), HostTensor::f(&[b, r, r, 3], vec![0.0; b * r * r * 3]))].into();
+        let mut t = Trainer::with_outputs(&m.graph, &m.name, params, &example, opt.clone(), settings, outputs)
+            .map_err(|e| e.to_string())?;
+        if args.ema > 0.0 {
+            t.start_ema();
+        }
+        Ok((t, m))
+    };
+    // The stage the run is in: the first one, or where the latest checkpoint left off.
+    let mut k = 0;
+    let (mut trainer, _) = trainer_at(&stages[0], &params)?;
+    let mut start = Progress { step: 0, data_pos: 0 };
+    if resume {
+        start = fit::restore(run, &mut trainer, hook.as_mut())?;
+        k = stages.iter().position(|s| start.step < s.until).unwrap_or(stages.len() - 1);
+        if k > 0 {
+            let next = trainer_at(&stages[k], &trainer.params())?.0;
+            trainer = carry_over(&trainer, next);
+        }
+    }
+    let mut summary: Option<Summary> = None;
+    loop {
+        let stage = stages[k];
+        let data: Arc<dyn Dataset> = Arc::from(data::open(&args.data, stage.resolution, args.seed, args.flip)?);
+        let loader = Loader::start(data, args.seed, start.data_pos, stage.batch, 4);
+        let mut batches = ImageBatches { loader, res: stage.resolution, input: "image".into() };
+        eprintln!(
+            "train {} (image tokenizer, {r}x{r}, batch {} x {}) from step {} to {} in {}",
+            probe.name,
+            stage.batch,
+            stage.accumulate,
+            start.step,
+            stage.until,
+            run.path.display(),
+            r = stage.resolution
+        );
+        let cfg = FitConfig { steps: stage.until, accumulate: stage.accumulate, batch: stage.batch, ..fit_cfg(0) };
+        let from = start.step;
+        let s = fit::fit(run, &mut trainer, &mut batches, &cfg, start, hook.as_mut())?;
+        start = Progress { step: stage.until.max(from), data_pos: s.data_pos };
+        summary = Some(match summary {
+            Some(first) => {
+                Summary { first_loss: first.first_loss, skipped_steps: first.skipped_steps + s.skipped_steps, ..s }
+            }
+            None => s,
+        });
+        k += 1;
+        if k == stages.len() {
+            return summary.ok_or_else(|| "no stage ran".to_string());
+        }
+        let next = trainer_at(&stages[k], &trainer.params())?.0;
+        trainer = carry_over(&trainer, next);
+    }
+}
+
+/// `next`, compiled for the next stage, with `prev`'s optimizer state and weight average.
+fn carry_over(prev: &Trainer, mut next: Trainer) -> Trainer {
+    next.set_optimizer_state(&prev.optimizer_state()).expect("the same parameters at every resolution");
+    if let Some(e) = prev.ema() {
+        next.set_ema(&e);
+    }
+    next
 }
