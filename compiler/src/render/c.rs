@@ -319,6 +319,9 @@ fn render_row(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
             let _ = writeln!(s, "      for (int q = 0; q < 16; q++) part[q] = {init};");
             let _ = writeln!(s, "      int64_t s0 = 0;");
             let _ = writeln!(s, "      for (; s0 + 16 <= t{inner}; s0 += 16) {{");
+            // Said explicitly: GCC unrolls the 16 partial maxima and then keeps them scalar
+            // (a softmax row of 64: 1.7 ms for 4096 rows on one core, 0.5 with the pragma).
+            let _ = writeln!(s, "        #pragma omp simd");
             let _ = writeln!(s, "        for (int q = 0; q < 16; q++) {{");
             let _ = writeln!(s, "          const int64_t step = s0 + q;");
             let mut local = done.clone();
