@@ -259,7 +259,9 @@ fn progressive_resolution_resumes_across_stages() {
     };
     let w = train(&whole, false, &s).unwrap();
     assert!(w.first_loss.is_finite() && w.last_loss.is_finite());
-    assert_eq!(TrainArgs::from_run(&whole.out).unwrap().stages, stages, "config.json records the stages");
+    let recorded = TrainArgs::from_run(&whole.out).unwrap();
+    assert_eq!(recorded.stages, stages, "config.json records the stages");
+    assert!(recorded.sets.contains(&("resolution".into(), "16".into())), "the model is the last stage's");
     let half = TrainArgs {
         out: dir.join("half"),
         steps: 8,

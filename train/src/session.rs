@@ -342,11 +342,18 @@ impl Batches for ImageBatches {
 pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Result<Summary, String> {
     // Paths are recorded absolute, so runs can be resumed and used from any directory.
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    // A progressive run's model is the last stage's: what `muse tokenize` and sampling use.
+    let mut sets = args.sets.clone();
+    if let Some(last) = args.stages.last() {
+        sets.retain(|(k, _)| k != "resolution");
+        sets.push(("resolution".into(), last.resolution.to_string()));
+    }
     let args = &TrainArgs {
         model: absolute(&args.model),
         tokenizer: args.tokenizer.as_deref().map(absolute),
         generator: args.generator.as_deref().map(absolute),
         text_tokenizer: args.text_tokenizer.as_deref().map(absolute),
+        sets,
         ..args.clone()
     };
     let probe = compile_model(&args.model, &args.sets)?;
