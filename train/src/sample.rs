@@ -229,13 +229,33 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
         a.cfg,
         a.temperature
     );
+    // Prompts in the built-in data set's one-shape form are judged against the pixels.
+    let (mut judged, mut colours, mut places) = (0, 0, 0);
     for (i, prompt) in a.prompts.iter().enumerate() {
-        let img = to_rgb8(&flat[i * res * res * 3..][..res * res * 3], res);
+        let pixels = &flat[i * res * res * 3..][..res * res * 3];
+        let img = to_rgb8(pixels, res);
         let f = a.out.join(format!("{i:03}.png"));
         save_png(&img, &f)?;
-        listing.push_str(&format!("{i:03}.png\t{prompt}\n"));
+        let verdict = match crate::data::shapes::judge(pixels, res, prompt) {
+            Some(j) => {
+                judged += 1;
+                colours += usize::from(j.colour);
+                places += usize::from(j.place);
+                let yes = |b: bool| if b { "right" } else { "wrong" };
+                format!("\tcolour {}, place {}", yes(j.colour), yes(j.place))
+            }
+            None => String::new(),
+        };
+        listing.push_str(&format!("{i:03}.png\t{prompt}{verdict}\n"));
         files.push(f);
         imgs.push(img);
+    }
+    if judged > 0 {
+        let summary = format!(
+            "{judged} one-shape prompts judged against the pixels: colour right in {colours}, place right in {places}"
+        );
+        eprintln!("{summary}");
+        listing.push_str(&format!("# {summary}\n"));
     }
     let cols = (p as f64).sqrt().ceil() as usize;
     let gpath = a.out.join("grid.png");

@@ -181,6 +181,74 @@ impl Shapes {
     }
 }
 
+/// What an image shows of a one-shape caption of this data set ("a large red circle in the
+/// top left"): whether the colour that covers most of the non-background pixels is the
+/// caption's, and whether that colour's pixels centre in the caption's cell of the 3x3
+/// grid. A yardstick for generated samples: the captions are the ground truth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    /// The dominant colour is the caption's.
+    pub colour: bool,
+    /// The caption's colour sits in the caption's place.
+    pub place: bool,
+}
+
+/// Judges `image` (`resolution`^2 pixels in -1..1, channels last) against `caption`; `None`
+/// when the caption is not a one-shape caption of this data set.
+pub fn judge(image: &[f32], resolution: usize, caption: &str) -> Option<Judgement> {
+    let words: Vec<&str> = caption.split_whitespace().collect();
+    if words.len() < 5 || words[0] != "a" || !matches!(words[1], "large" | "small") {
+        return None;
+    }
+    let colour = COLOURS.iter().position(|c| c.0 == words[2])?;
+    SHAPES.iter().position(|s| *s == words[3])?;
+    let place = PLACES.iter().position(|p| *p == words[4..].join(" "))?;
+    let n = resolution;
+    if image.len() < n * n * 3 || n == 0 {
+        return None;
+    }
+    // A pixel is a blend of a palette colour with the background (edges are anti-aliased):
+    // it votes for the colour whose blend line passes closest, weighted by how much of the
+    // colour it holds.
+    let mut votes = [0.0f64; COLOURS.len()];
+    let (mut sx, mut sy, mut own) = (0.0f64, 0.0f64, 0.0f64);
+    for y in 0..n {
+        for x in 0..n {
+            let px: Vec<f32> = (0..3).map(|k| (image[(y * n + x) * 3 + k] + 1.0) / 2.0 - BACKGROUND[k]).collect();
+            let blend = |c: &[f32; 3]| {
+                let d: Vec<f32> = (0..3).map(|k| c[k] - BACKGROUND[k]).collect();
+                let alpha = (0..3).map(|k| px[k] * d[k]).sum::<f32>() / (0..3).map(|k| d[k] * d[k]).sum::<f32>();
+                let off = (0..3).map(|k| (px[k] - alpha * d[k]).powi(2)).sum::<f32>();
+                (alpha.clamp(0.0, 1.0), off)
+            };
+            let Some((k, (alpha, off))) =
+                COLOURS.iter().map(|c| blend(&c.1)).enumerate().min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+            else {
+                continue;
+            };
+            if alpha < 0.25 || off > 0.02 {
+                continue;
+            }
+            votes[k] += alpha as f64;
+            if k == colour {
+                sx += (x as f64 + 0.5) * alpha as f64;
+                sy += (y as f64 + 0.5) * alpha as f64;
+                own += alpha as f64;
+            }
+        }
+    }
+    let (best, &count) = votes.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+    // A shape is at least a few pixels: less is noise, not a drawing.
+    let visible = |k: f64| k * 100.0 >= (n * n) as f64;
+    let colour_ok = visible(count) && best == colour;
+    let place_ok = visible(own) && {
+        let (cx, cy) = (sx / own / n as f64, sy / own / n as f64);
+        let cell = ((cy * 3.0) as usize).min(2) * 3 + ((cx * 3.0) as usize).min(2);
+        cell == place
+    };
+    Some(Judgement { colour: colour_ok, place: place_ok })
+}
+
 /// Whether point (u, v) lies inside the shape.
 fn inside(it: &Item, u: f32, v: f32) -> bool {
     let (dx, dy) = ((u - it.cx) / it.r, (v - it.cy) / it.r);
@@ -212,6 +280,29 @@ mod tests {
             let h = held.sample(i).caption;
             assert!(HELD_OUT.iter().any(|(c, s)| h.contains(&format!("{c} {s}"))), "{h:?}");
         }
+    }
+
+    #[test]
+    fn the_judge_agrees_with_the_drawings_and_not_with_other_captions() {
+        // On the data set's own one-shape samples the caption is right, so the judge must say
+        // so; against another sample's caption (another colour) it must not.
+        let d = Shapes::new(16, 11);
+        let (mut judged, mut colour, mut place, mut wrong) = (0, 0, 0, 0);
+        for i in 0..300 {
+            let s = d.sample(i);
+            let Some(j) = judge(&s.image, 16, &s.caption) else { continue };
+            judged += 1;
+            colour += usize::from(j.colour);
+            place += usize::from(j.place);
+            let other = COLOURS.iter().find(|c| !s.caption.contains(c.0)).expect("another colour").0;
+            let words: Vec<&str> = s.caption.split(' ').collect();
+            let swapped = s.caption.replacen(words[2], other, 1);
+            wrong += usize::from(judge(&s.image, 16, &swapped).expect("still a caption").colour);
+        }
+        assert!(judged > 100, "{judged} one-shape captions");
+        assert_eq!((colour, place), (judged, judged), "of {judged}");
+        assert_eq!(wrong, 0);
+        assert_eq!(judge(&d.sample(0).image, 16, "a blue square to the left of a green triangle"), None);
     }
 
     #[test]
