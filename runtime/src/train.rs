@@ -290,9 +290,7 @@ impl Trainer {
         let mut out = self.frozen.clone();
         for p in &self.grads.graph.params {
             if let Some((_, v)) = ema.iter().find(|(n, _)| *n == p.name) {
-                let shape: Vec<usize> =
-                    p.ty.shape.0.iter().map(|d| d.as_known().expect("parameter sizes are known") as usize).collect();
-                out.insert(p.name.clone(), HostTensor::f(&shape, v.iter().map(|&x| x as f64).collect()));
+                out.insert(p.name.clone(), host_tensor(p, v));
             }
         }
         Some(out)
@@ -332,11 +330,16 @@ impl Trainer {
         let mut out = self.frozen.clone();
         for p in &self.grads.graph.params {
             if let Some(buf) = self.prep.param_mut(&p.name) {
-                let shape: Vec<usize> =
-                    p.ty.shape.0.iter().map(|d| d.as_known().expect("parameter sizes are known") as usize).collect();
-                out.insert(p.name.clone(), HostTensor::f(&shape, buf.iter().map(|&x| x as f64).collect()));
+                out.insert(p.name.clone(), host_tensor(p, buf));
             }
         }
         out
     }
+}
+
+/// Values of parameter `p` as a host tensor of its shape.
+fn host_tensor(p: &muse_compiler::ir::ParamInfo, values: &[f32]) -> HostTensor {
+    let shape: Vec<usize> =
+        p.ty.shape.0.iter().map(|d| d.as_known().expect("parameter sizes are known") as usize).collect();
+    HostTensor::f(&shape, values.iter().map(|&x| x as f64).collect())
 }
