@@ -35,13 +35,15 @@ pub struct CpuProgram {
     requested: Vec<NodeIndex>,
 }
 
-/// GEMM's rayon threads and the kernels' OpenMP threads share the cores: OpenMP threads that
-/// spin long while waiting for work slow every GEMM down, and threads that sleep at once
-/// make every small kernel pay a wake-up. Unless the user chose (`OMP_WAIT_POLICY` or
-/// `GOMP_SPINCOUNT`), they spin briefly (10000 rounds), then sleep: measured best of
-/// passive, active and 1e3-1e6 spins on muse_small and the Mamba block (docs/performance.md). This must happen before the first kernel library is
-/// loaded (OpenMP reads it once); it runs once per process. Programs embedding muse with
-/// threads of their own should set `OMP_WAIT_POLICY` themselves before starting them.
+/// OpenMP threads that spin long while waiting for work slow down any other thread pool on
+/// the cores (AdamW's rayon threads; the `gemm` crate's when it runs the products), and
+/// threads that sleep at once make every small kernel pay a wake-up. Unless the user chose
+/// (`OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`), they spin briefly (10000 rounds), then sleep:
+/// measured best of passive, active and 1e3-1e6 spins when products ran on rayon; with the
+/// GEMM template on OpenMP, 1e4, 3e5 and active measure alike (docs/fusion.md). This must
+/// happen before the first kernel library is loaded (OpenMP reads it once); it runs once
+/// per process. Programs embedding muse with threads of their own should set
+/// `OMP_WAIT_POLICY` themselves before starting them.
 pub fn quiet_openmp() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
