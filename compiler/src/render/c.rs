@@ -477,14 +477,14 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         let _ = writeln!(s, "    {} t{i}_t[{t}][{states}];", d.ty(k.exprs[i].ty));
     }
     for (j, (op, ..)) in step_reduces.iter().enumerate() {
-        let _ = writeln!(s, "    {} over{j}_t[{t}][{states}];", acc_init(*op).0);
+        let _ = writeln!(s, "    {} over{j}_t[{t}][{states}];", accumulator(*op, false).0);
     }
     let open_lane = |s: &mut String, done: &mut Vec<bool>| {
         let _ = writeln!(s, "    for (int q = 0; q < nl; q++) {{");
         let _ = writeln!(s, "      const int64_t lane = l0 + q;");
         let _ = writeln!(s, "      float *restrict h = h_t[q];");
         for (j, (op, ..)) in step_reduces.iter().enumerate() {
-            let _ = writeln!(s, "      {} *restrict over{j} = over{j}_t[q];", acc_init(*op).0);
+            let _ = writeln!(s, "      {} *restrict over{j} = over{j}_t[q];", accumulator(*op, false).0);
         }
         declare_where(d, k, &lane_level, done, "      ", s);
     };
@@ -505,7 +505,7 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     }
     let _ = writeln!(s, "        h[st] = 0.0f;");
     for (j, (op, ..)) in step_reduces.iter().enumerate() {
-        let _ = writeln!(s, "        over{j}[st] = {};", acc_init(*op).1);
+        let _ = writeln!(s, "        over{j}[st] = {};", accumulator(*op, false).1);
     }
     let _ = writeln!(s, "      }}");
     let _ = writeln!(s, "    }}");
@@ -545,7 +545,7 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     let _ = writeln!(s, "      }}");
     for (j, (op, v)) in reduces.iter().enumerate() {
         let ty = d.ty(k.exprs[*v as usize].ty);
-        let (acc_ty, init) = acc_init(*op);
+        let (acc_ty, init) = accumulator(*op, false);
         let _ = writeln!(s, "      {acc_ty} acc{j} = {init};");
         let _ = writeln!(
             s,
@@ -572,16 +572,6 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
         }
         let _ = writeln!(s, "      }}");
         let _ = writeln!(s, "    }}");
-    }
-}
-
-/// The accumulator type and start of a reduction folded inside a scan.
-fn acc_init(op: ReduceOp) -> (&'static str, &'static str) {
-    match op {
-        ReduceOp::Sum => ("double", "0.0"),
-        ReduceOp::Max => ("float", "-INFINITY"),
-        ReduceOp::Min => ("float", "INFINITY"),
-        other => unreachable!("{other:?} inside a scan"),
     }
 }
 
