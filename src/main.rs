@@ -93,7 +93,7 @@ enum Command {
         /// The .muse file (omit with --resume).
         file: Option<PathBuf>,
         #[command(flatten)]
-        train: TrainFlags,
+        train: Box<TrainFlags>,
         /// Override a config value, e.g. `--set depth=8` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -227,6 +227,18 @@ struct TrainFlags {
     /// stage in order, e.g. `--stage 16:400:32 --stage 32:1000:16:2`; the last ends the run.
     #[arg(long = "stage")]
     stages: Vec<String>,
+    /// Initial weights from a safetensors file: each tensor named like a parameter replaces
+    /// its random initialisation (e.g. a pretrained text encoder's `text_encoder.*`).
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// Leave these parameters untrained: `text` (the text encoder) or a parameter path such as
+    /// `layers.0` (repeatable).
+    #[arg(long, value_name = "NAME")]
+    freeze: Vec<String>,
+    /// The image tokenizer's discriminator model, when it has an adversarial term (default:
+    /// vq_discriminator.muse beside the tokenizer's file).
+    #[arg(long, value_name = "FILE")]
+    discriminator: Option<PathBuf>,
 }
 
 fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Result<String, String> {
@@ -288,6 +300,9 @@ fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Resul
                 ema: t.ema,
                 text_dropout: t.text_dropout,
                 flip: t.flip,
+                init: t.init.clone(),
+                freeze: t.freeze.clone(),
+                discriminator: t.discriminator.clone(),
                 stages,
             };
             (a, false)

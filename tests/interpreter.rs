@@ -25,6 +25,11 @@ fn every_model_runs_forward_and_backward_with_gradients_for_every_parameter() {
         for (p, g) in &d.params {
             let gv = v.get(*g).to_f64();
             assert!(gv.iter().all(|x| x.is_finite()), "{name}: gradient of {p} is not finite");
+            // While every hinge is active (fresh logits near 0) the last bias's gradient is
+            // -1/2 for the real half and +1/2 for the generated half: exactly zero.
+            if name == "vq_discriminator" && p == "disc.conv_out.bias" {
+                continue;
+            }
             assert!(
                 gv.iter().any(|x| *x != 0.0),
                 "{name}: gradient of {p} is exactly zero though it reaches the loss: an autodiff bug"

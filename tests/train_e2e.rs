@@ -162,7 +162,40 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         assert_eq!(t, &b[k], "{k} differs after resuming");
     }
     assert_eq!(losses(&whole.out), losses(&half.out), "the metrics of both runs agree step by step");
+    // A new run from that checkpoint's weights (--init) with the text encoder frozen: the
+    // encoder comes out exactly as loaded, the rest trains on; resuming keeps both settings.
+    let init = whole.out.join("checkpoints/step-00000020.safetensors");
+    let frozen = TrainArgs {
+        init: Some(init.clone()),
+        freeze: vec!["text".into()],
+        out: dir.join("frozen"),
+        ..masked("mamba_xattn_xz", &dir, 4)
+    };
+    train(&frozen, false, &s).unwrap();
+    let mut more = TrainArgs::from_run(&frozen.out).unwrap();
+    assert_eq!((more.init.as_deref(), more.freeze.clone()), (Some(init.as_path()), vec!["text".to_string()]));
+    more.steps = 8;
+    train(&more, true, &s).unwrap();
+    let after = ck_at(&frozen.out, 8);
+    let texts: Vec<&String> = a.keys().filter(|k| k.starts_with("text_encoder.")).collect();
+    assert!(!texts.is_empty());
+    for k in texts {
+        assert_eq!(after[k], a[k], "{k} is frozen");
+    }
+    let moved = a.keys().filter(|k| k.starts_with("layers.") && after.get(*k).is_some_and(|t| t != &a[*k])).count();
+    assert!(moved > 0, "the rest trains");
+    let bad = TrainArgs { freeze: vec!["nothing_here".into()], out: dir.join("bad"), ..frozen.clone() };
+    assert!(train(&bad, false, &s).unwrap_err().contains("nothing_here"));
+    let vq_ck = ck_at(&dir.join("vq"), 30);
+    let tmp = dir.join("unrelated.safetensors");
+    muse_runtime::checkpoint::save(&tmp, &vq_ck).unwrap();
+    let unrelated = TrainArgs { init: Some(tmp), out: dir.join("bad2"), ..frozen.clone() };
+    assert!(train(&unrelated, false, &s).unwrap_err().contains("none of its"), "weights of another model");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn ck_at(run: &Path, step: u64) -> muse_runtime::backend::Tensors {
+    muse_runtime::checkpoint::load(&run.join(format!("checkpoints/step-{step:08}.safetensors"))).unwrap()
 }
 
 #[test]
@@ -233,10 +266,11 @@ fn corrupt_images_are_skipped_named_and_counted() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A progressive-resolution tokenizer run (8x8, then 16x16 with a smaller batch and two
-/// micro-batches per step) carries its parameters, moments and weight average across the
-/// stage boundary; interrupted inside the second stage and resumed, it equals an
-/// uninterrupted run tensor for tensor and step for step.
+/// A progressive-resolution tokenizer run with a PatchGAN discriminator (8x8, then 16x16
+/// with a smaller batch and two micro-batches per step) carries its parameters, moments,
+/// weight average and the discriminator's weights and moments across the stage boundary;
+/// interrupted inside the second stage and resumed, it equals an uninterrupted run tensor for
+/// tensor and step for step.
 #[test]
 fn progressive_resolution_resumes_across_stages() {
     use muse_train::session::Stage;
@@ -248,7 +282,10 @@ fn progressive_resolution_resumes_across_stages() {
     ];
     // Warmup covers the interrupted part: the learning rate of a step depends on the run's
     // length after the warmup.
+    let mut adversarial = vq(&dir).sets;
+    adversarial.extend(sets(&[("adversarial", "0.1"), ("disc_channels", "8"), ("disc_layers", "1")]));
     let whole = TrainArgs {
+        sets: adversarial,
         stages: stages.clone(),
         steps: 12,
         ema: 0.9,
@@ -281,6 +318,11 @@ fn progressive_resolution_resumes_across_stages() {
     }
     assert_eq!(losses(&whole.out), losses(&half.out));
     assert_eq!(losses(&whole.out).len(), 12);
+    // The discriminator trained (its own moments are saved) and logged its loss each step.
+    assert!(a.contains_key("disc/adamw.step") && a.contains_key("disc.conv_in.weight"));
+    assert_eq!(a["disc/adamw.step"].to_f64()[0], 12.0);
+    let log = std::fs::read_to_string(whole.out.join("metrics.jsonl")).unwrap();
+    assert!(log.lines().all(|l| l.contains("\"disc_loss\"")), "{log}");
     // A stage that does not end after the one before is refused.
     let bad = TrainArgs {
         out: dir.join("bad"),

@@ -9,7 +9,7 @@ use muse_runtime::backend::Tensors;
 use muse_runtime::cpu::compile::CompilerSettings;
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::optim::{self, AdamState, AdamW, Schedule};
-use muse_runtime::train::Trainer;
+use muse_runtime::train::{TrainOptions, Trainer};
 use muse_runtime::{init_params, run, Precision, RunOptions};
 use std::collections::HashMap;
 
@@ -101,6 +101,59 @@ fn fused_training_steps_follow_the_reference() {
         assert!(diff < 1e-2 * cfg.lr, "{name}: parameters after 3 steps differ by {diff:e}");
         assert!(max_diff(&params0, &reference) > cfg.lr, "{name}: the parameters moved");
     }
+}
+
+/// `--freeze text`: the text encoder keeps its values bit for bit, is left out of the
+/// gradient norm, and every other parameter follows the reference AdamW exactly as before;
+/// a frozen parameter set from outside (the PatchGAN copy) is what the next pass reads.
+#[test]
+fn frozen_parameters_stay_and_the_rest_follow_the_reference() {
+    let cfg = AdamW { lr: 1e-2, clip_norm: Some(0.5), ..AdamW::default() };
+    let name = "muse_small";
+    let m = common::compile_model(name, &common::tiny(name, "2"));
+    let params0 = init_params(&m.graph, 3, Precision::F32).unwrap();
+    let batches: Vec<Tensors> = (0..3).map(|s| random_inputs(&m.graph, 2, 10 + s)).collect();
+    let options = TrainOptions { frozen: vec!["text_encoder".into()], ..TrainOptions::default() };
+    let mut t =
+        Trainer::with_options(&m.graph, name, &params0, &batches[0], cfg.clone(), &settings("freeze"), &options)
+            .unwrap();
+    let is_text = |n: &str| n.starts_with("text_encoder.");
+    assert!(t.trained().all(|n| !is_text(n)));
+    assert_eq!(t.trained().count(), params0.keys().filter(|n| !is_text(n)).count());
+    let mut reference = params0.clone();
+    let mut plain = PlainAdamW { m: HashMap::new(), v: HashMap::new(), t: 0 };
+    for b in &batches {
+        let (_, mut grads) = reference_grads(&m, &reference, b);
+        grads.retain(|n, _| !is_text(n));
+        let norm = grads.values().flatten().map(|g| g * g).sum::<f64>().sqrt();
+        let stats = t.step(&[b], cfg.lr, 0).unwrap();
+        assert!((stats.grad_norm - norm).abs() < 1e-4 * norm, "norm {} vs {norm} without the frozen", stats.grad_norm);
+        plain.step(&cfg, cfg.lr, &mut reference, &grads);
+    }
+    let after = t.params();
+    for (k, v) in &params0 {
+        if is_text(k) {
+            assert_eq!(&after[k], v, "{k} is frozen");
+        }
+    }
+    assert!(max_diff(&after, &reference) < 1e-2 * cfg.lr);
+    assert!(max_diff(&params0, &reference) > cfg.lr, "the rest moved");
+    // A frozen parameter set from outside is read by the next pass and reported back (not a
+    // constant shift, which the layernorm after it would remove).
+    let key = "text_encoder.pos_emb".to_string();
+    let shifted =
+        params0[&key].to_f64().iter().enumerate().map(|(i, x)| ((x + (i as f64).sin()) as f32) as f64).collect();
+    let moved = muse_runtime::HostTensor::f(&params0[&key].shape, shifted);
+    let (loss_before, _) = t.gradients(&batches[0], 0).unwrap();
+    t.set_params(&[(key.clone(), moved.clone())].into()).unwrap();
+    let (loss_after, _) = t.gradients(&batches[0], 0).unwrap();
+    assert_ne!(loss_before, loss_after);
+    assert_eq!(t.params()[&key], moved);
+    let nothing = TrainOptions { frozen: vec!["text".into()], ..TrainOptions::default() };
+    let err = Trainer::with_options(&m.graph, name, &params0, &batches[0], cfg, &settings("freeze"), &nothing)
+        .err()
+        .expect("`text` names no parameter path");
+    assert!(err.to_string().contains("no parameter is named `text`"), "{err}");
 }
 
 #[test]

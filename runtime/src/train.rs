@@ -21,6 +21,8 @@ pub enum TrainError {
     Compile(CompileError),
     /// Inputs or parameters do not fit the model.
     Run(RunError),
+    /// A frozen name matches no parameter.
+    Freeze(String),
 }
 
 impl std::fmt::Display for TrainError {
@@ -29,6 +31,7 @@ impl std::fmt::Display for TrainError {
             TrainError::NoLoss(m) => write!(f, "model {m} has no loss to train"),
             TrainError::Compile(e) => write!(f, "{e}"),
             TrainError::Run(e) => write!(f, "{e}"),
+            TrainError::Freeze(p) => write!(f, "nothing to freeze: no parameter is named `{p}` or `{p}.*`"),
         }
     }
 }
@@ -54,6 +57,28 @@ pub struct StepStats {
     pub applied: bool,
 }
 
+/// What a trainer computes besides the loss and the gradients, and what it leaves alone.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Forward outputs to compute each pass (read with [`Trainer::output`]).
+    pub outputs: Vec<String>,
+    /// Parameters the optimizer leaves as they are: a name freezes that parameter and every
+    /// `name.*` below it (`text_encoder`, `disc`). No gradient is computed for them.
+    pub frozen: Vec<String>,
+}
+
+impl TrainOptions {
+    /// Whether parameter `name` is frozen.
+    pub fn is_frozen(&self, name: &str) -> bool {
+        self.frozen.iter().any(|p| under(name, p))
+    }
+}
+
+/// Whether parameter `name` is `path` or inside it (`path.*`).
+fn under(name: &str, path: &str) -> bool {
+    name.strip_prefix(path).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 /// A model compiled for training on the CPU, with its parameters and optimizer state.
 pub struct Trainer {
     /// The differentiated graph: loss and one gradient per parameter.
@@ -62,7 +87,7 @@ pub struct Trainer {
     prep: Prepared,
     /// Parameters the optimizer updates (those with a gradient the program computes), in order.
     trained: Vec<(String, NodeIndex)>,
-    /// Parameters that get no gradient: kept as given.
+    /// Parameters that get no gradient or are frozen: kept as given (or as last set).
     frozen: Tensors,
     /// AdamW's settings.
     pub opt: AdamW,
@@ -86,28 +111,33 @@ impl Trainer {
         opt: AdamW,
         settings: &CompilerSettings,
     ) -> Result<Trainer, TrainError> {
-        Trainer::with_outputs(model, name, params, example, opt, settings, &[])
+        Trainer::with_options(model, name, params, example, opt, settings, &TrainOptions::default())
     }
 
-    /// As [`Trainer::new`], also computing the named forward outputs each pass (read them
-    /// with [`Trainer::output`]).
-    pub fn with_outputs(
+    /// As [`Trainer::new`], also computing forward outputs and leaving frozen parameters alone.
+    pub fn with_options(
         model: &Graph,
         name: &str,
         params: &Tensors,
         example: &Tensors,
         opt: AdamW,
         settings: &CompilerSettings,
-        outputs: &[&str],
+        options: &TrainOptions,
     ) -> Result<Trainer, TrainError> {
         if model.losses.is_empty() {
             return Err(TrainError::NoLoss(name.to_string()));
         }
+        if let Some(p) = options.frozen.iter().find(|p| !model.params.iter().any(|q| under(&q.name, p))) {
+            return Err(TrainError::Freeze(p.clone()));
+        }
         let grads = autodiff::differentiate(model, autodiff::Wrt::default());
+        // Gradients of frozen parameters are never asked for, so no kernel computes them.
+        let wanted: Vec<(String, NodeIndex)> =
+            grads.params.iter().filter(|(n, _)| !options.is_frozen(n)).cloned().collect();
         let mut requested = vec![grads.loss];
-        requested.extend(grads.params.iter().map(|x| x.1));
+        requested.extend(wanted.iter().map(|x| x.1));
         let mut outs = Vec::new();
-        for want in outputs {
+        for want in &options.outputs {
             let n =
                 model.outputs.iter().find(|(o, _)| o == want).ok_or_else(|| {
                     TrainError::Run(RunError::MissingInput(format!("output `{want}` of model {name}")))
@@ -118,7 +148,7 @@ impl Trainer {
         let program = CpuProgram::compile(&grads.graph, &requested, settings).map_err(TrainError::Compile)?;
         let mut prep = program.prepare(&grads.graph, example, params)?;
         let trained: Vec<(String, NodeIndex)> =
-            grads.params.iter().filter(|(name, _)| prep.param_mut(name).is_some()).cloned().collect();
+            wanted.into_iter().filter(|(name, _)| prep.param_mut(name).is_some()).collect();
         let frozen = params
             .iter()
             .filter(|(name, _)| !trained.iter().any(|(t, _)| t == *name))
@@ -209,7 +239,7 @@ impl Trainer {
         Ok((loss, grads))
     }
 
-    /// A forward output of the last pass (one asked for in [`Trainer::with_outputs`]).
+    /// A forward output of the last pass (one asked for in [`TrainOptions::outputs`]).
     pub fn output(&self, name: &str) -> Option<HostTensor> {
         self.outputs.iter().find(|(n, _)| n == name).map(|(_, node)| self.prep.read(*node))
     }
@@ -217,6 +247,11 @@ impl Trainer {
     /// Sets parameters (those the program reads) from `params`; others are kept as given.
     pub fn set_params(&mut self, params: &Tensors) -> Result<(), RunError> {
         for (name, t) in params {
+            if let Some(kept) = self.frozen.get_mut(name) {
+                if kept.len() == t.len() {
+                    *kept = t.clone();
+                }
+            }
             match self.prep.param_mut(name) {
                 Some(buf) if buf.len() == t.len() => {
                     buf.iter_mut().zip(t.to_f64()).for_each(|(b, v)| *b = v as f32);
@@ -248,9 +283,10 @@ impl Trainer {
         out
     }
 
-    /// Starts an exponential moving average of the parameters at their present values.
+    /// Starts an exponential moving average of the trained parameters at their present
+    /// values (a frozen parameter is its own average).
     pub fn start_ema(&mut self) {
-        let names: Vec<String> = self.grads.graph.params.iter().map(|p| p.name.clone()).collect();
+        let names: Vec<String> = self.trained.iter().map(|(n, _)| n.clone()).collect();
         let ema =
             names.into_iter().filter_map(|n| self.prep.param_mut(&n).map(|b| b.to_vec()).map(|v| (n, v))).collect();
         self.ema = Some(ema);

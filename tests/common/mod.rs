@@ -44,6 +44,7 @@ pub const MODELS: &[&str] = &[
     "mamba_layer_critic",
     "token_critic",
     "vq_tokenizer",
+    "vq_discriminator",
 ];
 
 /// The smallest config of each model that still has every part (`grid` sets the tokens per side).
@@ -56,7 +57,14 @@ pub fn tiny(name: &str, grid: &'static str) -> Vec<(&'static str, &'static str)>
             ("codebook", "5"),
             ("code_dim", "3"),
             ("groups", "2"),
+            // The PatchGAN generator term, so its path through the frozen discriminator runs.
+            ("adversarial", "0.5"),
+            ("disc_channels", "4"),
+            ("disc_layers", "1"),
         ];
+    }
+    if name == "vq_discriminator" {
+        return vec![("resolution", "8"), ("disc_channels", "4"), ("disc_layers", "1"), ("groups", "2")];
     }
     let mut v = vec![
         ("codebook", "7"),

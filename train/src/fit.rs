@@ -46,25 +46,80 @@ pub trait Batches {
     }
 }
 
-/// Work an objective does after each applied step (the VQ codebook's dead-code re-seeding);
-/// its state is saved in checkpoints so a resumed run does the same.
+/// The step a [`StepHook`] runs after.
+pub struct StepDone<'a> {
+    /// Optimizer steps applied so far, this one included (counts from 1).
+    pub step: u64,
+    /// The learning rate of the step.
+    pub lr: f64,
+    /// The step's micro-batches.
+    pub micro: &'a [Tensors],
+}
+
+/// Work an objective does after each applied step (the VQ codebook's dead-code re-seeding,
+/// the discriminator's step); its state is saved in checkpoints so a resumed run does the
+/// same.
 pub trait StepHook {
-    /// Called after each applied optimizer step (`step` counts from 1).
-    fn after_step(&mut self, trainer: &mut Trainer, step: u64) -> Result<(), String>;
+    /// Called after each applied optimizer step.
+    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), String>;
     /// State to save in a checkpoint (names must contain a `/`).
     fn state(&self) -> Tensors {
         Tensors::new()
     }
     /// Restores [`StepHook::state`].
-    fn restore(&mut self, _t: &Tensors) {}
+    fn restore(&mut self, _t: &Tensors) -> Result<(), String> {
+        Ok(())
+    }
+    /// Figures of the last step for the metrics log.
+    fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
 }
 
 /// No per-step work.
 pub struct NoHook;
 
 impl StepHook for NoHook {
-    fn after_step(&mut self, _: &mut Trainer, _: u64) -> Result<(), String> {
+    fn after_step(&mut self, _: &mut Trainer, _: &StepDone) -> Result<(), String> {
         Ok(())
+    }
+}
+
+/// A hook an objective may not have.
+impl<H: StepHook> StepHook for Option<H> {
+    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), String> {
+        self.as_mut().map_or(Ok(()), |h| h.after_step(trainer, done))
+    }
+    fn state(&self) -> Tensors {
+        self.as_ref().map(H::state).unwrap_or_default()
+    }
+    fn restore(&mut self, t: &Tensors) -> Result<(), String> {
+        self.as_mut().map_or(Ok(()), |h| h.restore(t))
+    }
+    fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.as_ref().map(H::metrics).unwrap_or_default()
+    }
+}
+
+/// Two hooks, run in order.
+impl<A: StepHook, B: StepHook> StepHook for (A, B) {
+    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), String> {
+        self.0.after_step(trainer, done)?;
+        self.1.after_step(trainer, done)
+    }
+    fn state(&self) -> Tensors {
+        let mut t = self.0.state();
+        t.extend(self.1.state());
+        t
+    }
+    fn restore(&mut self, t: &Tensors) -> Result<(), String> {
+        self.0.restore(t)?;
+        self.1.restore(t)
+    }
+    fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = self.0.metrics();
+        m.extend(self.1.metrics());
+        m
     }
 }
 
@@ -94,7 +149,7 @@ fn ema_key(name: &str) -> String {
 /// progress to resume at.
 pub fn restore(run: &RunDir, trainer: &mut Trainer, hook: &mut dyn StepHook) -> Result<Progress, String> {
     let Some((tensors, progress)) = run.latest()? else { return Ok(Progress { step: 0, data_pos: 0 }) };
-    hook.restore(&tensors);
+    hook.restore(&tensors)?;
     // The model's parameters only: optimizer and hook state (`adamw.step`, `ema/...`) are
     // restored by their owners.
     let known = trainer.params();
@@ -152,7 +207,7 @@ pub fn fit(
             skipped_steps += 1;
             eprintln!("warning: step {step}: non-finite loss {} skipped", stats.loss);
         } else {
-            hook.after_step(trainer, step + 1)?;
+            hook.after_step(trainer, &StepDone { step: step + 1, lr, micro: &micro })?;
             if let Some(decay) = cfg.ema {
                 trainer.update_ema(decay);
             }
@@ -168,12 +223,15 @@ pub fn fit(
         let elapsed = began.elapsed().as_secs_f64();
         let wait = batches.waited().as_secs_f64() / elapsed.max(1e-9);
         let done = step + 1 == cfg.steps;
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "step": step + 1, "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
             "items_per_s": window_items as f64 / secs.max(1e-9),
             "tokens_per_s": (window_items * cfg.tokens_per_item) as f64 / secs.max(1e-9),
             "wait_fraction": wait, "skipped_items": batches.skipped(), "applied": stats.applied,
         });
+        if let Some(m) = line.as_object_mut() {
+            m.extend(hook.metrics());
+        }
         run.log(&line)?;
         if terminal {
             eprint!(

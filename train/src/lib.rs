@@ -1,6 +1,7 @@
 //! Training and sampling of muse models over compiled kernels: data sets, text tokenizers,
 //! run directories with atomic checkpoints, the training loops and MaskGIT sampling.
 
+pub mod adversary;
 pub mod critic;
 pub mod data;
 pub mod fit;

@@ -2,9 +2,10 @@
 //! tokenizer; `tokens` and `targets`: a masked-token model), prepares data, text and run
 //! directory, and runs the loop. `--resume` rebuilds everything from the run's config.json.
 
+use crate::adversary::Adversary;
 use crate::critic::CriticBatches;
 use crate::data::{self, loader::Loader, Dataset};
-use crate::fit::{self, Batches, FitConfig, NoHook, StepHook, Summary};
+use crate::fit::{self, Batches, FitConfig, NoHook, Summary};
 use crate::masked::{self, MaskedBatches, TokenSet};
 use crate::run::{Progress, RunDir};
 use crate::text::TextTokenizer;
@@ -14,7 +15,7 @@ use muse_compiler::{compile_path, Model, Options};
 use muse_runtime::backend::Tensors;
 use muse_runtime::cpu::compile::CompilerSettings;
 use muse_runtime::optim::{AdamW, Schedule};
-use muse_runtime::train::Trainer;
+use muse_runtime::train::{TrainOptions, Trainer};
 use muse_runtime::{init_params, HostTensor, Precision};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,14 @@ pub struct TrainArgs {
     /// Progressive resolution of an image tokenizer: stages in order (none: one stage at
     /// the model's resolution with `batch` and `accumulate`).
     pub stages: Vec<Stage>,
+    /// Initial weights (safetensors): every tensor named like a parameter replaces its
+    /// random initialisation (a pretrained text encoder, a tokenizer to fine-tune).
+    pub init: Option<PathBuf>,
+    /// Parameters left untrained: `text` (the text encoder) or any parameter path.
+    pub freeze: Vec<String>,
+    /// The image tokenizer's discriminator model (default: vq_discriminator.muse beside the
+    /// tokenizer's file), used when the tokenizer has an adversarial term.
+    pub discriminator: Option<PathBuf>,
 }
 
 /// One stage of a progressive-resolution schedule: train at `resolution` until step `until`
@@ -140,6 +149,9 @@ impl Default for TrainArgs {
             text_dropout: 0.1,
             flip: false,
             stages: vec![],
+            init: None,
+            freeze: vec![],
+            discriminator: None,
         }
     }
 }
@@ -152,7 +164,8 @@ impl TrainArgs {
             "weight_decay": self.weight_decay, "clip": self.clip, "tokenizer": self.tokenizer,
             "text_tokenizer": self.text_tokenizer, "generator": self.generator, "samples": self.samples, "checkpoint_every": self.checkpoint_every,
             "keep": self.keep, "skip_nonfinite": self.skip_nonfinite, "ema": self.ema,
-            "text_dropout": self.text_dropout, "flip": self.flip,
+            "text_dropout": self.text_dropout, "flip": self.flip, "init": self.init, "freeze": self.freeze,
+            "discriminator": self.discriminator,
             "stages": self.stages.iter().map(|s| [s.resolution as u64, s.until, s.batch as u64, s.accumulate as u64]).collect::<Vec<_>>(),
         })
     }
@@ -191,6 +204,12 @@ impl TrainArgs {
             ema: f("ema")?,
             text_dropout: f("text_dropout")?,
             flip: a["flip"].as_bool().unwrap_or(false),
+            init: s("init").map(PathBuf::from),
+            freeze: a["freeze"]
+                .as_array()
+                .map(|v| v.iter().filter_map(|x| Some(x.as_str()?.to_string())).collect())
+                .unwrap_or_default(),
+            discriminator: s("discriminator").map(PathBuf::from),
             stages: a["stages"]
                 .as_array()
                 .map(|v| {
@@ -226,6 +245,50 @@ fn config_int(m: &Model, key: &str) -> Option<i64> {
         muse_compiler::elaborate::ConfigValue::Int(i) => Some(*i),
         _ => None,
     })
+}
+
+/// The model's initial parameters: random from its initialisers, then every tensor of
+/// `--init` that is named like a parameter (its shape must match).
+fn initial_params(model: &Model, args: &TrainArgs) -> Result<Tensors, String> {
+    let mut params = init_params(&model.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+    let Some(path) = &args.init else { return Ok(params) };
+    let file = muse_runtime::checkpoint::load(path).map_err(|e| format!("--init {}: {e}", path.display()))?;
+    let mut loaded = 0;
+    for (name, t) in &file {
+        if let Some(p) = params.get_mut(name) {
+            if p.shape != t.shape {
+                return Err(format!(
+                    "--init {}: `{name}` is {:?} in the file but {:?} in {}",
+                    path.display(),
+                    t.shape,
+                    p.shape,
+                    model.name
+                ));
+            }
+            *p = t.clone();
+            loaded += 1;
+        }
+    }
+    if loaded == 0 {
+        return Err(format!(
+            "--init {}: none of its {} tensors is named like a parameter of {} (e.g. `{}`)",
+            path.display(),
+            file.len(),
+            model.name,
+            model.graph.params.first().map_or("", |p| p.name.as_str())
+        ));
+    }
+    eprintln!("init: {loaded} of {} parameters from {}", params.len(), path.display());
+    Ok(params)
+}
+
+/// What the trainer leaves alone: `--freeze` (`text` is the text encoder) and `also`.
+fn train_options(args: &TrainArgs, outputs: &[&str], also: &[&str]) -> TrainOptions {
+    let alias = |f: &str| if f == "text" { "text_encoder".to_string() } else { f.to_string() };
+    TrainOptions {
+        outputs: outputs.iter().map(|o| o.to_string()).collect(),
+        frozen: args.freeze.iter().map(|f| alias(f)).chain(also.iter().map(|f| f.to_string())).collect(),
+    }
 }
 
 /// Config overrides of a token model with the codebook and grid of its image tokenizer
@@ -353,6 +416,8 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         tokenizer: args.tokenizer.as_deref().map(absolute),
         generator: args.generator.as_deref().map(absolute),
         text_tokenizer: args.text_tokenizer.as_deref().map(absolute),
+        init: args.init.as_deref().map(absolute),
+        discriminator: args.discriminator.as_deref().map(absolute),
         sets,
         ..args.clone()
     };
@@ -437,11 +502,19 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         json!({ "run": vq_dir, "checkpoint": vq.checkpoint, "codebook": codebook, "grid": grid });
     run.write_config(&config)?;
     let tokens = vq.tokens(&args.data, data.as_ref(), args.samples, settings)?;
-    let params = init_params(&model.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+    let params = initial_params(&model, args)?;
     let mut probe_batches = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
     let example = probe_batches.next()?.0;
-    let mut trainer =
-        Trainer::new(&model.graph, &model.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::with_options(
+        &model.graph,
+        &model.name,
+        &params,
+        &example,
+        opt,
+        settings,
+        &train_options(args, &[], &[]),
+    )
+    .map_err(|e| e.to_string())?;
     if args.ema > 0.0 {
         trainer.start_ema();
     }
@@ -496,12 +569,20 @@ fn train_critic(
     let data = data::open(&args.data, vq_res, args.seed, args.flip)?;
     let tokens = generator.vq.tokens(&args.data, data.as_ref(), args.samples, settings)?;
     let per_item = tokens.per_item;
-    let params = init_params(&model.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+    let params = initial_params(&model, args)?;
     let masked = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
     let mut probe = CriticBatches { masked, generator, seed: args.seed };
     let example = probe.next()?.0;
-    let mut trainer =
-        Trainer::new(&model.graph, &model.name, &params, &example, opt, settings).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::with_options(
+        &model.graph,
+        &model.name,
+        &params,
+        &example,
+        opt,
+        settings,
+        &train_options(args, &[], &[]),
+    )
+    .map_err(|e| e.to_string())?;
     if args.ema > 0.0 {
         trainer.start_ema();
     }
@@ -550,41 +631,72 @@ fn train_tokenizer(
             args.steps
         ));
     }
-    let params = init_params(&probe.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+    let params = initial_params(probe, args)?;
     // A codebook (`embedding`) whose ids come out as `codes` gets dead-code re-seeding.
     let reseeding = probe.graph.outputs.iter().any(|(n, _)| n == "codes") && params.contains_key("embedding");
-    let outputs: &[&str] = if reseeding { &["codes"] } else { &[] };
-    let mut hook: Box<dyn StepHook> = if reseeding {
-        Box::new(Reseed::new("embedding", params["embedding"].shape[0], 50, args.seed))
-    } else {
-        Box::new(NoHook)
-    };
-    let trainer_at = |stage: &Stage, params: &Tensors| -> Result<(Trainer, Model), String> {
+    // A discriminator inside the tokenizer (`disc.*`, the generator term) is trained by its
+    // own model and optimizer.
+    let adversarial = probe.graph.params.iter().any(|p| p.name.starts_with("disc."));
+    let discriminator = if adversarial { Some(discriminator_file(args)?) } else { None };
+    let mut outputs = vec![];
+    if reseeding {
+        outputs.push("codes");
+    }
+    if adversarial {
+        outputs.push("recon");
+    }
+    let options = train_options(args, &outputs, if adversarial { &["disc"] } else { &[] });
+    let mut reseed = reseeding.then(|| Reseed::new("embedding", params["embedding"].shape[0], 50, args.seed));
+    let sets_at = |stage: &Stage| {
         let mut sets = args.sets.clone();
         sets.retain(|(k, _)| k != "resolution");
         sets.push(("resolution".into(), stage.resolution.to_string()));
-        let m = if stage.resolution == model_res { probe.clone() } else { compile_model(&args.model, &sets)? };
+        sets
+    };
+    let image = |stage: &Stage| {
         let (b, r) = (stage.batch, stage.resolution);
-        let example: Tensors = [("image".to_string(), HostTensor::f(&[b, r, r, 3], vec![0.0; b * r * r * 3]))].into();
-        let mut t = Trainer::with_outputs(&m.graph, &m.name, params, &example, opt.clone(), settings, outputs)
+        HostTensor::f(&[b, r, r, 3], vec![0.0; b * r * r * 3])
+    };
+    let trainer_at = |stage: &Stage, params: &Tensors| -> Result<Trainer, String> {
+        let m =
+            if stage.resolution == model_res { probe.clone() } else { compile_model(&args.model, &sets_at(stage))? };
+        let example: Tensors = [("image".to_string(), image(stage))].into();
+        let mut t = Trainer::with_options(&m.graph, &m.name, params, &example, opt.clone(), settings, &options)
             .map_err(|e| e.to_string())?;
         if args.ema > 0.0 {
             t.start_ema();
         }
-        Ok((t, m))
+        Ok(t)
+    };
+    // The discriminator's AdamW: VQGAN's betas, no weight decay, the tokenizer's schedule.
+    let disc_opt = AdamW { beta1: 0.5, beta2: 0.9, weight_decay: 0.0, ..opt.clone() };
+    let adversary_at = |stage: &Stage, params: &Tensors| -> Result<Option<Adversary>, String> {
+        let Some(file) = &discriminator else { return Ok(None) };
+        let d = compile_discriminator(file, &sets_at(stage))?;
+        let example: Tensors = [("real".to_string(), image(stage)), ("fake".to_string(), image(stage))].into();
+        let mine: Tensors =
+            params.iter().filter(|(k, _)| k.starts_with("disc.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        check_same_parameters(&d, &mine, &args.model)?;
+        let options = TrainOptions { outputs: vec!["real_logits".into(), "fake_logits".into()], frozen: vec![] };
+        let t = Trainer::with_options(&d.graph, &d.name, &mine, &example, disc_opt.clone(), settings, &options)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(Some(Adversary::new(t)))
     };
     // The stage the run is in: the first one, or where the latest checkpoint left off.
     let mut k = 0;
-    let (mut trainer, _) = trainer_at(&stages[0], &params)?;
+    let mut trainer = trainer_at(&stages[0], &params)?;
+    let mut adversary = adversary_at(&stages[0], &params)?;
     let mut start = Progress { step: 0, data_pos: 0 };
     if resume {
-        start = fit::restore(run, &mut trainer, hook.as_mut())?;
+        let mut hooks = (reseed, adversary);
+        start = fit::restore(run, &mut trainer, &mut hooks)?;
+        (reseed, adversary) = hooks;
         k = stages.iter().position(|s| start.step < s.until).unwrap_or(stages.len() - 1);
         if k > 0 {
-            let next = trainer_at(&stages[k], &trainer.params())?.0;
-            trainer = carry_over(&trainer, next);
+            (trainer, adversary) = next_stage(&stages[k], trainer, adversary, &trainer_at, &adversary_at)?;
         }
     }
+    let mut hooks = (reseed, adversary);
     let mut summary: Option<Summary> = None;
     loop {
         let stage = stages[k];
@@ -592,8 +704,9 @@ fn train_tokenizer(
         let loader = Loader::start(data, args.seed, start.data_pos, stage.batch, 4);
         let mut batches = ImageBatches { loader, res: stage.resolution, input: "image".into() };
         eprintln!(
-            "train {} (image tokenizer, {r}x{r}, batch {} x {}) from step {} to {} in {}",
+            "train {} (image tokenizer{}, {r}x{r}, batch {} x {}) from step {} to {} in {}",
             probe.name,
+            if adversarial { " with a PatchGAN discriminator" } else { "" },
             stage.batch,
             stage.accumulate,
             start.step,
@@ -603,7 +716,7 @@ fn train_tokenizer(
         );
         let cfg = FitConfig { steps: stage.until, accumulate: stage.accumulate, batch: stage.batch, ..fit_cfg(0) };
         let from = start.step;
-        let s = fit::fit(run, &mut trainer, &mut batches, &cfg, start, hook.as_mut())?;
+        let s = fit::fit(run, &mut trainer, &mut batches, &cfg, start, &mut hooks)?;
         start = Progress { step: stage.until.max(from), data_pos: s.data_pos };
         summary = Some(match summary {
             Some(first) => {
@@ -615,9 +728,91 @@ fn train_tokenizer(
         if k == stages.len() {
             return summary.ok_or_else(|| "no stage ran".to_string());
         }
-        let next = trainer_at(&stages[k], &trainer.params())?.0;
-        trainer = carry_over(&trainer, next);
+        let (t, a) = next_stage(&stages[k], trainer, hooks.1.take(), &trainer_at, &adversary_at)?;
+        trainer = t;
+        hooks.1 = a;
     }
+}
+
+type TrainerAt<'a> = dyn Fn(&Stage, &Tensors) -> Result<Trainer, String> + 'a;
+type AdversaryAt<'a> = dyn Fn(&Stage, &Tensors) -> Result<Option<Adversary>, String> + 'a;
+
+/// The tokenizer and its discriminator compiled for `stage`, each with the parameters,
+/// optimizer state and weight average of the stage before.
+fn next_stage(
+    stage: &Stage,
+    mut prev: Trainer,
+    prev_adversary: Option<Adversary>,
+    trainer_at: &TrainerAt,
+    adversary_at: &AdversaryAt,
+) -> Result<(Trainer, Option<Adversary>), String> {
+    let params = prev.params();
+    let trainer = carry_over(&prev, trainer_at(stage, &params)?);
+    let adversary = match (prev_adversary, adversary_at(stage, &params)?) {
+        (Some(old), Some(new)) => Some(Adversary::new(carry_over(&old.trainer, new.trainer))),
+        (_, new) => new,
+    };
+    Ok((trainer, adversary))
+}
+
+/// The discriminator model's file: `--discriminator`, else vq_discriminator.muse beside the
+/// tokenizer's.
+fn discriminator_file(args: &TrainArgs) -> Result<PathBuf, String> {
+    if let Some(f) = &args.discriminator {
+        return Ok(f.clone());
+    }
+    let beside = args.model.with_file_name("vq_discriminator.muse");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    Err(format!(
+        "{} has a discriminator (`disc.*` parameters) but no discriminator model was found at {}; pass --discriminator FILE (models/vq_discriminator.muse in the muse repository)",
+        args.model.display(),
+        beside.display()
+    ))
+}
+
+/// Compiles the discriminator with the tokenizer's overrides that it has config keys for.
+fn compile_discriminator(file: &Path, sets: &[(String, String)]) -> Result<Model, String> {
+    let bare = compile_model(file, &[])?;
+    let mine: Vec<(String, String)> =
+        sets.iter().filter(|(k, _)| bare.config.iter().any(|(c, _)| c == k)).cloned().collect();
+    compile_model(file, &mine)
+}
+
+/// The discriminator model's parameters must be the tokenizer's `disc.*`, name for name and
+/// size for size, or its weights could not be copied in.
+fn check_same_parameters(d: &Model, tokenizer: &Tensors, tokenizer_file: &Path) -> Result<(), String> {
+    for p in &d.graph.params {
+        let want: Vec<usize> = p.ty.shape.0.iter().filter_map(|x| x.as_known()).map(|x| x as usize).collect();
+        match tokenizer.get(&p.name) {
+            Some(t) if t.shape == want => {}
+            Some(t) => {
+                return Err(format!(
+                    "the discriminator's `{}` is {want:?} but the tokenizer's ({}) is {:?}: give both the same disc_* settings",
+                    p.name,
+                    tokenizer_file.display(),
+                    t.shape
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "the discriminator's `{}` is not a parameter of the tokenizer ({}): both must call patch_discriminator(...) as disc",
+                    p.name,
+                    tokenizer_file.display()
+                ))
+            }
+        }
+    }
+    if tokenizer.len() != d.graph.params.len() {
+        return Err(format!(
+            "the tokenizer ({}) has {} `disc.*` parameters, the discriminator model {}",
+            tokenizer_file.display(),
+            tokenizer.len(),
+            d.graph.params.len()
+        ));
+    }
+    Ok(())
 }
 
 /// `next`, compiled for the next stage, with `prev`'s optimizer state and weight average.

@@ -2,7 +2,7 @@
 //! re-seeded next to codes in use (a copy of a used code, weighted by its use, plus a little
 //! noise), so the codebook keeps its capacity instead of collapsing onto a few codes.
 
-use crate::fit::StepHook;
+use crate::fit::{StepDone, StepHook};
 use muse_runtime::backend::Tensors;
 use muse_runtime::rng::{mix64, normal, uniform};
 use muse_runtime::train::Trainer;
@@ -31,7 +31,8 @@ impl Reseed {
 }
 
 impl StepHook for Reseed {
-    fn after_step(&mut self, t: &mut Trainer, step: u64) -> Result<(), String> {
+    fn after_step(&mut self, t: &mut Trainer, done: &StepDone) -> Result<(), String> {
+        let step = done.step;
         let codes = t.output("codes").ok_or("the image tokenizer has no `codes` output")?;
         let Data::I(ids) = &codes.data else { return Err("`codes` is not integer".into()) };
         for &i in ids {
@@ -80,11 +81,12 @@ impl StepHook for Reseed {
         t
     }
 
-    fn restore(&mut self, t: &Tensors) {
+    fn restore(&mut self, t: &Tensors) -> Result<(), String> {
         if let Some(u) = t.get(&self.key()) {
             if u.len() == self.usage.len() {
                 self.usage = u.to_f64();
             }
         }
+        Ok(())
     }
 }
