@@ -95,6 +95,8 @@ pub struct Trainer {
     pub state: AdamState,
     /// Forward outputs computed alongside the loss, by name.
     outputs: Vec<(String, NodeIndex)>,
+    /// The model's named losses, whose sum is trained.
+    parts: Vec<(String, NodeIndex)>,
     /// An exponential moving average of the parameters the program holds, by name, kept
     /// beside their buffers (see [`Trainer::update_ema`]).
     ema: Option<Vec<(String, Vec<f32>)>>,
@@ -136,6 +138,9 @@ impl Trainer {
             grads.params.iter().filter(|(n, _)| !options.is_frozen(n)).cloned().collect();
         let mut requested = vec![grads.loss];
         requested.extend(wanted.iter().map(|x| x.1));
+        // Each named loss is a scalar the program keeps, for the metrics log.
+        let parts = if model.losses.len() > 1 { model.losses.clone() } else { vec![] };
+        requested.extend(parts.iter().map(|p| p.1));
         let mut outs = Vec::new();
         for want in &options.outputs {
             let n =
@@ -164,6 +169,7 @@ impl Trainer {
             opt,
             state: AdamState::new(&sizes),
             outputs: outs,
+            parts,
             ema: None,
         })
     }
@@ -242,6 +248,11 @@ impl Trainer {
     /// A forward output of the last pass (one asked for in [`TrainOptions::outputs`]).
     pub fn output(&self, name: &str) -> Option<HostTensor> {
         self.outputs.iter().find(|(n, _)| n == name).map(|(_, node)| self.prep.read(*node))
+    }
+
+    /// Each named loss of the last pass when the model has several (their sum is the loss).
+    pub fn loss_parts(&self) -> Vec<(String, f64)> {
+        self.parts.iter().map(|(n, node)| (n.clone(), self.prep.f32s(*node)[0] as f64)).collect()
     }
 
     /// Sets parameters (those the program reads) from `params`; others are kept as given.

@@ -635,32 +635,41 @@ fn train_tokenizer(
     // A codebook (`embedding`) whose ids come out as `codes` gets dead-code re-seeding.
     let reseeding = probe.graph.outputs.iter().any(|(n, _)| n == "codes") && params.contains_key("embedding");
     // A discriminator inside the tokenizer (`disc.*`, the generator term) is trained by its
-    // own model and optimizer.
+    // own model and optimizer from step `disc_start` on; before it the tokenizer is compiled
+    // without its adversarial term (VQGAN's warm-up on reconstruction alone).
     let adversarial = probe.graph.params.iter().any(|p| p.name.starts_with("disc."));
     let discriminator = if adversarial { Some(discriminator_file(args)?) } else { None };
-    let mut outputs = vec![];
-    if reseeding {
-        outputs.push("codes");
+    let disc_start = if adversarial { config_int(probe, "disc_start").unwrap_or(0).max(0) as u64 } else { 0 };
+    if adversarial && disc_start >= args.steps {
+        eprintln!("warning: disc_start = {disc_start} is not before the run's end ({}): no adversarial step", args.steps);
     }
-    if adversarial {
-        outputs.push("recon");
-    }
-    let options = train_options(args, &outputs, if adversarial { &["disc"] } else { &[] });
+    let segments = split_at(&stages, adversarial.then_some(disc_start));
     let mut reseed = reseeding.then(|| Reseed::new("embedding", params["embedding"].shape[0], 50, args.seed));
-    let sets_at = |stage: &Stage| {
+    let sets_at = |seg: &Segment| {
         let mut sets = args.sets.clone();
-        sets.retain(|(k, _)| k != "resolution");
-        sets.push(("resolution".into(), stage.resolution.to_string()));
+        sets.retain(|(k, _)| k != "resolution" && !(adversarial && !seg.adversary && k == "adversarial"));
+        sets.push(("resolution".into(), seg.stage.resolution.to_string()));
+        if adversarial && !seg.adversary {
+            sets.push(("adversarial".into(), "0".into()));
+        }
         sets
     };
     let image = |stage: &Stage| {
         let (b, r) = (stage.batch, stage.resolution);
         HostTensor::f(&[b, r, r, 3], vec![0.0; b * r * r * 3])
     };
-    let trainer_at = |stage: &Stage, params: &Tensors| -> Result<Trainer, String> {
-        let m =
-            if stage.resolution == model_res { probe.clone() } else { compile_model(&args.model, &sets_at(stage))? };
-        let example: Tensors = [("image".to_string(), image(stage))].into();
+    let trainer_at = |seg: &Segment, params: &Tensors| -> Result<Trainer, String> {
+        let plain = seg.stage.resolution == model_res && seg.adversary == adversarial;
+        let m = if plain { probe.clone() } else { compile_model(&args.model, &sets_at(seg))? };
+        let mut outputs = vec![];
+        if reseeding {
+            outputs.push("codes");
+        }
+        if seg.adversary {
+            outputs.push("recon");
+        }
+        let options = train_options(args, &outputs, if seg.adversary { &["disc"] } else { &[] });
+        let example: Tensors = [("image".to_string(), image(&seg.stage))].into();
         let mut t = Trainer::with_options(&m.graph, &m.name, params, &example, opt.clone(), settings, &options)
             .map_err(|e| e.to_string())?;
         if args.ema > 0.0 {
@@ -670,10 +679,11 @@ fn train_tokenizer(
     };
     // The discriminator's AdamW: VQGAN's betas, no weight decay, the tokenizer's schedule.
     let disc_opt = AdamW { beta1: 0.5, beta2: 0.9, weight_decay: 0.0, ..opt.clone() };
-    let adversary_at = |stage: &Stage, params: &Tensors| -> Result<Option<Adversary>, String> {
-        let Some(file) = &discriminator else { return Ok(None) };
-        let d = compile_discriminator(file, &sets_at(stage))?;
-        let example: Tensors = [("real".to_string(), image(stage)), ("fake".to_string(), image(stage))].into();
+    let adversary_at = |seg: &Segment, params: &Tensors| -> Result<Option<Adversary>, String> {
+        let Some(file) = discriminator.as_ref().filter(|_| seg.adversary) else { return Ok(None) };
+        let d = compile_discriminator(file, &sets_at(seg))?;
+        let example: Tensors =
+            [("real".to_string(), image(&seg.stage)), ("fake".to_string(), image(&seg.stage))].into();
         let mine: Tensors =
             params.iter().filter(|(k, _)| k.starts_with("disc.")).map(|(k, v)| (k.clone(), v.clone())).collect();
         check_same_parameters(&d, &mine, &args.model)?;
@@ -682,31 +692,43 @@ fn train_tokenizer(
             .map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(Some(Adversary::new(t)))
     };
-    // The stage the run is in: the first one, or where the latest checkpoint left off.
+    // The segment the run is in: the first one, or where the latest checkpoint left off.
     let mut k = 0;
-    let mut trainer = trainer_at(&stages[0], &params)?;
-    let mut adversary = adversary_at(&stages[0], &params)?;
+    let mut trainer = trainer_at(&segments[0], &params)?;
+    let mut adversary = adversary_at(&segments[0], &params)?;
     let mut start = Progress { step: 0, data_pos: 0 };
     if resume {
+        // The checkpoint holds the discriminator's state only once it trains.
+        let at = run.latest()?.map_or(0, |(_, p)| p.step);
+        k = segments.iter().position(|s| at < s.stage.until).unwrap_or(segments.len() - 1);
+        let first = segments.iter().position(|s| at <= s.stage.until).unwrap_or(k);
+        if first != 0 {
+            trainer = trainer_at(&segments[first], &params)?;
+            adversary = adversary_at(&segments[first], &params)?;
+        }
         let mut hooks = (reseed, adversary);
         start = fit::restore(run, &mut trainer, &mut hooks)?;
         (reseed, adversary) = hooks;
-        k = stages.iter().position(|s| start.step < s.until).unwrap_or(stages.len() - 1);
-        if k > 0 {
-            (trainer, adversary) = next_stage(&stages[k], trainer, adversary, &trainer_at, &adversary_at)?;
+        if k != first {
+            (trainer, adversary) = next_segment(&segments[k], trainer, adversary, &trainer_at, &adversary_at)?;
         }
     }
     let mut hooks = (reseed, adversary);
     let mut summary: Option<Summary> = None;
     loop {
-        let stage = stages[k];
+        let seg = segments[k];
+        let stage = seg.stage;
         let data: Arc<dyn Dataset> = Arc::from(data::open(&args.data, stage.resolution, args.seed, args.flip)?);
         let loader = Loader::start(data, args.seed, start.data_pos, stage.batch, 4);
         let mut batches = ImageBatches { loader, res: stage.resolution, input: "image".into() };
         eprintln!(
             "train {} (image tokenizer{}, {r}x{r}, batch {} x {}) from step {} to {} in {}",
             probe.name,
-            if adversarial { " with a PatchGAN discriminator" } else { "" },
+            match (adversarial, seg.adversary) {
+                (true, true) => " with a PatchGAN discriminator".to_string(),
+                (true, false) => format!(", its discriminator from step {disc_start}"),
+                _ => String::new(),
+            },
             stage.batch,
             stage.accumulate,
             start.step,
@@ -725,30 +747,57 @@ fn train_tokenizer(
             None => s,
         });
         k += 1;
-        if k == stages.len() {
+        if k == segments.len() {
             return summary.ok_or_else(|| "no stage ran".to_string());
         }
-        let (t, a) = next_stage(&stages[k], trainer, hooks.1.take(), &trainer_at, &adversary_at)?;
+        let (t, a) = next_segment(&segments[k], trainer, hooks.1.take(), &trainer_at, &adversary_at)?;
         trainer = t;
         hooks.1 = a;
     }
 }
 
-type TrainerAt<'a> = dyn Fn(&Stage, &Tensors) -> Result<Trainer, String> + 'a;
-type AdversaryAt<'a> = dyn Fn(&Stage, &Tensors) -> Result<Option<Adversary>, String> + 'a;
+/// A stretch of a tokenizer run compiled once: a stage, or the part of one before or after
+/// the discriminator starts.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    stage: Stage,
+    /// Whether the adversarial term and the discriminator's steps are on.
+    adversary: bool,
+}
 
-/// The tokenizer and its discriminator compiled for `stage`, each with the parameters,
-/// optimizer state and weight average of the stage before.
-fn next_stage(
-    stage: &Stage,
+/// `stages` as segments, the one `disc_start` falls inside split there (none: no adversary).
+fn split_at(stages: &[Stage], disc_start: Option<u64>) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut begin = 0;
+    for &stage in stages {
+        match disc_start {
+            Some(d) if d > begin && d < stage.until => {
+                out.push(Segment { stage: Stage { until: d, ..stage }, adversary: false });
+                out.push(Segment { stage, adversary: true });
+            }
+            Some(d) => out.push(Segment { stage, adversary: begin >= d }),
+            None => out.push(Segment { stage, adversary: false }),
+        }
+        begin = stage.until;
+    }
+    out
+}
+
+type TrainerAt<'a> = dyn Fn(&Segment, &Tensors) -> Result<Trainer, String> + 'a;
+type AdversaryAt<'a> = dyn Fn(&Segment, &Tensors) -> Result<Option<Adversary>, String> + 'a;
+
+/// The tokenizer and its discriminator compiled for `seg`, each with the parameters,
+/// optimizer state and weight average of the segment before.
+fn next_segment(
+    seg: &Segment,
     mut prev: Trainer,
     prev_adversary: Option<Adversary>,
     trainer_at: &TrainerAt,
     adversary_at: &AdversaryAt,
 ) -> Result<(Trainer, Option<Adversary>), String> {
     let params = prev.params();
-    let trainer = carry_over(&prev, trainer_at(stage, &params)?);
-    let adversary = match (prev_adversary, adversary_at(stage, &params)?) {
+    let trainer = carry_over(&prev, trainer_at(seg, &params)?);
+    let adversary = match (prev_adversary, adversary_at(seg, &params)?) {
         (Some(old), Some(new)) => Some(Adversary::new(carry_over(&old.trainer, new.trainer))),
         (_, new) => new,
     };
