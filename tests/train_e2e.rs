@@ -270,11 +270,18 @@ fn corrupt_images_are_skipped_named_and_counted() {
 /// with a smaller batch and two micro-batches per step) carries its parameters, moments,
 /// weight average and the discriminator's weights and moments across the stage boundary;
 /// interrupted inside the second stage and resumed, it equals an uninterrupted run tensor for
-/// tensor and step for step.
+/// tensor and step for step. The discriminator starts inside the first stage (so it crosses
+/// the stage boundary), or exactly where the interrupted run stopped (so the resumed run
+/// starts it from a checkpoint written without it).
 #[test]
 fn progressive_resolution_resumes_across_stages() {
+    progressive_run("4");
+    progressive_run("8");
+}
+
+fn progressive_run(disc_start: &str) {
     use muse_train::session::Stage;
-    let dir = scratch("stages");
+    let dir = scratch(&format!("stages{disc_start}"));
     let s = settings();
     let stages = vec![
         Stage { resolution: 8, until: 6, batch: 8, accumulate: 1 },
@@ -284,6 +291,7 @@ fn progressive_resolution_resumes_across_stages() {
     // length after the warmup.
     let mut adversarial = vq(&dir).sets;
     adversarial.extend(sets(&[("adversarial", "0.1"), ("disc_channels", "8"), ("disc_layers", "1")]));
+    adversarial.push(("disc_start".into(), disc_start.into()));
     let whole = TrainArgs {
         sets: adversarial,
         stages: stages.clone(),
@@ -320,9 +328,11 @@ fn progressive_resolution_resumes_across_stages() {
     assert_eq!(losses(&whole.out).len(), 12);
     // The discriminator trained (its own moments are saved) and logged its loss each step.
     assert!(a.contains_key("disc/adamw.step") && a.contains_key("disc.conv_in.weight"));
-    assert_eq!(a["disc/adamw.step"].to_f64()[0], 12.0);
+    let start: u64 = disc_start.parse().unwrap();
+    assert_eq!(a["disc/adamw.step"].to_f64()[0], (12 - start) as f64);
     let log = std::fs::read_to_string(whole.out.join("metrics.jsonl")).unwrap();
-    assert!(log.lines().all(|l| l.contains("\"disc_loss\"")), "{log}");
+    let with: Vec<bool> = log.lines().map(|l| l.contains("\"disc_loss\"")).collect();
+    assert_eq!(with, (1..=12).map(|s| s > start).collect::<Vec<_>>(), "the discriminator steps from disc_start on");
     // A stage that does not end after the one before is refused.
     let bad = TrainArgs {
         out: dir.join("bad"),

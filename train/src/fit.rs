@@ -232,7 +232,14 @@ pub fn fit(
         if let Some(m) = line.as_object_mut() {
             let parts = trainer.loss_parts();
             if !parts.is_empty() {
-                m.insert("losses".into(), parts.into_iter().map(|(k, v)| (k, serde_json::Value::from(v))).collect::<serde_json::Map<_, _>>().into());
+                m.insert(
+                    "losses".into(),
+                    parts
+                        .into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::from(v)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into(),
+                );
             }
             m.extend(hook.metrics());
         }

@@ -641,7 +641,10 @@ fn train_tokenizer(
     let discriminator = if adversarial { Some(discriminator_file(args)?) } else { None };
     let disc_start = if adversarial { config_int(probe, "disc_start").unwrap_or(0).max(0) as u64 } else { 0 };
     if adversarial && disc_start >= args.steps {
-        eprintln!("warning: disc_start = {disc_start} is not before the run's end ({}): no adversarial step", args.steps);
+        eprintln!(
+            "warning: disc_start = {disc_start} is not before the run's end ({}): no adversarial step",
+            args.steps
+        );
     }
     let segments = split_at(&stages, adversarial.then_some(disc_start));
     let mut reseed = reseeding.then(|| Reseed::new("embedding", params["embedding"].shape[0], 50, args.seed));
