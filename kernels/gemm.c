@@ -4,6 +4,9 @@
  * row stride ldc. Compiled with the program's kernels (same compiler and flags, so
  * -march=native picks the instruction set).
  *
+ * An operand axis made of runs that are not adjacent in memory (attention's head merge read
+ * in place) comes as a table of offsets, one per row or column, instead of a stride.
+ *
  * An epilogue (a generated pointwise kernel's `_range` entry point) runs over each finished
  * tile of C while it is in cache: elements lo..hi of the batch of C's, numbered row-major
  * (it needs ldc == n).
@@ -41,6 +44,7 @@ struct muse_gemm {
   void **epi_bufs;
   const int64_t *epi_sizes;
   uint64_t seed;
+  const int64_t *arow, *acol, *brow, *bcol; /* offset tables replacing sam, sak, sbk, sbn */
 };
 
 #define MUSE_MR 8
@@ -49,40 +53,69 @@ struct muse_gemm {
 #define MUSE_MC 128
 #define MUSE_NC 256 /* a multiple of MUSE_NR */
 
+/* A matrix read in place: element (r, c) at p[row offset + column offset], each a stride
+   times the index or, where the table is not null, the table's entry. */
+struct muse_view {
+  const float *p;
+  int64_t rs, cs;
+  const int64_t *rt, *ct;
+};
+
+/* The view starting at row r, column c of v. */
+static inline struct muse_view muse_sub(struct muse_view v, int64_t r, int64_t c) {
+  if (v.rt) v.rt += r; else v.p += r * v.rs;
+  if (v.ct) v.ct += c; else v.p += c * v.cs;
+  return v;
+}
+
+static inline float muse_get(const struct muse_view *v, int64_t r, int64_t c) {
+  return v->p[(v->rt ? v->rt[r] : r * v->rs) + (v->ct ? v->ct[c] : c * v->cs)];
+}
+
 #ifdef __AVX512F__
 #include <immintrin.h>
 
 /* B[k0.., j0..j0+NR] -> one panel of NR columns, row after row; missing columns are zero. */
-static void muse_pack_b_panel(int64_t kc, int64_t nr, const float *src, int64_t sbk, int64_t sbn, float *dst) {
-  if (sbn == 1 && nr == MUSE_NR) {
-    for (int64_t k = 0; k < kc; k++) memcpy(dst + k * MUSE_NR, src + k * sbk, MUSE_NR * sizeof(float));
-  } else if (sbk == 1) {
+static void muse_pack_b_panel(int64_t kc, int64_t nr, struct muse_view b, float *dst) {
+  if (!b.ct && b.cs == 1 && nr == MUSE_NR) {
+    for (int64_t k = 0; k < kc; k++)
+      memcpy(dst + k * MUSE_NR, b.p + (b.rt ? b.rt[k] : k * b.rs), MUSE_NR * sizeof(float));
+  } else if (!b.rt && !b.ct && b.rs == 1) {
     /* A transposed operand: read each column's run of k contiguously. */
     for (int64_t j = 0; j < MUSE_NR; j++)
-      for (int64_t k = 0; k < kc; k++) dst[k * MUSE_NR + j] = j < nr ? src[j * sbn + k] : 0.0f;
+      for (int64_t k = 0; k < kc; k++) dst[k * MUSE_NR + j] = j < nr ? b.p[j * b.cs + k] : 0.0f;
   } else {
     for (int64_t k = 0; k < kc; k++)
-      for (int64_t j = 0; j < MUSE_NR; j++) dst[k * MUSE_NR + j] = j < nr ? src[k * sbk + j * sbn] : 0.0f;
+      for (int64_t j = 0; j < MUSE_NR; j++) dst[k * MUSE_NR + j] = j < nr ? muse_get(&b, k, j) : 0.0f;
   }
 }
 
 /* A[i0.., k0..] -> panels of MR rows, column after column; missing rows are zero. */
-static void muse_pack_a(int64_t mc, int64_t kc, const float *a, int64_t sam, int64_t sak, float *pa) {
+static void muse_pack_a(int64_t mc, int64_t kc, struct muse_view a, float *pa) {
   for (int64_t i0 = 0; i0 < mc; i0 += MUSE_MR) {
     int64_t mr = mc - i0 < MUSE_MR ? mc - i0 : MUSE_MR;
-    for (int64_t k = 0; k < kc; k++) {
-      float *dst = pa + i0 * kc + k * MUSE_MR;
-      for (int64_t i = 0; i < MUSE_MR; i++) dst[i] = i < mr ? a[(i0 + i) * sam + k * sak] : 0.0f;
+    if (!a.rt && !a.ct) {
+      for (int64_t k = 0; k < kc; k++) {
+        float *dst = pa + i0 * kc + k * MUSE_MR;
+        for (int64_t i = 0; i < MUSE_MR; i++) dst[i] = i < mr ? a.p[(i0 + i) * a.rs + k * a.cs] : 0.0f;
+      }
+    } else {
+      /* Row by row: a row's columns are runs of the table, read in order. */
+      for (int64_t i = 0; i < MUSE_MR; i++) {
+        const float *row = a.p + (a.rt ? a.rt[i0 + (i < mr ? i : mr - 1)] : (i0 + (i < mr ? i : mr - 1)) * a.rs);
+        float *dst = pa + i0 * kc + i;
+        for (int64_t k = 0; k < kc; k++) dst[k * MUSE_MR] = i < mr ? row[a.ct ? a.ct[k] : k * a.cs] : 0.0f;
+      }
     }
   }
 }
 
-/* One MR x NR tile of C from a packed panel of B and MR rows of A, element (i, k) at
-   pa[i * ars + k * acs] (a packed panel, or A itself when its rows are contiguous): written
-   when `first`, accumulated after. */
+/* One MR x NR tile of C from NR columns of B, row k at pb + k * brs (a packed panel, or B
+   itself), and MR rows of A, element (i, k) at pa[i * ars + k * acs] (a packed panel, or A
+   itself when its rows are contiguous): written when `first`, accumulated after. */
 static inline __attribute__((always_inline)) void muse_micro(int64_t kc, const float *pa, int64_t ars, int64_t acs,
-                                                             const float *pb, float *c, int64_t ldc, int64_t mr,
-                                                             int64_t nr, int first) {
+                                                             const float *pb, int64_t brs, float *c, int64_t ldc,
+                                                             int64_t mr, int64_t nr, int first) {
   __m512 acc[MUSE_MR][2];
   for (int i = 0; i < MUSE_MR; i++) {
     acc[i][0] = _mm512_setzero_ps();
@@ -92,7 +125,7 @@ static inline __attribute__((always_inline)) void muse_micro(int64_t kc, const f
   const float *row[MUSE_MR];
   for (int i = 0; i < MUSE_MR; i++) row[i] = pa + (i < mr ? i : mr - 1) * ars;
   for (int64_t k = 0; k < kc; k++) {
-    __m512 b0 = _mm512_loadu_ps(pb + k * MUSE_NR), b1 = _mm512_loadu_ps(pb + k * MUSE_NR + 16);
+    __m512 b0 = _mm512_loadu_ps(pb + k * brs), b1 = _mm512_loadu_ps(pb + k * brs + 16);
     for (int i = 0; i < MUSE_MR; i++) {
       __m512 av = _mm512_set1_ps(row[i][k * acs]);
       acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
@@ -120,35 +153,72 @@ static inline __attribute__((always_inline)) void muse_micro(int64_t kc, const f
   }
 }
 
-/* Rows i0..i0+mc, columns jc..jend of one KC slice, B already packed into pb. */
-static void muse_block(int64_t mc, int64_t jc, int64_t jend, int64_t n, int64_t kc, const float *a, int64_t sam,
-                       int64_t sak, const float *pb, float *c, int64_t ldc, int first, float *pa) {
+/* Where a KC slice's columns of B are read: panel j0 at p + j0 * panel, rows brs apart (packed
+   panels, or B in place). */
+struct muse_panels {
+  const float *p;
+  int64_t panel, brs;
+};
+
+/* B in place when its rows are contiguous, every panel is whole and the product is a narrow
+   one with few rows of A (a 128 x 128 weight gradient, k = batch x tokens): packing B cost a
+   third of such a product; wider B read in place measured slower than packed. */
+static int muse_b_direct(struct muse_view b, int64_t n, int64_t m) {
+  return m <= MUSE_MC && n <= 4 * MUSE_NR && !b.rt && !b.ct && b.cs == 1 && n % MUSE_NR == 0;
+}
+
+/* Rows i0..i0+mc, columns jc..jend of one KC slice. */
+static void muse_block(int64_t mc, int64_t jc, int64_t jend, int64_t n, int64_t kc, struct muse_view a,
+                       struct muse_panels b, float *c, int64_t ldc, int first, float *pa) {
   /* Rows of A that are contiguous are read in place: packing them cost a quarter of a
      product with k = 128 (most of a small transformer's). Others are packed. */
-  int direct = sak == 1;
-  if (!direct) muse_pack_a(mc, kc, a, sam, sak, pa);
+  int direct = !a.rt && !a.ct && a.cs == 1;
+  if (!direct) muse_pack_a(mc, kc, a, pa);
   for (int64_t j0 = jc; j0 < jend; j0 += MUSE_NR) {
     int64_t nr = n - j0 < MUSE_NR ? n - j0 : MUSE_NR;
+    const float *pb = b.p + j0 * b.panel;
     for (int64_t ii = 0; ii < mc; ii += MUSE_MR) {
       int64_t mr = mc - ii < MUSE_MR ? mc - ii : MUSE_MR;
       if (direct)
-        muse_micro(kc, a + ii * sam, sam, 1, pb + j0 * kc, c + ii * ldc + j0, ldc, mr, nr, first);
+        muse_micro(kc, a.p + ii * a.rs, a.rs, 1, pb, b.brs, c + ii * ldc + j0, ldc, mr, nr, first);
       else
-        muse_micro(kc, pa + ii * kc, 1, MUSE_MR, pb + j0 * kc, c + ii * ldc + j0, ldc, mr, nr, first);
+        muse_micro(kc, pa + ii * kc, 1, MUSE_MR, pb, b.brs, c + ii * ldc + j0, ldc, mr, nr, first);
     }
   }
 }
 
+/* A KC slice of B from row k0: in place, or packed into pb by threads sharing the loop. */
+static struct muse_panels muse_slice_b(struct muse_view b, int64_t m, int64_t n, int64_t k0, int64_t kc, float *pb, int shared) {
+  if (muse_b_direct(b, n, m)) {
+    struct muse_panels d = {b.p + k0 * b.rs, 1, b.rs};
+    return d;
+  }
+  int64_t npanels = (n + MUSE_NR - 1) / MUSE_NR;
+  if (shared) {
+    #pragma omp for schedule(static)
+    for (int64_t p = 0; p < npanels; p++) {
+      int64_t j0 = p * MUSE_NR;
+      muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, muse_sub(b, k0, j0), pb + j0 * kc);
+    }
+  } else {
+    for (int64_t p = 0; p < npanels; p++) {
+      int64_t j0 = p * MUSE_NR;
+      muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, muse_sub(b, k0, j0), pb + j0 * kc);
+    }
+  }
+  struct muse_panels packed = {pb, kc, MUSE_NR};
+  return packed;
+}
+
 /* A whole product on the calling thread. */
-static void muse_serial(int64_t m, int64_t n, int64_t k, const float *a, int64_t sam, int64_t sak, const float *b,
-                        int64_t sbk, int64_t sbn, float *c, int64_t ldc, float *pb, float *pa) {
+static void muse_serial(int64_t m, int64_t n, int64_t k, struct muse_view a, struct muse_view b, float *c,
+                        int64_t ldc, float *pb, float *pa) {
   for (int64_t k0 = 0; k0 < k; k0 += MUSE_KC) {
     int64_t kc = k - k0 < MUSE_KC ? k - k0 : MUSE_KC;
-    for (int64_t j0 = 0; j0 < n; j0 += MUSE_NR)
-      muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, b + k0 * sbk + j0 * sbn, sbk, sbn, pb + j0 * kc);
+    struct muse_panels panels = muse_slice_b(b, m, n, k0, kc, pb, 0);
     for (int64_t i0 = 0; i0 < m; i0 += MUSE_MC) {
       int64_t mc = m - i0 < MUSE_MC ? m - i0 : MUSE_MC;
-      muse_block(mc, 0, n, n, kc, a + i0 * sam + k0 * sak, sam, sak, pb, c + i0 * ldc, ldc, k0 == 0, pa);
+      muse_block(mc, 0, n, n, kc, muse_sub(a, i0, k0), panels, c + i0 * ldc, ldc, k0 == 0, pa);
     }
   }
 }
@@ -194,7 +264,8 @@ int muse_sgemm(const struct muse_gemm *g) {
       float *pb = packed + (size_t)me * (pb_bytes / sizeof(float));
       #pragma omp for schedule(static)
       for (int64_t t = 0; t < batch; t++) {
-        muse_serial(m, n, k, a + aoff[t], sam, sak, b + boff[t], sbk, sbn, c + t * m * ldc, ldc, pb, pa);
+        struct muse_view at = {a + aoff[t], sam, sak, g->arow, g->acol}, bt = {b + boff[t], sbk, sbn, g->brow, g->bcol};
+        muse_serial(m, n, k, at, bt, c + t * m * ldc, ldc, pb, pa);
         if (g->epi) g->epi(g->epi_bufs, g->epi_sizes, g->seed, t * m * n, (t + 1) * m * n);
       }
     } else {
@@ -209,24 +280,18 @@ int muse_sgemm(const struct muse_gemm *g) {
         int64_t want = muse_div_up(threads, muse_div_up(m, mc));
         nc = muse_div_up(muse_div_up(n, want), MUSE_NR) * MUSE_NR;
       }
-      int64_t mblocks = muse_div_up(m, mc), nchunks = muse_div_up(n, nc), npanels = panels / MUSE_NR;
+      int64_t mblocks = muse_div_up(m, mc), nchunks = muse_div_up(n, nc);
       for (int64_t t = 0; t < batch; t++) {
-        const float *at = a + aoff[t], *bt = b + boff[t];
+        struct muse_view at = {a + aoff[t], sam, sak, g->arow, g->acol}, bt = {b + boff[t], sbk, sbn, g->brow, g->bcol};
         float *ct = c + t * m * ldc;
         for (int64_t k0 = 0; k0 < k; k0 += MUSE_KC) {
           int64_t kc = k - k0 < MUSE_KC ? k - k0 : MUSE_KC;
-          #pragma omp for schedule(static)
-          for (int64_t p = 0; p < npanels; p++) {
-            int64_t j0 = p * MUSE_NR;
-            muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, bt + k0 * sbk + j0 * sbn, sbk, sbn,
-                              shared_pb + j0 * kc);
-          }
+          struct muse_panels panels = muse_slice_b(bt, m, n, k0, kc, shared_pb, 1);
           #pragma omp for schedule(static)
           for (int64_t task = 0; task < mblocks * nchunks; task++) {
             int64_t i0 = (task / nchunks) * mc, jc = (task % nchunks) * nc;
             int64_t rows = m - i0 < mc ? m - i0 : mc, jend = jc + nc < n ? jc + nc : n;
-            muse_block(rows, jc, jend, n, kc, at + i0 * sam + k0 * sak, sam, sak, shared_pb, ct + i0 * ldc, ldc,
-                       k0 == 0, pa);
+            muse_block(rows, jc, jend, n, kc, muse_sub(at, i0, k0), panels, ct + i0 * ldc, ldc, k0 == 0, pa);
             if (g->epi && k0 + kc >= k) {
               /* The tile is final: whole rows in one call, else row by row. */
               int64_t base = (t * m + i0) * n;

@@ -108,7 +108,16 @@ fn kernel_cache_and_compiler_errors() {
             // Products with an epilogue (applied per tile by the template, after the whole
             // product otherwise), batched and not.
             "  output q = tanh(c @ transpose(d) + 1.0)\n  output p = exp((a @ b) * 0.01)\n",
-            "  output o = (e @ f) * 3.0 + 1.0\n}\n"
+            "  output o = (e @ f) * 3.0 + 1.0\n",
+            // Operands read in place through offset tables: attention's head merge as A (rows
+            // and columns are runs), transposed (a weight gradient; B narrow enough to be read
+            // in place), as B, and batched (one thread per element).
+            "  input h: f32[2, 4, 16, 32]\n  m = reshape(permute(h, [0, 2, 1, 3]), [32, 128])\n",
+            "  input w: f32[128, 64]\n  output hm = m @ w\n",
+            "  input g: f32[32, 96]\n  output hw = transpose(m) @ g\n",
+            "  input x: f32[7, 32]\n  output bm = x @ m\n",
+            "  input h2: f32[4, 3, 8, 16]\n  input w2: f32[48, 32]\n",
+            "  output hb = reshape(permute(h2, [0, 2, 1, 3]), [4, 8, 48]) @ w2\n}\n"
         ),
     );
     let outs: Vec<NodeIndex> = mm.graph.outputs.iter().map(|x| x.1).collect();
@@ -119,6 +128,7 @@ fn kernel_cache_and_compiler_errors() {
         let p = CpuProgram::compile(&mm.graph, &outs, &s).unwrap();
         let epilogues = p.program.epilogues.fused.len();
         assert_eq!(epilogues, 3, "every pointwise result is its product's epilogue");
+        assert_eq!(p.program.steps.len(), 12, "one step per product: no operand is copied");
         assert!(p.library.is_some());
         let ours = p.run(&mm.graph, &inputs, &Default::default(), 0).unwrap();
         for n in &outs {

@@ -204,6 +204,19 @@ fn kernel_table_counts_products_over_a_symbolic_inner_length() {
     assert!(flops.iter().all(|&f| f >= 2 * 16 * 8 * 32), "{flops:?}");
 }
 
+/// Attention's head merge ([B, H, L, D] -> [B, L, H * D]) feeding a projection is read in place
+/// by the product (offset tables for its rows and columns): no copy kernel.
+#[test]
+fn a_head_merge_is_read_in_place_by_the_product() {
+    let (_, p) = program(
+        "  y = reshape(permute(h, [0, 2, 1, 3]), [-1, 64]) @ W",
+        "  input h: f32[B, 4, 16, 16]\n  param W: [64, 32] ~ normal(0.02)",
+    );
+    assert_eq!(p.steps.len(), 1, "{:?}", p.steps.iter().map(|s| s.reads()).collect::<Vec<_>>());
+    let kernel::Step::MatMul(m) = &p.steps[0] else { panic!("a product") };
+    assert_eq!(m.a_view.axes.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2], "rows and columns are two runs");
+}
+
 /// A linear layer's bias and activation run as the product's epilogue, on each finished tile;
 /// a head-merging permute after a product stays a kernel of its own, with its reason.
 #[test]

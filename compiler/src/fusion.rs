@@ -194,6 +194,122 @@ pub fn strided_view(g: &Graph, n: NodeIndex) -> Option<StridedView> {
     Some(StridedView { base, offset, strides })
 }
 
+/// One axis of an [`OperandView`]: runs of (extent, stride), outermost first, whose extents
+/// multiply to the axis's size. One run is an ordinary strided axis; several are what a
+/// reshape makes of axes that were not adjacent in memory (attention's head merge,
+/// `[B, H, L, D]` permuted to `[B, L, H, D]` and reshaped to `[B * L, H * D]`).
+pub type AxisRuns = Vec<(Dim, Dim)>;
+
+/// A matrix product's operand read in place from `base`: element `(i_0, .., i_r)` is at
+/// `offset` plus, per axis, `i_k` written in the mixed radix of that axis's runs, each digit
+/// times its stride. Every chain of views (reshape, permute, broadcast, slice) is one, so a
+/// product never needs a copy of an operand that is a view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperandView {
+    /// The node whose buffer is read.
+    pub base: NodeIndex,
+    /// First element.
+    pub offset: i64,
+    /// Each axis's runs.
+    pub axes: Vec<AxisRuns>,
+}
+
+impl OperandView {
+    /// The plain view of a whole materialized value.
+    pub fn contiguous(g: &Graph, n: NodeIndex) -> OperandView {
+        let shape = &g.ty(n).shape;
+        let axes = shape.0.iter().cloned().zip(contiguous_strides(shape)).map(|r| vec![r]).collect();
+        OperandView { base: n, offset: 0, axes }
+    }
+}
+
+/// `n` as an [`OperandView`] of the first non-view node behind it.
+pub fn operand_view(g: &Graph, n: NodeIndex) -> Option<OperandView> {
+    let mut chain = vec![n];
+    let mut base = n;
+    while g.node(base).op.is_view() {
+        base = g.operands(base)[0];
+        chain.push(base);
+    }
+    chain.pop();
+    let mut view = OperandView::contiguous(g, base);
+    let mut shape = g.ty(base).shape.clone();
+    for &v in chain.iter().rev() {
+        let out = g.ty(v).shape.clone();
+        match &g.node(v).op {
+            Op::Reshape { .. } => view.axes = regroup(&view.axes, &out)?,
+            Op::Permute { perm } => view.axes = perm.iter().map(|&p| view.axes[p].clone()).collect(),
+            Op::Broadcast { .. } => {
+                for (k, runs) in view.axes.iter_mut().enumerate() {
+                    if shape.0[k].is(1) && !out.0[k].is(1) {
+                        *runs = vec![(out.0[k].clone(), Dim::known(0))];
+                    }
+                }
+            }
+            Op::Slice { axis, start, step, .. } => {
+                let [(_, stride)] = view.axes[*axis].as_slice() else { return None };
+                view.offset += start * stride.as_known()?;
+                view.axes[*axis] = vec![(out.0[*axis].clone(), stride.mul(&Dim::known(*step))?)];
+            }
+            _ => return None,
+        }
+        shape = out;
+    }
+    for runs in &mut view.axes {
+        *runs = merge_runs(std::mem::take(runs));
+    }
+    Some(view)
+}
+
+/// The runs of `axes`, in order, dealt out to the axes of shape `out` (a run split where an
+/// axis ends inside it).
+fn regroup(axes: &[AxisRuns], out: &Shape) -> Option<Vec<AxisRuns>> {
+    let mut runs: std::collections::VecDeque<(Dim, Dim)> =
+        axes.iter().flatten().filter(|(e, _)| !e.is(1)).cloned().collect();
+    let mut result = Vec::with_capacity(out.rank());
+    for size in &out.0 {
+        let mut need = size.clone();
+        let mut mine = Vec::new();
+        while !need.is(1) {
+            let (e, s) = runs.pop_front()?;
+            if let Some(rest) = need.div(&e) {
+                mine.push((e, s));
+                need = rest;
+            } else {
+                // The axis ends inside this run: its outer digits are this axis's.
+                let inner = e.div(&need)?;
+                mine.push((need.clone(), s.mul(&inner)?));
+                runs.push_front((inner, s));
+                need = Dim::known(1);
+            }
+        }
+        if mine.is_empty() {
+            mine.push((Dim::known(1), Dim::known(0)));
+        }
+        result.push(mine);
+    }
+    runs.is_empty().then_some(result)
+}
+
+/// Adjacent runs that are contiguous with each other as one run; extent-1 runs dropped.
+fn merge_runs(runs: AxisRuns) -> AxisRuns {
+    let mut out: AxisRuns = Vec::new();
+    for (e, s) in runs.into_iter().filter(|(e, _)| !e.is(1)) {
+        if let Some((pe, ps)) = out.last_mut() {
+            if s.mul(&e).is_some_and(|x| x == *ps) {
+                *pe = pe.mul(&e).expect("extents multiply");
+                *ps = s;
+                continue;
+            }
+        }
+        out.push((e, s));
+    }
+    if out.is_empty() {
+        out.push((Dim::known(1), Dim::known(0)));
+    }
+    out
+}
+
 /// Nodes a matrix product reads from memory: each operand, or the base of an operand that
 /// is a strided view.
 fn matmul_reads(g: &Graph, live: &HashSet<NodeIndex>) -> HashSet<NodeIndex> {
@@ -201,7 +317,7 @@ fn matmul_reads(g: &Graph, live: &HashSet<NodeIndex>) -> HashSet<NodeIndex> {
     for &n in live {
         if matches!(g.node(n).op, Op::MatMul) {
             for o in g.operands(n) {
-                out.insert(strided_view(g, o).map_or(o, |v| v.base));
+                out.insert(operand_view(g, o).map_or(o, |v| v.base));
             }
         }
     }
@@ -677,7 +793,7 @@ fn make_group(g: &Graph, kind: GroupKind, members: Vec<NodeIndex>, mat: &BTreeMa
     let mut stack: Vec<NodeIndex> = members.iter().flat_map(|&m| g.operands(m)).collect();
     if kind == GroupKind::MatMul {
         // The GEMM reads its operands' buffers through strides; nothing is inlined.
-        stack = stack.iter().map(|&o| strided_view(g, o).map_or(o, |v| v.base)).collect();
+        stack = stack.iter().map(|&o| operand_view(g, o).map_or(o, |v| v.base)).collect();
     }
     while let Some(v) = stack.pop() {
         if member_set.contains(&v) || !seen.insert(v) {

@@ -4,7 +4,7 @@
 
 use super::epilogue::{fuse_epilogues, EpilogueReport};
 use super::ir::{Access, Body, BufParam, Builder, Expr, ExprId, IndexOp, KType, Kernel};
-use crate::fusion::{strided_view, CutReason, FusionPlan, Group, GroupKind, StridedView};
+use crate::fusion::{operand_view, CutReason, FusionPlan, Group, GroupKind, OperandView};
 use crate::ir::{BinaryOp, DType, Dim, Graph, NodeIndex, Op, Shape};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -28,9 +28,9 @@ pub struct MatMulStep {
     /// Right operand `[..., K, N]` (the graph node).
     pub b: NodeIndex,
     /// How the left operand lies in memory.
-    pub a_view: StridedView,
+    pub a_view: OperandView,
     /// How the right operand lies in memory.
-    pub b_view: StridedView,
+    pub b_view: OperandView,
     /// Result `[..., M, N]`.
     pub out: NodeIndex,
     /// The fusion group it came from.
@@ -110,10 +110,9 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
             let ops = g.operands(grp.root);
             let view = |o: NodeIndex| {
                 if plan.materialized.contains_key(&o) {
-                    let strides = crate::fusion::contiguous_strides(&g.ty(o).shape);
-                    StridedView { base: o, offset: 0, strides }
+                    OperandView::contiguous(g, o)
                 } else {
-                    strided_view(g, o).expect("fusion keeps non-strided matmul operands in memory")
+                    operand_view(g, o).expect("fusion keeps matmul operands that are not views in memory")
                 }
             };
             steps.push(Step::MatMul(MatMulStep {

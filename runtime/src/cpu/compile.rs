@@ -149,6 +149,14 @@ pub struct GemmArgs {
     pub epilogue_sizes: *const i64,
     /// The run's seed (for random ops in the epilogue).
     pub seed: u64,
+    /// Offset of each row of a left operand, replacing `a_rows` (null: use the stride).
+    pub a_row_table: *const i64,
+    /// Offset of each column of a left operand, replacing `a_cols` (null: the stride).
+    pub a_col_table: *const i64,
+    /// Offset of each row of a right operand, replacing `b_rows` (null: the stride).
+    pub b_row_table: *const i64,
+    /// Offset of each column of a right operand, replacing `b_cols` (null: the stride).
+    pub b_col_table: *const i64,
 }
 
 /// Signature of `muse_sgemm`; returns 0 when it cannot run here (no AVX-512, or an epilogue

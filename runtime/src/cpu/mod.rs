@@ -76,45 +76,103 @@ const GEMM_TEMPLATE: &str = include_str!("../../../kernels/gemm.c");
 /// Multiply-adds below which a batch of products runs one product per thread.
 const SMALL_GEMM: usize = 128 * 128 * 128;
 
-/// One GEMM step resolved at a batch size: the product's sizes, the operands' row and
-/// column strides, and where each batch element's operands start in their base buffers.
+/// Where the elements along one axis of a product's operand lie: one stride, or (an axis
+/// made of runs that are not adjacent in memory) the offset of each index.
+#[derive(Clone, Debug)]
+enum Axis {
+    Stride(isize),
+    Table(Vec<i64>),
+}
+
+impl Axis {
+    /// The axis of `runs` (extent, stride), outermost first.
+    fn of(runs: &[(usize, isize)]) -> Axis {
+        match runs {
+            [(_, s)] => Axis::Stride(*s),
+            _ => Axis::Table(mixed_radix(runs)),
+        }
+    }
+    fn stride(&self) -> i64 {
+        match self {
+            Axis::Stride(s) => *s as i64,
+            Axis::Table(_) => 0,
+        }
+    }
+    fn table(&self) -> *const i64 {
+        match self {
+            Axis::Stride(_) => std::ptr::null(),
+            Axis::Table(t) => t.as_ptr(),
+        }
+    }
+    fn offset(&self, i: usize) -> isize {
+        match self {
+            Axis::Stride(s) => i as isize * s,
+            Axis::Table(t) => t[i] as isize,
+        }
+    }
+}
+
+/// The offset of every index of an axis of `runs` (extent, stride), outermost first.
+fn mixed_radix(runs: &[(usize, isize)]) -> Vec<i64> {
+    let mut out = vec![0i64];
+    for &(e, s) in runs {
+        out = out.iter().flat_map(|&o| (0..e).map(move |i| o + (i as isize * s) as i64)).collect();
+    }
+    out
+}
+
+/// One GEMM step resolved at a batch size: the product's sizes, how the operands' rows and
+/// columns lie, and where each batch element's operands start in their base buffers.
 struct GemmShape {
     rows: usize,
     inner: usize,
     cols: usize,
-    a_strides: (isize, isize),
-    b_strides: (isize, isize),
+    a_rows: Axis,
+    a_cols: Axis,
+    b_rows: Axis,
+    b_cols: Axis,
     a_offsets: Vec<i64>,
     b_offsets: Vec<i64>,
 }
 
 impl GemmShape {
-    fn new(m: &MatMulStep, sa: &[usize], sb: &[usize], ta: &[isize], tb: &[isize]) -> Self {
+    fn new(sa: &[usize], sb: &[usize], va: (i64, &[Vec<(usize, isize)>]), vb: (i64, &[Vec<(usize, isize)>])) -> Self {
         let r = sa.len();
-        let batch_shape = &sa[..r - 2];
-        let batch: usize = batch_shape.iter().product();
-        let (mut a_offsets, mut b_offsets) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
-        for t in 0..batch {
-            let (mut oa, mut ob, mut rest) = (m.a_view.offset as isize, m.b_view.offset as isize, t);
-            for k in (0..r - 2).rev() {
-                let i = (rest % batch_shape[k]) as isize;
-                rest /= batch_shape[k];
-                oa += i * ta[k];
-                ob += i * tb[k];
-            }
-            a_offsets.push(oa as i64);
-            b_offsets.push(ob as i64);
-        }
+        // Each batch axis's runs, outermost first, enumerate the batch in row-major order.
+        let offsets = |(offset, axes): (i64, &[Vec<(usize, isize)>])| -> Vec<i64> {
+            let runs: Vec<(usize, isize)> = axes[..r - 2].iter().flatten().copied().collect();
+            mixed_radix(&runs).into_iter().map(|o| o + offset).collect()
+        };
         GemmShape {
             rows: sa[r - 2],
             inner: sa[r - 1],
             cols: sb[r - 1],
-            a_strides: (ta[r - 2], ta[r - 1]),
-            b_strides: (tb[r - 2], tb[r - 1]),
-            a_offsets,
-            b_offsets,
+            a_rows: Axis::of(&va.1[r - 2]),
+            a_cols: Axis::of(&va.1[r - 1]),
+            b_rows: Axis::of(&vb.1[r - 2]),
+            b_cols: Axis::of(&vb.1[r - 1]),
+            a_offsets: offsets(va),
+            b_offsets: offsets(vb),
         }
     }
+
+    /// Whether both operands are plain strided matrices (what a CBLAS or the gemm crate take).
+    fn strided(&self) -> bool {
+        [&self.a_rows, &self.a_cols, &self.b_rows, &self.b_cols].iter().all(|a| matches!(a, Axis::Stride(_)))
+    }
+}
+
+/// A `rows x cols` operand starting at `p` gathered into a contiguous matrix.
+///
+/// # Safety
+/// Every offset the axes give from `p` must be inside one live allocation.
+unsafe fn gather(p: *const f32, rows: usize, cols: usize, r: &Axis, c: &Axis) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        let row = p.offset(r.offset(i));
+        out.extend((0..cols).map(|j| *row.offset(c.offset(j))));
+    }
+    out
 }
 
 /// The buffers of one run: inputs, parameters and the planned intermediates.
@@ -393,16 +451,17 @@ impl CpuProgram {
         for (n, &k) in &plan.slot_of {
             ptrs.insert(*n, slot_ptrs[k]);
         }
-        let resolve = |v: &muse_compiler::fusion::StridedView| -> Vec<isize> {
-            v.strides.iter().map(|d| d.eval(&|s| bindings.0.get(s).copied()).expect("bound") as isize).collect()
+        let dim = |d: &muse_compiler::ir::Dim| d.eval(&|s| bindings.0.get(s).copied()).expect("bound");
+        let resolve = |v: &muse_compiler::fusion::OperandView| -> Vec<Vec<(usize, isize)>> {
+            v.axes.iter().map(|runs| runs.iter().map(|(e, s)| (dim(e) as usize, dim(s) as isize)).collect()).collect()
         };
         let mut gemms = HashMap::new();
         for (i, step) in self.program.steps.iter().enumerate() {
             if let Step::MatMul(m) = step {
-                gemms.insert(
-                    i,
-                    GemmShape::new(m, &shape_of(m.a), &shape_of(m.b), &resolve(&m.a_view), &resolve(&m.b_view)),
-                );
+                let (va, vb) = (resolve(&m.a_view), resolve(&m.b_view));
+                let shape =
+                    GemmShape::new(&shape_of(m.a), &shape_of(m.b), (m.a_view.offset, &va), (m.b_view.offset, &vb));
+                gemms.insert(i, shape);
             }
         }
         let mut all_shapes = HashMap::new();
@@ -486,12 +545,12 @@ impl CpuProgram {
                             k: inner as i64,
                             a: a0,
                             a_offsets: gs.a_offsets.as_ptr(),
-                            a_rows: gs.a_strides.0 as i64,
-                            a_cols: gs.a_strides.1 as i64,
+                            a_rows: gs.a_rows.stride(),
+                            a_cols: gs.a_cols.stride(),
                             b: b0,
                             b_offsets: gs.b_offsets.as_ptr(),
-                            b_rows: gs.b_strides.0 as i64,
-                            b_cols: gs.b_strides.1 as i64,
+                            b_rows: gs.b_rows.stride(),
+                            b_cols: gs.b_cols.stride(),
                             c: o,
                             ldc: cols as i64,
                             parallel: 1,
@@ -499,6 +558,10 @@ impl CpuProgram {
                             epilogue_bufs: epi_args.as_mut_ptr(),
                             epilogue_sizes: prep.sizes.as_ptr(),
                             seed,
+                            a_row_table: gs.a_rows.table(),
+                            a_col_table: gs.a_cols.table(),
+                            b_row_table: gs.b_rows.table(),
+                            b_col_table: gs.b_cols.table(),
                         };
                         // SAFETY: the strided views stay inside their base buffers (shape
                         // inference checked every view on the way); the output holds
@@ -515,16 +578,29 @@ impl CpuProgram {
                 let one = |t: usize, par: gemm::Parallelism| {
                     let (a0, b0, o) = (a0 as *const f32, b0 as *const f32, o as *mut f32);
                     // SAFETY: as above; batch elements write disjoint parts of the output.
-                    let (pa, pb, pc) = unsafe {
+                    let (mut pa, mut pb, pc) = unsafe {
                         (
                             a0.offset(gs.a_offsets[t] as isize),
                             b0.offset(gs.b_offsets[t] as isize),
                             o.add(t * rows * cols),
                         )
                     };
+                    let mut sa = (gs.a_rows.stride() as isize, gs.a_cols.stride() as isize);
+                    let mut sb = (gs.b_rows.stride() as isize, gs.b_cols.stride() as isize);
+                    // Operands whose axes are not one stride each are gathered first.
+                    let (ga, gb);
+                    if !gs.strided() {
+                        // SAFETY: the axes stay inside the base buffers, as above.
+                        unsafe {
+                            ga = gather(pa, rows, inner, &gs.a_rows, &gs.a_cols);
+                            gb = gather(pb, inner, cols, &gs.b_rows, &gs.b_cols);
+                        }
+                        (pa, pb) = (ga.as_ptr(), gb.as_ptr());
+                        (sa, sb) = ((inner as isize, 1), (cols as isize, 1));
+                    }
                     if let Some(blas) = blas::get() {
                         // SAFETY: as above.
-                        if unsafe { blas.sgemm(rows, cols, inner, pa, gs.a_strides, pb, gs.b_strides, pc) } {
+                        if unsafe { blas.sgemm(rows, cols, inner, pa, sa, pb, sb, pc) } {
                             return;
                         }
                     }
@@ -539,11 +615,11 @@ impl CpuProgram {
                             cols as isize,
                             false,
                             pa,
-                            gs.a_strides.1,
-                            gs.a_strides.0,
+                            sa.1,
+                            sa.0,
                             pb,
-                            gs.b_strides.1,
-                            gs.b_strides.0,
+                            sb.1,
+                            sb.0,
                             0.0,
                             1.0,
                             false,
