@@ -270,3 +270,15 @@ fn maskgit_blocks() {
         "B, 3, 4",
     );
 }
+
+/// The gradient of a weight used transposed (`x @ transpose(W)`, every linear layer) is the
+/// product `dy^T x` of two views, not a copy of the transposed product `x^T dy`; its values
+/// match finite differences.
+#[test]
+fn a_transposed_weights_gradient_is_one_product() {
+    let m = model("  input x: f32[B, 5, 7]\n  param w: [3, 7] ~ normal(0.5)", "  y = x @ transpose(w)", "B, 5, 3");
+    let d = differentiate(&m.graph, Wrt::default());
+    let (_, g) = d.params.iter().find(|(n, _)| n == "w").unwrap();
+    assert!(matches!(d.graph.node(*g).op, muse_compiler::ir::Op::MatMul), "{:?}", d.graph.node(*g).op);
+    check(&m, 2, 1e-6);
+}

@@ -203,6 +203,10 @@ impl Backward {
         let r = self.shape(x).rank();
         let mut perm: Vec<usize> = (0..r).collect();
         perm.swap(r - 2, r - 1);
+        // Transposing a transpose gives back its operand.
+        if matches!(&self.g.node(x).op, Op::Permute { perm: p } if *p == perm) {
+            return self.g.operands(x)[0];
+        }
         self.ap(Op::Permute { perm }, &[x])
     }
     /// Sums `g` over the axes where `target` (same rank) has size 1 and `g` does not.
@@ -405,7 +409,28 @@ impl Backward {
                 for (i, &p) in perm.iter().enumerate() {
                     inv[p] = i;
                 }
-                let dx = self.ap(Op::Permute { perm: inv }, &[d]);
+                let r = perm.len();
+                let swaps_last = r >= 2
+                    && (0..r).all(|k| {
+                        perm[k]
+                            == if k + 2 == r {
+                                r - 1
+                            } else if k + 1 == r {
+                                r - 2
+                            } else {
+                                k
+                            }
+                    });
+                let dx = match (swaps_last, &self.g.node(d).op) {
+                    // The transposed gradient of a transposed operand (a linear layer's weight):
+                    // (A B)^T = B^T A^T, a product of views, instead of a copy of a product.
+                    (true, Op::MatMul) => {
+                        let (a, b) = (self.g.operands(d)[0], self.g.operands(d)[1]);
+                        let (bt, at) = (self.transpose_last(b), self.transpose_last(a));
+                        self.ap(Op::MatMul, &[bt, at])
+                    }
+                    _ => self.ap(Op::Permute { perm: inv }, &[d]),
+                };
                 out.push((0, dx));
             }
             Op::Broadcast { .. } => {
