@@ -512,7 +512,8 @@ fn execute(
         let p = muse_runtime::cpu::CpuProgram::compile(g, requested, &settings).map_err(|e| e.to_string())?;
         let mut prep = p.prepare(g, &inputs, &params).map_err(|e| e.to_string())?;
         p.launch(&mut prep, ro.seed, None);
-        let ms = p.profile(&mut prep, ro.seed);
+        let runs = std::env::var("MUSE_PROFILE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+        let ms = p.profile(&mut prep, ro.seed, runs);
         let rows = muse_compiler::inspect::rows(g, &p.program, None, run.batch as i64);
         let total: f64 = ms.iter().sum();
         let mut order: Vec<usize> = (0..ms.len()).collect();

@@ -86,6 +86,25 @@ fn the_backward_scan_sums_over_the_states_itself() {
     assert!(reductions(scans[1]) >= 2, "backward: {} state reductions", reductions(scans[1]));
 }
 
+/// A softmax's row sum, which its backward reads spread over the row, is written once per
+/// row: no broadcast is ever written to memory (it had been, [rows, 64] for a sum per row).
+#[test]
+fn a_row_value_read_through_a_broadcast_is_written_per_row() {
+    use muse_compiler::autodiff::{differentiate, Wrt};
+    let (m, _) = program(
+        "  y = softmax(x * W) @ v\n  loss l = sum(y * y)",
+        "  input x: f32[B, 8, 64]\n  input v: f32[B, 64, 16]\n  param W: [64] ~ ones",
+    );
+    let d = differentiate(&m.graph, Wrt::default());
+    let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
+    req.extend(d.params.iter().map(|x| x.1));
+    let plan = fusion::plan(&d.graph, &req);
+    let broadcasts: Vec<_> =
+        plan.materialized.keys().filter(|&&n| matches!(d.graph.node(n).op, Op::Broadcast { .. })).collect();
+    assert!(broadcasts.is_empty(), "{broadcasts:?}");
+    assert!(plan.materialized.keys().any(|&n| matches!(d.graph.node(n).op, Op::Reduce { .. })));
+}
+
 #[test]
 fn every_value_in_memory_has_a_reason_and_every_kernel_reads_only_those() {
     let m = common::compile_model("mamba_xattn_xz", &[]);

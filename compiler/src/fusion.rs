@@ -699,11 +699,18 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
     let mut materialized = BTreeMap::new();
     let mut sinks: HashMap<NodeIndex, HashSet<Sink>> = HashMap::new();
     let mut paths_memo = HashMap::new();
+    // Values of row kernels that other kernels read through a broadcast of them (a row's sum
+    // spread over the row): written once per row instead of once per element.
+    let mut under_broadcast: HashSet<NodeIndex> = HashSet::new();
     for &n in order.iter().rev() {
         let reason = if let Some(&k) = row_of.get(&n) {
-            let outside = g.users(n).iter().any(|u| live.contains(u) && row_of.get(u) != Some(&k));
+            let outside = g.users(n).iter().any(|u| live.contains(u) && row_of.get(u) != Some(&k))
+                || under_broadcast.contains(&n);
             if requested.contains(&n) {
                 Some(CutReason::Requested)
+            } else if outside && matches!(g.node(n).op, Op::Broadcast { .. }) {
+                under_broadcast.insert(g.operands(n)[0]);
+                None
             } else if outside {
                 Some(if matches!(g.node(n).op, Op::Reduce { .. } | Op::Scan { .. }) {
                     CutReason::AnchorResult

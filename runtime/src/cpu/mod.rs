@@ -645,13 +645,23 @@ impl CpuProgram {
         }
     }
 
-    /// Runs the program once, timing each step: milliseconds per step, in program order.
-    pub fn profile(&self, prep: &mut Prepared, seed: u64) -> Vec<f64> {
-        (0..self.program.steps.len())
-            .map(|i| {
-                let t = std::time::Instant::now();
+    /// Runs the program `runs` times, timing each step: the median milliseconds per step, in
+    /// program order.
+    pub fn profile(&self, prep: &mut Prepared, seed: u64, runs: usize) -> Vec<f64> {
+        let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); self.program.steps.len()];
+        for _ in 0..runs.max(1) {
+            for (i, t) in times.iter_mut().enumerate() {
+                let start = std::time::Instant::now();
                 self.run_step(i, prep, seed);
-                t.elapsed().as_secs_f64() * 1e3
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        // The median of each step: a shared machine's interruptions hit single runs.
+        times
+            .into_iter()
+            .map(|mut t| {
+                t.sort_by(f64::total_cmp);
+                t[t.len() / 2]
             })
             .collect()
     }
