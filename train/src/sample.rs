@@ -230,7 +230,7 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
         a.temperature
     );
     // Prompts in the built-in data set's one-shape form are judged against the pixels.
-    let (mut judged, mut colours, mut places) = (0, 0, 0);
+    let (mut judged, mut colours, mut places, mut shapes) = (0, 0, 0, 0);
     for (i, prompt) in a.prompts.iter().enumerate() {
         let pixels = &flat[i * res * res * 3..][..res * res * 3];
         let img = to_rgb8(pixels, res);
@@ -241,8 +241,9 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
                 judged += 1;
                 colours += usize::from(j.colour);
                 places += usize::from(j.place);
+                shapes += usize::from(j.shape);
                 let yes = |b: bool| if b { "right" } else { "wrong" };
-                format!("\tcolour {}, place {}", yes(j.colour), yes(j.place))
+                format!("\tcolour {}, place {}, shape {}", yes(j.colour), yes(j.place), yes(j.shape))
             }
             None => String::new(),
         };
@@ -252,7 +253,7 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
     }
     if judged > 0 {
         let summary = format!(
-            "{judged} one-shape prompts judged against the pixels: colour right in {colours}, place right in {places}"
+            "{judged} one-shape prompts judged against the pixels: colour right in {colours}, place right in {places}, shape right in {shapes}"
         );
         eprintln!("{summary}");
         listing.push_str(&format!("# {summary}\n"));

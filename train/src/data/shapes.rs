@@ -191,6 +191,8 @@ pub struct Judgement {
     pub colour: bool,
     /// The caption's colour sits in the caption's place.
     pub place: bool,
+    /// Of the four shapes, the caption's fits the caption's colour's pixels best.
+    pub shape: bool,
 }
 
 /// Judges `image` (`resolution`^2 pixels in -1..1, channels last) against `caption`; `None`
@@ -212,6 +214,7 @@ pub fn judge(image: &[f32], resolution: usize, caption: &str) -> Option<Judgemen
     // colour it holds.
     let mut votes = [0.0f64; COLOURS.len()];
     let (mut sx, mut sy, mut own) = (0.0f64, 0.0f64, 0.0f64);
+    let mut coverage = vec![0.0f32; n * n];
     for y in 0..n {
         for x in 0..n {
             let px: Vec<f32> = (0..3).map(|k| (image[(y * n + x) * 3 + k] + 1.0) / 2.0 - BACKGROUND[k]).collect();
@@ -231,6 +234,7 @@ pub fn judge(image: &[f32], resolution: usize, caption: &str) -> Option<Judgemen
             }
             votes[k] += alpha as f64;
             if k == colour {
+                coverage[y * n + x] = alpha;
                 sx += (x as f64 + 0.5) * alpha as f64;
                 sy += (y as f64 + 0.5) * alpha as f64;
                 own += alpha as f64;
@@ -246,7 +250,46 @@ pub fn judge(image: &[f32], resolution: usize, caption: &str) -> Option<Judgemen
         let cell = ((cy * 3.0) as usize).min(2) * 3 + ((cx * 3.0) as usize).min(2);
         cell == place
     };
-    Some(Judgement { colour: colour_ok, place: place_ok })
+    let shape = SHAPES.iter().position(|s| *s == words[3])?;
+    let shape_ok = visible(own) && best_shape(&coverage, n, sx / own / n as f64, sy / own / n as f64) == shape;
+    Some(Judgement { colour: colour_ok, place: place_ok, shape: shape_ok })
+}
+
+/// The shape whose drawing (at the best size and position near the pixels' centre) differs
+/// least from `coverage`, how much of each pixel one colour covers.
+fn best_shape(coverage: &[f32], n: usize, cx: f64, cy: f64) -> usize {
+    let px = 1.0 / n as f32;
+    let mut best = (f32::INFINITY, 0);
+    for shape in 0..SHAPES.len() {
+        for r in (0..=18).map(|i| 0.06 + 0.01 * i as f32) {
+            for (ox, oy) in (0..9).map(|k| ((k % 3) as f32 - 1.0, (k / 3) as f32 - 1.0)) {
+                let it = Item {
+                    shape,
+                    colour: 0,
+                    large: false,
+                    cx: cx as f32 + ox * px / 2.0,
+                    cy: cy as f32 + oy * px / 2.0,
+                    r,
+                };
+                let mut err = 0.0f32;
+                for y in 0..n {
+                    for x in 0..n {
+                        let mut cover = 0.0f32;
+                        for sub in 0..4 {
+                            let u = (x as f32 + 0.25 + 0.5 * (sub % 2) as f32) * px;
+                            let v = (y as f32 + 0.25 + 0.5 * (sub / 2) as f32) * px;
+                            cover += if inside(&it, u, v) { 0.25 } else { 0.0 };
+                        }
+                        err += (cover - coverage[y * n + x]).abs();
+                    }
+                }
+                if err < best.0 {
+                    best = (err, shape);
+                }
+            }
+        }
+    }
+    best.1
 }
 
 /// Whether point (u, v) lies inside the shape.
@@ -288,12 +331,22 @@ mod tests {
         // so; against another sample's caption (another colour) it must not.
         let d = Shapes::new(16, 11);
         let (mut judged, mut colour, mut place, mut wrong) = (0, 0, 0, 0);
+        let (mut shape, mut large, mut large_right, mut wrong_shape) = (0, 0, 0, 0);
         for i in 0..300 {
             let s = d.sample(i);
             let Some(j) = judge(&s.image, 16, &s.caption) else { continue };
             judged += 1;
             colour += usize::from(j.colour);
             place += usize::from(j.place);
+            shape += usize::from(j.shape);
+            if s.caption.contains("large") {
+                large += 1;
+                large_right += usize::from(j.shape);
+                let words: Vec<&str> = s.caption.split(' ').collect();
+                let other = SHAPES.iter().find(|&&x| x != words[3]).expect("another shape");
+                let reshaped = s.caption.replacen(words[3], other, 1);
+                wrong_shape += usize::from(judge(&s.image, 16, &reshaped).expect("still a caption").shape);
+            }
             let other = COLOURS.iter().find(|c| !s.caption.contains(c.0)).expect("another colour").0;
             let words: Vec<&str> = s.caption.split(' ').collect();
             let swapped = s.caption.replacen(words[2], other, 1);
@@ -301,6 +354,11 @@ mod tests {
         }
         assert!(judged > 100, "{judged} one-shape captions");
         assert_eq!((colour, place), (judged, judged), "of {judged}");
+        // Shapes of a large size are told apart at 16x16; small ones (3-4 pixels across) are
+        // right in ~3 of 4.
+        assert_eq!(large_right, large, "large shapes");
+        assert_eq!(wrong_shape, 0, "another shape's caption");
+        assert!(shape * 10 >= judged * 8, "shape right in {shape} of {judged}");
         assert_eq!(wrong, 0);
         assert_eq!(judge(&d.sample(0).image, 16, "a blue square to the left of a green triangle"), None);
     }
