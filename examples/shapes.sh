@@ -26,7 +26,7 @@ train() {
 echo "== 1/3 image tokenizer: 16x16 shapes -> 8x8 grid of 64 codes"
 train "$out/vq" models/vq_tokenizer.muse --data shapes \
   --set resolution=16 --set channels=16 --set levels=1 --set codebook=64 --set code_dim=16 --set groups=4 \
-  --steps 800 --batch 16 --lr 2e-3 --warmup 50 --checkpoint-every 200
+  --steps 2000 --batch 16 --lr 2e-3 --warmup 50 --checkpoint-every 500
 
 echo "== 2/3 mamba_xattn_xz on the image tokens (4096 captioned images)"
 train "$out/mamba" models/mamba_xattn_xz.muse --data shapes --tokenizer "$out/vq" --samples 4096 \

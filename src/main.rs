@@ -345,11 +345,19 @@ fn tokenize_command(run: &Path, data: &str, samples: usize) -> Result<String, St
     let (codebook, grid) = vq.codebook_and_grid()?;
     let mut used = vec![false; codebook as usize];
     t.ids.iter().for_each(|&i| used[i as usize] = true);
-    Ok(format!(
+    let mut text = format!(
         "{} items as {grid}x{grid} tokens; {} of {codebook} codes used\n",
         t.len(),
         used.iter().filter(|&&u| u).count()
-    ))
+    );
+    let r = vq.judge_reconstructions(d.as_ref(), 256, &settings)?;
+    if r.judged > 0 {
+        text.push_str(&format!(
+            "reconstructions of {} one-shape images, judged against their captions: colour right in {}, place in {}, shape in {} (large shapes {} of {})\n",
+            r.judged, r.colour, r.place, r.shape, r.large.1, r.large.0
+        ));
+    }
+    Ok(text)
 }
 
 #[derive(clap::Args, Clone)]

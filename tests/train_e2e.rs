@@ -91,6 +91,12 @@ fn masked_token_models_learn_the_built_in_data() {
     let s = settings();
     let v = train(&vq(&dir), false, &s).unwrap();
     assert!(v.last_loss < v.first_loss, "image tokenizer: {} -> {}", v.first_loss, v.last_loss);
+    // Its reconstructions of one-shape images, judged (what `muse tokenize` reports).
+    let tokenizer = muse_train::session::ImageTokenizer::open(&dir.join("vq")).unwrap();
+    let shapes = muse_train::data::open("shapes", 8, 0, false).unwrap();
+    let r = tokenizer.judge_reconstructions(shapes.as_ref(), 40, &s).unwrap();
+    assert_eq!(r.judged, 40);
+    assert!(r.colour <= 40 && r.place <= 40 && r.shape <= 40 && r.large.1 <= r.large.0 && r.large.0 < 40, "{r:?}");
     for name in ["muse_small", "mamba_xattn_xz"] {
         train(&masked(name, &dir, 150), false, &s).unwrap();
         let l = losses(&dir.join(name));

@@ -14,6 +14,7 @@ use crate::vq::Reseed;
 use muse_compiler::{compile_path, Model, Options};
 use muse_runtime::backend::Tensors;
 use muse_runtime::cpu::compile::CompilerSettings;
+use muse_runtime::cpu::CpuProgram;
 use muse_runtime::optim::{AdamW, Schedule};
 use muse_runtime::train::{TrainOptions, Trainer};
 use muse_runtime::{init_params, HostTensor, Precision};
@@ -374,6 +375,73 @@ impl ImageTokenizer {
         let t = masked::encode(&self.model.graph, &self.params, data, Some(count), 64, settings)?;
         t.save(&dir)?;
         Ok(t)
+    }
+}
+
+/// How reconstructions of one-shape images of the built-in data set judge against their
+/// captions (see [`crate::data::shapes::judge`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconstructions {
+    /// Images judged.
+    pub judged: usize,
+    /// Right in colour, place and shape.
+    pub colour: usize,
+    /// Right in place.
+    pub place: usize,
+    /// Right in shape.
+    pub shape: usize,
+    /// Images of a large shape, and those right in shape.
+    pub large: (usize, usize),
+}
+
+impl ImageTokenizer {
+    /// Encodes and decodes the first `count` one-shape images of `data` and judges the
+    /// reconstructions against their captions: what the tokenizer can represent, an upper
+    /// bound for any generator on its tokens. None judged for data without such captions.
+    pub fn judge_reconstructions(
+        &self,
+        data: &dyn Dataset,
+        count: usize,
+        settings: &CompilerSettings,
+    ) -> Result<Reconstructions, String> {
+        use crate::data::shapes::judge;
+        let g = &self.model.graph;
+        let recon = g.outputs.iter().find(|(n, _)| n == "recon").ok_or("the image tokenizer has no `recon` output")?.1;
+        let program = CpuProgram::compile(g, &[recon], settings).map_err(|e| e.to_string())?;
+        let res = data.resolution();
+        let mut out = Reconstructions::default();
+        let mut index = 0u64;
+        let limit = data.size().map_or(count.saturating_mul(8) as u64, |n| n as u64);
+        while out.judged < count && index < limit {
+            let (mut pixels, mut captions) = (Vec::new(), Vec::new());
+            while captions.len() < 64 && out.judged + captions.len() < count && index < limit {
+                if let Ok(s) = data.get(index) {
+                    if judge(&s.image, res, &s.caption).is_some() {
+                        pixels.extend(s.image.iter().map(|&x| x as f64));
+                        captions.push(s.caption);
+                    }
+                }
+                index += 1;
+            }
+            if captions.is_empty() {
+                break;
+            }
+            let inputs: Tensors = [("image".to_string(), HostTensor::f(&[captions.len(), res, res, 3], pixels))].into();
+            let values = program.run(g, &inputs, &self.params, 0).map_err(|e| e.to_string())?;
+            let images: Vec<f32> = values[&recon].to_f64().iter().map(|&x| x as f32).collect();
+            for (i, caption) in captions.iter().enumerate() {
+                let Some(j) = judge(&images[i * res * res * 3..][..res * res * 3], res, caption) else { continue };
+                out.judged += 1;
+                out.colour += usize::from(j.colour);
+                out.place += usize::from(j.place);
+                out.shape += usize::from(j.shape);
+                if caption.contains(" large ") {
+                    out.large.0 += 1;
+                    out.large.1 += usize::from(j.shape);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
