@@ -157,10 +157,8 @@ pub fn reshape_strides(shape: &Shape, strides: &[Dim], out: &Shape) -> Option<Ve
     (i == ins.len() && o == outs.len()).then_some(result)
 }
 
-/// `n` as a strided view of the first non-view node behind it, when its chain of views
-/// (reshapes of contiguous data, permutes, broadcasts, slices) allows; a GEMM then reads
-/// the base buffer directly instead of a copy.
-pub fn strided_view(g: &Graph, n: NodeIndex) -> Option<StridedView> {
+/// The first non-view node behind `n`, and the views from `n` down to it (`n` first).
+fn view_chain(g: &Graph, n: NodeIndex) -> (NodeIndex, Vec<NodeIndex>) {
     let mut chain = vec![n];
     let mut base = n;
     while g.node(base).op.is_view() {
@@ -168,6 +166,14 @@ pub fn strided_view(g: &Graph, n: NodeIndex) -> Option<StridedView> {
         chain.push(base);
     }
     chain.pop();
+    (base, chain)
+}
+
+/// `n` as a strided view of the first non-view node behind it, when its chain of views
+/// (reshapes of contiguous data, permutes, broadcasts, slices) allows; a GEMM then reads
+/// the base buffer directly instead of a copy.
+pub fn strided_view(g: &Graph, n: NodeIndex) -> Option<StridedView> {
+    let (base, chain) = view_chain(g, n);
     let mut shape = g.ty(base).shape.clone();
     let mut strides = contiguous_strides(&shape);
     let mut offset = 0i64;
@@ -225,13 +231,7 @@ impl OperandView {
 
 /// `n` as an [`OperandView`] of the first non-view node behind it.
 pub fn operand_view(g: &Graph, n: NodeIndex) -> Option<OperandView> {
-    let mut chain = vec![n];
-    let mut base = n;
-    while g.node(base).op.is_view() {
-        base = g.operands(base)[0];
-        chain.push(base);
-    }
-    chain.pop();
+    let (base, chain) = view_chain(g, n);
     let mut view = OperandView::contiguous(g, base);
     let mut shape = g.ty(base).shape.clone();
     for &v in chain.iter().rev() {

@@ -573,20 +573,7 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
     let params = initial_params(&model, args)?;
     let mut probe_batches = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
     let example = probe_batches.next()?.0;
-    let mut trainer = Trainer::with_options(
-        &model.graph,
-        &model.name,
-        &params,
-        &example,
-        opt,
-        settings,
-        &train_options(args, &[], &[]),
-    )
-    .map_err(|e| e.to_string())?;
-    if args.ema > 0.0 {
-        trainer.start_ema();
-    }
-    let start = if resume { fit::restore(&run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
+    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, settings, args, &run, resume)?;
     let per_item = tokens.per_item;
     let mut batches =
         MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;
@@ -598,6 +585,29 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
         run.path.display()
     );
     fit::fit(&run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut NoHook)
+}
+
+/// The trainer of a token model (a masked-token model or a critic), with its weight average
+/// when asked, and where it starts: step 0, or the run's latest checkpoint.
+#[allow(clippy::too_many_arguments)]
+fn token_trainer(
+    model: &Model,
+    params: &Tensors,
+    example: &Tensors,
+    opt: AdamW,
+    settings: &CompilerSettings,
+    args: &TrainArgs,
+    run: &RunDir,
+    resume: bool,
+) -> Result<(Trainer, Progress), String> {
+    let options = train_options(args, &[], &[]);
+    let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, settings, &options)
+        .map_err(|e| e.to_string())?;
+    if args.ema > 0.0 {
+        trainer.start_ema();
+    }
+    let start = if resume { fit::restore(run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
+    Ok((trainer, start))
 }
 
 /// Trains a token critic on a trained generator's fills (`--generator RUN`).
@@ -641,20 +651,7 @@ fn train_critic(
     let masked = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
     let mut probe = CriticBatches { masked, generator, seed: args.seed };
     let example = probe.next()?.0;
-    let mut trainer = Trainer::with_options(
-        &model.graph,
-        &model.name,
-        &params,
-        &example,
-        opt,
-        settings,
-        &train_options(args, &[], &[]),
-    )
-    .map_err(|e| e.to_string())?;
-    if args.ema > 0.0 {
-        trainer.start_ema();
-    }
-    let start = if resume { fit::restore(run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
+    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, settings, args, run, resume)?;
     let masked = MaskedBatches::new(tokens, &text, codebook as i32, 0.0, args.batch, args.seed, start.data_pos)?;
     let mut batches = CriticBatches { masked, generator: probe.generator, seed: args.seed };
     eprintln!(
