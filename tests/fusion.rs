@@ -18,6 +18,15 @@ fn program(body: &str, decls: &str) -> (Model, KernelProgram) {
     (m, p)
 }
 
+/// The differentiated graph and its values a training step needs: the loss and every
+/// parameter's gradient.
+fn loss_and_gradients(m: &Model) -> (muse_compiler::autodiff::Gradients, Vec<NodeIndex>) {
+    let d = muse_compiler::autodiff::differentiate(&m.graph, Default::default());
+    let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
+    req.extend(d.params.iter().map(|x| x.1));
+    (d, req)
+}
+
 fn matmuls(m: &Model) -> usize {
     m.graph.g.node_indices().filter(|&n| matches!(m.graph.node(n).op, Op::MatMul)).count()
 }
@@ -62,13 +71,10 @@ fn selective_scan_with_prologue_and_epilogue_is_one_kernel() {
 /// tensor for a row kernel to reduce.
 #[test]
 fn the_backward_scan_sums_over_the_states_itself() {
-    use muse_compiler::autodiff::{differentiate, Wrt};
     let decls = "  input u: f32[B, 16, 32]\n  input dt: f32[B, 16, 32]\n  input bm: f32[B, 16, 8]\n  input cm: f32[B, 16, 8]\n  param A_log: [32, 8] ~ zeros\n  param W: [32] ~ ones";
     let body = "  y = sum(selective_scan(u * W, softplus(dt * W), -exp(A_log), bm, cm))\n  loss l = y";
     let (m, _) = program(body, decls);
-    let d = differentiate(&m.graph, Wrt::default());
-    let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
-    req.extend(d.params.iter().map(|x| x.1));
+    let (d, req) = loss_and_gradients(&m);
     let p = kernel::lower(&d.graph, &fusion::plan(&d.graph, &req));
     let scans: Vec<&kernel::LoweredKernel> = p
         .steps
@@ -90,14 +96,11 @@ fn the_backward_scan_sums_over_the_states_itself() {
 /// row: no broadcast is ever written to memory (it had been, [rows, 64] for a sum per row).
 #[test]
 fn a_row_value_read_through_a_broadcast_is_written_per_row() {
-    use muse_compiler::autodiff::{differentiate, Wrt};
     let (m, _) = program(
         "  y = softmax(x * W) @ v\n  loss l = sum(y * y)",
         "  input x: f32[B, 8, 64]\n  input v: f32[B, 64, 16]\n  param W: [64] ~ ones",
     );
-    let d = differentiate(&m.graph, Wrt::default());
-    let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|x| x.1).collect();
-    req.extend(d.params.iter().map(|x| x.1));
+    let (d, req) = loss_and_gradients(&m);
     let plan = fusion::plan(&d.graph, &req);
     let broadcasts: Vec<_> =
         plan.materialized.keys().filter(|&&n| matches!(d.graph.node(n).op, Op::Broadcast { .. })).collect();
