@@ -79,5 +79,9 @@ pub fn tiny(name: &str, grid: &'static str) -> Vec<(&'static str, &'static str)>
     if name.starts_with("mamba") {
         v.push(("d_state", "2"));
     }
+    if name == "mamba_xattn_xz" {
+        // The built-in example's form; every other Mamba variant runs the causal block.
+        v.push(("bidirectional", "true"));
+    }
     v
 }
