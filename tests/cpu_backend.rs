@@ -39,8 +39,13 @@ fn settings() -> CompilerSettings {
 fn fused_cpu_equals_the_interpreter_for_every_model() {
     let settings = settings();
     let only = std::env::var("MUSE_TEST_MODEL").ok();
-    for name in common::MODELS.iter().filter(|n| only.as_deref().is_none_or(|o| o == **n)) {
-        let m = common::compile_model(name, &common::tiny(name, "3"));
+    let plain = common::MODELS.iter().map(|&n| (n, None));
+    let options = common::OPTIONS.iter().map(|&(n, k, v)| (n, Some((k, v))));
+    for (model, option) in plain.chain(options).filter(|(n, _)| only.as_deref().is_none_or(|o| o == *n)) {
+        let mut sets = common::tiny(model, "3");
+        sets.extend(option);
+        let m = common::compile_model(model, &sets);
+        let name = format!("{model} {option:?}");
         let d = differentiate(&m.graph, Wrt::default());
         let mut requested: Vec<(String, NodeIndex)> = m.graph.outputs.iter().chain(&m.graph.losses).cloned().collect();
         requested.extend(d.params.iter().map(|(n, g)| (format!("grad {n}"), *g)));

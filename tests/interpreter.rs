@@ -162,3 +162,38 @@ fn initialisers_are_seeded_and_follow_their_declarations() {
     let s = a["text_encoder.tok_emb.weight"].stats();
     assert!((s.std - 0.02).abs() < 0.004, "{s}");
 }
+
+/// The tokenizer's patch encoder gives a patch the same code whatever the rest of the image
+/// holds (its conv encoder's convolutions and group norms reach across patches).
+#[test]
+fn the_patch_encoders_code_depends_on_its_patch_only() {
+    let codes_of = |seed: u64| {
+        let mut sets = common::tiny("vq_tokenizer", "2");
+        sets.extend([("encoder", "patch"), ("codebook", "64"), ("code_dim", "4")]);
+        let m = common::compile_model("vq_tokenizer", &sets);
+        let params = init_params(&m.graph, 3, Precision::F64).unwrap();
+        let a = random_inputs(&m.graph, 1, seed)["image"].to_f64();
+        let mut b = random_inputs(&m.graph, 1, seed + 1)["image"].to_f64();
+        // The same 2x2 patch at grid cell (1, 2) of the 8x8 image, all else different.
+        for y in 2..4 {
+            for x in 4..6 {
+                for c in 0..3 {
+                    let at = (y * 8 + x) * 3 + c;
+                    b[at] = a[at];
+                }
+            }
+        }
+        let codes = m.graph.outputs.iter().find(|(n, _)| n == "codes").unwrap().1;
+        let run_on = |img: Vec<f64>| {
+            let inputs = HashMap::from([("image".to_string(), HostTensor::f(&[1, 8, 8, 3], img))]);
+            let opts = RunOptions { precision: Precision::F64, seed: 0 };
+            run(&m.graph, &inputs, &params, &opts).unwrap().get(codes).to_f64()
+        };
+        (run_on(a), run_on(b))
+    };
+    for seed in [5, 50, 500] {
+        let (a, b) = codes_of(seed);
+        assert_eq!(a[4 + 2], b[4 + 2], "the shared patch's code");
+        assert_ne!(a, b, "codes follow the pixels: the other patches' differ");
+    }
+}

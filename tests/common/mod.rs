@@ -47,6 +47,10 @@ pub const MODELS: &[&str] = &[
     "vq_discriminator",
 ];
 
+/// Options of a model file that take another path through it than its tiny config: each is
+/// checked fused against the interpreter too.
+pub const OPTIONS: &[(&str, &str, &str)] = &[("vq_tokenizer", "encoder", "patch")];
+
 /// The smallest config of each model that still has every part (`grid` sets the tokens per side).
 pub fn tiny(name: &str, grid: &'static str) -> Vec<(&'static str, &'static str)> {
     if name == "vq_tokenizer" {
