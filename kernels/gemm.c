@@ -12,14 +12,16 @@
  * (it needs ldc == n).
  *
  * Blocking after the BLIS/GotoBLAS scheme: B is packed per KC-deep slice into panels of NR
- * columns, A per MC-row block into panels of MR rows (zero-padded at the edges), and an
+ * columns, A per MC-row block into panels of MR rows (edges repeat the last row or column,
+ * whose results are never stored), and an
  * MR x NR micro-kernel keeps its tile of C in 16 AVX-512 registers over the KC products.
  *
  * Threads: one OpenMP parallel region per call, because the program's other kernels are
  * OpenMP too and a second thread pool would fight them for the cores. A batch of at least
- * as many elements as threads runs one element per thread; otherwise the threads share B's
- * packing and then take (row block, column chunk) tasks, blocks shrunk until every thread
- * has one. Returns 1 when it computed the product, 0 when this build has no AVX-512 (the
+ * four elements per thread (or a multiple of the thread count) runs one element per thread;
+ * otherwise each thread takes one slab of C (a grid of row and column ranges, see muse_grid)
+ * and computes it start to end with its own packing, no barrier until the end. Returns 1
+ * when it computed the product, 0 when this build has no AVX-512 (the
  * caller then uses its portable GEMM). */
 #include <stdint.h>
 #include <stdlib.h>
@@ -47,7 +49,7 @@ struct muse_gemm {
   const int64_t *arow, *acol, *brow, *bcol; /* offset tables replacing sam, sak, sbk, sbn */
 };
 
-#define MUSE_MR 8
+#define MUSE_MR 8 /* muse_pack_a transposes 8 x 8 blocks: MR must stay 8 */
 #define MUSE_NR 32
 #define MUSE_KC 256
 #define MUSE_MC 128
@@ -68,45 +70,111 @@ static inline struct muse_view muse_sub(struct muse_view v, int64_t r, int64_t c
   return v;
 }
 
-static inline float muse_get(const struct muse_view *v, int64_t r, int64_t c) {
-  return v->p[(v->rt ? v->rt[r] : r * v->rs) + (v->ct ? v->ct[c] : c * v->cs)];
-}
 
 #ifdef __AVX512F__
 #include <immintrin.h>
 
-/* B[k0.., j0..j0+NR] -> one panel of NR columns, row after row; missing columns are zero. */
+/* Offset of row r / column c of a view. */
+static inline int64_t muse_roff(const struct muse_view *v, int64_t r) { return v->rt ? v->rt[r] : r * v->rs; }
+static inline int64_t muse_coff(const struct muse_view *v, int64_t c) { return v->ct ? v->ct[c] : c * v->cs; }
+
+/* Whether offsets i..i+8 of an axis (a table, or a stride) are adjacent in memory. */
+static inline int muse_run8(const int64_t *table, int64_t stride, int64_t i) {
+  if (!table) return stride == 1;
+  for (int q = 1; q < 8; q++)
+    if (table[i + q] != table[i] + q) return 0;
+  return 1;
+}
+
+/* An 8 x 8 transpose: line r of the source is 8 adjacent floats at s[r]; element c of each
+   goes to d[c * ds + r]. Packing a transposed operand element by element had cost as much
+   as the product's arithmetic (attention's head merge, weights read as W^T). */
+static inline void muse_t8(const float *const s[8], float *d, int64_t ds) {
+  __m256 r0 = _mm256_loadu_ps(s[0]), r1 = _mm256_loadu_ps(s[1]), r2 = _mm256_loadu_ps(s[2]), r3 = _mm256_loadu_ps(s[3]);
+  __m256 r4 = _mm256_loadu_ps(s[4]), r5 = _mm256_loadu_ps(s[5]), r6 = _mm256_loadu_ps(s[6]), r7 = _mm256_loadu_ps(s[7]);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+         t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE), u2 = _mm256_shuffle_ps(t1, t3, 0x44),
+         u3 = _mm256_shuffle_ps(t1, t3, 0xEE), u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(d + 0 * ds, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(d + 1 * ds, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(d + 2 * ds, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(d + 3 * ds, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(d + 4 * ds, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(d + 5 * ds, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(d + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(d + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* B[k0.., j0..j0+NR] -> one panel of NR columns, row after row. Columns past nr repeat the
+   last one: the micro-kernel never stores what they produce. Rows of B whose columns are
+   adjacent are copied 8 at a time; columns whose rows are adjacent (B a transposed view)
+   go through 8 x 8 transposes; anything else element by element. */
 static void muse_pack_b_panel(int64_t kc, int64_t nr, struct muse_view b, float *dst) {
-  if (!b.ct && b.cs == 1 && nr == MUSE_NR) {
-    for (int64_t k = 0; k < kc; k++)
-      memcpy(dst + k * MUSE_NR, b.p + (b.rt ? b.rt[k] : k * b.rs), MUSE_NR * sizeof(float));
-  } else if (!b.rt && !b.ct && b.rs == 1) {
-    /* A transposed operand: read each column's run of k contiguously. */
-    for (int64_t j = 0; j < MUSE_NR; j++)
-      for (int64_t k = 0; k < kc; k++) dst[k * MUSE_NR + j] = j < nr ? b.p[j * b.cs + k] : 0.0f;
-  } else {
-    for (int64_t k = 0; k < kc; k++)
-      for (int64_t j = 0; j < MUSE_NR; j++) dst[k * MUSE_NR + j] = j < nr ? muse_get(&b, k, j) : 0.0f;
+  int64_t coff[MUSE_NR];
+  for (int64_t j = 0; j < MUSE_NR; j++) coff[j] = muse_coff(&b, j < nr ? j : nr - 1);
+  int cols_adjacent = nr == MUSE_NR;
+  for (int64_t j = 0; j < MUSE_NR && cols_adjacent; j += 8) cols_adjacent = muse_run8(b.ct, b.cs, j);
+  if (cols_adjacent) {
+    for (int64_t k = 0; k < kc; k++) {
+      const float *row = b.p + muse_roff(&b, k);
+      for (int64_t j = 0; j < MUSE_NR; j += 8) memcpy(dst + k * MUSE_NR + j, row + coff[j], 8 * sizeof(float));
+    }
+    return;
+  }
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    if (muse_run8(b.rt, b.rs, k)) {
+      int64_t r = muse_roff(&b, k);
+      for (int64_t j = 0; j < MUSE_NR; j += 8) {
+        const float *s[8];
+        for (int q = 0; q < 8; q++) s[q] = b.p + r + coff[j + q];
+        muse_t8(s, dst + k * MUSE_NR + j, MUSE_NR);
+      }
+    } else {
+      for (int64_t kk = k; kk < k + 8; kk++) {
+        const float *row = b.p + muse_roff(&b, kk);
+        for (int64_t j = 0; j < MUSE_NR; j++) dst[kk * MUSE_NR + j] = row[coff[j]];
+      }
+    }
+  }
+  for (; k < kc; k++) {
+    const float *row = b.p + muse_roff(&b, k);
+    for (int64_t j = 0; j < MUSE_NR; j++) dst[k * MUSE_NR + j] = row[coff[j]];
   }
 }
 
-/* A[i0.., k0..] -> panels of MR rows, column after column; missing rows are zero. */
+/* A[i0.., k0..] -> panels of MR rows, column after column. Rows past the edge repeat the
+   last one (their results are never stored). Eight columns adjacent in every row go
+   through an 8 x 8 transpose; a transposed A (rows adjacent) is one 32-byte copy per
+   column; anything else element by element. */
 static void muse_pack_a(int64_t mc, int64_t kc, struct muse_view a, float *pa) {
   for (int64_t i0 = 0; i0 < mc; i0 += MUSE_MR) {
     int64_t mr = mc - i0 < MUSE_MR ? mc - i0 : MUSE_MR;
-    if (!a.rt && !a.ct) {
-      for (int64_t k = 0; k < kc; k++) {
-        float *dst = pa + i0 * kc + k * MUSE_MR;
-        for (int64_t i = 0; i < MUSE_MR; i++) dst[i] = i < mr ? a.p[(i0 + i) * a.rs + k * a.cs] : 0.0f;
-      }
-    } else {
-      /* Row by row: a row's columns are runs of the table, read in order. */
-      for (int64_t i = 0; i < MUSE_MR; i++) {
-        const float *row = a.p + (a.rt ? a.rt[i0 + (i < mr ? i : mr - 1)] : (i0 + (i < mr ? i : mr - 1)) * a.rs);
-        float *dst = pa + i0 * kc + i;
-        for (int64_t k = 0; k < kc; k++) dst[k * MUSE_MR] = i < mr ? row[a.ct ? a.ct[k] : k * a.cs] : 0.0f;
+    float *panel = pa + i0 * kc;
+    if (mr == MUSE_MR && muse_run8(a.rt, a.rs, i0)) {
+      int64_t r = muse_roff(&a, i0);
+      for (int64_t k = 0; k < kc; k++) memcpy(panel + k * MUSE_MR, a.p + r + muse_coff(&a, k), MUSE_MR * sizeof(float));
+      continue;
+    }
+    const float *row[MUSE_MR];
+    for (int64_t i = 0; i < MUSE_MR; i++) row[i] = a.p + muse_roff(&a, i0 + (i < mr ? i : mr - 1));
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+      if (muse_run8(a.ct, a.cs, k)) {
+        int64_t c = muse_coff(&a, k);
+        const float *s[8];
+        for (int q = 0; q < 8; q++) s[q] = row[q] + c;
+        muse_t8(s, panel + k * MUSE_MR, MUSE_MR);
+      } else {
+        for (int64_t kk = k; kk < k + 8; kk++)
+          for (int64_t i = 0; i < MUSE_MR; i++) panel[kk * MUSE_MR + i] = row[i][muse_coff(&a, kk)];
       }
     }
+    for (; k < kc; k++)
+      for (int64_t i = 0; i < MUSE_MR; i++) panel[k * MUSE_MR + i] = row[i][muse_coff(&a, k)];
   }
 }
 
@@ -187,49 +255,78 @@ static void muse_block(int64_t mc, int64_t jc, int64_t jend, int64_t n, int64_t 
   }
 }
 
-/* A KC slice of B from row k0: in place, or packed into pb by threads sharing the loop. */
-static struct muse_panels muse_slice_b(struct muse_view b, int64_t m, int64_t n, int64_t k0, int64_t kc, float *pb, int shared) {
+/* A KC slice of B from row k0: in place, or packed into pb. */
+static struct muse_panels muse_slice_b(struct muse_view b, int64_t m, int64_t n, int64_t k0, int64_t kc, float *pb) {
   if (muse_b_direct(b, n, m)) {
     struct muse_panels d = {b.p + k0 * b.rs, 1, b.rs};
     return d;
   }
-  int64_t npanels = (n + MUSE_NR - 1) / MUSE_NR;
-  if (shared) {
-    #pragma omp for schedule(static)
-    for (int64_t p = 0; p < npanels; p++) {
-      int64_t j0 = p * MUSE_NR;
-      muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, muse_sub(b, k0, j0), pb + j0 * kc);
-    }
-  } else {
-    for (int64_t p = 0; p < npanels; p++) {
-      int64_t j0 = p * MUSE_NR;
-      muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, muse_sub(b, k0, j0), pb + j0 * kc);
-    }
-  }
+  for (int64_t j0 = 0; j0 < n; j0 += MUSE_NR)
+    muse_pack_b_panel(kc, n - j0 < MUSE_NR ? n - j0 : MUSE_NR, muse_sub(b, k0, j0), pb + j0 * kc);
   struct muse_panels packed = {pb, kc, MUSE_NR};
   return packed;
 }
 
-/* A whole product on the calling thread. */
-static void muse_serial(int64_t m, int64_t n, int64_t k, struct muse_view a, struct muse_view b, float *c,
-                        int64_t ldc, float *pb, float *pa) {
+/* Elements of C_t (numbered row-major over the batch) in rows i0..i0+rows, columns
+   jc..jend: the epilogue over them, whole rows in one call, else row by row. */
+static void muse_epilogue(const struct muse_gemm *g, int64_t t, int64_t i0, int64_t rows, int64_t jc, int64_t jend) {
+  int64_t n = g->n, base = (t * g->m + i0) * n;
+  if (jc == 0 && jend == n)
+    g->epi(g->epi_bufs, g->epi_sizes, g->seed, base, base + rows * n);
+  else
+    for (int64_t r = 0; r < rows; r++) g->epi(g->epi_bufs, g->epi_sizes, g->seed, base + r * n + jc, base + r * n + jend);
+}
+
+/* Rows i0..i0+m and columns j0..j0+n of C_t on the calling thread, the epilogue over each
+   row block as its last KC slice finishes (while the block is in cache). */
+static void muse_slab(const struct muse_gemm *g, int64_t t, int64_t i0, int64_t m, int64_t j0, int64_t n, float *pb, float *pa) {
+  int64_t k = g->k, ldc = g->ldc;
+  struct muse_view a = {g->a + g->aoff[t], g->sam, g->sak, g->arow, g->acol};
+  struct muse_view b = {g->b + g->boff[t], g->sbk, g->sbn, g->brow, g->bcol};
+  a = muse_sub(a, i0, 0);
+  b = muse_sub(b, 0, j0);
+  float *c = g->c + t * g->m * ldc + i0 * ldc + j0;
   for (int64_t k0 = 0; k0 < k; k0 += MUSE_KC) {
     int64_t kc = k - k0 < MUSE_KC ? k - k0 : MUSE_KC;
-    struct muse_panels panels = muse_slice_b(b, m, n, k0, kc, pb, 0);
-    for (int64_t i0 = 0; i0 < m; i0 += MUSE_MC) {
-      int64_t mc = m - i0 < MUSE_MC ? m - i0 : MUSE_MC;
-      muse_block(mc, 0, n, n, kc, muse_sub(a, i0, k0), panels, c + i0 * ldc, ldc, k0 == 0, pa);
+    struct muse_panels panels = muse_slice_b(b, m, n, k0, kc, pb);
+    for (int64_t ib = 0; ib < m; ib += MUSE_MC) {
+      int64_t mc = m - ib < MUSE_MC ? m - ib : MUSE_MC;
+      muse_block(mc, 0, n, n, kc, muse_sub(a, ib, k0), panels, c + ib * ldc, ldc, k0 == 0, pa);
+      if (g->epi && k0 + kc >= k) muse_epilogue(g, t, i0 + ib, mc, j0, j0 + n);
     }
   }
 }
 
 static int64_t muse_div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* How `threads` threads split one m x n product into a grid of tr x tc slabs, each thread
+   one slab computed start to end on its own: the grid whose largest slab (rounded up to
+   whole micro-tiles, plus the packing it repeats) is least work. Sharing packed panels
+   and splitting KC slices into tasks instead cost two barriers per slice and reads from
+   the other core's cache: 2 threads ran ~1.5x one, where independent slabs come near 2x. */
+static void muse_grid(int64_t m, int64_t n, int64_t k, int threads, int64_t *tr, int64_t *tc) {
+  double best = -1.0;
+  for (int64_t r = 1; r <= threads; r++) {
+    if (threads % r) continue;
+    int64_t cpart = threads / r;
+    int64_t rows = muse_div_up(muse_div_up(m, r), MUSE_MR) * MUSE_MR;
+    int64_t cols = muse_div_up(muse_div_up(n, cpart), MUSE_NR) * MUSE_NR;
+    if ((r > 1 && rows * (r - 1) >= m) || (cpart > 1 && cols * (cpart - 1) >= n)) continue; /* an empty slab */
+    double work = (double)rows * cols * k + 8.0 * k * (rows + cols);
+    if (best < 0 || work < best) {
+      best = work;
+      *tr = r;
+      *tc = cpart;
+    }
+  }
+  if (best < 0) {
+    *tr = 1;
+    *tc = 1;
+  }
+}
+
 int muse_sgemm(const struct muse_gemm *g) {
-  const int64_t batch = g->batch, m = g->m, n = g->n, k = g->k, sam = g->sam, sak = g->sak, sbk = g->sbk,
-                sbn = g->sbn, ldc = g->ldc;
-  const float *a = g->a, *b = g->b;
-  const int64_t *aoff = g->aoff, *boff = g->boff;
+  const int64_t batch = g->batch, m = g->m, n = g->n, k = g->k, ldc = g->ldc;
   float *c = g->c;
   const int parallel = g->parallel;
   if (g->epi && ldc != n) return 0;
@@ -248,62 +345,31 @@ int muse_sgemm(const struct muse_gemm *g) {
 #endif
   int64_t panels = muse_div_up(n, MUSE_NR) * MUSE_NR;
   int64_t kc_max = k < MUSE_KC ? k : MUSE_KC;
-  size_t pb_bytes = sizeof(float) * (size_t)muse_div_up(kc_max * panels, 16) * 16;
+  size_t pb_floats = (size_t)muse_div_up(kc_max * panels, 16) * 16;
   int per_element = threads == 1 || batch >= 4 * threads || batch % threads == 0;
-  /* Packed B: one buffer per thread when threads take whole elements, one shared otherwise. */
-  float *packed = (float *)aligned_alloc(64, pb_bytes * (per_element ? (size_t)threads : 1));
+  int64_t tr = 1, tc = 1;
+  if (!per_element) muse_grid(m, n, k, threads, &tr, &tc);
+  int64_t rows = muse_div_up(muse_div_up(m, tr), MUSE_MR) * MUSE_MR, cols = muse_div_up(muse_div_up(n, tc), MUSE_NR) * MUSE_NR;
+  if (!per_element) threads = (int)(tr * tc);
+  /* One packed-B buffer per thread. */
+  float *packed = (float *)aligned_alloc(64, sizeof(float) * pb_floats * (size_t)threads);
   if (!packed) return 0;
   #pragma omp parallel num_threads(threads) if(threads > 1)
   {
     float pa[MUSE_MC * MUSE_KC] __attribute__((aligned(64)));
-    if (per_element) {
-      int me = 0;
+    int me = 0;
 #ifdef _OPENMP
-      me = omp_get_thread_num();
+    me = omp_get_thread_num();
 #endif
-      float *pb = packed + (size_t)me * (pb_bytes / sizeof(float));
+    float *pb = packed + (size_t)me * pb_floats;
+    if (per_element) {
       #pragma omp for schedule(static)
-      for (int64_t t = 0; t < batch; t++) {
-        struct muse_view at = {a + aoff[t], sam, sak, g->arow, g->acol}, bt = {b + boff[t], sbk, sbn, g->brow, g->bcol};
-        muse_serial(m, n, k, at, bt, c + t * m * ldc, ldc, pb, pa);
-        if (g->epi) g->epi(g->epi_bufs, g->epi_sizes, g->seed, t * m * n, (t + 1) * m * n);
-      }
+      for (int64_t t = 0; t < batch; t++) muse_slab(g, t, 0, m, 0, n, pb, pa);
     } else {
-      float *shared_pb = packed;
-      /* Blocks: MC x NC, shrunk (MR, NR multiples) until there are as many as threads. */
-      int64_t mc = MUSE_MC, nc = MUSE_NC;
-      if (muse_div_up(m, mc) * muse_div_up(n, nc) < threads) {
-        int64_t want = muse_div_up(threads, muse_div_up(n, nc));
-        mc = muse_div_up(muse_div_up(m, want), MUSE_MR) * MUSE_MR;
-      }
-      if (muse_div_up(m, mc) * muse_div_up(n, nc) < threads) {
-        int64_t want = muse_div_up(threads, muse_div_up(m, mc));
-        nc = muse_div_up(muse_div_up(n, want), MUSE_NR) * MUSE_NR;
-      }
-      int64_t mblocks = muse_div_up(m, mc), nchunks = muse_div_up(n, nc);
-      for (int64_t t = 0; t < batch; t++) {
-        struct muse_view at = {a + aoff[t], sam, sak, g->arow, g->acol}, bt = {b + boff[t], sbk, sbn, g->brow, g->bcol};
-        float *ct = c + t * m * ldc;
-        for (int64_t k0 = 0; k0 < k; k0 += MUSE_KC) {
-          int64_t kc = k - k0 < MUSE_KC ? k - k0 : MUSE_KC;
-          struct muse_panels panels = muse_slice_b(bt, m, n, k0, kc, shared_pb, 1);
-          #pragma omp for schedule(static)
-          for (int64_t task = 0; task < mblocks * nchunks; task++) {
-            int64_t i0 = (task / nchunks) * mc, jc = (task % nchunks) * nc;
-            int64_t rows = m - i0 < mc ? m - i0 : mc, jend = jc + nc < n ? jc + nc : n;
-            muse_block(rows, jc, jend, n, kc, muse_sub(at, i0, k0), panels, ct + i0 * ldc, ldc, k0 == 0, pa);
-            if (g->epi && k0 + kc >= k) {
-              /* The tile is final: whole rows in one call, else row by row. */
-              int64_t base = (t * m + i0) * n;
-              if (jc == 0 && jend == n)
-                g->epi(g->epi_bufs, g->epi_sizes, g->seed, base, base + rows * n);
-              else
-                for (int64_t r = 0; r < rows; r++)
-                  g->epi(g->epi_bufs, g->epi_sizes, g->seed, base + r * n + jc, base + r * n + jend);
-            }
-          }
-        }
-      }
+      int64_t i0 = (me / tc) * rows, j0 = (me % tc) * cols;
+      int64_t mine_r = m - i0 < rows ? m - i0 : rows, mine_c = n - j0 < cols ? n - j0 : cols;
+      if (mine_r > 0 && mine_c > 0)
+        for (int64_t t = 0; t < batch; t++) muse_slab(g, t, i0, mine_r, j0, mine_c, pb, pa);
     }
   }
   free(packed);
