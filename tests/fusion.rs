@@ -256,3 +256,34 @@ fn bias_and_activation_are_the_products_epilogue() {
     assert_eq!(p.epilogues.fused.len(), 0);
     assert_eq!(p.epilogues.kept.iter().map(|k| k.2).collect::<Vec<_>>(), vec![NotEpilogue::ReadsOtherElements]);
 }
+
+/// A GELU's tanh is recomputed where it is needed, not stored: in a training step of an MLP
+/// the first product writes its result and, as its epilogue, the GELU (the second product's
+/// operand); the backward recomputes the tanh from the stored product.
+#[test]
+fn a_gelus_tanh_is_recomputed_not_stored() {
+    let src = concat!(
+        "import \"std/nn.muse\"\nmodel t {\n  input x: f32[B, 16, 32]\n",
+        "  h = gelu(linear(x, 64) as fc1)\n  y = linear(h, 32) as fc2\n",
+        "  loss l = mean(y * y)\n}\n"
+    );
+    let m = common::compile_one("gelu.muse", src);
+    let (d, req) = loss_and_gradients(&m);
+    let plan = fusion::plan(&d.graph, &req);
+    // Stored elementwise values are the products' operands (the GELU, the backward's
+    // gradients) and the loss; none is stored because several kernels use it (the tanh, or
+    // `1 + tanh`, as before).
+    let shared: Vec<String> = plan
+        .materialized
+        .iter()
+        .filter(|(_, r)| **r == fusion::CutReason::MultipleUsers)
+        .map(|(n, _)| format!("%{} {:?}", n.index(), d.graph.node(*n).op))
+        .collect();
+    assert!(shared.is_empty(), "written because several kernels use them: {shared:?}");
+    let p = kernel::lower(&d.graph, &plan);
+    let fc1 = p.steps.iter().find_map(|s| match s {
+        kernel::Step::MatMul(mm) if mm.epilogue.is_some() => Some(mm),
+        _ => None,
+    });
+    assert!(fc1.is_some(), "the first product has the GELU as its epilogue");
+}

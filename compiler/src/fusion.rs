@@ -376,26 +376,32 @@ fn view_paths(g: &Graph, n: NodeIndex, live: &HashSet<NodeIndex>, memo: &mut Has
     v
 }
 
-/// A short elementwise chain over one source of its own size (SiLU's `exp(-x)`, `1 + e`):
-/// each consumer recomputing it from that source reads as many bytes as reading a stored
-/// copy would, and nothing is written, so it is recomputed (rematerialised).
+/// A short elementwise chain over one source of its own size (SiLU's `exp(-x)`, `1 + e`, the
+/// tanh of GELU's `0.797 (x + 0.045 x^3)`): each consumer recomputing it from that source
+/// reads as many bytes as reading a stored copy would, and nothing is written, so it is
+/// recomputed (rematerialised). Ops are counted once each however often the chain reuses
+/// them; GELU's tanh (7 ops) had been written, then `1 + tanh` and the GELU itself, three
+/// tensors the size of the MLP's hidden layer, where its product could write the GELU alone.
 fn is_remat(g: &Graph, n: NodeIndex) -> bool {
-    fn chain(g: &Graph, n: NodeIndex, depth: usize) -> Option<usize> {
-        let op = &g.node(n).op;
-        if !is_elementwise(op) {
-            return Some(0);
+    fn chain(g: &Graph, n: NodeIndex, depth: usize, seen: &mut HashSet<NodeIndex>) -> Option<()> {
+        if !is_elementwise(&g.node(n).op) || !seen.insert(n) {
+            return Some(());
         }
-        if depth > 6 {
+        if depth > MAX_REMAT_OPS || seen.len() > MAX_REMAT_OPS {
             return None;
         }
-        let mut ops = 1;
         for o in g.operands(n) {
-            ops += chain(g, o, depth + 1)?;
+            chain(g, o, depth + 1, seen)?;
         }
-        (ops <= 6).then_some(ops)
+        Some(())
     }
-    is_elementwise(&g.node(n).op) && chain(g, n, 0).is_some() && source_elems(g, n, &mut HashMap::new()) <= elems(g, n)
+    is_elementwise(&g.node(n).op)
+        && chain(g, n, 0, &mut HashSet::new()).is_some()
+        && source_elems(g, n, &mut HashMap::new()) <= elems(g, n)
 }
+
+/// Most elementwise ops a rematerialised chain may have.
+const MAX_REMAT_OPS: usize = 10;
 
 /// Elements (at batch 8) `n` is computed from when its elementwise ops and broadcasts are
 /// recomputed: a broadcast counts its source once, constants count nothing.

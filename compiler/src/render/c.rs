@@ -78,17 +78,20 @@ static inline float muse_expf(float x) {
   v = x != x ? x : v;
   return v;
 }
-/* tanh on the same terms: Cephes' odd polynomial below |x| = 0.625, 1 - 2/(e^2|x| + 1) above. */
+/* tanh as one rational function, x p(x^2) / q(x^2) (degrees 13 and 6, the minimax fit
+   Eigen uses), of x clamped to +-7.9053 where it reaches 1 in f32; within 4e-7 relative.
+   One division and eleven multiply-adds: the exp-based form (a polynomial below |x| =
+   0.625, 1 - 2/(e^2|x| + 1) above) took 90 vector instructions per 16 elements, and
+   GELU's epilogue cost half as much again as its product. NaN passes through the clamp. */
 static inline float muse_tanhf(float x) {
-  float ax = x < 0.0f ? -x : x;
-  float z = x * x;
-  float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
-             - 3.33332819422e-1f) * z * x + x;
-  float e = muse_expf(2.0f * (ax > 20.0f ? 20.0f : ax));
-  float q = 1.0f - 2.0f / (e + 1.0f);
-  q = x < 0.0f ? -q : q;
-  float v = ax < 0.625f ? p : q;
-  return x != x ? x : v;
+  float c = x > 7.90531110763549805f ? 7.90531110763549805f : (x < -7.90531110763549805f ? -7.90531110763549805f : x);
+  float z = c * c;
+  float p = ((((((-2.76076847742355e-16f * z + 2.00018790482477e-13f) * z - 8.60467152213735e-11f) * z
+                + 5.12229709037114e-08f) * z + 1.48572235717979e-05f) * z + 6.37261928875436e-04f) * z
+             + 4.89352455891786e-03f) * c;
+  float q = ((1.19825839466702e-06f * z + 1.18534705686654e-04f) * z + 2.26843463243900e-03f) * z + 4.89352518554385e-03f;
+  float v = p / q;
+  return (x < 4e-4f && x > -4e-4f) ? x : v;
 }
 /* NaN-propagating max and min in one compare and one self-compare, a form GCC vectorizes
    inside a row's partial reductions (a NaN in `a` is kept by the self-compare, one in `b` by
