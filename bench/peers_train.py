@@ -24,6 +24,8 @@ REPEATS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 # Also time variants that lost on this 2-core machine (each costs a compilation, up to ~70 s):
 # torch.compile with the clip+AdamW update compiled too, and JAX without buffer donation.
 ALL_VARIANTS = os.environ.get("MUSE_PEERS_ALL_VARIANTS") == "1"
+# MUSE_PEERS_ONLY=torch.compile: that impl alone (bench/run.sh's alternating rounds).
+ONLY = os.environ.get("MUSE_PEERS_ONLY")
 
 B = 16
 CFG = dict(codebook=256, grid=8, text_vocab=1024, text_len=16, dim=128, depth=4, heads=4,
@@ -301,11 +303,14 @@ def torch_cases(model, results):
         return update
 
     sync = lambda out: out
-    P, opt = fresh(best_opt)
-    ms, l0, _ = timed_train(make_step(P, opt, loss_fn, eager_update(opt)), sync, f"{model} torch eager")
-    results[("torch eager", model)] = l0
-    emit(case, "torch eager", ms,
-         f"{count}; AdamW {best_opt}; clip_grad_norm_ foreach={foreach_clip}; {threads} threads")
+    if ONLY in (None, "torch eager"):
+        P, opt = fresh(best_opt)
+        ms, l0, _ = timed_train(make_step(P, opt, loss_fn, eager_update(opt)), sync, f"{model} torch eager")
+        results[("torch eager", model)] = l0
+        emit(case, "torch eager", ms,
+             f"{count}; AdamW {best_opt}; clip_grad_norm_ foreach={foreach_clip}; {threads} threads")
+    if ONLY not in (None, "torch.compile"):
+        return
 
     # torch.compile of the forward+loss with the eager update above. Compiling the clip+AdamW
     # update as well (with foreach AdamW) measured no faster here: the update alone is ~2 ms
@@ -518,12 +523,12 @@ def jax_cases(model, results):
 
 if __name__ == "__main__":
     results = {}
-    for model in MODELS:
+    for model in MODELS if ONLY != "jax jit" else []:
         try:
             torch_cases(model, results)
         except Exception as e:  # noqa: BLE001
             log(f"[{model}] torch failed: {type(e).__name__}: {e}")
-    for model in MODELS:
+    for model in MODELS if ONLY in (None, "jax jit") else []:
         try:
             jax_cases(model, results)
         except Exception as e:  # noqa: BLE001

@@ -64,6 +64,16 @@ fn fwd_bwd(m: &Model) -> (Graph, Vec<NodeIndex>) {
 
 fn main() {
     let repeats: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+    // `MUSE_BENCH_ONLY=train`: only (d), for bench/run.sh's rounds that alternate muse's
+    // training step with torch.compile's in the same minutes.
+    if std::env::var("MUSE_BENCH_ONLY").as_deref() != Ok("train") {
+        kernel_cases(repeats);
+    }
+    train_cases(repeats);
+}
+
+/// (a), (b), GEMM alone and (c).
+fn kernel_cases(repeats: usize) {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     // (a) copy bandwidth with every core, then the fused chain.
@@ -116,9 +126,11 @@ fn main() {
     let (g, req) = fwd_bwd(&mb);
     let (ms, k) = time_program(&g, &req, 8, repeats);
     emit("mamba_block_fwd_bwd", ms, &format!("{k} launches"));
+}
 
-    // (d) one training step (forward, backward, global-norm clipping, AdamW) of two models at
-    // their default configs, batch 16; the same step as bench/peers_train.py.
+/// (d) one training step (forward, backward, global-norm clipping, AdamW) of two models at
+/// their default configs, batch 16; the same step as bench/peers_train.py.
+fn train_cases(repeats: usize) {
     for name in ["muse_small", "mamba_xattn_xz"] {
         let m = model_file(name, &[]);
         let batch = random_inputs(&m.graph, 16, 1);
