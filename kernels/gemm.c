@@ -299,6 +299,21 @@ static void muse_slab(const struct muse_gemm *g, int64_t t, int64_t i0, int64_t 
 
 static int64_t muse_div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* The calling thread's buffer for packed panels of B, kept from call to call and grown
+   when a product needs more: allocated per call, its pages were faulted in again and again
+   (the kernel's page clearing showed in profiles of a training step). */
+static _Thread_local float *muse_pb_buf;
+static _Thread_local size_t muse_pb_cap;
+static float *muse_packing_buffer(size_t floats) {
+  if (floats > muse_pb_cap) {
+    free(muse_pb_buf);
+    size_t cap = (size_t)muse_div_up((int64_t)floats, 16) * 16;
+    muse_pb_buf = (float *)aligned_alloc(64, sizeof(float) * cap);
+    muse_pb_cap = muse_pb_buf ? cap : 0;
+  }
+  return muse_pb_buf;
+}
+
 /* How `threads` threads split one m x n product into a grid of tr x tc slabs, each thread
    one slab computed start to end on its own: the grid whose largest slab (rounded up to
    whole micro-tiles, plus the packing it repeats) is least work. Sharing packed panels
@@ -351,9 +366,7 @@ int muse_sgemm(const struct muse_gemm *g) {
   if (!per_element) muse_grid(m, n, k, threads, &tr, &tc);
   int64_t rows = muse_div_up(muse_div_up(m, tr), MUSE_MR) * MUSE_MR, cols = muse_div_up(muse_div_up(n, tc), MUSE_NR) * MUSE_NR;
   if (!per_element) threads = (int)(tr * tc);
-  /* One packed-B buffer per thread. */
-  float *packed = (float *)aligned_alloc(64, sizeof(float) * pb_floats * (size_t)threads);
-  if (!packed) return 0;
+  int failed = 0;
   #pragma omp parallel num_threads(threads) if(threads > 1)
   {
     float pa[MUSE_MC * MUSE_KC] __attribute__((aligned(64)));
@@ -361,8 +374,11 @@ int muse_sgemm(const struct muse_gemm *g) {
 #ifdef _OPENMP
     me = omp_get_thread_num();
 #endif
-    float *pb = packed + (size_t)me * pb_floats;
-    if (per_element) {
+    float *pb = muse_packing_buffer(pb_floats);
+    if (!pb) {
+      #pragma omp atomic write
+      failed = 1;
+    } else if (per_element) {
       #pragma omp for schedule(static)
       for (int64_t t = 0; t < batch; t++) muse_slab(g, t, 0, m, 0, n, pb, pa);
     } else {
@@ -372,8 +388,9 @@ int muse_sgemm(const struct muse_gemm *g) {
         for (int64_t t = 0; t < batch; t++) muse_slab(g, t, i0, mine_r, j0, mine_c, pb, pa);
     }
   }
-  free(packed);
-  return 1;
+  /* Out of memory for packing: the caller runs its portable GEMM (and the epilogue) over
+     the whole product again. */
+  return !failed;
 }
 #else
 int muse_sgemm(const struct muse_gemm *g) {
