@@ -287,3 +287,23 @@ fn a_gelus_tanh_is_recomputed_not_stored() {
     });
     assert!(fc1.is_some(), "the first product has the GELU as its epilogue");
 }
+
+/// A layernorm's forward writes its output and its rows' statistics only: the backward
+/// recomputes `x - mean` and `(x - mean) rstd` from the input, which is in memory anyway,
+/// instead of reading two more tensors of the input's size.
+#[test]
+fn a_layernorm_writes_its_output_and_row_statistics_only() {
+    let src = concat!(
+        "import \"std/nn.muse\"\nmodel t {\n  input x: f32[B, 16, 64]\n  h = layernorm(x) as norm\n",
+        "  y = linear(h, 32) as out\n  loss l = mean(y * y)\n}\n"
+    );
+    let m = common::compile_one("ln.muse", src);
+    let (d, req) = loss_and_gradients(&m);
+    let plan = fusion::plan(&d.graph, &req);
+    let x = d.graph.inputs.iter().find(|i| i.0 == "x").expect("input x").1;
+    let full = d.graph.ty(x).shape.clone();
+    let norm = plan.groups.iter().find(|g| g.kind == GroupKind::Row).expect("the layernorm's row kernel");
+    let written_full: Vec<_> = norm.outputs.iter().filter(|o| d.graph.ty(**o).shape == full).collect();
+    assert_eq!(written_full.len(), 1, "only the output is written in full: {written_full:?}");
+    assert!(norm.outputs.len() >= 2, "the rows' statistics are written too");
+}

@@ -403,6 +403,111 @@ fn is_remat(g: &Graph, n: NodeIndex) -> bool {
 /// Most elementwise ops a rematerialised chain may have.
 const MAX_REMAT_OPS: usize = 10;
 
+/// Full-size values of a row kernel that other kernels read (layernorm's `x - mean` and
+/// `(x - mean) rstd`, softmax's `exp(x - max)`) are recomputed by those kernels from what is
+/// in memory anyway (the row kernel's input) and the row's reductions, written once per row,
+/// instead of being written in full: the same bytes read, one tensor fewer written. A
+/// layernorm's forward had written three tensors of its input's size, and at muse_small's
+/// shapes it is bound by those stores. Decided after the main pass, when what is in memory is
+/// known; a value whose chain is longer than [`MAX_REMAT_OPS`], reaches an unwritten
+/// reduction or product, is a product's operand, is read through many views, or flows into
+/// a scan stays written.
+fn recompute_row_values(
+    g: &Graph,
+    materialized: &mut BTreeMap<NodeIndex, CutReason>,
+    row_of: &HashMap<NodeIndex, usize>,
+    kinds: &[GroupKind],
+    live: &HashSet<NodeIndex>,
+    matmul_reads: &HashSet<NodeIndex>,
+    sinks: &HashMap<NodeIndex, HashSet<Sink>>,
+    paths_memo: &mut HashMap<NodeIndex, usize>,
+) {
+    let candidates: Vec<NodeIndex> = materialized
+        .iter()
+        .filter(|(n, r)| **r == CutReason::ReadByAnotherKernel && row_of.contains_key(n))
+        .map(|(n, _)| *n)
+        .rev()
+        .collect();
+    for n in candidates {
+        let k = row_of[&n];
+        if kinds[k] != GroupKind::Row
+            || !is_elementwise(&g.node(n).op)
+            || matmul_reads.contains(&n)
+            || view_paths(g, n, live, paths_memo) > MAX_VIEW_PATHS
+        {
+            continue;
+        }
+        // Where the other kernels that read n run: not in a scan, whose steps make every
+        // recomputed operation expensive.
+        let into_scan = g.users(n).into_iter().filter(|u| live.contains(u) && row_of.get(u) != Some(&k)).any(|u| {
+            let group_kind = |s: &Sink| matches!(s, Sink::Group(j) if kinds[*j] == GroupKind::Scan);
+            match row_of.get(&u) {
+                Some(&j) => kinds[j] == GroupKind::Scan,
+                None if materialized.contains_key(&u) => false,
+                None => sinks.get(&u).is_some_and(|ss| ss.iter().any(group_kind)),
+            }
+        });
+        if into_scan {
+            continue;
+        }
+        let Some(per_row) = row_chain(g, n, k, row_of, materialized) else { continue };
+        materialized.remove(&n);
+        for p in per_row {
+            let reason = if matches!(g.node(p).op, Op::Reduce { .. }) {
+                CutReason::AnchorResult
+            } else {
+                CutReason::ReadByAnotherKernel
+            };
+            materialized.entry(p).or_insert(reason);
+        }
+    }
+}
+
+/// The row values (of row kernel `k`) that recomputing `n` elsewhere reads through a
+/// broadcast, or `None` when `n` cannot be recomputed cheaply: more than [`MAX_REMAT_OPS`]
+/// elementwise ops down to values in memory, more elements read than `n` has (a quarter
+/// more allowed for parameters and the like), or a reduction, product or scan on the way
+/// that is not in memory.
+fn row_chain(
+    g: &Graph,
+    n: NodeIndex,
+    k: usize,
+    row_of: &HashMap<NodeIndex, usize>,
+    materialized: &BTreeMap<NodeIndex, CutReason>,
+) -> Option<Vec<NodeIndex>> {
+    let (mut stack, mut seen, mut ops, mut per_row) = (vec![n], HashSet::new(), 0usize, Vec::new());
+    // Elements read from memory: recomputing must not read more than reading n would (a
+    // layernorm over a residual stream summed inline would read every term again).
+    let mut read = 0.0;
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if v != n && materialized.contains_key(&v) {
+            read += elems(g, v);
+            if read > 1.25 * elems(g, n) {
+                return None;
+            }
+            continue;
+        }
+        let op = &g.node(v).op;
+        match op {
+            Op::Const { .. } | Op::Iota { .. } => {}
+            Op::Broadcast { .. } if row_of.get(&v) == Some(&k) => per_row.push(g.operands(v)[0]),
+            _ if op.is_view() => stack.extend(g.operands(v)),
+            _ if is_elementwise(op) => {
+                ops += 1;
+                if ops > MAX_REMAT_OPS {
+                    return None;
+                }
+                stack.extend(g.operands(v));
+            }
+            _ => return None,
+        }
+    }
+    Some(per_row)
+}
+
 /// Elements (at batch 8) `n` is computed from when its elementwise ops and broadcasts are
 /// recomputed: a broadcast counts its source once, constants count nothing.
 fn source_elems(g: &Graph, n: NodeIndex, memo: &mut HashMap<NodeIndex, f64>) -> f64 {
@@ -772,6 +877,8 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         }
         sinks.insert(n, here);
     }
+
+    recompute_row_values(g, &mut materialized, &row_of, &kinds, &live, &mm, &sinks, &mut paths_memo);
 
     // Kernels: one per row group, one per other materialized value.
     let mut groups = Vec::new();
