@@ -403,6 +403,15 @@ fn is_remat(g: &Graph, n: NodeIndex) -> bool {
 /// Most elementwise ops a rematerialised chain may have.
 const MAX_REMAT_OPS: usize = 10;
 
+/// What the main pass of [`plan`] decided besides what is in memory.
+struct MainPass<'a> {
+    row_of: &'a HashMap<NodeIndex, usize>,
+    kinds: &'a [GroupKind],
+    live: &'a HashSet<NodeIndex>,
+    matmul_reads: &'a HashSet<NodeIndex>,
+    sinks: &'a HashMap<NodeIndex, HashSet<Sink>>,
+}
+
 /// Full-size values of a row kernel that other kernels read (layernorm's `x - mean` and
 /// `(x - mean) rstd`, softmax's `exp(x - max)`) are recomputed by those kernels from what is
 /// in memory anyway (the row kernel's input) and the row's reductions, written once per row,
@@ -415,13 +424,10 @@ const MAX_REMAT_OPS: usize = 10;
 fn recompute_row_values(
     g: &Graph,
     materialized: &mut BTreeMap<NodeIndex, CutReason>,
-    row_of: &HashMap<NodeIndex, usize>,
-    kinds: &[GroupKind],
-    live: &HashSet<NodeIndex>,
-    matmul_reads: &HashSet<NodeIndex>,
-    sinks: &HashMap<NodeIndex, HashSet<Sink>>,
+    main: &MainPass,
     paths_memo: &mut HashMap<NodeIndex, usize>,
 ) {
+    let MainPass { row_of, kinds, live, matmul_reads, sinks } = *main;
     let candidates: Vec<NodeIndex> = materialized
         .iter()
         .filter(|(n, r)| **r == CutReason::ReadByAnotherKernel && row_of.contains_key(n))
@@ -878,7 +884,8 @@ pub fn plan(g: &Graph, requested: &[NodeIndex]) -> FusionPlan {
         sinks.insert(n, here);
     }
 
-    recompute_row_values(g, &mut materialized, &row_of, &kinds, &live, &mm, &sinks, &mut paths_memo);
+    let main = MainPass { row_of: &row_of, kinds: &kinds, live: &live, matmul_reads: &mm, sinks: &sinks };
+    recompute_row_values(g, &mut materialized, &main, &mut paths_memo);
 
     // Kernels: one per row group, one per other materialized value.
     let mut groups = Vec::new();
