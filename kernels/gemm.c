@@ -277,24 +277,30 @@ static void muse_epilogue(const struct muse_gemm *g, int64_t t, int64_t i0, int6
     for (int64_t r = 0; r < rows; r++) g->epi(g->epi_bufs, g->epi_sizes, g->seed, base + r * n + jc, base + r * n + jend);
 }
 
-/* Rows i0..i0+m and columns j0..j0+n of C_t on the calling thread, the epilogue over each
-   row block as its last KC slice finishes (while the block is in cache). */
-static void muse_slab(const struct muse_gemm *g, int64_t t, int64_t i0, int64_t m, int64_t j0, int64_t n, float *pb, float *pa) {
-  int64_t k = g->k, ldc = g->ldc;
+/* Rows i0..i0+m and columns j0..j0+n of C_t over products kb..ke of the inner dimension, on
+   the calling thread, into c (row stride ldc); with `epi`, the epilogue over each row block
+   as its last KC slice finishes (while the block is in cache). */
+static void muse_part(const struct muse_gemm *g, int64_t t, int64_t i0, int64_t m, int64_t j0, int64_t n, int64_t kb,
+                      int64_t ke, float *c, int64_t ldc, int epi, float *pb, float *pa) {
   struct muse_view a = {g->a + g->aoff[t], g->sam, g->sak, g->arow, g->acol};
   struct muse_view b = {g->b + g->boff[t], g->sbk, g->sbn, g->brow, g->bcol};
-  a = muse_sub(a, i0, 0);
-  b = muse_sub(b, 0, j0);
-  float *c = g->c + t * g->m * ldc + i0 * ldc + j0;
+  a = muse_sub(a, i0, kb);
+  b = muse_sub(b, kb, j0);
+  int64_t k = ke - kb;
   for (int64_t k0 = 0; k0 < k; k0 += MUSE_KC) {
     int64_t kc = k - k0 < MUSE_KC ? k - k0 : MUSE_KC;
     struct muse_panels panels = muse_slice_b(b, m, n, k0, kc, pb);
     for (int64_t ib = 0; ib < m; ib += MUSE_MC) {
       int64_t mc = m - ib < MUSE_MC ? m - ib : MUSE_MC;
       muse_block(mc, 0, n, n, kc, muse_sub(a, ib, k0), panels, c + ib * ldc, ldc, k0 == 0, pa);
-      if (g->epi && k0 + kc >= k) muse_epilogue(g, t, i0 + ib, mc, j0, j0 + n);
+      if (epi && g->epi && k0 + kc >= k) muse_epilogue(g, t, i0 + ib, mc, j0, j0 + n);
     }
   }
+}
+
+/* Rows i0..i0+m and columns j0..j0+n of C_t, the whole inner dimension, epilogue included. */
+static void muse_slab(const struct muse_gemm *g, int64_t t, int64_t i0, int64_t m, int64_t j0, int64_t n, float *pb, float *pa) {
+  muse_part(g, t, i0, m, j0, n, 0, g->k, g->c + t * g->m * g->ldc + i0 * g->ldc + j0, g->ldc, 1, pb, pa);
 }
 
 static int64_t muse_div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -343,6 +349,28 @@ static void muse_grid(int64_t m, int64_t n, int64_t k, int threads, int64_t *tr,
   }
 }
 
+/* The calling thread's buffer for its partial C in a product split along k. */
+static _Thread_local float *muse_part_buf;
+static _Thread_local size_t muse_part_cap;
+static float *muse_partial_buffer(size_t floats) {
+  if (floats > muse_part_cap) {
+    free(muse_part_buf);
+    size_t cap = (size_t)muse_div_up((int64_t)floats, 16) * 16;
+    muse_part_buf = (float *)aligned_alloc(64, sizeof(float) * cap);
+    muse_part_cap = muse_part_buf ? cap : 0;
+  }
+  return muse_part_buf;
+}
+
+/* Whether threads split the inner dimension instead of C: a deep product with a small C (a
+   weight gradient, k = batch x tokens). Each thread then reads only its own stretch of both
+   operands, which the kernels before it wrote from the same thread (their rows split
+   alike), and computes whole micro-tiles; the partial results are summed after. Split by
+   rows of C, each thread read all of both operands, half of them from the other core. */
+static int muse_split_k(int64_t batch, int64_t m, int64_t n, int64_t k, int threads) {
+  return batch == 1 && threads > 1 && k >= (int64_t)threads * MUSE_KC && k >= 2 * (m > n ? m : n) && m * n <= 1 << 20;
+}
+
 int muse_sgemm(const struct muse_gemm *g) {
   const int64_t batch = g->batch, m = g->m, n = g->n, k = g->k, ldc = g->ldc;
   float *c = g->c;
@@ -370,6 +398,47 @@ int muse_sgemm(const struct muse_gemm *g) {
   int64_t rows = muse_div_up(muse_div_up(m, tr), MUSE_MR) * MUSE_MR, cols = muse_div_up(muse_div_up(n, tc), MUSE_NR) * MUSE_NR;
   if (!per_element) threads = (int)(tr * tc);
   int failed = 0;
+#ifdef _OPENMP
+  if (!per_element && muse_split_k(batch, m, n, k, threads)) {
+    float *parts[64];
+    if (threads > 64) threads = 64;
+    #pragma omp parallel num_threads(threads)
+    {
+      float pa[MUSE_MC * MUSE_KC] __attribute__((aligned(64)));
+      int me = omp_get_thread_num(), nt = omp_get_num_threads();
+      int64_t kper = muse_div_up(muse_div_up(k, nt), MUSE_KC) * MUSE_KC;
+      float *pb = muse_packing_buffer(pb_floats);
+      float *mine = me == 0 ? c : muse_partial_buffer((size_t)(m * n));
+      parts[me] = mine;
+      if (!pb || !mine) {
+        #pragma omp atomic write
+        failed = 1;
+      }
+      #pragma omp barrier
+      int64_t kb = me * kper, ke = kb + kper < k ? kb + kper : k;
+      if (!failed) {
+        if (kb < ke)
+          muse_part(g, 0, 0, m, 0, n, kb, ke, mine, me == 0 ? ldc : n, 0, pb, pa);
+        else
+          memset(mine, 0, sizeof(float) * (size_t)(m * n));
+      }
+      #pragma omp barrier
+      if (!failed) {
+        /* Each thread sums its own rows of the partial results, then runs the epilogue
+           over them. */
+        int64_t r0 = m * me / nt, r1 = m * (me + 1) / nt;
+        for (int q = 1; q < nt; q++)
+          for (int64_t i = r0; i < r1; i++) {
+            float *ci = c + i * ldc;
+            const float *pi = parts[q] + i * n;
+            for (int64_t j = 0; j < n; j++) ci[j] += pi[j];
+          }
+        if (g->epi && r1 > r0) muse_epilogue(g, 0, r0, r1 - r0, 0, n);
+      }
+    }
+    return !failed;
+  }
+#endif
   #pragma omp parallel num_threads(threads) if(threads > 1)
   {
     float pa[MUSE_MC * MUSE_KC] __attribute__((aligned(64)));

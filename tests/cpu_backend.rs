@@ -127,7 +127,11 @@ fn kernel_cache_and_compiler_errors() {
             // and whose columns end mid-panel, and a head merge whose runs (12) straddle them.
             "  input r: f32[45, 77]\n  input s: f32[53, 77]\n  output rs = r @ transpose(s)\n",
             "  input h3: f32[2, 3, 10, 12]\n  m3 = reshape(permute(h3, [0, 2, 1, 3]), [20, 36])\n",
-            "  input w3: f32[36, 20]\n  output h3w = m3 @ w3\n  output h3t = transpose(m3) @ m3\n}\n"
+            "  input w3: f32[36, 20]\n  output h3w = m3 @ w3\n  output h3t = transpose(m3) @ m3\n",
+            // A deep product with a small result (a weight gradient): threads split k and
+            // sum their partial results, then run the epilogue.
+            "  input p1: f32[600, 40]\n  input p2: f32[600, 24]\n  output pk = transpose(p1) @ p2\n",
+            "  output pe = exp((transpose(p2) @ p1) * 0.01)\n}\n"
         ),
     );
     let outs: Vec<NodeIndex> = mm.graph.outputs.iter().map(|x| x.1).collect();
@@ -137,8 +141,8 @@ fn kernel_cache_and_compiler_errors() {
         let s = CompilerSettings { gemm_template: template, ..settings.clone() };
         let p = CpuProgram::compile(&mm.graph, &outs, &s).unwrap();
         let epilogues = p.program.epilogues.fused.len();
-        assert_eq!(epilogues, 3, "every pointwise result is its product's epilogue");
-        assert_eq!(p.program.steps.len(), 15, "one step per product: no operand is copied");
+        assert_eq!(epilogues, 4, "every pointwise result is its product's epilogue");
+        assert_eq!(p.program.steps.len(), 17, "one step per product: no operand is copied");
         assert!(p.library.is_some());
         let ours = p.run(&mm.graph, &inputs, &Default::default(), 0).unwrap();
         for n in &outs {
