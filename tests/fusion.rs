@@ -307,3 +307,26 @@ fn a_layernorm_writes_its_output_and_row_statistics_only() {
     assert_eq!(written_full.len(), 1, "only the output is written in full: {written_full:?}");
     assert!(norm.outputs.len() >= 2, "the rows' statistics are written too");
 }
+
+/// A residual stream summed from several branches is written once and read by the next
+/// layernorm, not summed again from every branch in each layernorm after it (the last one
+/// reads the stream and the last branch: its sum has no other reader).
+#[test]
+fn a_residual_sum_is_written_not_resummed_in_every_norm() {
+    let (m, p) = program(
+        concat!(
+            "  h1 = x + linear(layernorm(x) as n1, 64) as l1\n",
+            "  h2 = h1 + linear(layernorm(h1) as n2, 64) as l2\n",
+            "  h3 = h2 + linear(layernorm(h2) as n3, 64) as l3\n",
+            "  y = layernorm(h3) as n4"
+        ),
+        "  input x: f32[B, 16, 64]",
+    );
+    let elems = |n: NodeIndex| m.graph.ty(n).shape.numel().and_then(|d| d.eval(&|_| Some(8)));
+    let full = elems(m.graph.outputs[0].1);
+    for s in &p.steps {
+        let kernel::Step::Kernel(k) = s else { continue };
+        let full_reads = s.reads().into_iter().filter(|r| elems(*r) == full).count();
+        assert!(full_reads <= 2, "{} reads {full_reads} tensors of the stream's size", k.kernel.name);
+    }
+}
