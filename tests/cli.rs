@@ -128,6 +128,13 @@ fn run_grad_and_backward_graph() {
     assert!(out.contains("layers.0.mixer.in_proj.weight"), "{out}");
     assert!(out.contains("global norm"), "{out}");
     assert!(!out.contains("no gradient reaches"), "{out}");
+    // --profile: the time by kernel kind, the whole pass timed as one, the slowest kernels.
+    args.push("--profile");
+    let (code, _, err) = muse(&args);
+    assert_eq!(code, 0, "{err}");
+    let line = err.lines().find(|l| l.starts_with("profile: ")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("ms the whole pass, median of 5") && line.contains("matmul"), "{line}");
+    assert!(err.lines().filter(|l| l.contains(" GF/s ")).count() >= 5, "{err}");
 
     let (code, out, _) = muse(&["graph", "--stats", "models/muse_small.muse"]);
     assert_eq!(code, 0);
