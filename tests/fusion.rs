@@ -330,3 +330,21 @@ fn a_residual_sum_is_written_not_resummed_in_every_norm() {
         assert!(full_reads <= 2, "{} reads {full_reads} tensors of the stream's size", k.kernel.name);
     }
 }
+
+/// A softmax's exp, which its backward needs, is written rather than recomputed there: a
+/// transcendental per element costs more than reading it back.
+#[test]
+fn a_softmaxs_exp_is_written_for_its_backward() {
+    let src = concat!(
+        "import \"std/nn.muse\"\nmodel t {\n  input x: f32[B, 64, 16]\n  input r: f32[B, 64, 32]\n",
+        "  param v: [16, 32] ~ normal(0.02)\n  param w: [16] ~ ones\n",
+        // The product and the tanh after it keep the backward's row kernel apart (a linear
+        // loss would fold the softmax's backward into its forward kernel).
+        "  loss l = sum(tanh(softmax(x * w) @ v) * r)\n}\n"
+    );
+    let m = common::compile_one("softmax.muse", src);
+    let (d, req) = loss_and_gradients(&m);
+    let plan = fusion::plan(&d.graph, &req);
+    let exp_written = plan.materialized.keys().any(|n| matches!(d.graph.node(*n).op, Op::Unary(u) if u.name() == "exp"));
+    assert!(exp_written, "the exp is written once, not recomputed by the backward");
+}

@@ -7,7 +7,7 @@
 //! and every place a value is written to memory records why ([`CutReason`]), which
 //! `muse inspect` shows.
 
-use crate::ir::{Dim, Graph, NodeIndex, Op, ReduceOp, Shape};
+use crate::ir::{Dim, Graph, NodeIndex, Op, ReduceOp, Shape, UnaryOp};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
@@ -522,6 +522,9 @@ fn row_chain(
             Op::Const { .. } | Op::Iota { .. } => {}
             Op::Broadcast { .. } if row_of.get(&v) == Some(&k) => per_row.push(g.operands(v)[0]),
             _ if op.is_view() => stack.extend(g.operands(v)),
+            // A transcendental per element costs more than reading it back: softmax's exp,
+            // recomputed in its backward, made that kernel 2.5x slower over rows of 16.
+            Op::Unary(u) if !matches!(u, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Not) => return None,
             _ if is_elementwise(op) => {
                 ops += 1;
                 if ops > MAX_REMAT_OPS {
