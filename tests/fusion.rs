@@ -345,6 +345,7 @@ fn a_softmaxs_exp_is_written_for_its_backward() {
     let m = common::compile_one("softmax.muse", src);
     let (d, req) = loss_and_gradients(&m);
     let plan = fusion::plan(&d.graph, &req);
-    let exp_written = plan.materialized.keys().any(|n| matches!(d.graph.node(*n).op, Op::Unary(u) if u.name() == "exp"));
+    let exp_written =
+        plan.materialized.keys().any(|n| matches!(d.graph.node(*n).op, Op::Unary(u) if u.name() == "exp"));
     assert!(exp_written, "the exp is written once, not recomputed by the backward");
 }
