@@ -314,20 +314,25 @@ static void muse_slab(const struct muse_gemm *g, int64_t t, int64_t i0, int64_t 
 
 static int64_t muse_div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* The calling thread's buffer for packed panels of B, kept from call to call and grown
-   when a product needs more: allocated per call, its pages were faulted in again and again
-   (the kernel's page clearing showed in profiles of a training step). */
-static _Thread_local float *muse_pb_buf;
-static _Thread_local size_t muse_pb_cap;
-static float *muse_packing_buffer(size_t floats) {
-  if (floats > muse_pb_cap) {
-    free(muse_pb_buf);
+/* A buffer of the calling thread, kept from call to call and grown when a product needs
+   more: allocated per call, its pages were faulted in again and again (the kernel's page
+   clearing showed in profiles of a training step). NULL when out of memory. */
+struct muse_buffer {
+  float *p;
+  size_t cap;
+};
+static float *muse_grow(struct muse_buffer *b, size_t floats) {
+  if (floats > b->cap) {
+    free(b->p);
     size_t cap = (size_t)muse_div_up((int64_t)floats, 16) * 16;
-    muse_pb_buf = (float *)aligned_alloc(64, sizeof(float) * cap);
-    muse_pb_cap = muse_pb_buf ? cap : 0;
+    b->p = (float *)aligned_alloc(64, sizeof(float) * cap);
+    b->cap = b->p ? cap : 0;
   }
-  return muse_pb_buf;
+  return b->p;
 }
+
+/* Each thread's packed panels of B, and its partial C in a product split along k. */
+static _Thread_local struct muse_buffer muse_packed, muse_partial;
 
 /* How `threads` threads split one m x n product into a grid of tr x tc slabs, each thread
    one slab computed start to end on its own: the grid whose largest slab (rounded up to
@@ -356,19 +361,6 @@ static void muse_grid(int64_t m, int64_t n, int64_t k, int threads, int64_t *tr,
     *tr = 1;
     *tc = 1;
   }
-}
-
-/* The calling thread's buffer for its partial C in a product split along k. */
-static _Thread_local float *muse_part_buf;
-static _Thread_local size_t muse_part_cap;
-static float *muse_partial_buffer(size_t floats) {
-  if (floats > muse_part_cap) {
-    free(muse_part_buf);
-    size_t cap = (size_t)muse_div_up((int64_t)floats, 16) * 16;
-    muse_part_buf = (float *)aligned_alloc(64, sizeof(float) * cap);
-    muse_part_cap = muse_part_buf ? cap : 0;
-  }
-  return muse_part_buf;
 }
 
 /* Whether threads split the inner dimension instead of C: a deep product with a small C (a
@@ -416,8 +408,8 @@ int muse_sgemm(const struct muse_gemm *g) {
       float pa[MUSE_MC * MUSE_KC] __attribute__((aligned(64)));
       int me = omp_get_thread_num(), nt = omp_get_num_threads();
       int64_t kper = muse_div_up(muse_div_up(k, nt), MUSE_KC) * MUSE_KC;
-      float *pb = muse_packing_buffer(pb_floats);
-      float *mine = me == 0 ? c : muse_partial_buffer((size_t)(m * n));
+      float *pb = muse_grow(&muse_packed, pb_floats);
+      float *mine = me == 0 ? c : muse_grow(&muse_partial, (size_t)(m * n));
       parts[me] = mine;
       if (!pb || !mine) {
         #pragma omp atomic write
@@ -455,7 +447,7 @@ int muse_sgemm(const struct muse_gemm *g) {
 #ifdef _OPENMP
     me = omp_get_thread_num();
 #endif
-    float *pb = muse_packing_buffer(pb_floats);
+    float *pb = muse_grow(&muse_packed, pb_floats);
     if (!pb) {
       #pragma omp atomic write
       failed = 1;
