@@ -27,6 +27,14 @@ fn loss_and_gradients(m: &Model) -> (muse_compiler::autodiff::Gradients, Vec<Nod
     (d, req)
 }
 
+/// The fusion plan of a training step (loss and every gradient) of a model given as source.
+fn training_plan(file: &str, src: &str) -> (muse_compiler::autodiff::Gradients, fusion::FusionPlan) {
+    let m = common::compile_one(file, src);
+    let (d, req) = loss_and_gradients(&m);
+    let plan = fusion::plan(&d.graph, &req);
+    (d, plan)
+}
+
 fn matmuls(m: &Model) -> usize {
     m.graph.g.node_indices().filter(|&n| matches!(m.graph.node(n).op, Op::MatMul)).count()
 }
@@ -267,9 +275,7 @@ fn a_gelus_tanh_is_recomputed_not_stored() {
         "  h = gelu(linear(x, 64) as fc1)\n  y = linear(h, 32) as fc2\n",
         "  loss l = mean(y * y)\n}\n"
     );
-    let m = common::compile_one("gelu.muse", src);
-    let (d, req) = loss_and_gradients(&m);
-    let plan = fusion::plan(&d.graph, &req);
+    let (d, plan) = training_plan("gelu.muse", src);
     // Stored elementwise values are the products' operands (the GELU, the backward's
     // gradients) and the loss; none is stored because several kernels use it (the tanh, or
     // `1 + tanh`, as before).
@@ -297,9 +303,7 @@ fn a_layernorm_writes_its_output_and_row_statistics_only() {
         "import \"std/nn.muse\"\nmodel t {\n  input x: f32[B, 16, 64]\n  h = layernorm(x) as norm\n",
         "  y = linear(h, 32) as out\n  loss l = mean(y * y)\n}\n"
     );
-    let m = common::compile_one("ln.muse", src);
-    let (d, req) = loss_and_gradients(&m);
-    let plan = fusion::plan(&d.graph, &req);
+    let (d, plan) = training_plan("ln.muse", src);
     let x = d.graph.inputs.iter().find(|i| i.0 == "x").expect("input x").1;
     let full = d.graph.ty(x).shape.clone();
     let norm = plan.groups.iter().find(|g| g.kind == GroupKind::Row).expect("the layernorm's row kernel");
@@ -342,9 +346,7 @@ fn a_softmaxs_exp_is_written_for_its_backward() {
         // loss would fold the softmax's backward into its forward kernel).
         "  loss l = sum(tanh(softmax(x * w) @ v) * r)\n}\n"
     );
-    let m = common::compile_one("softmax.muse", src);
-    let (d, req) = loss_and_gradients(&m);
-    let plan = fusion::plan(&d.graph, &req);
+    let (d, plan) = training_plan("softmax.muse", src);
     let exp_written =
         plan.materialized.keys().any(|n| matches!(d.graph.node(*n).op, Op::Unary(u) if u.name() == "exp"));
     assert!(exp_written, "the exp is written once, not recomputed by the backward");
