@@ -244,14 +244,14 @@ static int muse_b_direct(struct muse_view b, int64_t n, int64_t m) {
   return m <= MUSE_MC && n <= 4 * MUSE_NR && !b.rt && !b.ct && b.cs == 1 && n % MUSE_NR == 0;
 }
 
-/* Rows i0..i0+mc, columns jc..jend of one KC slice. */
-static void muse_block(int64_t mc, int64_t jc, int64_t jend, int64_t n, int64_t kc, struct muse_view a,
+/* Rows 0..mc, columns 0..n of one KC slice. */
+static void muse_block(int64_t mc, int64_t n, int64_t kc, struct muse_view a,
                        struct muse_panels b, float *c, int64_t ldc, int first, float *pa) {
   /* Rows of A that are contiguous are read in place: packing them cost a quarter of a
      product with k = 128 (most of a small transformer's). Others are packed. */
   int direct = !a.rt && !a.ct && a.cs == 1;
   if (!direct) muse_pack_a(mc, kc, a, pa);
-  for (int64_t j0 = jc; j0 < jend; j0 += MUSE_NR) {
+  for (int64_t j0 = 0; j0 < n; j0 += MUSE_NR) {
     int64_t nr = n - j0 < MUSE_NR ? n - j0 : MUSE_NR;
     const float *pb = b.p + j0 * b.panel;
     for (int64_t ii = 0; ii < mc; ii += MUSE_MR) {
@@ -301,7 +301,7 @@ static void muse_part(const struct muse_gemm *g, int64_t t, int64_t i0, int64_t 
     struct muse_panels panels = muse_slice_b(b, m, n, k0, kc, pb);
     for (int64_t ib = 0; ib < m; ib += MUSE_MC) {
       int64_t mc = m - ib < MUSE_MC ? m - ib : MUSE_MC;
-      muse_block(mc, 0, n, n, kc, muse_sub(a, ib, k0), panels, c + ib * ldc, ldc, k0 == 0, pa);
+      muse_block(mc, n, kc, muse_sub(a, ib, k0), panels, c + ib * ldc, ldc, k0 == 0, pa);
       if (epi && g->epi && k0 + kc >= k) muse_epilogue(g, t, i0 + ib, mc, j0, j0 + n);
     }
   }
