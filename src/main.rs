@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use muse_compiler::autodiff;
 use muse_compiler::ir::print;
 use muse_compiler::{compile_path, Compiled, Model, Options};
+use muse_runtime::device::{Device, DeviceKind, DeviceOptions, Program};
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::{checkpoint, init_params, HostTensor, Precision, RunOptions};
 use std::collections::HashMap;
@@ -15,6 +16,32 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Which device runs the model.
+#[derive(clap::Args, Clone)]
+struct DeviceArg {
+    /// `cpu` (fused kernels in generated C), `interp` (the reference interpreter, op by op),
+    /// `cuda` (an NVIDIA GPU), or `auto` (a GPU when there is one, else cpu).
+    #[arg(long, default_value = "auto", alias = "backend", value_name = "DEVICE")]
+    device: String,
+}
+
+impl DeviceArg {
+    /// The chosen device (`--f64` with `auto` means the interpreter, the only one that can);
+    /// for `auto`, a line on stderr says which.
+    fn open(&self, f64: bool) -> Result<Box<dyn Device + Send + Sync>, String> {
+        let mut kind: DeviceKind = self.device.parse().map_err(|e| format!("--device {e}"))?;
+        if f64 && kind == DeviceKind::Auto {
+            kind = DeviceKind::Interp;
+        }
+        let opts = DeviceOptions { f64, ..DeviceOptions::default() };
+        let chosen = muse_runtime::device::select(kind, &opts).map_err(|e| e.to_string())?;
+        if let Some(note) = chosen.note {
+            eprintln!("{note}");
+        }
+        Ok(chosen.device)
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -109,6 +136,8 @@ enum Command {
         /// Items to encode from an unlimited data set (a folder is encoded whole).
         #[arg(long, default_value_t = 8192)]
         samples: usize,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Generate images from prompts with a trained masked-token model (MaskGIT decoding with
     /// classifier-free guidance), decoded by its image tokenizer; writes PNGs and a grid.
@@ -142,6 +171,8 @@ enum Command {
         /// A trained token critic's run directory: its scores choose which tokens to re-mask.
         #[arg(long, value_name = "RUN_DIR")]
         critic: Option<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Differentiate a model's loss; print the loss and every parameter's gradient norm.
     Grad {
@@ -175,9 +206,8 @@ struct TrainFlags {
     /// Continue the run in this directory exactly where its last checkpoint left it.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
-    /// `cpu`, `cuda` or `auto` (cuda when present).
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Seed of initialisation, data order, masking and text dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -242,13 +272,7 @@ struct TrainFlags {
 }
 
 fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Result<String, String> {
-    if t.device == "cuda" {
-        return Err("--device cuda: the CUDA backend is not built yet; use --device cpu".into());
-    }
-    if !matches!(t.device.as_str(), "cpu" | "auto" | "cuda") {
-        return Err(format!("--device {}: choose cpu, cuda or auto", t.device));
-    }
-    let settings = muse_runtime::cpu::compile::CompilerSettings::default();
+    let device = t.device.open(false)?;
     let (args, resume) = match (&t.resume, file) {
         (Some(run), _) => {
             let mut a = muse_train::session::TrainArgs::from_run(run)?;
@@ -309,7 +333,7 @@ fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Resul
         }
         (None, None) => return Err("give a .muse file to train, or --resume RUN_DIR".into()),
     };
-    let s = muse_train::session::train(&args, resume, &settings)?;
+    let s = muse_train::session::train(&args, resume, device.as_ref())?;
     if s.first_loss.is_nan() {
         return Ok(format!(
             "{}: the run has finished its {} steps (--resume {} --steps N continues it to N)\n",
@@ -330,8 +354,8 @@ fn train_command(file: Option<PathBuf>, t: &TrainFlags, set: &[String]) -> Resul
     ))
 }
 
-fn tokenize_command(run: &Path, data: &str, samples: usize) -> Result<String, String> {
-    let settings = muse_runtime::cpu::compile::CompilerSettings::default();
+fn tokenize_command(run: &Path, data: &str, samples: usize, device: &DeviceArg) -> Result<String, String> {
+    let device = device.open(false)?;
     let vq = muse_train::session::ImageTokenizer::open(run)?;
     let res = vq
         .model
@@ -341,7 +365,7 @@ fn tokenize_command(run: &Path, data: &str, samples: usize) -> Result<String, St
         .and_then(|(_, v)| if let muse_compiler::ConfigValue::Int(i) = v { Some(*i as usize) } else { None })
         .ok_or("the image tokenizer has no `resolution` config")?;
     let d = muse_train::data::open(data, res, 0, false)?;
-    let t = vq.tokens(data, d.as_ref(), samples, &settings)?;
+    let t = vq.tokens(data, d.as_ref(), samples, device.as_ref())?;
     let (codebook, grid) = vq.codebook_and_grid()?;
     let mut used = vec![false; codebook as usize];
     t.ids.iter().for_each(|&i| used[i as usize] = true);
@@ -350,7 +374,7 @@ fn tokenize_command(run: &Path, data: &str, samples: usize) -> Result<String, St
         t.len(),
         used.iter().filter(|&&u| u).count()
     );
-    let r = vq.judge_reconstructions(d.as_ref(), 256, &settings)?;
+    let r = vq.judge_reconstructions(d.as_ref(), 256, device.as_ref())?;
     if r.judged > 0 {
         text.push_str(&format!(
             "reconstructions of {} one-shape images, judged against their captions: colour right in {}, place in {}, shape in {} (large shapes {} of {})\n",
@@ -378,14 +402,13 @@ struct RunArgs {
     /// Compute in f64 instead of f32 (the interpreter only).
     #[arg(long)]
     f64: bool,
-    /// `cpu` (fused kernels in generated C) or `interp` (the reference interpreter).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
-    /// Run the fused kernels and the interpreter side by side and report the first kernel
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Run the device's kernels and the interpreter side by side and report the first kernel
     /// whose output differs (also with MUSE_VALIDATE=1).
     #[arg(long)]
     validate: bool,
-    /// Time every kernel of a (warm) run on the CPU backend and list the slowest.
+    /// Time every kernel of a (warm) run and list the slowest.
     #[arg(long)]
     profile: bool,
 }
@@ -484,8 +507,9 @@ fn prepare(g: &muse_compiler::ir::Graph, run: &RunArgs) -> Result<(Tensors, Tens
     Ok((inputs, params, RunOptions { precision, seed: run.seed }))
 }
 
-/// Computes `requested` with the chosen backend (or validates the CPU kernels against the
-/// interpreter); returns the values and a line about how they were computed.
+/// Computes `requested` on the chosen device (validating its kernels against the
+/// interpreter, or timing them, when asked); returns the values and a line about how they
+/// were computed.
 fn execute(
     g: &muse_compiler::ir::Graph,
     requested: &[muse_compiler::ir::NodeIndex],
@@ -493,22 +517,17 @@ fn execute(
 ) -> Result<(HashMap<muse_compiler::ir::NodeIndex, HostTensor>, String), String> {
     let (inputs, params, ro) = prepare(g, run)?;
     let validate = run.validate || std::env::var_os("MUSE_VALIDATE").is_some_and(|v| v != "0");
-    let backend_name = if run.f64 { "interp" } else { run.backend.as_str() };
-    if run.f64 && run.backend == "cpu" && std::env::args().any(|a| a == "--backend") {
-        return Err("--f64 runs only on --backend interp".into());
-    }
-    let backend = muse_runtime::backend::by_name(backend_name)
-        .ok_or_else(|| format!("--backend {backend_name}: choose cpu or interp"))?;
+    let device = run.device.open(run.f64)?;
+    let mut program = device.compile(g, requested).map_err(|e| e.to_string())?;
     if validate {
-        let settings = muse_runtime::cpu::compile::CompilerSettings::default();
-        let p = muse_runtime::cpu::CpuProgram::compile(g, requested, &settings).map_err(|e| e.to_string())?;
-        let v = muse_runtime::validate::validate(g, &p, &inputs, &params, ro.seed, 1e-4).map_err(|e| e.to_string())?;
+        let v = muse_runtime::validate::validate(program.as_mut(), &inputs, &params, ro.seed, 1e-4)
+            .map_err(|e| e.to_string())?;
         if let Some(m) = v.first_mismatch {
             return Err(format!(
                 "validate: kernel {} (step {} of {}, computing {}) differs from the interpreter by {:.3e} (relative)",
                 m.kernel,
                 m.step,
-                p.launches(),
+                program.launches(),
                 m.value,
                 m.error
             ));
@@ -516,68 +535,78 @@ fn execute(
         eprintln!("validate: {} kernels match the interpreter (worst relative error {:.3e})", v.checked, v.worst);
     }
     if run.profile {
-        let settings = muse_runtime::cpu::compile::CompilerSettings::default();
-        let p = muse_runtime::cpu::CpuProgram::compile(g, requested, &settings).map_err(|e| e.to_string())?;
-        let mut prep = p.prepare(g, &inputs, &params).map_err(|e| e.to_string())?;
-        p.launch(&mut prep, ro.seed, None);
-        let runs = std::env::var("MUSE_PROFILE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-        let ms = p.profile(&mut prep, ro.seed, runs);
-        let rows = muse_compiler::inspect::rows(g, &p.program, None, run.batch as i64);
-        let total: f64 = ms.iter().sum();
-        let mut order: Vec<usize> = (0..ms.len()).collect();
-        order.sort_by(|a, b| ms[*b].total_cmp(&ms[*a]));
-        let mut by_kind: Vec<(String, f64, usize)> = Vec::new();
-        for (i, r) in rows.iter().enumerate() {
-            match by_kind.iter_mut().find(|k| k.0 == r.kind) {
-                Some(k) => {
-                    k.1 += ms[i];
-                    k.2 += 1;
-                }
-                None => by_kind.push((r.kind.to_string(), ms[i], 1)),
-            }
-        }
-        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let kinds: Vec<String> = by_kind.iter().map(|(k, t, n)| format!("{k} {t:.1} ms ({n})")).collect();
-        // The whole pass timed as one: on a shared machine it exceeds the sum of each
-        // kernel's median, which leaves out every kernel's slow runs.
-        let mut whole: Vec<f64> = (0..runs.max(1))
-            .map(|_| {
-                let t = std::time::Instant::now();
-                p.launch(&mut prep, ro.seed, None);
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        whole.sort_by(f64::total_cmp);
-        let pass = whole[whole.len() / 2];
+        program.bind(&inputs, &params).map_err(|e| e.to_string())?;
+        profile(program.as_mut(), run.batch as i64, ro.seed)?;
+    }
+    let vals = program.run(&inputs, &params, ro.seed).map_err(|e| e.to_string())?;
+    Ok((vals, format!("device {}, {} launches", device.name(), program.launches())))
+}
+
+/// Times every step of a bound program (after a warm-up run) and lists the slowest.
+fn profile(program: &mut dyn Program, batch: i64, seed: u64) -> Result<(), String> {
+    program.execute(seed).map_err(|e| e.to_string())?;
+    let runs = std::env::var("MUSE_PROFILE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let ms = program.profile(seed, runs).map_err(|e| e.to_string())?;
+    // The whole pass timed as one: on a shared machine it exceeds the sum of each
+    // kernel's median, which leaves out every kernel's slow runs.
+    let mut whole = Vec::new();
+    for _ in 0..runs.max(1) {
+        let t = std::time::Instant::now();
+        program.execute(seed).map_err(|e| e.to_string())?;
+        whole.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    whole.sort_by(f64::total_cmp);
+    let pass = whole[whole.len() / 2];
+    let Some(kernels) = program.kernels() else {
         eprintln!(
-            "profile: {} launches, {total:.3} ms in all ({pass:.3} ms the whole pass, median of {}): {}; the slowest:",
-            ms.len(),
-            whole.len(),
-            kinds.join(", ")
+            "profile: the interpreter runs {} ops in {pass:.3} ms (median of {})",
+            program.launches(),
+            whole.len()
         );
-        // MUSE_PROFILE_TOP=N lists N kernels instead of 12.
-        let top = std::env::var("MUSE_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
-        for &i in order.iter().take(top) {
-            let r = &rows[i];
-            let ops: Vec<String> =
-                r.ops.iter().map(|(k, v)| if *v > 1 { format!("{k}x{v}") } else { k.to_string() }).collect();
-            eprintln!(
-                "  {:>8.3} ms {:>5.1}% {:>6.1} GF/s {:>4} {:<6} {:<11} {:<4} {:<18} {}",
-                ms[i],
-                100.0 * ms[i] / total.max(1e-12),
-                r.flops as f64 / (ms[i] * 1e6).max(1e-12),
-                i,
-                r.name,
-                r.kind,
-                if r.backward { "bwd" } else { "fwd" },
-                r.launch,
-                ops.join(" ")
-            );
+        return Ok(());
+    };
+    let rows = muse_compiler::inspect::rows(program.graph(), kernels, None, batch);
+    let total: f64 = ms.iter().sum();
+    let mut order: Vec<usize> = (0..ms.len()).collect();
+    order.sort_by(|a, b| ms[*b].total_cmp(&ms[*a]));
+    let mut by_kind: Vec<(String, f64, usize)> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        match by_kind.iter_mut().find(|k| k.0 == r.kind) {
+            Some(k) => {
+                k.1 += ms[i];
+                k.2 += 1;
+            }
+            None => by_kind.push((r.kind.to_string(), ms[i], 1)),
         }
     }
-    let exe = backend.compile(g, requested).map_err(|e| e.to_string())?;
-    let vals = exe.run(g, &inputs, &params, ro.seed).map_err(|e| e.to_string())?;
-    Ok((vals, format!("backend {}, {} launches", backend.name(), exe.launches())))
+    by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let kinds: Vec<String> = by_kind.iter().map(|(k, t, n)| format!("{k} {t:.1} ms ({n})")).collect();
+    eprintln!(
+        "profile: {} launches, {total:.3} ms in all ({pass:.3} ms the whole pass, median of {}): {}; the slowest:",
+        ms.len(),
+        whole.len(),
+        kinds.join(", ")
+    );
+    // MUSE_PROFILE_TOP=N lists N kernels instead of 12.
+    let top = std::env::var("MUSE_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    for &i in order.iter().take(top) {
+        let r = &rows[i];
+        let ops: Vec<String> =
+            r.ops.iter().map(|(k, v)| if *v > 1 { format!("{k}x{v}") } else { k.to_string() }).collect();
+        eprintln!(
+            "  {:>8.3} ms {:>5.1}% {:>6.1} GF/s {:>4} {:<6} {:<11} {:<4} {:<18} {}",
+            ms[i],
+            100.0 * ms[i] / total.max(1e-12),
+            r.flops as f64 / (ms[i] * 1e6).max(1e-12),
+            i,
+            r.name,
+            r.kind,
+            if r.backward { "bwd" } else { "fwd" },
+            r.launch,
+            ops.join(" ")
+        );
+    }
+    Ok(())
 }
 
 fn run_model(m: &Model, run: &RunArgs) -> Result<String, String> {
@@ -746,8 +775,8 @@ fn write_stdout(text: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // Before any thread exists (see `quiet_openmp`).
-    muse_runtime::cpu::quiet_openmp();
+    // Before any thread exists (see `quiet_threads`).
+    muse_runtime::device::quiet_threads();
     let cli = Cli::parse();
     let is_grad = matches!(cli.command, Command::Grad { .. });
     match cli.command {
@@ -846,7 +875,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Sample { run, prompt, prompts, steps, cfg, temperature, choice_temperature, seed, out, critic } => {
+        Command::Sample {
+            run,
+            prompt,
+            prompts,
+            steps,
+            cfg,
+            temperature,
+            choice_temperature,
+            seed,
+            out,
+            critic,
+            device,
+        } => {
             let mut all = prompt;
             if let Some(f) = prompts {
                 match std::fs::read_to_string(&f) {
@@ -868,7 +909,14 @@ fn main() -> ExitCode {
                 out,
                 critic,
             };
-            match muse_train::sample::sample(&a, &muse_runtime::cpu::compile::CompilerSettings::default()) {
+            let device = match device.open(false) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match muse_train::sample::sample(&a, device.as_ref()) {
                 Ok(files) => {
                     write_stdout(&files.iter().map(|f| format!("wrote {}\n", f.display())).collect::<String>())
                 }
@@ -878,7 +926,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Tokenize { run, data, samples } => match tokenize_command(&run, &data, samples) {
+        Command::Tokenize { run, data, samples, device } => match tokenize_command(&run, &data, samples, &device) {
             Ok(t) => write_stdout(&t),
             Err(e) => {
                 eprintln!("error: {e}");

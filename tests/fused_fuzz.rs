@@ -6,8 +6,6 @@
 
 mod common;
 
-use muse_runtime::cpu::compile::CompilerSettings;
-use muse_runtime::cpu::CpuProgram;
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::{run, RunOptions};
 use proptest::prelude::*;
@@ -108,14 +106,6 @@ fn compare(a: &[f64], b: &[f64], src: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn settings() -> CompilerSettings {
-    CompilerSettings {
-        flags: vec!["-O1".into(), "-fopenmp".into()],
-        cache_dir: std::env::temp_dir().join(format!("muse-fused-fuzz-{}", std::process::id())),
-        ..CompilerSettings::default()
-    }
-}
-
 /// Compiles `node` of `g` for the CPU and compares it with the interpreter on random inputs.
 fn check_fused(
     g: &muse_compiler::ir::Graph,
@@ -124,9 +114,9 @@ fn check_fused(
     seed: u64,
     src: &str,
 ) -> Result<(), TestCaseError> {
-    let p = CpuProgram::compile(g, &[node], &settings()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut p = common::cpu("fused-fuzz").compile(g, &[node]).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let inputs = random_inputs(inputs_of, 1, seed);
-    let ours = p.run(g, &inputs, &Default::default(), 0).unwrap();
+    let ours = p.run(&inputs, &Default::default(), 0).unwrap();
     let reference = run(g, &inputs, &Default::default(), &RunOptions::default()).unwrap();
     compare(&ours[&node].to_f64(), &reference.get(node).to_f64(), src)
 }

@@ -1,17 +1,19 @@
 //! `muse train` end to end on the built-in data at tiny configs: an image tokenizer, then
 //! masked-token models on its tokens; resume equivalence; damaged checkpoints.
 
-use muse_runtime::cpu::compile::CompilerSettings;
+use muse_runtime::device::{select, Device, DeviceKind, DeviceOptions};
 use muse_train::sample::SampleArgs;
 use muse_train::session::{train, TrainArgs};
 use std::path::{Path, PathBuf};
 
-fn settings() -> CompilerSettings {
-    CompilerSettings {
-        flags: ["-O1", "-march=native", "-fopenmp"].iter().map(|x| x.to_string()).collect(),
-        cache_dir: std::env::temp_dir().join(format!("muse-test-e2e-{}", std::process::id())),
-        ..CompilerSettings::default()
-    }
+/// The CPU device with quick compiles and a kernel cache of this test process.
+fn settings() -> Box<dyn Device + Send + Sync> {
+    let opts = DeviceOptions {
+        cache_dir: Some(std::env::temp_dir().join(format!("muse-test-e2e-{}", std::process::id()))),
+        quick: true,
+        ..DeviceOptions::default()
+    };
+    select(DeviceKind::Cpu, &opts).unwrap().device
 }
 
 fn model(name: &str) -> PathBuf {
@@ -89,16 +91,16 @@ fn losses(run: &Path) -> Vec<f64> {
 fn masked_token_models_learn_the_built_in_data() {
     let dir = scratch("learn");
     let s = settings();
-    let v = train(&vq(&dir), false, &s).unwrap();
+    let v = train(&vq(&dir), false, s.as_ref()).unwrap();
     assert!(v.last_loss < v.first_loss, "image tokenizer: {} -> {}", v.first_loss, v.last_loss);
     // Its reconstructions of one-shape images, judged (what `muse tokenize` reports).
     let tokenizer = muse_train::session::ImageTokenizer::open(&dir.join("vq")).unwrap();
     let shapes = muse_train::data::open("shapes", 8, 0, false).unwrap();
-    let r = tokenizer.judge_reconstructions(shapes.as_ref(), 40, &s).unwrap();
+    let r = tokenizer.judge_reconstructions(shapes.as_ref(), 40, s.as_ref()).unwrap();
     assert_eq!(r.judged, 40);
     assert!(r.colour <= 40 && r.place <= 40 && r.shape <= 40 && r.large.1 <= r.large.0 && r.large.0 < 40, "{r:?}");
     for name in ["muse_small", "mamba_xattn_xz"] {
-        train(&masked(name, &dir, 150), false, &s).unwrap();
+        train(&masked(name, &dir, 150), false, s.as_ref()).unwrap();
         let l = losses(&dir.join(name));
         let first = l[..5].iter().sum::<f64>() / 5.0;
         let last = l[l.len() - 10..].iter().sum::<f64>() / 10.0;
@@ -113,7 +115,7 @@ fn masked_token_models_learn_the_built_in_data() {
         steps: 40,
         ..masked("token_critic", &dir, 40)
     };
-    let c = train(&critic, false, &s).unwrap();
+    let c = train(&critic, false, s.as_ref()).unwrap();
     assert!(c.last_loss < c.first_loss, "critic: {} -> {}", c.first_loss, c.last_loss);
     // Sampling is a function of the seed, with and without the critic.
     let sample = |seed: u64, critic: Option<PathBuf>, out: &str| {
@@ -128,7 +130,7 @@ fn masked_token_models_learn_the_built_in_data() {
             out: dir.join(out),
             critic,
         };
-        let files = muse_train::sample::sample(&a, &s).unwrap();
+        let files = muse_train::sample::sample(&a, s.as_ref()).unwrap();
         assert_eq!(files.len(), 3, "two images and the grid");
         let img = image::open(&files[0]).unwrap();
         assert_eq!((img.width(), img.height()), (8, 8));
@@ -145,21 +147,21 @@ fn masked_token_models_learn_the_built_in_data() {
 fn a_resumed_run_equals_an_uninterrupted_one() {
     let dir = scratch("resume");
     let s = settings();
-    train(&vq(&dir), false, &s).unwrap();
+    train(&vq(&dir), false, s.as_ref()).unwrap();
     // With a weight average, which the checkpoints carry as ema/*.
     let whole = TrainArgs { ema: 0.9, ..masked("mamba_xattn_xz", &dir, 20) };
-    train(&whole, false, &s).unwrap();
+    train(&whole, false, s.as_ref()).unwrap();
     let mut half = TrainArgs { out: dir.join("halves"), steps: 10, ..whole.clone() };
-    train(&half, false, &s).unwrap();
+    train(&half, false, s.as_ref()).unwrap();
     half.steps = 20;
-    let again = train(&half, false, &s);
+    let again = train(&half, false, s.as_ref());
     assert!(again.unwrap_err().contains("--resume"), "a second start into the same run is refused");
     let mut resumed = TrainArgs::from_run(&half.out).unwrap();
     resumed.steps = 20;
-    train(&resumed, true, &s).unwrap();
+    train(&resumed, true, s.as_ref()).unwrap();
     let ck = |run: &Path| muse_runtime::checkpoint::load(&run.join("checkpoints/step-00000020.safetensors")).unwrap();
     let (a, b) = (ck(&whole.out), ck(&half.out));
-    let only = |x: &muse_runtime::backend::Tensors, y: &muse_runtime::backend::Tensors| {
+    let only = |x: &muse_runtime::Tensors, y: &muse_runtime::Tensors| {
         x.keys().filter(|k| !y.contains_key(*k)).cloned().collect::<Vec<_>>()
     };
     assert_eq!(a.len(), b.len(), "only uninterrupted: {:?}, only resumed: {:?}", only(&a, &b), only(&b, &a));
@@ -177,11 +179,11 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         out: dir.join("frozen"),
         ..masked("mamba_xattn_xz", &dir, 4)
     };
-    train(&frozen, false, &s).unwrap();
+    train(&frozen, false, s.as_ref()).unwrap();
     let mut more = TrainArgs::from_run(&frozen.out).unwrap();
     assert_eq!((more.init.as_deref(), more.freeze.clone()), (Some(init.as_path()), vec!["text".to_string()]));
     more.steps = 8;
-    train(&more, true, &s).unwrap();
+    train(&more, true, s.as_ref()).unwrap();
     let after = ck_at(&frozen.out, 8);
     let texts: Vec<&String> = a.keys().filter(|k| k.starts_with("text_encoder.")).collect();
     assert!(!texts.is_empty());
@@ -191,16 +193,16 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let moved = a.keys().filter(|k| k.starts_with("layers.") && after.get(*k).is_some_and(|t| t != &a[*k])).count();
     assert!(moved > 0, "the rest trains");
     let bad = TrainArgs { freeze: vec!["nothing_here".into()], out: dir.join("bad"), ..frozen.clone() };
-    assert!(train(&bad, false, &s).unwrap_err().contains("nothing_here"));
+    assert!(train(&bad, false, s.as_ref()).unwrap_err().contains("nothing_here"));
     let vq_ck = ck_at(&dir.join("vq"), 30);
     let tmp = dir.join("unrelated.safetensors");
     muse_runtime::checkpoint::save(&tmp, &vq_ck).unwrap();
     let unrelated = TrainArgs { init: Some(tmp), out: dir.join("bad2"), ..frozen.clone() };
-    assert!(train(&unrelated, false, &s).unwrap_err().contains("none of its"), "weights of another model");
+    assert!(train(&unrelated, false, s.as_ref()).unwrap_err().contains("none of its"), "weights of another model");
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn ck_at(run: &Path, step: u64) -> muse_runtime::backend::Tensors {
+fn ck_at(run: &Path, step: u64) -> muse_runtime::Tensors {
     muse_runtime::checkpoint::load(&run.join(format!("checkpoints/step-{step:08}.safetensors"))).unwrap()
 }
 
@@ -209,7 +211,7 @@ fn a_damaged_checkpoint_is_never_loaded() {
     let dir = scratch("damaged");
     let s = settings();
     let args = vq(&dir);
-    train(&TrainArgs { steps: 10, ..args.clone() }, false, &s).unwrap();
+    train(&TrainArgs { steps: 10, ..args.clone() }, false, s.as_ref()).unwrap();
     let run = muse_train::run::RunDir::open(&args.out).unwrap();
     assert!(run.latest().unwrap().is_some());
     // Cut the checkpoint short, as a crash in the middle of writing it would (were it not
@@ -221,7 +223,7 @@ fn a_damaged_checkpoint_is_never_loaded() {
     assert!(err.contains("damaged"), "{err}");
     let mut resumed = TrainArgs::from_run(&args.out).unwrap();
     resumed.steps = 20;
-    assert!(train(&resumed, true, &s).is_err(), "resuming from a damaged checkpoint fails");
+    assert!(train(&resumed, true, s.as_ref()).is_err(), "resuming from a damaged checkpoint fails");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -263,7 +265,7 @@ fn corrupt_images_are_skipped_named_and_counted() {
     assert!(ok.image.iter().all(|v| (-1.0..=1.0).contains(v)));
 
     let args = TrainArgs { data: data.display().to_string(), steps: 6, batch: 4, ..vq(&dir) };
-    train(&args, false, &settings()).unwrap();
+    train(&args, false, settings().as_ref()).unwrap();
     let last: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(args.out.join("metrics.jsonl")).unwrap().lines().last().unwrap())
             .unwrap();
@@ -308,7 +310,7 @@ fn progressive_run(disc_start: &str) {
         out: dir.join("whole"),
         ..vq(&dir)
     };
-    let w = train(&whole, false, &s).unwrap();
+    let w = train(&whole, false, s.as_ref()).unwrap();
     assert!(w.first_loss.is_finite() && w.last_loss.is_finite());
     let recorded = TrainArgs::from_run(&whole.out).unwrap();
     assert_eq!(recorded.stages, stages, "config.json records the stages");
@@ -319,11 +321,11 @@ fn progressive_run(disc_start: &str) {
         stages: vec![stages[0], Stage { until: 8, ..stages[1] }],
         ..whole.clone()
     };
-    train(&half, false, &s).unwrap();
+    train(&half, false, s.as_ref()).unwrap();
     let mut resumed = TrainArgs::from_run(&half.out).unwrap();
     resumed.steps = 12;
     resumed.stages.last_mut().unwrap().until = 12;
-    train(&resumed, true, &s).unwrap();
+    train(&resumed, true, s.as_ref()).unwrap();
     let ck = |run: &Path| muse_runtime::checkpoint::load(&run.join("checkpoints/step-00000012.safetensors")).unwrap();
     let (a, b) = (ck(&whole.out), ck(&half.out));
     assert_eq!(a.len(), b.len());
@@ -346,6 +348,6 @@ fn progressive_run(disc_start: &str) {
         steps: 6,
         ..whole.clone()
     };
-    assert!(train(&bad, false, &s).unwrap_err().contains("later step"));
+    assert!(train(&bad, false, s.as_ref()).unwrap_err().contains("later step"));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -9,8 +9,7 @@
 use muse_compiler::autodiff::{differentiate, Wrt};
 use muse_compiler::ir::{Graph, NodeIndex};
 use muse_compiler::{compile_path, compile_source, Model, Options};
-use muse_runtime::cpu::compile::CompilerSettings;
-use muse_runtime::cpu::CpuProgram;
+use muse_runtime::device::{select, Device, DeviceKind, DeviceOptions};
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::optim::AdamW;
 use muse_runtime::train::Trainer;
@@ -34,17 +33,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median milliseconds of `launch` over prepared buffers (compilation and copies excluded).
+/// The device the benchmarks run on (`MUSE_DEVICE`, default `auto`).
+fn device() -> Box<dyn Device + Send + Sync> {
+    let kind: DeviceKind = std::env::var("MUSE_DEVICE").unwrap_or_else(|_| "auto".into()).parse().expect("a device");
+    select(kind, &DeviceOptions::default()).expect("the device is available").device
+}
+
+/// Median milliseconds of an execution over bound buffers (compilation and copies excluded).
 fn time_program(g: &Graph, requested: &[NodeIndex], batch: usize, repeats: usize) -> (f64, usize) {
-    let p = CpuProgram::compile(g, requested, &CompilerSettings::default()).expect("compiles");
+    let mut p = device().compile(g, requested).expect("compiles");
     let inputs = random_inputs(g, batch, 1);
     let params = init_params(g, 1, Precision::F32).expect("initialises");
-    let mut prep = p.prepare(g, &inputs, &params).expect("prepares");
-    p.launch(&mut prep, 0, None); // warm-up
+    p.bind(&inputs, &params).expect("binds");
+    p.execute(0).expect("runs"); // warm-up
     let ms = (0..repeats)
         .map(|_| {
             let t = Instant::now();
-            p.launch(&mut prep, 0, None);
+            p.execute(0).expect("runs");
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
@@ -135,8 +140,8 @@ fn train_cases(repeats: usize) {
         let m = model_file(name, &[]);
         let batch = random_inputs(&m.graph, 16, 1);
         let params = init_params(&m.graph, 1, Precision::F32).expect("initialises");
-        let mut t = Trainer::new(&m.graph, name, &params, &batch, AdamW::default(), &CompilerSettings::default())
-            .expect("compiles");
+        let mut t =
+            Trainer::new(&m.graph, name, &params, &batch, AdamW::default(), device().as_ref()).expect("compiles");
         let mut step = || t.step(&[&batch], 1e-4, 0).expect("runs");
         let first = step().loss;
         step();

@@ -1,4 +1,5 @@
-//! Training throughput of every token-model variant in models/ on the CPU: one training step
+//! Training throughput of every token-model variant in models/ on a device (`MUSE_DEVICE`,
+//! default auto): one training step
 //! (forward, backward, clipping, AdamW) over compiled kernels at the default config, batch
 //! 16, random inputs; median of REPEATS steps after two warm-up steps. Prints one JSON object
 //! per line: {"case", "impl", "ms", "note"} with images/s, tokens/s and memory in the note.
@@ -6,7 +7,7 @@
 //! `cargo run --release -p muse-bench --bin train [REPEATS] [MODEL...]`
 
 use muse_compiler::{compile_path, Options};
-use muse_runtime::cpu::compile::CompilerSettings;
+use muse_runtime::device::{select, DeviceKind, DeviceOptions};
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::optim::AdamW;
 use muse_runtime::train::Trainer;
@@ -27,6 +28,9 @@ fn main() {
     let repeats: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let only: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
     let batch = 16;
+    // MUSE_DEVICE chooses the device (default auto).
+    let kind: DeviceKind = std::env::var("MUSE_DEVICE").unwrap_or_else(|_| "auto".into()).parse().expect("a device");
+    let device = select(kind, &DeviceOptions::default()).expect("the device is available").device;
     // Every model of models/ that trains on tokens (the image tokenizer's inputs are images).
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -49,8 +53,8 @@ fn main() {
         let inputs = random_inputs(&m.graph, batch, 1);
         let params = init_params(&m.graph, 1, Precision::F32).expect("initialises");
         let count: usize = params.values().map(|p| p.len()).sum();
-        let mut t = Trainer::new(&m.graph, name, &params, &inputs, AdamW::default(), &CompilerSettings::default())
-            .expect("compiles");
+        let mut t =
+            Trainer::new(&m.graph, name, &params, &inputs, AdamW::default(), device.as_ref()).expect("compiles");
         let mut step = || t.step(&[&inputs], 1e-4, 0).expect("runs");
         step();
         step();

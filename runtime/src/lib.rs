@@ -1,10 +1,11 @@
-//! The muse runtime: host tensors, the reference interpreter (the oracle every backend is
-//! compared with), counter-based random numbers and safetensors parameter files. Backends,
-//! the memory planner, training and sampling follow (see docs/design.md).
+//! The muse runtime: the device interface every command runs through ([`device`]), its
+//! backends (the reference interpreter, the oracle every backend is compared with, and the
+//! CPU backend), host tensors, the memory planner, the optimizer, the training step,
+//! counter-based random numbers and safetensors files (see docs/design.md).
 
-pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
+pub mod device;
 pub mod inputs;
 pub mod interp;
 pub mod memory;
@@ -14,5 +15,6 @@ pub mod tensor;
 pub mod train;
 pub mod validate;
 
+pub use device::Tensors;
 pub use interp::{init_params, run, Precision, RunError, RunOptions, Values};
 pub use tensor::{Data, HostTensor};

@@ -1,11 +1,11 @@
-//! Validate mode: the fused program and the reference interpreter side by side, comparing
+//! Validate mode: a device's program and the reference interpreter side by side, comparing
 //! the output of every kernel as it runs and naming the first one that differs.
 
-use crate::cpu::CpuProgram;
+use crate::device::{Program, Tensors};
 use crate::interp::{self, Precision, RunError, RunOptions};
 use crate::tensor::HostTensor;
-use muse_compiler::ir::{Graph, NodeIndex};
-use muse_compiler::kernel::{lower::label, Step};
+use muse_compiler::ir::NodeIndex;
+use muse_compiler::kernel::lower::label;
 use std::collections::HashMap;
 
 /// Largest difference relative to the reference's largest magnitude (absolute if it is 0).
@@ -47,31 +47,31 @@ pub struct Validation {
     pub first_mismatch: Option<Mismatch>,
 }
 
-/// Runs `p` and the interpreter on the same tensors and compares every kernel's output.
+/// Runs `p` (bound to its inputs and parameters) and the interpreter on the same tensors
+/// and compares the output of every step as it runs.
 pub fn validate(
-    g: &Graph,
-    p: &CpuProgram,
-    inputs: &HashMap<String, HostTensor>,
-    params: &HashMap<String, HostTensor>,
+    p: &mut dyn Program,
+    inputs: &Tensors,
+    params: &Tensors,
     seed: u64,
     tolerance: f64,
 ) -> Result<Validation, RunError> {
-    let reference = interp::run(g, inputs, params, &RunOptions { precision: Precision::F32, seed })?;
+    let reference = interp::run(p.graph(), inputs, params, &RunOptions { precision: Precision::F32, seed })?;
+    let labels: HashMap<NodeIndex, String> = p.graph().g.node_indices().map(|n| (n, label(p.graph(), n))).collect();
+    let names: Vec<String> = (0..p.launches()).map(|i| p.step_name(i)).collect();
     let mut v = Validation { checked: 0, worst: 0.0, first_mismatch: None };
     let mut observe = |step: usize, node: NodeIndex, value: HostTensor| {
         let e = relative_error(&value, reference.get(node));
         v.checked += 1;
         v.worst = v.worst.max(e);
         if e > tolerance {
-            let kernel = match &p.program.steps[step] {
-                Step::Kernel(k) => k.kernel.name.clone(),
-                Step::MatMul(m) => m.epilogue.as_ref().map_or("gemm".into(), |e| format!("gemm+{}", e.kernel.name)),
-            };
-            v.first_mismatch = Some(Mismatch { step, kernel, value: label(g, node), error: e });
+            let kernel = names.get(step).cloned().unwrap_or_default();
+            v.first_mismatch = Some(Mismatch { step, kernel, value: labels[&node].clone(), error: e });
             return false;
         }
         true
     };
-    p.run_observed(g, inputs, params, seed, Some(&mut observe))?;
+    p.bind(inputs, params)?;
+    p.execute_observed(seed, &mut observe)?;
     Ok(v)
 }

@@ -89,3 +89,31 @@ pub fn tiny(name: &str, grid: &'static str) -> Vec<(&'static str, &'static str)>
     }
     v
 }
+
+/// Where a test's compiled kernels go: `MUSE_TEST_KEEP` (kept between runs), else a folder
+/// of its own in the temp folder.
+pub fn kernel_cache(tag: &str) -> std::path::PathBuf {
+    std::env::var("MUSE_TEST_KEEP")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join(format!("muse-test-{tag}-{}", std::process::id())))
+}
+
+/// A device as the tests use it: quick compiles (the same numbers), kernels cached under
+/// `tag`.
+pub fn device(kind: &str, tag: &str) -> Box<dyn muse_runtime::device::Device + Send + Sync> {
+    let opts =
+        muse_runtime::device::DeviceOptions { cache_dir: Some(kernel_cache(tag)), quick: true, ..Default::default() };
+    muse_runtime::device::select(kind.parse().expect("a device name"), &opts).expect("the device is available").device
+}
+
+/// The CPU device (see [`device`]).
+pub fn cpu(tag: &str) -> Box<dyn muse_runtime::device::Device + Send + Sync> {
+    device("cpu", tag)
+}
+
+/// Removes a test's kernel cache unless `MUSE_TEST_KEEP` keeps it.
+pub fn forget_cache(tag: &str) {
+    if std::env::var_os("MUSE_TEST_KEEP").is_none() {
+        std::fs::remove_dir_all(kernel_cache(tag)).ok();
+    }
+}

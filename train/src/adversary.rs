@@ -5,7 +5,7 @@
 //! there) for the generator term; after each discriminator step its weights are copied in.
 
 use crate::fit::{StepDone, StepHook};
-use muse_runtime::backend::Tensors;
+use muse_runtime::device::Tensors;
 use muse_runtime::train::Trainer;
 use muse_runtime::HostTensor;
 
@@ -48,17 +48,18 @@ impl StepHook for Adversary {
         }
         let logit = |name: &str| self.trainer.output(name).map_or(f64::NAN, |t| mean(&t));
         self.last = Some([stats.loss, logit("real_logits"), logit("fake_logits")]);
-        let weights = self.trainer.params();
+        let weights = self.trainer.params().map_err(|e| e.to_string())?;
         g.set_params(&weights).map_err(|e| format!("copying the discriminator into the tokenizer: {e}"))
     }
 
-    fn state(&self) -> Tensors {
-        self.trainer.optimizer_state().into_iter().map(|(k, v)| (format!("{PREFIX}{k}"), v)).collect()
+    fn state(&mut self) -> Result<Tensors, String> {
+        let state = self.trainer.optimizer_state().map_err(|e| e.to_string())?;
+        Ok(state.into_iter().map(|(k, v)| (format!("{PREFIX}{k}"), v)).collect())
     }
 
     fn restore(&mut self, t: &Tensors) -> Result<(), String> {
         // The weights are the tokenizer's `disc.*` in the same checkpoint.
-        let known = self.trainer.params();
+        let known = self.trainer.params().map_err(|e| e.to_string())?;
         let weights: Tensors =
             t.iter().filter(|(k, _)| known.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         self.trainer.set_params(&weights).map_err(|e| e.to_string())?;

@@ -7,7 +7,7 @@ use crate::fit::Batches;
 use crate::masked::MaskedBatches;
 use crate::sample::sample_token;
 use crate::trained::TrainedTokenModel;
-use muse_runtime::backend::Tensors;
+use muse_runtime::device::Tensors;
 use muse_runtime::rng::{mix64, uniform};
 use muse_runtime::{Data, HostTensor};
 

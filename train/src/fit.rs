@@ -3,7 +3,7 @@
 //! checkpoints that let a run be resumed bit for bit.
 
 use crate::run::{Progress, RunDir};
-use muse_runtime::backend::Tensors;
+use muse_runtime::device::Tensors;
 use muse_runtime::optim::Schedule;
 use muse_runtime::train::Trainer;
 use std::io::{IsTerminal, Write};
@@ -63,8 +63,8 @@ pub trait StepHook {
     /// Called after each applied optimizer step.
     fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), String>;
     /// State to save in a checkpoint (names must contain a `/`).
-    fn state(&self) -> Tensors {
-        Tensors::new()
+    fn state(&mut self) -> Result<Tensors, String> {
+        Ok(Tensors::new())
     }
     /// Restores [`StepHook::state`].
     fn restore(&mut self, _t: &Tensors) -> Result<(), String> {
@@ -90,8 +90,8 @@ impl<H: StepHook> StepHook for Option<H> {
     fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), String> {
         self.as_mut().map_or(Ok(()), |h| h.after_step(trainer, done))
     }
-    fn state(&self) -> Tensors {
-        self.as_ref().map(H::state).unwrap_or_default()
+    fn state(&mut self) -> Result<Tensors, String> {
+        self.as_mut().map_or(Ok(Tensors::new()), H::state)
     }
     fn restore(&mut self, t: &Tensors) -> Result<(), String> {
         self.as_mut().map_or(Ok(()), |h| h.restore(t))
@@ -107,10 +107,10 @@ impl<A: StepHook, B: StepHook> StepHook for (A, B) {
         self.0.after_step(trainer, done)?;
         self.1.after_step(trainer, done)
     }
-    fn state(&self) -> Tensors {
-        let mut t = self.0.state();
-        t.extend(self.1.state());
-        t
+    fn state(&mut self) -> Result<Tensors, String> {
+        let mut t = self.0.state()?;
+        t.extend(self.1.state()?);
+        Ok(t)
     }
     fn restore(&mut self, t: &Tensors) -> Result<(), String> {
         self.0.restore(t)?;
@@ -152,14 +152,14 @@ pub fn restore(run: &RunDir, trainer: &mut Trainer, hook: &mut dyn StepHook) -> 
     hook.restore(&tensors)?;
     // The model's parameters only: optimizer and hook state (`adamw.step`, `ema/...`) are
     // restored by their owners.
-    let known = trainer.params();
+    let known = trainer.params().map_err(|e| e.to_string())?;
     let params: Tensors =
         tensors.iter().filter(|(k, _)| known.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     trainer.set_params(&params).map_err(|e| e.to_string())?;
     trainer.set_optimizer_state(&tensors).map_err(|e| e.to_string())?;
     let saved_ema: Tensors =
         tensors.iter().filter_map(|(k, v)| k.strip_prefix("ema/").map(|n| (n.to_string(), v.clone()))).collect();
-    trainer.set_ema(&saved_ema);
+    trainer.set_ema(&saved_ema).map_err(|e| e.to_string())?;
     run.truncate_log(progress.step)?;
     Ok(progress)
 }
@@ -209,7 +209,7 @@ pub fn fit(
         } else {
             hook.after_step(trainer, &StepDone { step: step + 1, lr, micro: &micro })?;
             if let Some(decay) = cfg.ema {
-                trainer.update_ema(decay);
+                trainer.update_ema(decay).map_err(|e| e.to_string())?;
             }
         }
         if first_loss.is_nan() {
@@ -266,10 +266,10 @@ pub fn fit(
         window = Instant::now();
         window_items = 0;
         if (step + 1) % cfg.checkpoint_every.max(1) == 0 || done {
-            let mut tensors = trainer.params();
-            tensors.extend(trainer.optimizer_state());
-            tensors.extend(hook.state());
-            if let Some(e) = trainer.ema() {
+            let mut tensors = trainer.params().map_err(|e| e.to_string())?;
+            tensors.extend(trainer.optimizer_state().map_err(|e| e.to_string())?);
+            tensors.extend(hook.state()?);
+            if let Some(e) = trainer.ema().map_err(|e| e.to_string())? {
                 tensors.extend(e.into_iter().map(|(k, v)| (ema_key(&k), v)));
             }
             run.save(&tensors, &Progress { step: step + 1, data_pos })?;

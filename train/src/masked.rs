@@ -7,9 +7,7 @@ use crate::data::Dataset;
 use crate::fit::Batches;
 use crate::text::TextTokenizer;
 use muse_compiler::ir::Graph;
-use muse_runtime::backend::Tensors;
-use muse_runtime::cpu::compile::CompilerSettings;
-use muse_runtime::cpu::CpuProgram;
+use muse_runtime::device::{Device, Tensors};
 use muse_runtime::rng::{mix64, uniform};
 use muse_runtime::{checkpoint, Data, HostTensor};
 use std::path::Path;
@@ -74,11 +72,11 @@ pub fn encode(
     data: &dyn Dataset,
     count: Option<usize>,
     batch: usize,
-    settings: &CompilerSettings,
+    device: &dyn Device,
 ) -> Result<TokenSet, String> {
     let codes = vq.outputs.iter().find(|(n, _)| n == "codes").ok_or("the image tokenizer has no `codes` output")?.1;
     let image = vq.inputs.iter().find(|(n, _)| n == "image").ok_or("the image tokenizer has no `image` input")?.1;
-    let program = CpuProgram::compile(vq, &[codes], settings).map_err(|e| e.to_string())?;
+    let mut program = device.compile(vq, &[codes]).map_err(|e| e.to_string())?;
     let n = count.or(data.size()).ok_or("an unlimited data set needs --samples")?;
     let res = data.resolution();
     let (mut ids, mut captions, mut skipped) = (Vec::new(), Vec::new(), 0usize);
@@ -108,7 +106,7 @@ pub fn encode(
         }
         let mut inputs = Tensors::new();
         inputs.insert(in_name.clone(), HostTensor::f(&[caps.len(), res, res, 3], pixels));
-        let out = program.run(vq, &inputs, params, 0).map_err(|e| e.to_string())?;
+        let out = program.run(&inputs, params, 0).map_err(|e| e.to_string())?;
         let Data::I(v) = &out[&codes].data else { return Err("`codes` is not integer".into()) };
         ids.extend_from_slice(v);
         captions.extend(caps);

@@ -6,9 +6,7 @@
 use crate::picture::{grid, save_png, to_rgb8};
 use crate::trained::{config_int, TrainedTokenModel};
 use muse_compiler::{compile_source, Model, Options};
-use muse_runtime::backend::Tensors;
-use muse_runtime::cpu::compile::CompilerSettings;
-use muse_runtime::cpu::CpuProgram;
+use muse_runtime::device::{Device, Tensors};
 use muse_runtime::rng::{mix64, uniform};
 use muse_runtime::HostTensor;
 use std::path::PathBuf;
@@ -79,17 +77,17 @@ pub fn sample_token(logits: &[f64], tau: f64, key: u64, counter: u64) -> usize {
 }
 
 /// Samples one image per prompt; writes `NNN.png`, `grid.png` and `prompts.txt` into `out`.
-pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf>, String> {
+pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, String> {
     if a.prompts.is_empty() {
         return Err("no prompt: give --prompt TEXT or --prompts FILE".into());
     }
     if a.steps == 0 {
         return Err("--steps must be at least 1".into());
     }
-    let gen = TrainedTokenModel::open(&a.run, settings)?;
+    let gen = TrainedTokenModel::open(&a.run, device)?;
     let critic = match &a.critic {
         Some(dir) => {
-            let c = TrainedTokenModel::open(dir, settings)?;
+            let c = TrainedTokenModel::open(dir, device)?;
             if (c.codebook, c.grid) != (gen.codebook, gen.grid) {
                 return Err(format!("the critic {} models other tokens than the generator", dir.display()));
             }
@@ -200,7 +198,7 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
     // Pixels from ids.
     let dec = decoder(&vq.model)?;
     let image = dec.graph.outputs[0].1;
-    let dprog = CpuProgram::compile(&dec.graph, &[image], settings).map_err(|e| e.to_string())?;
+    let mut dprog = device.compile(&dec.graph, &[image]).map_err(|e| e.to_string())?;
     let mut dinputs = Tensors::new();
     dinputs.insert("ids".into(), HostTensor::i(&[p, g as usize, g as usize], x.clone()));
     let dparams: Tensors = dec
@@ -214,7 +212,7 @@ pub fn sample(a: &SampleArgs, settings: &CompilerSettings) -> Result<Vec<PathBuf
                 .ok_or_else(|| format!("tokenizer lacks `{}`", q.name))
         })
         .collect::<Result<_, _>>()?;
-    let pixels = dprog.run(&dec.graph, &dinputs, &dparams, 0).map_err(|e| e.to_string())?;
+    let pixels = dprog.run(&dinputs, &dparams, 0).map_err(|e| e.to_string())?;
     let res = pixels[&image].shape[1];
     let flat: Vec<f32> = pixels[&image].to_f64().iter().map(|&v| v as f32).collect();
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;

@@ -12,9 +12,7 @@ use crate::text::TextTokenizer;
 use crate::trained::TrainedTokenModel;
 use crate::vq::Reseed;
 use muse_compiler::{compile_path, Model, Options};
-use muse_runtime::backend::Tensors;
-use muse_runtime::cpu::compile::CompilerSettings;
-use muse_runtime::cpu::CpuProgram;
+use muse_runtime::device::{Device, Tensors};
 use muse_runtime::optim::{AdamW, Schedule};
 use muse_runtime::train::{TrainOptions, Trainer};
 use muse_runtime::{init_params, HostTensor, Precision};
@@ -357,7 +355,7 @@ impl ImageTokenizer {
         data_spec: &str,
         data: &dyn Dataset,
         samples: usize,
-        settings: &CompilerSettings,
+        device: &dyn Device,
     ) -> Result<TokenSet, String> {
         let key = muse_runtime::rng::mix64(
             data_spec
@@ -372,7 +370,7 @@ impl ImageTokenizer {
         }
         let count = data.size().map_or(samples, |n| n.min(samples.max(n)));
         eprintln!("tokenize: encoding {count} images with {} ...", self.run.display());
-        let t = masked::encode(&self.model.graph, &self.params, data, Some(count), 64, settings)?;
+        let t = masked::encode(&self.model.graph, &self.params, data, Some(count), 64, device)?;
         t.save(&dir)?;
         Ok(t)
     }
@@ -402,12 +400,12 @@ impl ImageTokenizer {
         &self,
         data: &dyn Dataset,
         count: usize,
-        settings: &CompilerSettings,
+        device: &dyn Device,
     ) -> Result<Reconstructions, String> {
         use crate::data::shapes::judge;
         let g = &self.model.graph;
         let recon = g.outputs.iter().find(|(n, _)| n == "recon").ok_or("the image tokenizer has no `recon` output")?.1;
-        let program = CpuProgram::compile(g, &[recon], settings).map_err(|e| e.to_string())?;
+        let mut program = device.compile(g, &[recon]).map_err(|e| e.to_string())?;
         let res = data.resolution();
         let mut out = Reconstructions::default();
         let mut index = 0u64;
@@ -427,7 +425,7 @@ impl ImageTokenizer {
                 break;
             }
             let inputs: Tensors = [("image".to_string(), HostTensor::f(&[captions.len(), res, res, 3], pixels))].into();
-            let values = program.run(g, &inputs, &self.params, 0).map_err(|e| e.to_string())?;
+            let values = program.run(&inputs, &self.params, 0).map_err(|e| e.to_string())?;
             let images: Vec<f32> = values[&recon].to_f64().iter().map(|&x| x as f32).collect();
             for (i, caption) in captions.iter().enumerate() {
                 let Some(j) = judge(&images[i * res * res * 3..][..res * res * 3], res, caption) else { continue };
@@ -470,7 +468,7 @@ impl Batches for ImageBatches {
 }
 
 /// Trains (or, with `resume`, continues) a run.
-pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Result<Summary, String> {
+pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summary, String> {
     // Paths are recorded absolute, so runs can be resumed and used from any directory.
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     // A progressive run's model is the last stage's: what `muse tokenize` and sampling use.
@@ -525,13 +523,13 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
     if has("image") {
         config["objective"] = json!("image tokenizer");
         run.write_config(&config)?;
-        return train_tokenizer(args, resume, settings, &run, opt, &probe, &fit_cfg);
+        return train_tokenizer(args, resume, device, &run, opt, &probe, &fit_cfg);
     }
     if !args.stages.is_empty() {
         return Err("--stage: progressive resolution is for image tokenizers (models with an `image` input)".into());
     }
     if has("tokens") && has("is_original") && has("text_ids") && has("text_mask") {
-        return train_critic(args, resume, settings, &run, opt, config, &fit_cfg);
+        return train_critic(args, resume, device, &run, opt, config, &fit_cfg);
     }
     if !(has("tokens") && has("targets") && has("loss_mask") && has("text_ids") && has("text_mask")) {
         return Err(format!(
@@ -569,11 +567,11 @@ pub fn train(args: &TrainArgs, resume: bool, settings: &CompilerSettings) -> Res
     config["image_tokenizer"] =
         json!({ "run": vq_dir, "checkpoint": vq.checkpoint, "codebook": codebook, "grid": grid });
     run.write_config(&config)?;
-    let tokens = vq.tokens(&args.data, data.as_ref(), args.samples, settings)?;
+    let tokens = vq.tokens(&args.data, data.as_ref(), args.samples, device)?;
     let params = initial_params(&model, args)?;
     let mut probe_batches = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
     let example = probe_batches.next()?.0;
-    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, settings, args, &run, resume)?;
+    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, device, args, &run, resume)?;
     let per_item = tokens.per_item;
     let mut batches =
         MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;
@@ -595,16 +593,16 @@ fn token_trainer(
     params: &Tensors,
     example: &Tensors,
     opt: AdamW,
-    settings: &CompilerSettings,
+    device: &dyn Device,
     args: &TrainArgs,
     run: &RunDir,
     resume: bool,
 ) -> Result<(Trainer, Progress), String> {
     let options = train_options(args, &[], &[]);
-    let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, settings, &options)
+    let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, device, &options)
         .map_err(|e| e.to_string())?;
     if args.ema > 0.0 {
-        trainer.start_ema();
+        trainer.start_ema().map_err(|e| e.to_string())?;
     }
     let start = if resume { fit::restore(run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
     Ok((trainer, start))
@@ -614,7 +612,7 @@ fn token_trainer(
 fn train_critic(
     args: &TrainArgs,
     resume: bool,
-    settings: &CompilerSettings,
+    device: &dyn Device,
     run: &RunDir,
     opt: AdamW,
     mut config: Value,
@@ -622,7 +620,7 @@ fn train_critic(
 ) -> Result<Summary, String> {
     let gen_dir =
         args.generator.as_ref().ok_or("a token critic needs --generator RUN_DIR (a trained masked-token model)")?;
-    let generator = TrainedTokenModel::open(gen_dir, settings)?;
+    let generator = TrainedTokenModel::open(gen_dir, device)?;
     let (codebook, grid) = (generator.codebook, generator.grid);
     let sets = token_model_sets(&args.sets, codebook, grid, &generator.vq.run)?;
     let model = compile_model(&args.model, &sets)?;
@@ -645,13 +643,13 @@ fn train_critic(
     let vq_res =
         config_int(&generator.vq.model, "resolution").ok_or("the image tokenizer has no `resolution` config")? as usize;
     let data = data::open(&args.data, vq_res, args.seed, args.flip)?;
-    let tokens = generator.vq.tokens(&args.data, data.as_ref(), args.samples, settings)?;
+    let tokens = generator.vq.tokens(&args.data, data.as_ref(), args.samples, device)?;
     let per_item = tokens.per_item;
     let params = initial_params(&model, args)?;
     let masked = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
     let mut probe = CriticBatches { masked, generator, seed: args.seed };
     let example = probe.next()?.0;
-    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, settings, args, run, resume)?;
+    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, device, args, run, resume)?;
     let masked = MaskedBatches::new(tokens, &text, codebook as i32, 0.0, args.batch, args.seed, start.data_pos)?;
     let mut batches = CriticBatches { masked, generator: probe.generator, seed: args.seed };
     eprintln!(
@@ -672,7 +670,7 @@ fn train_critic(
 fn train_tokenizer(
     args: &TrainArgs,
     resume: bool,
-    settings: &CompilerSettings,
+    device: &dyn Device,
     run: &RunDir,
     opt: AdamW,
     probe: &Model,
@@ -738,10 +736,10 @@ fn train_tokenizer(
         }
         let options = train_options(args, &outputs, if seg.adversary { &["disc"] } else { &[] });
         let example: Tensors = [("image".to_string(), image(&seg.stage))].into();
-        let mut t = Trainer::with_options(&m.graph, &m.name, params, &example, opt.clone(), settings, &options)
+        let mut t = Trainer::with_options(&m.graph, &m.name, params, &example, opt.clone(), device, &options)
             .map_err(|e| e.to_string())?;
         if args.ema > 0.0 {
-            t.start_ema();
+            t.start_ema().map_err(|e| e.to_string())?;
         }
         Ok(t)
     };
@@ -756,7 +754,7 @@ fn train_tokenizer(
             params.iter().filter(|(k, _)| k.starts_with("disc.")).map(|(k, v)| (k.clone(), v.clone())).collect();
         check_same_parameters(&d, &mine, &args.model)?;
         let options = TrainOptions { outputs: vec!["real_logits".into(), "fake_logits".into()], frozen: vec![] };
-        let t = Trainer::with_options(&d.graph, &d.name, &mine, &example, disc_opt.clone(), settings, &options)
+        let t = Trainer::with_options(&d.graph, &d.name, &mine, &example, disc_opt.clone(), device, &options)
             .map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(Some(Adversary::new(t)))
     };
@@ -863,10 +861,10 @@ fn next_segment(
     trainer_at: &TrainerAt,
     adversary_at: &AdversaryAt,
 ) -> Result<(Trainer, Option<Adversary>), String> {
-    let params = prev.params();
-    let trainer = carry_over(&prev, trainer_at(seg, &params)?);
+    let params = prev.params().map_err(|e| e.to_string())?;
+    let trainer = carry_over(&mut prev, trainer_at(seg, &params)?)?;
     let adversary = match (prev_adversary, adversary_at(seg, &params)?) {
-        (Some(old), Some(new)) => Some(Adversary::new(carry_over(&old.trainer, new.trainer))),
+        (Some(mut old), Some(new)) => Some(Adversary::new(carry_over(&mut old.trainer, new.trainer)?)),
         (_, new) => new,
     };
     Ok((trainer, adversary))
@@ -933,10 +931,11 @@ fn check_same_parameters(d: &Model, tokenizer: &Tensors, tokenizer_file: &Path) 
 }
 
 /// `next`, compiled for the next stage, with `prev`'s optimizer state and weight average.
-fn carry_over(prev: &Trainer, mut next: Trainer) -> Trainer {
-    next.set_optimizer_state(&prev.optimizer_state()).expect("the same parameters at every resolution");
-    if let Some(e) = prev.ema() {
-        next.set_ema(&e);
+fn carry_over(prev: &mut Trainer, mut next: Trainer) -> Result<Trainer, String> {
+    let state = prev.optimizer_state().map_err(|e| e.to_string())?;
+    next.set_optimizer_state(&state).map_err(|e| format!("carrying the optimizer into the next stage: {e}"))?;
+    if let Some(e) = prev.ema().map_err(|e| e.to_string())? {
+        next.set_ema(&e).map_err(|e| e.to_string())?;
     }
-    next
+    Ok(next)
 }

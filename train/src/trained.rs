@@ -7,9 +7,7 @@ use crate::session::{compile_model, token_model_sets, ImageTokenizer, TrainArgs}
 use crate::text::TextTokenizer;
 use muse_compiler::ir::{DType, NodeIndex};
 use muse_compiler::{ConfigValue, Model};
-use muse_runtime::backend::Tensors;
-use muse_runtime::cpu::compile::CompilerSettings;
-use muse_runtime::cpu::CpuProgram;
+use muse_runtime::device::{Device, Program, Tensors};
 use muse_runtime::{Data, HostTensor};
 use std::path::Path;
 
@@ -29,7 +27,8 @@ pub struct TrainedTokenModel {
     pub grid: i64,
     /// Steps its checkpoint was trained for.
     pub step: u64,
-    program: CpuProgram,
+    /// Compiled for `logits`; borrowed mutably by each call (a program holds its buffers).
+    program: std::cell::RefCell<Box<dyn Program>>,
     logits: NodeIndex,
 }
 
@@ -44,7 +43,7 @@ pub fn config_int(m: &Model, key: &str) -> Result<i64, String> {
 
 impl TrainedTokenModel {
     /// Opens the run at `dir` (trained with an image tokenizer: config.json names it).
-    pub fn open(dir: &Path, settings: &CompilerSettings) -> Result<TrainedTokenModel, String> {
+    pub fn open(dir: &Path, device: &dyn Device) -> Result<TrainedTokenModel, String> {
         let targs = TrainArgs::from_run(dir)?;
         let run = RunDir::open(dir)?;
         let config = run.config()?;
@@ -68,7 +67,7 @@ impl TrainedTokenModel {
             .collect::<Result<_, _>>()?;
         let logits =
             model.graph.outputs.iter().find(|(n, _)| n == "logits").ok_or("the model has no `logits` output")?.1;
-        let program = CpuProgram::compile(&model.graph, &[logits], settings).map_err(|e| e.to_string())?;
+        let program = device.compile(&model.graph, &[logits]).map_err(|e| e.to_string())?.into();
         Ok(TrainedTokenModel { model, params, text, vq, codebook, grid, step: progress.step, program, logits })
     }
 
@@ -91,7 +90,7 @@ impl TrainedTokenModel {
             };
             all.insert(name.clone(), t);
         }
-        let out = self.program.run(&self.model.graph, &all, &self.params, seed).map_err(|e| e.to_string())?;
+        let out = self.program.borrow_mut().run(&all, &self.params, seed).map_err(|e| e.to_string())?;
         match &out[&self.logits].data {
             Data::F(v) => Ok(v.clone()),
             _ => Err("logits are not floats".into()),

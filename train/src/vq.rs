@@ -3,7 +3,7 @@
 //! noise), so the codebook keeps its capacity instead of collapsing onto a few codes.
 
 use crate::fit::{StepDone, StepHook};
-use muse_runtime::backend::Tensors;
+use muse_runtime::device::Tensors;
 use muse_runtime::rng::{mix64, normal, uniform};
 use muse_runtime::train::Trainer;
 use muse_runtime::{Data, HostTensor};
@@ -46,7 +46,7 @@ impl StepHook for Reseed {
         let dead: Vec<usize> = (0..self.usage.len()).filter(|&j| self.usage[j] == 0.0).collect();
         let total: f64 = self.usage.iter().sum();
         if !dead.is_empty() && total > 0.0 {
-            let mut params = t.params();
+            let mut params = t.params().map_err(|e| e.to_string())?;
             let emb = params.get(&self.param).ok_or_else(|| format!("no codebook parameter `{}`", self.param))?;
             let (k, d) = (emb.shape[0], emb.shape[1]);
             let mut e = emb.to_f64();
@@ -75,10 +75,10 @@ impl StepHook for Reseed {
         Ok(())
     }
 
-    fn state(&self) -> Tensors {
+    fn state(&mut self) -> Result<Tensors, String> {
         let mut t = Tensors::new();
         t.insert(self.key(), HostTensor::f(&[self.usage.len()], self.usage.clone()));
-        t
+        Ok(t)
     }
 
     fn restore(&mut self, t: &Tensors) -> Result<(), String> {

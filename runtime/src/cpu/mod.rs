@@ -4,6 +4,9 @@
 
 pub mod blas;
 pub mod compile;
+pub mod device;
+
+pub use device::{CpuDevice, CpuOptions};
 
 use crate::interp::{bind_inputs, check_params, RunError};
 use crate::memory;
@@ -32,7 +35,8 @@ pub struct CpuProgram {
     ranges: Vec<Option<compile::RangeFn>>,
     /// The matrix-product template of kernels/gemm.c, when the program has products.
     gemm: Option<compile::GemmFn>,
-    requested: Vec<NodeIndex>,
+    /// The values it computes.
+    pub requested: Vec<NodeIndex>,
 }
 
 /// OpenMP threads that spin long while waiting for work slow down any other thread pool on
@@ -188,19 +192,39 @@ pub struct Prepared {
     aliases: std::collections::BTreeMap<NodeIndex, NodeIndex>,
     /// Each input the program reads: its node and bound shape.
     inputs: HashMap<String, (NodeIndex, Vec<usize>)>,
-    /// Each parameter the program reads: its node.
+    /// Each parameter of the graph: its node (held even when no kernel reads it, so that
+    /// the optimizer and checkpoints see every parameter).
     params: HashMap<String, NodeIndex>,
+    /// Each parameter's shape.
+    param_shapes: HashMap<String, Vec<usize>>,
+}
+
+impl crate::device::host::HostBuffers for Prepared {
+    fn params_and_grads(&mut self, pairs: &[(String, NodeIndex)]) -> Vec<(&mut [f32], std::borrow::Cow<'_, [f32]>)> {
+        Prepared::params_and_grads(self, pairs)
+    }
 }
 
 impl Prepared {
     /// The current value of a requested or planned node.
     pub fn read(&self, n: NodeIndex) -> HostTensor {
-        let shape = self.shapes[&n].clone();
+        self.try_read(n).unwrap_or_else(|| panic!("value {n:?} is neither requested nor planned"))
+    }
+
+    /// The current value of a requested or planned node; none for another node.
+    pub fn try_read(&self, n: NodeIndex) -> Option<HostTensor> {
+        let shape = self.shapes.get(&n)?.clone();
         let src = self.aliases.get(&n).copied().unwrap_or(n);
         match self.external.get(&src) {
-            Some(b) => b.to_host(shape),
-            None => self.slots[self.plan.slot_of[&src]].to_host_prefix(shape),
+            Some(b) => Some(b.to_host(shape)),
+            None => Some(self.slots[*self.plan.slot_of.get(&src)?].to_host_prefix(shape)),
         }
+    }
+
+    /// Parameter `name` as the program holds it.
+    pub fn read_param(&self, name: &str) -> Option<HostTensor> {
+        let n = self.params.get(name)?;
+        Some(self.external.get(n)?.to_host(self.param_shapes.get(name)?.clone()))
     }
 
     /// Overwrites input `name` for the next launch. The shape must be the one the buffers
@@ -436,11 +460,14 @@ impl CpuProgram {
         // Inputs and parameters get buffers of their own; intermediates share planned slots.
         let mut external: HashMap<NodeIndex, Buf> = HashMap::new();
         for &n in self.program.materialized.keys() {
-            match &g.node(n).op {
-                Op::Input { name } => external.insert(n, Buf::from_host(&inputs[name])),
-                Op::Param { name } => external.insert(n, Buf::from_host(&params[name])),
-                _ => None,
-            };
+            if let Op::Input { name } = &g.node(n).op {
+                external.insert(n, Buf::from_host(&inputs[name]));
+            }
+        }
+        for n in g.g.node_indices() {
+            if let Op::Param { name } = &g.node(n).op {
+                external.insert(n, Buf::from_host(&params[name]));
+            }
         }
         let lens: HashMap<NodeIndex, usize> =
             g.g.node_indices().map(|n| (n, shape_of(n).iter().product::<usize>())).collect();
@@ -481,9 +508,11 @@ impl CpuProgram {
                     _ => None,
                 })
                 .collect();
+        let param_shapes = g.params.iter().map(|p| (p.name.clone(), params[&p.name].shape.clone())).collect();
         Ok(Prepared {
             inputs: input_nodes,
             params: param_nodes,
+            param_shapes,
             sizes,
             external,
             slots,
@@ -666,3 +695,6 @@ impl CpuProgram {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! The reference interpreter: runs a graph op by op on the host, without fusion, in f32 or
 //! (for finite differences) f64. It is the oracle for every faster backend.
 
+pub mod device;
 pub mod ops;
 
 pub use ops::Precision;

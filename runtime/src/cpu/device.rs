@@ -1,0 +1,152 @@
+//! The CPU backend behind the device interface: a [`CpuProgram`] with its bound buffers
+//! and the host optimizer over them.
+
+use super::compile::CompilerSettings;
+use super::{CpuProgram, Prepared};
+use crate::device::host::{HostState, HostStep};
+use crate::device::{Device, DeviceError, Observer, Optimizer, Program, Tensors};
+use crate::interp::RunError;
+use crate::tensor::HostTensor;
+use muse_compiler::ir::{Graph, NodeIndex};
+use muse_compiler::kernel::{KernelProgram, Step};
+use std::path::PathBuf;
+
+/// What a caller may set of the CPU backend through [`crate::device::DeviceOptions`].
+#[derive(Clone, Debug, Default)]
+pub struct CpuOptions {
+    /// Folder of compiled kernels (none: `MUSE_CACHE_DIR` or the user's cache).
+    pub cache_dir: Option<PathBuf>,
+    /// `-O1` instead of `-O3` (several times faster to compile; the same numbers).
+    pub quick: bool,
+}
+
+/// The CPU device: generated C compiled by the system compiler.
+#[derive(Clone, Debug, Default)]
+pub struct CpuDevice {
+    /// How C is compiled.
+    pub settings: CompilerSettings,
+}
+
+impl CpuDevice {
+    /// The device with the environment's compiler settings and `opts` on top.
+    pub fn new(opts: &CpuOptions) -> CpuDevice {
+        let mut settings = CompilerSettings::default();
+        if let Some(d) = &opts.cache_dir {
+            settings.cache_dir = d.clone();
+        }
+        if opts.quick {
+            settings.flags.iter_mut().filter(|f| f.starts_with("-O")).for_each(|f| *f = "-O1".into());
+        }
+        CpuDevice { settings }
+    }
+}
+
+impl Device for CpuDevice {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn compile(&self, g: &Graph, requested: &[NodeIndex]) -> Result<Box<dyn Program>, DeviceError> {
+        let program =
+            CpuProgram::compile(g, requested, &self.settings).map_err(|e| DeviceError::Compile(e.to_string()))?;
+        Ok(Box::new(Bound { program, graph: g.clone(), prep: None, state: None }))
+    }
+}
+
+/// A compiled CPU program and, once bound, its buffers.
+struct Bound {
+    program: CpuProgram,
+    graph: Graph,
+    prep: Option<Prepared>,
+    state: Option<HostState>,
+}
+
+fn unbound() -> RunError {
+    RunError::File("the program has no buffers yet: bind it to inputs and parameters first".into())
+}
+
+impl Bound {
+    fn prep(&mut self) -> Result<&mut Prepared, RunError> {
+        self.prep.as_mut().ok_or_else(unbound)
+    }
+}
+
+impl Program for Bound {
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    fn requested(&self) -> &[NodeIndex] {
+        &self.program.requested
+    }
+    fn launches(&self) -> usize {
+        self.program.launches()
+    }
+    fn planned_bytes(&self) -> usize {
+        self.prep.as_ref().map_or(0, |p| p.plan.peak_bytes)
+    }
+    fn kernels(&self) -> Option<&KernelProgram> {
+        Some(&self.program.program)
+    }
+    fn step_name(&self, step: usize) -> String {
+        match self.program.program.steps.get(step) {
+            Some(Step::Kernel(k)) => k.kernel.name.clone(),
+            Some(Step::MatMul(m)) => m.epilogue.as_ref().map_or("gemm".into(), |e| format!("gemm+{}", e.kernel.name)),
+            None => format!("step {step}"),
+        }
+    }
+    fn bind(&mut self, inputs: &Tensors, params: &Tensors) -> Result<(), RunError> {
+        self.prep = Some(self.program.prepare(&self.graph, inputs, params)?);
+        self.state = None;
+        Ok(())
+    }
+    fn write_input(&mut self, name: &str, t: &HostTensor) -> Result<(), RunError> {
+        self.prep()?.write_input(name, t)
+    }
+    fn write_param(&mut self, name: &str, t: &HostTensor) -> Result<bool, RunError> {
+        match self.prep()?.param_mut(name) {
+            Some(buf) if buf.len() == t.len() => {
+                buf.iter_mut().zip(t.to_f64()).for_each(|(b, v)| *b = v as f32);
+                Ok(true)
+            }
+            Some(buf) => {
+                Err(RunError::ParamShape { name: name.to_string(), expected: vec![buf.len()], found: t.shape.clone() })
+            }
+            None => Ok(false),
+        }
+    }
+    fn read_param(&self, name: &str) -> Option<HostTensor> {
+        self.prep.as_ref()?.read_param(name)
+    }
+    fn execute(&mut self, seed: u64) -> Result<(), RunError> {
+        let prep = self.prep.as_mut().ok_or_else(unbound)?;
+        self.program.launch(prep, seed, None);
+        Ok(())
+    }
+    fn execute_observed(&mut self, seed: u64, observe: &mut Observer) -> Result<(), RunError> {
+        let prep = self.prep.as_mut().ok_or_else(unbound)?;
+        self.program.launch(prep, seed, Some(observe));
+        Ok(())
+    }
+    fn read(&self, n: NodeIndex) -> Result<HostTensor, RunError> {
+        let prep = self.prep.as_ref().ok_or_else(unbound)?;
+        prep.try_read(n)
+            .ok_or_else(|| RunError::File(format!("value {n:?} is neither requested nor stored by the program")))
+    }
+    fn profile(&mut self, seed: u64, runs: usize) -> Result<Vec<f64>, RunError> {
+        let prep = self.prep.as_mut().ok_or_else(unbound)?;
+        Ok(self.program.profile(prep, seed, runs))
+    }
+    fn attach_optimizer(&mut self, trained: &[(String, NodeIndex)]) -> Result<(), RunError> {
+        let prep = self.prep()?;
+        let sizes = trained
+            .iter()
+            .map(|(n, _)| prep.param_mut(n).map(|b| b.len()).ok_or_else(|| RunError::MissingParam(n.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.state = Some(HostState::new(trained, &sizes));
+        Ok(())
+    }
+    fn optimizer(&mut self) -> Result<Box<dyn Optimizer + '_>, RunError> {
+        let buffers = self.prep.as_mut().ok_or_else(unbound)?;
+        let state = self.state.as_mut().ok_or_else(|| RunError::File("no optimizer attached".into()))?;
+        Ok(Box::new(HostStep { state, buffers }))
+    }
+}

@@ -1,0 +1,229 @@
+//! The device interface as the proof that a backend plugs in through it alone: `muse train
+//! --device interp` (the reference interpreter, which fuses and generates nothing) trains
+//! the image tokenizer and a masked-token model with the losses `--device cpu` gets; the
+//! optimizer verbs of both devices agree with the host AdamW; and nothing outside the CPU
+//! backend's folder and the device chooser names the CPU backend's types.
+
+mod common;
+
+use muse_compiler::autodiff::{differentiate, Wrt};
+use muse_runtime::device::{AdamStep, Grads, Slot, Tensors};
+use muse_runtime::inputs::random_inputs;
+use muse_runtime::optim::{self, AdamState, AdamW};
+use muse_runtime::{init_params, Precision};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("muse-devices-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+/// Runs the `muse` program with quick kernel compiles into a cache of this test's own.
+fn muse(args: &[&str], cache: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_muse"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MUSE_CACHE_DIR", cache)
+        .env("MUSE_CFLAGS", "-O1 -march=native -fopenmp")
+        .output()
+        .expect("run muse");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Equal within what f32 rounding in another order of operations leaves after a few
+/// optimizer steps.
+fn assert_close(what: &str, a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{what}: step {}: loss {x} (interp) vs {y} (cpu)", i + 1);
+    }
+    assert!(a.windows(2).any(|w| w[0] != w[1]), "{what}: the losses move: {a:?}");
+}
+
+#[test]
+fn training_on_the_interpreter_equals_the_cpu() {
+    let dir = scratch("train");
+    let cache = dir.join("kernels");
+    let vq_sets = [
+        "--set",
+        "resolution=8",
+        "--set",
+        "channels=4",
+        "--set",
+        "levels=1",
+        "--set",
+        "codebook=16",
+        "--set",
+        "code_dim=4",
+        "--set",
+        "groups=2",
+    ];
+    let mut runs = Vec::new();
+    for device in ["cpu", "interp"] {
+        let out = dir.join(format!("vq-{device}"));
+        let mut args = vec!["train", "models/vq_tokenizer.muse", "--device", device, "--steps", "4", "--batch", "4"];
+        args.extend(["--lr", "3e-3", "--warmup", "2", "--ema", "0.9", "--out", out.to_str().unwrap()]);
+        args.extend(vq_sets);
+        let (ok, log) = muse(&args, &cache);
+        assert!(ok, "{device}: {log}");
+        runs.push(losses(&out));
+    }
+    assert_close("image tokenizer", &runs[1], &runs[0]);
+    // A masked-token model on the CPU-trained tokenizer's ids (encoded once and cached, so
+    // both devices see the same tokens), two micro-batches per step.
+    let vq = dir.join("vq-cpu");
+    let mut runs = Vec::new();
+    for device in ["cpu", "interp"] {
+        let out = dir.join(format!("xz-{device}"));
+        let mut args = vec!["train", "models/mamba_xattn_xz.muse", "--device", device, "--steps", "4", "--batch", "4"];
+        args.extend(["--accumulate", "2", "--lr", "3e-3", "--warmup", "2", "--samples", "64"]);
+        args.extend(["--tokenizer", vq.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        args.extend(["--set", "dim=16", "--set", "depth=1", "--set", "text_depth=1", "--set", "text_vocab=64"]);
+        args.extend(["--set", "text_len=8", "--set", "d_state=4", "--set", "heads=2"]);
+        let (ok, log) = muse(&args, &cache);
+        assert!(ok, "{device}: {log}");
+        runs.push(losses(&out));
+    }
+    assert_close("mamba_xattn_xz", &runs[1], &runs[0]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn auto_says_what_it_chose_and_cuda_what_is_missing() {
+    let cache = scratch("auto");
+    let (ok, log) = muse(&["run", "models/muse_small.muse", "--set", "depth=1", "--set", "dim=16"], &cache);
+    assert!(ok, "{log}");
+    assert!(log.contains("device auto: cpu"), "{log}");
+    let (ok, log) = muse(&["run", "models/muse_small.muse", "--device", "cuda"], &cache);
+    assert!(!ok);
+    assert!(log.contains("--device cuda:") && log.contains("--device cpu"), "{log}");
+    let (ok, log) = muse(&["run", "models/muse_small.muse", "--device", "tpu"], &cache);
+    assert!(!ok);
+    assert!(log.contains("choose cpu, interp, cuda or auto"), "{log}");
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+/// Each device's optimizer verbs over its resident buffers against the host AdamW applied
+/// here to gradients read back: accumulation, norm, clipping scale, moments, the average.
+#[test]
+fn device_optimizers_follow_the_host_adamw() {
+    let name = "mamba_xattn_xz";
+    let m = common::compile_model(name, &common::tiny(name, "2"));
+    let d = differentiate(&m.graph, Wrt::default());
+    let mut req = vec![d.loss];
+    req.extend(d.params.iter().map(|x| x.1));
+    let params = init_params(&m.graph, 3, Precision::F32).unwrap();
+    let batches: Vec<Tensors> = (0..2).map(|s| random_inputs(&m.graph, 2, 20 + s)).collect();
+    let cfg = AdamW { lr: 1e-2, clip_norm: Some(0.5), ..AdamW::default() };
+    for device in ["cpu", "interp"] {
+        let mut p = common::device(device, "optim").compile(&d.graph, &req).unwrap();
+        p.bind(&batches[0], &params).unwrap();
+        p.attach_optimizer(&d.params).unwrap();
+        let mut host: Vec<Vec<f32>> =
+            d.params.iter().map(|(n, _)| params[n].to_f64().iter().map(|&x| x as f32).collect()).collect();
+        let mut state = AdamState::new(&host.iter().map(Vec::len).collect::<Vec<_>>());
+        for t in 1..=3u64 {
+            // Two micro-batches: the host sums what the device reads back.
+            let mut sum: Vec<Vec<f32>> = Vec::new();
+            for (i, b) in batches.iter().enumerate() {
+                for (k, v) in b {
+                    p.write_input(k, v).unwrap();
+                }
+                p.execute(t).unwrap();
+                let g: Vec<Vec<f32>> = d
+                    .params
+                    .iter()
+                    .map(|(_, g)| p.read(*g).unwrap().to_f64().iter().map(|&x| x as f32).collect())
+                    .collect();
+                if i == 0 {
+                    sum = g;
+                } else {
+                    sum.iter_mut().zip(&g).for_each(|(s, g)| s.iter_mut().zip(g).for_each(|(s, g)| *s += g));
+                }
+                p.optimizer().unwrap().accumulate(i == 0);
+            }
+            let refs: Vec<&[f32]> = sum.iter().map(Vec::as_slice).collect();
+            let norm = optim::global_norm(&refs) / 2.0;
+            let mut opt = p.optimizer().unwrap();
+            assert_eq!(opt.gradient_norm(Grads::Accumulated) / 2.0, norm, "{device}: the norm of the sum");
+            let grad_scale = optim::clip_factor(norm, cfg.clip_norm) / 2.0;
+            if t == 1 {
+                opt.start_ema();
+            }
+            opt.adamw(&AdamStep { cfg: cfg.clone(), lr: cfg.lr, t, grad_scale }, Grads::Accumulated);
+            opt.update_ema(0.5);
+            drop(opt);
+            let mut views: Vec<&mut [f32]> = host.iter_mut().map(Vec::as_mut_slice).collect();
+            optim::step(&cfg, cfg.lr, &mut state, &mut views, &refs, grad_scale);
+        }
+        let mut opt = p.optimizer().unwrap();
+        for (k, (name, _)) in d.params.iter().enumerate() {
+            assert_eq!(opt.read_state(Slot::M, k).unwrap(), state.m[k], "{device}: first moment of {name}");
+            assert_eq!(opt.read_state(Slot::V, k).unwrap(), state.v[k], "{device}: second moment of {name}");
+            assert!(opt.has_ema() && opt.read_state(Slot::Ema, k).unwrap().len() == host[k].len());
+        }
+        drop(opt);
+        for (k, (name, _)) in d.params.iter().enumerate() {
+            let ours: Vec<f32> = p.read_param(name).unwrap().to_f64().iter().map(|&x| x as f32).collect();
+            assert_eq!(ours, host[k], "{device}: {name} after 3 steps");
+        }
+    }
+    common::forget_cache("optim");
+}
+
+/// Words that name the CPU backend's types and module.
+const CPU_NAMES: &[&str] =
+    &["cpu::", "CpuProgram", "CpuDevice", "CpuOptions", "CompilerSettings", "Prepared", "quiet_openmp", "GemmArgs"];
+
+/// Whether `text` has `word` as a whole identifier (or path prefix).
+fn names(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + word.len()..].chars().next();
+        let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        !ident(before) && (word.ends_with("::") || !ident(after))
+    })
+}
+
+#[test]
+fn only_the_cpu_backend_and_the_chooser_name_the_cpu_backend() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let allowed = [root.join("runtime/src/cpu"), root.join("runtime/src/device/select.rs"), root.join(file!())];
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let skip = p.file_name().is_some_and(|n| n == "target" || n.to_string_lossy().starts_with('.'));
+            if p.is_dir() && !skip {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") && !allowed.iter().any(|a| p.starts_with(a)) {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() > 50, "the walk found the sources ({} files)", files.len());
+    let mut offenders = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if let Some(w) = CPU_NAMES.iter().find(|w| names(line, w)) {
+                offenders.push(format!("{}:{}: {w}", f.strip_prefix(root).unwrap().display(), n + 1));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "outside the CPU backend, use the device interface:\n{}", offenders.join("\n"));
+    // The check itself sees a use when there is one.
+    assert!(names("use muse_runtime::cpu::CpuProgram;", "cpu::") && names("x: CompilerSettings,", "CompilerSettings"));
+    assert!(!names("MyCpuProgramX", "CpuProgram") && !names("prepared", "Prepared"));
+}
