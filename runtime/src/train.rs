@@ -146,8 +146,8 @@ impl Trainer {
             requested.push(n.1);
         }
         let mut program = device.compile(&grads.graph, &requested).map_err(TrainError::Device)?;
-        program.bind(example, params)?;
         program.attach_optimizer(&trained)?;
+        program.bind(example, params)?;
         let extra = params
             .iter()
             .filter(|(k, _)| !model.params.iter().any(|p| &p.name == *k))

@@ -105,6 +105,8 @@ pub enum Access {
     Read,
     /// Written (every element, exactly once).
     Write,
+    /// Read, then written at the same element (an optimizer's state, updated in place).
+    Update,
 }
 
 /// A buffer parameter of a kernel.

@@ -2,14 +2,14 @@
 //! and the host optimizer over them.
 
 use super::compile::CompilerSettings;
-use super::{CpuProgram, Prepared};
-use crate::device::host::{HostState, HostStep};
+use super::{optim, CpuProgram, Prepared};
 use crate::device::{Device, DeviceError, Observer, Optimizer, Program, Tensors};
 use crate::interp::RunError;
 use crate::tensor::HostTensor;
 use muse_compiler::ir::{Graph, NodeIndex};
 use muse_compiler::kernel::{KernelProgram, Step};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What a caller may set of the CPU backend through [`crate::device::DeviceOptions`].
 #[derive(Clone, Debug, Default)]
@@ -48,7 +48,8 @@ impl Device for CpuDevice {
     fn compile(&self, g: &Graph, requested: &[NodeIndex]) -> Result<Box<dyn Program>, DeviceError> {
         let program =
             CpuProgram::compile(g, requested, &self.settings).map_err(|e| DeviceError::Compile(e.to_string()))?;
-        Ok(Box::new(Bound { program, graph: g.clone(), prep: None, state: None }))
+        let settings = self.settings.clone();
+        Ok(Box::new(Bound { program, graph: g.clone(), settings, prep: None, trained: Vec::new(), state: None }))
     }
 }
 
@@ -56,8 +57,12 @@ impl Device for CpuDevice {
 struct Bound {
     program: CpuProgram,
     graph: Graph,
+    settings: CompilerSettings,
     prep: Option<Prepared>,
-    state: Option<HostState>,
+    /// The (parameter, gradient) pairs an optimizer updates, in its order.
+    trained: Vec<(String, NodeIndex)>,
+    /// The optimizer's kernels (once attached) and state (once bound).
+    state: Option<(Arc<optim::Kernels>, Option<optim::State>)>,
 }
 
 fn unbound() -> RunError {
@@ -94,8 +99,12 @@ impl Program for Bound {
         }
     }
     fn bind(&mut self, inputs: &Tensors, params: &Tensors) -> Result<(), RunError> {
-        self.prep = Some(self.program.prepare(&self.graph, inputs, params)?);
-        self.state = None;
+        let prep = self.program.prepare_trained(&self.graph, inputs, params, &self.trained)?;
+        if let Some((kernels, state)) = self.state.as_mut() {
+            let lens = self.trained.iter().map(|(n, _)| params.get(n).map_or(0, |t| t.len())).collect();
+            *state = Some(optim::State::new(lens, kernels.clone()));
+        }
+        self.prep = Some(prep);
         Ok(())
     }
     fn write_input(&mut self, name: &str, t: &HostTensor) -> Result<(), RunError> {
@@ -136,17 +145,21 @@ impl Program for Bound {
         Ok(self.program.profile(prep, seed, runs))
     }
     fn attach_optimizer(&mut self, trained: &[(String, NodeIndex)]) -> Result<(), RunError> {
-        let prep = self.prep()?;
-        let sizes = trained
-            .iter()
-            .map(|(n, _)| prep.param_mut(n).map(|b| b.len()).ok_or_else(|| RunError::MissingParam(n.clone())))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.state = Some(HostState::new(trained, &sizes));
+        if self.prep.is_some() {
+            return Err(RunError::File("attach the optimizer before binding the program".into()));
+        }
+        let kernels = optim::Kernels::compile(&self.settings).map_err(|e| RunError::File(e.to_string()))?;
+        self.trained = trained.to_vec();
+        self.state = Some((Arc::new(kernels), None));
         Ok(())
     }
     fn optimizer(&mut self) -> Result<Box<dyn Optimizer + '_>, RunError> {
-        let buffers = self.prep.as_mut().ok_or_else(unbound)?;
-        let state = self.state.as_mut().ok_or_else(|| RunError::File("no optimizer attached".into()))?;
-        Ok(Box::new(HostStep { state, buffers }))
+        let prep = self.prep.as_mut().ok_or_else(unbound)?;
+        let state = self
+            .state
+            .as_mut()
+            .and_then(|s| s.1.as_mut())
+            .ok_or_else(|| RunError::File("no optimizer attached".into()))?;
+        Ok(Box::new(optim::Step { state, prep }))
     }
 }

@@ -5,6 +5,7 @@
 pub mod blas;
 pub mod compile;
 pub mod device;
+pub mod optim;
 
 pub use device::{CpuDevice, CpuOptions};
 
@@ -180,9 +181,23 @@ unsafe fn gather(p: *const f32, rows: usize, cols: usize, r: &Axis, c: &Axis) ->
 }
 
 /// The buffers of one run: inputs, parameters and the planned intermediates.
+///
+/// The f32 parameters live side by side in one arena, the trained ones first in optimizer
+/// order; their gradients are planned side by side in the memory plan's arena slot at the
+/// same offsets (those computed in place; the rest are copied there after each run, see
+/// [`Prepared::gather_gradients`]), so the optimizer updates every parameter with one
+/// kernel launch per verb.
 pub struct Prepared {
     sizes: Vec<i64>,
     external: HashMap<NodeIndex, Buf>,
+    /// The f32 parameters, side by side.
+    param_arena: Buf,
+    /// Each f32 parameter's element offset and length in the arena.
+    param_at: HashMap<NodeIndex, (usize, usize)>,
+    /// Elements of the trained stretch at the start of both arenas.
+    pub(crate) trained_len: usize,
+    /// Trained gradients not computed in the gradient arena: (offset, node), copied in.
+    grad_copies: Vec<(usize, NodeIndex)>,
     slots: Vec<Buf>,
     ptrs: HashMap<NodeIndex, *mut c_void>,
     /// Where the intermediates live.
@@ -199,32 +214,37 @@ pub struct Prepared {
     param_shapes: HashMap<String, Vec<usize>>,
 }
 
-impl crate::device::host::HostBuffers for Prepared {
-    fn params_and_grads(&mut self, pairs: &[(String, NodeIndex)]) -> Vec<(&mut [f32], std::borrow::Cow<'_, [f32]>)> {
-        Prepared::params_and_grads(self, pairs)
-    }
-}
-
 impl Prepared {
     /// The current value of a requested or planned node.
     pub fn read(&self, n: NodeIndex) -> HostTensor {
         self.try_read(n).unwrap_or_else(|| panic!("value {n:?} is neither requested nor planned"))
     }
 
+    /// The buffer holding node `n` (through its alias) and the element offset in it.
+    fn place(&self, n: NodeIndex) -> Option<(&Buf, usize)> {
+        let src = self.aliases.get(&n).copied().unwrap_or(n);
+        if let Some(b) = self.external.get(&src) {
+            return Some((b, 0));
+        }
+        if let Some(&(off, _)) = self.param_at.get(&src) {
+            return Some((&self.param_arena, off));
+        }
+        let k = *self.plan.slot_of.get(&src)?;
+        Some((&self.slots[k], self.plan.offset_of.get(&src).copied().unwrap_or(0)))
+    }
+
     /// The current value of a requested or planned node; none for another node.
     pub fn try_read(&self, n: NodeIndex) -> Option<HostTensor> {
         let shape = self.shapes.get(&n)?.clone();
-        let src = self.aliases.get(&n).copied().unwrap_or(n);
-        match self.external.get(&src) {
-            Some(b) => Some(b.to_host(shape)),
-            None => Some(self.slots[*self.plan.slot_of.get(&src)?].to_host_prefix(shape)),
-        }
+        let (buf, off) = self.place(n)?;
+        Some(buf.to_host_at(off, shape))
     }
 
     /// Parameter `name` as the program holds it.
     pub fn read_param(&self, name: &str) -> Option<HostTensor> {
-        let n = self.params.get(name)?;
-        Some(self.external.get(n)?.to_host(self.param_shapes.get(name)?.clone()))
+        let n = *self.params.get(name)?;
+        let (buf, off) = self.place(n)?;
+        Some(buf.to_host_at(off, self.param_shapes.get(name)?.clone()))
     }
 
     /// Overwrites input `name` for the next launch. The shape must be the one the buffers
@@ -258,64 +278,47 @@ impl Prepared {
     /// The f32 elements of a planned or requested value.
     pub fn f32s(&self, n: NodeIndex) -> &[f32] {
         let len: usize = self.shapes[&n].iter().product();
-        let src = self.aliases.get(&n).copied().unwrap_or(n);
-        let buf = match self.external.get(&src) {
-            Some(b) => b,
-            None => &self.slots[self.plan.slot_of[&src]],
-        };
-        match buf {
-            Buf::F(v) => &v[..len],
-            _ => panic!("value {n:?} is not f32"),
+        match self.place(n) {
+            Some((Buf::F(v), off)) => &v[off..off + len],
+            _ => panic!("value {n:?} is not a stored f32"),
         }
     }
 
-    /// Parameter `name`'s buffer, which the program reads in place (none when unread).
+    /// Parameter `name`'s buffer, which the program reads in place (none for a parameter the
+    /// graph does not have).
     pub fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
         let n = self.params.get(name)?;
+        if let Some(&(off, len)) = self.param_at.get(n) {
+            let Buf::F(v) = &mut self.param_arena else { unreachable!("the arena holds f32") };
+            return Some(&mut v[off..off + len]);
+        }
         match self.external.get_mut(n)? {
             Buf::F(v) => Some(v.as_mut_slice()),
             _ => None,
         }
     }
 
-    /// Parameter buffers and their gradients, pair by pair, for an optimizer that updates
-    /// parameters in place. Pairs whose parameter the program does not read are left out.
-    /// A gradient that is itself a parameter (`sum(a * b)`) is copied first.
-    pub fn params_and_grads<'a>(
-        &'a mut self,
-        pairs: &[(String, NodeIndex)],
-    ) -> Vec<(&'a mut [f32], std::borrow::Cow<'a, [f32]>)> {
-        let param_nodes: std::collections::HashSet<NodeIndex> = self.params.values().copied().collect();
-        let grads: Vec<Option<std::borrow::Cow<'a, [f32]>>> = pairs
-            .iter()
-            .map(|(name, g)| {
-                self.params.contains_key(name).then(|| {
-                    let src = self.aliases.get(g).copied().unwrap_or(*g);
-                    let s = self.f32s(*g);
-                    if param_nodes.contains(&src) {
-                        std::borrow::Cow::Owned(s.to_vec())
-                    } else {
-                        // SAFETY: the slice lives in a planned slot or an input buffer, which
-                        // stays allocated and unchanged while `self` is borrowed, and is never
-                        // one of the parameter buffers handed out mutably below.
-                        std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(s.as_ptr(), s.len()) })
-                    }
-                })
-            })
-            .collect();
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for ((name, _), g) in pairs.iter().zip(grads) {
-            let (Some(g), Some(&n)) = (g, self.params.get(name)) else { continue };
-            assert!(seen.insert(n), "parameter {name} listed twice");
-            if let Some(Buf::F(v)) = self.external.get_mut(&n) {
-                assert_eq!(v.len(), g.len(), "gradient of {name} has the parameter's size");
-                // SAFETY: each parameter buffer is handed out once (checked above); the
-                // buffers are owned by `self.external`, borrowed for 'a.
-                out.push((unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr(), v.len()) }, g));
-            }
+    /// Copies the trained gradients the program did not compute in the gradient arena (a
+    /// gradient that is a parameter or an input itself, or shares another's buffer) to
+    /// their places there.
+    pub(crate) fn gather_gradients(&mut self) {
+        if self.grad_copies.is_empty() {
+            return;
         }
-        out
+        let copies: Vec<(usize, Vec<f32>)> =
+            self.grad_copies.iter().map(|&(off, g)| (off, self.f32s(g).to_vec())).collect();
+        let arena = self.plan.arena.expect("gradients to copy go to the arena");
+        let Buf::F(dst) = &mut self.slots[arena] else { unreachable!("the arena holds f32") };
+        for (off, v) in copies {
+            dst[off..off + v.len()].copy_from_slice(&v);
+        }
+    }
+
+    /// Pointers to the trained stretch of the parameter arena and of the gradient arena.
+    pub(crate) fn trained_arenas(&mut self) -> Option<(*mut f32, *mut f32)> {
+        let arena = self.plan.arena?;
+        let (Buf::F(p), Buf::F(g)) = (&mut self.param_arena, &mut self.slots[arena]) else { return None };
+        Some((p.as_mut_ptr(), g.as_mut_ptr()))
     }
 }
 
@@ -347,16 +350,14 @@ impl Buf {
             Buf::B(v) => v.as_mut_ptr() as *mut c_void,
         }
     }
-    fn to_host(&self, shape: Vec<usize>) -> HostTensor {
-        self.to_host_prefix(shape)
-    }
-    /// The first `shape`-many elements (a planned slot may be larger than the value in it).
-    fn to_host_prefix(&self, shape: Vec<usize>) -> HostTensor {
+    /// `shape`-many elements from element `off` (a planned slot may be larger than the value
+    /// in it; an arena holds many).
+    fn to_host_at(&self, off: usize, shape: Vec<usize>) -> HostTensor {
         let n: usize = shape.iter().product();
         let data = match self {
-            Buf::F(v) => Data::F(v[..n].iter().map(|&x| x as f64).collect()),
-            Buf::I(v) => Data::I(v[..n].to_vec()),
-            Buf::B(v) => Data::B(v[..n].iter().map(|&x| x != 0).collect()),
+            Buf::F(v) => Data::F(v[off..off + n].iter().map(|&x| x as f64).collect()),
+            Buf::I(v) => Data::I(v[off..off + n].to_vec()),
+            Buf::B(v) => Data::B(v[off..off + n].iter().map(|&x| x != 0).collect()),
         };
         HostTensor { shape, data }
     }
@@ -449,6 +450,18 @@ impl CpuProgram {
         inputs: &HashMap<String, HostTensor>,
         params: &HashMap<String, HostTensor>,
     ) -> Result<Prepared, RunError> {
+        self.prepare_trained(g, inputs, params, &[])
+    }
+
+    /// As [`CpuProgram::prepare`], with the parameters of `trained` (parameter, gradient)
+    /// first in the parameter arena and their gradients side by side in the plan's arena.
+    pub fn prepare_trained(
+        &self,
+        g: &Graph,
+        inputs: &HashMap<String, HostTensor>,
+        params: &HashMap<String, HostTensor>,
+        trained: &[(String, NodeIndex)],
+    ) -> Result<Prepared, RunError> {
         let bindings = bind_inputs(g, inputs)?;
         check_params(g, params)?;
         check_indices(g, inputs)?;
@@ -457,26 +470,68 @@ impl CpuProgram {
         let mut shape_of = |n: NodeIndex| -> Vec<usize> {
             shapes.entry(n).or_insert_with(|| bindings.shape(&g.ty(n).shape).expect("symbols are bound")).clone()
         };
-        // Inputs and parameters get buffers of their own; intermediates share planned slots.
+        // Inputs get buffers of their own, f32 parameters one arena (the trained first, in
+        // optimizer order); intermediates share planned slots.
         let mut external: HashMap<NodeIndex, Buf> = HashMap::new();
         for &n in self.program.materialized.keys() {
             if let Op::Input { name } = &g.node(n).op {
                 external.insert(n, Buf::from_host(&inputs[name]));
             }
         }
-        for n in g.g.node_indices() {
-            if let Op::Param { name } = &g.node(n).op {
-                external.insert(n, Buf::from_host(&params[name]));
+        let node_of: HashMap<&str, NodeIndex> =
+            g.g.node_indices()
+                .filter_map(|n| if let Op::Param { name } = &g.node(n).op { Some((name.as_str(), n)) } else { None })
+                .collect();
+        let mut order: Vec<&str> =
+            trained.iter().map(|(n, _)| n.as_str()).filter(|n| node_of.contains_key(n)).collect();
+        let trained_count = order.len();
+        order.extend(g.params.iter().map(|p| p.name.as_str()).filter(|n| !trained.iter().any(|(t, _)| t == n)));
+        let (mut arena, mut param_at, mut trained_len) = (Vec::new(), HashMap::new(), 0);
+        for (i, name) in order.iter().enumerate() {
+            let (Some(&n), Some(t)) = (node_of.get(name), params.get(*name)) else { continue };
+            match &t.data {
+                Data::F(v) => {
+                    param_at.insert(n, (arena.len(), v.len()));
+                    arena.extend(v.iter().map(|&x| x as f32));
+                }
+                _ => {
+                    external.insert(n, Buf::from_host(t));
+                }
+            }
+            if i + 1 == trained_count {
+                trained_len = arena.len();
             }
         }
         let lens: HashMap<NodeIndex, usize> =
             g.g.node_indices().map(|n| (n, shape_of(n).iter().product::<usize>())).collect();
-        let plan = memory::plan(g, &self.program, &self.requested, &|n| lens[&n]);
+        // Each trained gradient computed by a step of its own goes to its parameter's offset
+        // in the gradient arena; the others are copied there after each run.
+        let writes: std::collections::HashSet<NodeIndex> = self.program.steps.iter().flat_map(|s| s.writes()).collect();
+        let (mut pinned, mut grad_copies) = (Vec::new(), Vec::new());
+        let mut seen = std::collections::HashSet::new();
+        for (name, grad) in trained {
+            let Some(&(off, len)) = node_of.get(name.as_str()).and_then(|n| param_at.get(n)) else { continue };
+            let src = self.program.aliases.get(grad).copied().unwrap_or(*grad);
+            if writes.contains(&src) && lens[&src] == len && g.ty(src).dtype == DType::F32 && seen.insert(src) {
+                pinned.push((src, off));
+            } else {
+                grad_copies.push((off, *grad));
+            }
+        }
+        let plan = memory::plan_pinned(g, &self.program, &self.requested, &|n| lens[&n], &pinned, trained_len);
         let mut slots: Vec<Buf> = plan.slots.iter().map(|(d, n)| Buf::zeros(*d, *n)).collect();
         let slot_ptrs: Vec<*mut c_void> = slots.iter_mut().map(Buf::ptr).collect();
         let mut ptrs: HashMap<NodeIndex, *mut c_void> = external.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
+        let mut param_arena = Buf::F(arena);
+        let arena_ptr = param_arena.ptr() as *mut f32;
+        for (n, &(off, _)) in &param_at {
+            // SAFETY: every offset lies inside the arena, allocated above and never resized.
+            ptrs.insert(*n, unsafe { arena_ptr.add(off) } as *mut c_void);
+        }
         for (n, &k) in &plan.slot_of {
-            ptrs.insert(*n, slot_ptrs[k]);
+            let off = plan.offset_of.get(n).copied().unwrap_or(0);
+            // SAFETY: a pinned value's offset plus its length fits its slot (plan_pinned).
+            ptrs.insert(*n, unsafe { (slot_ptrs[k] as *mut f32).add(off) } as *mut c_void);
         }
         let dim = |d: &muse_compiler::ir::Dim| d.eval(&|s| bindings.0.get(s).copied()).expect("bound");
         let resolve = |v: &muse_compiler::fusion::OperandView| -> Vec<Vec<(usize, isize)>> {
@@ -501,13 +556,7 @@ impl CpuProgram {
             .filter(|(_, n)| external.contains_key(n))
             .map(|(name, n)| (name.clone(), (*n, shape_of(*n))))
             .collect();
-        let param_nodes =
-            g.g.node_indices()
-                .filter_map(|n| match &g.node(n).op {
-                    Op::Param { name } if external.contains_key(&n) => Some((name.clone(), n)),
-                    _ => None,
-                })
-                .collect();
+        let param_nodes = node_of.iter().map(|(name, n)| (name.to_string(), *n)).collect();
         let param_shapes = g.params.iter().map(|p| (p.name.clone(), params[&p.name].shape.clone())).collect();
         Ok(Prepared {
             inputs: input_nodes,
@@ -515,6 +564,10 @@ impl CpuProgram {
             param_shapes,
             sizes,
             external,
+            param_arena,
+            param_at,
+            trained_len,
+            grad_copies,
             slots,
             ptrs,
             plan,

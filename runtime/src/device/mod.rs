@@ -89,7 +89,9 @@ pub trait Program {
     fn read(&self, n: NodeIndex) -> Result<HostTensor, RunError>;
     /// Executes `runs` times, timing each step: the median milliseconds per step, in order.
     fn profile(&mut self, seed: u64, runs: usize) -> Result<Vec<f64>, RunError>;
-    /// Keeps an optimizer's state for these (parameter, gradient) pairs beside them.
+    /// Keeps an optimizer's state for these (parameter, gradient) pairs beside them, from
+    /// the next [`Program::bind`] on (which places them where one launch updates them all;
+    /// call it before binding).
     fn attach_optimizer(&mut self, trained: &[(String, NodeIndex)]) -> Result<(), RunError>;
     /// The optimizer over the bound parameters and the gradients of the last execution.
     fn optimizer(&mut self) -> Result<Box<dyn Optimizer + '_>, RunError>;

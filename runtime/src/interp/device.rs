@@ -31,6 +31,7 @@ impl Device for InterpDevice {
             precision: self.precision,
             inputs: Tensors::new(),
             bufs: Buffers::default(),
+            trained: None,
             state: None,
         }))
     }
@@ -57,6 +58,8 @@ struct Interpreted {
     precision: Precision,
     inputs: Tensors,
     bufs: Buffers,
+    /// The pairs an optimizer updates, once attached.
+    trained: Option<Vec<(String, NodeIndex)>>,
     state: Option<HostState>,
 }
 
@@ -123,6 +126,10 @@ impl Program for Interpreted {
         self.inputs = self.graph.inputs.iter().filter_map(|(n, _)| Some((n.clone(), inputs.get(n)?.clone()))).collect();
         self.bufs.params = self.graph.params.iter().map(|p| (p.name.clone(), self.param(&params[&p.name]))).collect();
         self.bufs.values = None;
+        if let Some(trained) = &self.trained {
+            let sizes: Vec<usize> = trained.iter().map(|(n, _)| params.get(n).map_or(0, |t| t.len())).collect();
+            self.state = Some(HostState::new(trained, &sizes));
+        }
         Ok(())
     }
     fn write_input(&mut self, name: &str, t: &HostTensor) -> Result<(), RunError> {
@@ -194,13 +201,10 @@ impl Program for Interpreted {
         Ok(vec![times[times.len() / 2]])
     }
     fn attach_optimizer(&mut self, trained: &[(String, NodeIndex)]) -> Result<(), RunError> {
-        let sizes = trained
-            .iter()
-            .map(|(n, _)| {
-                self.bufs.params.get(n).map(|p| p.values.len()).ok_or_else(|| RunError::MissingParam(n.clone()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.state = Some(HostState::new(trained, &sizes));
+        if !self.bufs.params.is_empty() {
+            return Err(RunError::File("attach the optimizer before binding the program".into()));
+        }
+        self.trained = Some(trained.to_vec());
         Ok(())
     }
     fn optimizer(&mut self) -> Result<Box<dyn Optimizer + '_>, RunError> {
