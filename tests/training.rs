@@ -175,9 +175,9 @@ fn accumulated_micro_batches_average_their_gradients() {
     assert!(diff < 1e-2 * cfg.lr, "parameters differ by {diff:e}");
 }
 
-/// The moving average kept beside the parameter buffers follows `e = d e + (1 - d) p` from
-/// the initial parameters, computed here from the host copies after every step; a trainer
-/// given it back (a resumed run) carries it on.
+/// The moving average kept on the device beside the parameters follows `e = d e + (1 - d) p`
+/// from the initial parameters, computed here from the host copies after every step; a
+/// trainer given it back (a resumed run) carries it on exactly.
 #[test]
 fn the_weight_average_follows_the_parameters() {
     let name = "muse_small";
@@ -205,7 +205,9 @@ fn the_weight_average_follows_the_parameters() {
         }
     }
     let ema = t.ema().unwrap().unwrap();
-    assert_eq!(max_diff(&ema, &expect), 0.0);
+    // The device averages in f32 (`e += (p - e) (1 - d)`), the host here in f64: a rounding
+    // apart per step on values of magnitude about 1.
+    assert!(max_diff(&ema, &expect) < 1e-6, "{:e}", max_diff(&ema, &expect));
     assert!(max_diff(&ema, &t.params().unwrap()) > 0.0, "the average lags the parameters");
     let mut resumed =
         Trainer::new(&m.graph, name, &t.params().unwrap(), &batch, cfg.clone(), common::cpu("ema").as_ref()).unwrap();

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod loader;
 pub mod render;
 pub mod report;
+pub mod rng;
 pub mod source;
 pub mod stdlib;
 

@@ -563,7 +563,7 @@ impl Kernel {
             return false;
         }
         let sizes = [8i64; 16];
-        let used = crate::render::needed(self, &[phases[0].1]);
+        let used = super::analysis::needed(self, &[phases[0].1]);
         let (mut lane_major, mut step_major) = (0, 0);
         for (i, n) in self.exprs.iter().enumerate() {
             let Expr::Load { index, .. } = n.expr else { continue };

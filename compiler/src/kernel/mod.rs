@@ -1,6 +1,7 @@
 //! Kernels: the typed kernel IR, the lowering of fusion groups to it, the products'
 //! epilogues, and the optimizer's kernels.
 
+pub mod analysis;
 pub mod epilogue;
 pub mod ir;
 pub mod lower;

@@ -3,8 +3,9 @@
 //! uint64_t seed)`. Lanes run in parallel with OpenMP; the inner loop of a reduction or scan
 //! runs sequentially inside its lane.
 
-use super::{declare, declare_lazy, declare_where, levels, needed, phases, used, Dialect, Level};
+use super::{declare, declare_lazy, declare_where, rng, Dialect, Helper};
 use crate::ir::{DType, ReduceOp, UnaryOp};
+use crate::kernel::analysis::{children, levels, needed, phases, used, Level};
 use crate::kernel::ir::{Access, Body, Expr, IndexOp, KType, Kernel};
 use std::fmt::Write;
 
@@ -23,6 +24,42 @@ impl Dialect for C {
             KType::Index => "int64_t",
         }
     }
+    fn u64_ty(&self) -> &'static str {
+        "uint64_t"
+    }
+    fn f64_ty(&self) -> &'static str {
+        "double"
+    }
+    fn u64_lit(&self, v: u64) -> String {
+        format!("{v:#x}ULL")
+    }
+    fn index_lit(&self, v: i64) -> String {
+        format!("{v}LL")
+    }
+    fn nan(&self) -> &'static str {
+        "NAN"
+    }
+    fn infinity(&self) -> &'static str {
+        "INFINITY"
+    }
+    fn helper_qualifier(&self) -> &'static str {
+        "static inline"
+    }
+    fn helper(&self, h: Helper) -> &'static str {
+        match h {
+            Helper::FMax => "muse_fmax",
+            Helper::FMin => "muse_fmin",
+            Helper::IDiv => "muse_idiv",
+            Helper::F2I => "muse_f2i",
+        }
+    }
+    fn carry(&self) -> &'static str {
+        // The scan keeps each state's running value in `h[st]` (see `scan_body`).
+        "h[st]"
+    }
+    fn prelude(&self) -> String {
+        format!("{INCLUDES}{}{MATH}", rng::helpers(self))
+    }
     fn fast_unary(&self, u: UnaryOp) -> Option<&'static str> {
         match u {
             UnaryOp::Exp => Some("muse_expf"),
@@ -34,25 +71,13 @@ impl Dialect for C {
     }
 }
 
-/// Helpers every C file starts with; `muse_key`, `muse_uniform` and `muse_normal` are the
-/// counter-based generator of `runtime/src/rng.rs`, bit for bit.
-pub const PRELUDE: &str = r#"#include <stdint.h>
-#include <math.h>
-#include <string.h>
+/// What every C file includes.
+const INCLUDES: &str = "#include <stdint.h>\n#include <math.h>\n#include <string.h>\n\n";
 
-static inline uint64_t muse_mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-static inline uint64_t muse_key(uint64_t run_seed, uint64_t op_seed) { return muse_mix64(run_seed ^ muse_mix64(op_seed)); }
-static inline double muse_uniform(uint64_t key, uint64_t i) { return (double)(muse_mix64(key ^ muse_mix64(i)) >> 11) * (1.0 / 9007199254740992.0); }
-static inline double muse_normal(uint64_t key, uint64_t i) {
-  double u1 = 1.0 - muse_uniform(key, 2 * i), u2 = muse_uniform(key, 2 * i + 1);
-  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-/* exp that the compiler can vectorize (Cephes' expf: range reduction and a degree-5
+/// The C prelude's math helpers: vectorizable f32 functions and the [`Helper`]s. The
+/// prelude is [`Dialect::prelude`]: the includes, the generator's helpers printed from its
+/// one specification (`render::rng`), then these.
+const MATH: &str = r#"/* exp that the compiler can vectorize (Cephes' expf: range reduction and a degree-5
    polynomial, within 2 ulp); libm's expf is a call per element. */
 static inline float muse_expf(float x) {
   /* Plain compares and the 1.5*2^23 rounding trick: floorf and fminf would stop GCC from
@@ -467,7 +492,7 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     let mut per_step = vec![false; k.exprs.len()];
     for (i, n) in k.exprs.iter().enumerate() {
         per_step[i] = matches!(n.expr, Expr::Step | Expr::Carry | Expr::Acc(_))
-            || super::children(&n.expr).iter().any(|&c| per_step[c as usize]);
+            || children(&n.expr).iter().any(|&c| per_step[c as usize]);
     }
     let kernel_done: Vec<bool> = lv.iter().map(|l| *l == Level::Kernel).collect();
     let lane_level = |i: usize| used[i] && lv[i] == Level::Lane && ph[i] == 0;
@@ -598,7 +623,7 @@ pub fn render_program(kernels: &[&Kernel], ranges: &[&Kernel], per_unit: usize) 
     let mut units: Vec<String> = kernels
         .chunks(per_unit.max(1))
         .map(|chunk| {
-            let mut s = String::from(PRELUDE);
+            let mut s = C.prelude();
             for k in chunk {
                 s.push('\n');
                 s.push_str(&render_kernel(k));
@@ -608,7 +633,7 @@ pub fn render_program(kernels: &[&Kernel], ranges: &[&Kernel], per_unit: usize) 
         .collect();
     // The products' epilogues over element ranges (see `render_range`), with the last unit.
     if !ranges.is_empty() && units.is_empty() {
-        units.push(String::from(PRELUDE));
+        units.push(C.prelude());
     }
     if let Some(last) = units.last_mut() {
         for k in ranges {

@@ -1,143 +1,90 @@
-//! Renderers: kernel IR to source text. The expression printing is shared; a target
-//! language overrides a few spellings ([`Dialect`]), as in tinygrad's renderers, so what is
-//! checked on the CPU covers most of what runs on the GPU.
+//! Renderers: kernel IR to source text. The expression printing here is shared and
+//! language-neutral: every spelling of a target language comes from its [`Dialect`]; each
+//! target's schedule (C: OpenMP lanes, tiles and vector loops) is its own module.
 
 pub mod c;
+pub mod rng;
 
 use crate::ir::{BinaryOp, DType, RandomDist, UnaryOp};
-use crate::kernel::ir::{Body, Expr, ExprId, IndexOp, KType, Kernel};
+use crate::kernel::analysis::{children, Level};
+use crate::kernel::ir::{Expr, ExprId, IndexOp, KType, Kernel};
 use std::fmt::Write;
 
-/// The spellings that differ between target languages.
+/// Helper functions a dialect's prelude defines for the expressions it prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Helper {
+    /// NaN-propagating maximum of two f32.
+    FMax,
+    /// NaN-propagating minimum of two f32.
+    FMin,
+    /// i32 division defined for every divisor (0 for `/ 0`, no trap for `MIN / -1`).
+    IDiv,
+    /// f32 to i32, saturating, NaN to 0.
+    F2I,
+}
+
+/// Every spelling that differs between target languages; the expression printing below is
+/// shared, as in tinygrad's renderers, so what is checked on the CPU covers most of what
+/// runs on the GPU. A dialect's schedule (loops, threads, shared memory) is its own module.
 pub trait Dialect {
     /// The type name of a kernel type.
     fn ty(&self, t: KType) -> &'static str;
-    /// A float math function (`expf` in C, `__expf` or `expf` in CUDA).
+    /// The unsigned 64-bit integer type (counters and seeds).
+    fn u64_ty(&self) -> &'static str;
+    /// The 64-bit float type (the generator's draws).
+    fn f64_ty(&self) -> &'static str;
+    /// An unsigned 64-bit literal.
+    fn u64_lit(&self, v: u64) -> String;
+    /// An index literal.
+    fn index_lit(&self, v: i64) -> String;
+    /// The f32 constants that have no decimal spelling: NaN and positive infinity.
+    fn nan(&self) -> &'static str;
+    /// Positive infinity as an f32.
+    fn infinity(&self) -> &'static str;
+    /// What a helper function definition starts with (`static inline`).
+    fn helper_qualifier(&self) -> &'static str;
+    /// The name of a helper function of this dialect's prelude.
+    fn helper(&self, h: Helper) -> &'static str;
+    /// An f32 math function of the math library (`expf`).
     fn math(&self, f: &'static str) -> String {
         format!("{f}f")
+    }
+    /// An f64 math function (`log`).
+    fn f64_math(&self, f: &'static str) -> String {
+        f.to_string()
     }
     /// A function of this dialect's own for an f32 unary op (a vectorizable one where the
     /// math library's is a scalar call); `None` uses [`Dialect::math`].
     fn fast_unary(&self, _u: UnaryOp) -> Option<&'static str> {
         None
     }
-}
-
-/// Where an expression is evaluated: once per kernel, per lane, or per step of the inner loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    /// Depends on nothing that varies.
-    Kernel,
-    /// Depends on the lane only.
-    Lane,
-    /// Depends on the inner-loop step.
-    Step,
-    /// Depends on the state of a scan (or its carry).
-    State,
-}
-
-/// The level of every expression of a kernel.
-pub fn levels(k: &Kernel) -> Vec<Level> {
-    let mut lv = vec![Level::Kernel; k.exprs.len()];
-    for (i, n) in k.exprs.iter().enumerate() {
-        let kids = children(&n.expr);
-        let own = match n.expr {
-            Expr::Lane | Expr::LaneInner | Expr::Acc(_) => Level::Lane,
-            Expr::Step => Level::Step,
-            Expr::State | Expr::Carry => Level::State,
-            _ => Level::Kernel,
-        };
-        lv[i] = kids.iter().map(|&c| lv[c as usize]).fold(own, Level::max);
+    /// `x` converted to type `to`.
+    fn cast(&self, to: KType, x: &str) -> String {
+        format!("({}){x}", self.ty(to))
     }
-    lv
-}
-
-/// Operands of an expression.
-pub fn children(e: &Expr) -> Vec<ExprId> {
-    match e {
-        Expr::Const(_)
-        | Expr::Lane
-        | Expr::LaneInner
-        | Expr::Step
-        | Expr::State
-        | Expr::Size(_)
-        | Expr::Carry
-        | Expr::Acc(_) => vec![],
-        Expr::Load { index, .. } => vec![*index],
-        Expr::Index(_, a, b) | Expr::Binary(_, a, b) => vec![*a, *b],
-        Expr::Unary(_, a) | Expr::Cast(a) => vec![*a],
-        Expr::Select(c, a, b) => vec![*c, *a, *b],
-        Expr::Random { index, .. } => vec![*index],
+    /// Element `index` of buffer parameter `buf`.
+    fn load(&self, buf: u32, index: &str) -> String {
+        format!("b{buf}[{index}]")
     }
+    /// The running value of a scan's recurrence of the current state (`Expr::Carry`).
+    fn carry(&self) -> &'static str;
+    /// Includes and helper definitions every unit of generated code starts with.
+    fn prelude(&self) -> String;
 }
 
-/// The expressions that `roots` use, transitively.
-pub fn needed(k: &Kernel, roots: &[ExprId]) -> Vec<bool> {
-    let mut stack = roots.to_vec();
-    let mut used = vec![false; k.exprs.len()];
-    while let Some(r) = stack.pop() {
-        if !std::mem::replace(&mut used[r as usize], true) {
-            stack.extend(children(&k.exprs[r as usize].expr));
-        }
-    }
-    used
-}
-
-/// For each expression, the number of row-kernel reduction phases that must finish before
-/// it can be evaluated (one more than the highest `Acc` it depends on).
-pub fn phases(k: &Kernel) -> Vec<u32> {
-    let mut ph = vec![0u32; k.exprs.len()];
-    for (i, n) in k.exprs.iter().enumerate() {
-        let own = if let Expr::Acc(j) = n.expr { j + 1 } else { 0 };
-        ph[i] = children(&n.expr).iter().map(|&c| ph[c as usize]).fold(own, u32::max);
-    }
-    ph
-}
-
-/// The expressions a kernel body uses, transitively.
-pub fn used(k: &Kernel) -> Vec<bool> {
-    let mut roots = vec![k.lanes];
-    match &k.body {
-        Body::Pointwise { stores, .. } => roots.extend(stores.iter().map(|s| s.1)),
-        Body::Row { inner, phases, elem_stores, lane_stores } => {
-            roots.push(*inner);
-            roots.extend(phases.iter().map(|p| p.1));
-            roots.extend(elem_stores.iter().flat_map(|s| [s.1, s.2]));
-            roots.extend(lane_stores.iter().map(|s| s.1));
-        }
-        Body::Scan { inner, a, b, state_stores, reduces, step_stores, step_reduces, .. } => {
-            roots.extend([*inner, *a, *b]);
-            roots.extend(state_stores.iter().flat_map(|s| [s.1, s.2]));
-            roots.extend(reduces.iter().map(|r| r.1));
-            roots.extend(step_stores.iter().flat_map(|s| [s.1, s.2]));
-            roots.extend(step_reduces.iter().flat_map(|r| [r.1, r.3]));
-        }
-        Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
-    }
-    needed(k, &roots)
-}
-
-fn float_lit(v: f64) -> String {
+fn float_lit(d: &dyn Dialect, v: f64) -> String {
+    // Finite in f64 but beyond f32: the f32 value the interpreter would store.
+    let f = v as f32;
     if v.is_nan() {
-        "NAN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 {
-            "INFINITY".into()
+        d.nan().to_string()
+    } else if f.is_infinite() {
+        if f > 0.0 {
+            d.infinity().to_string()
         } else {
-            "(-INFINITY)".into()
+            format!("(-{})", d.infinity())
         }
     } else {
-        let f = v as f32;
-        if f.is_infinite() {
-            // Finite in f64 but beyond f32: the f32 value the interpreter would store.
-            if f > 0.0 {
-                "INFINITY".into()
-            } else {
-                "(-INFINITY)".into()
-            }
-        } else {
-            format!("{:e}f", f)
-        }
+        format!("{:e}f", f)
     }
 }
 
@@ -150,10 +97,10 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
         Expr::Const(bits) => {
             let v = f64::from_bits(*bits);
             match node.ty {
-                KType::Elem(DType::F32) => float_lit(v),
+                KType::Elem(DType::F32) => float_lit(d, v),
                 KType::Elem(DType::I32) => format!("{}", v as i32),
                 KType::Elem(DType::Bool) => format!("{}", u8::from(v != 0.0)),
-                KType::Index => format!("{}LL", v as i64),
+                KType::Index => d.index_lit(v as i64),
             }
         }
         Expr::Lane => "lane".into(),
@@ -161,9 +108,9 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
         Expr::Step => "step".into(),
         Expr::State => "st".into(),
         Expr::Size(s) => format!("sizes[{s}]"),
-        Expr::Carry => "h[st]".into(),
+        Expr::Carry => d.carry().into(),
         Expr::Acc(j) => format!("r{j}"),
-        Expr::Load { buf, index } => format!("b{buf}[{}]", t(index)),
+        Expr::Load { buf, index } => d.load(*buf, &t(index)),
         Expr::Index(op, a, b) => match op {
             IndexOp::Add => format!("{} + {}", t(a), t(b)),
             IndexOp::Sub => format!("{} - {}", t(a), t(b)),
@@ -180,8 +127,8 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
                 (UnaryOp::Not, _) => format!("!{}", t(a)),
                 (UnaryOp::Abs, false) => format!("{0} < 0 ? -{0} : {0}", t(a)),
                 (UnaryOp::Abs, true) => format!("{}({})", d.math("fabs"), t(a)),
-                (UnaryOp::Rsqrt, _) => format!("1.0f / {}({})", d.math("sqrt"), t(a)),
-                (UnaryOp::Recip, _) => format!("1.0f / {}", t(a)),
+                (UnaryOp::Rsqrt, _) => format!("{} / {}({})", float_lit(d, 1.0), d.math("sqrt"), t(a)),
+                (UnaryOp::Recip, _) => format!("{} / {}", float_lit(d, 1.0), t(a)),
                 (u, true) if d.fast_unary(*u).is_some() => {
                     format!("{}({})", d.fast_unary(*u).unwrap_or_default(), t(a))
                 }
@@ -195,10 +142,10 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
                 BinaryOp::Add => "+",
                 BinaryOp::Sub => "-",
                 BinaryOp::Mul => "*",
-                BinaryOp::Div if int => return format!("muse_idiv({}, {})", t(a), t(b)),
+                BinaryOp::Div if int => return format!("{}({}, {})", d.helper(Helper::IDiv), t(a), t(b)),
                 BinaryOp::Div => "/",
-                BinaryOp::Max if float => return format!("muse_fmax({}, {})", t(a), t(b)),
-                BinaryOp::Min if float => return format!("muse_fmin({}, {})", t(a), t(b)),
+                BinaryOp::Max if float => return format!("{}({}, {})", d.helper(Helper::FMax), t(a), t(b)),
+                BinaryOp::Min if float => return format!("{}({}, {})", d.helper(Helper::FMin), t(a), t(b)),
                 BinaryOp::Max => return format!("{0} > {1} ? {0} : {1}", t(a), t(b)),
                 BinaryOp::Min => return format!("{0} < {1} ? {0} : {1}", t(a), t(b)),
                 BinaryOp::Lt => "<",
@@ -216,15 +163,19 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
         Expr::Cast(a) => {
             let from = kty(a);
             match (from, node.ty) {
-                (KType::Elem(DType::F32), KType::Elem(DType::I32)) => format!("muse_f2i({})", t(a)),
-                (KType::Elem(DType::F32), KType::Index) => format!("(int64_t)muse_f2i({})", t(a)),
+                (KType::Elem(DType::F32), KType::Elem(DType::I32)) => format!("{}({})", d.helper(Helper::F2I), t(a)),
+                (KType::Elem(DType::F32), KType::Index) => {
+                    d.cast(KType::Index, &format!("{}({})", d.helper(Helper::F2I), t(a)))
+                }
                 (_, KType::Elem(DType::Bool)) => format!("{} != 0", t(a)),
-                (_, to) => format!("({}){}", d.ty(to), t(a)),
+                (_, to) => d.cast(to, &t(a)),
             }
         }
         Expr::Random { dist, seed, index } => {
-            let f = if *dist == RandomDist::Uniform { "muse_uniform" } else { "muse_normal" };
-            format!("(float){f}(muse_key(seed, {seed}ULL), (uint64_t){})", t(index))
+            let f = if *dist == RandomDist::Uniform { rng::UNIFORM } else { rng::NORMAL };
+            let (u64t, key) = (d.u64_ty(), rng::KEY);
+            let index = format!("({u64t}){}", t(index));
+            d.cast(KType::Elem(DType::F32), &format!("{f}({key}(seed, {}), {index})", d.u64_lit(*seed)))
         }
     }
 }

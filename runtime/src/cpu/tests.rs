@@ -113,3 +113,43 @@ fn kernel_cache_and_compiler_errors() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The C dialect's copy of the counter-based generator, printed from its one specification,
+/// against the interpreter's (`crate::rng`) bit for bit: stream keys, uniform and normal
+/// draws over counters from 0 to 2^63, for several run and op seeds.
+#[test]
+fn the_c_generator_is_the_interpreters_bit_for_bit() {
+    use muse_compiler::render::{rng, Dialect};
+    let probe = format!(
+        "{}\nvoid rng_probe(void **bufs, const int64_t *sizes, uint64_t seed) {{\n  const uint64_t *at = (const uint64_t *)bufs[0];\n  double *out = (double *)bufs[1];\n  uint64_t *keys = (uint64_t *)bufs[2];\n  uint64_t key = {}(seed, (uint64_t)sizes[1]);\n  keys[0] = key;\n  for (int64_t i = 0; i < sizes[0]; i++) {{ out[2 * i] = {}(key, at[i]); out[2 * i + 1] = {}(key, at[i]); }}\n}}\n",
+        muse_compiler::render::c::C.prelude(),
+        rng::KEY,
+        rng::UNIFORM,
+        rng::NORMAL
+    );
+    let dir = std::env::temp_dir().join(format!("muse-rng-probe-{}", std::process::id()));
+    let lib = compile::compile(&[probe], &CompilerSettings { cache_dir: dir.clone(), ..quick() }).unwrap();
+    let f = lib.kernel("rng_probe").unwrap();
+    let mut at: Vec<u64> = (0..2000u64).collect();
+    at.extend((0..2000u64).map(|i| crate::rng::mix64(i) >> (i % 64)));
+    at.extend([u64::MAX / 2, (1 << 53) + 1, 1 << 40]);
+    let mut checked = 0;
+    for (run_seed, op_seed) in [(0u64, 0u64), (7, 42), (u64::MAX, 3), (0x1234_5678_9abc_def0, 1 << 63)] {
+        let mut out = vec![0.0f64; 2 * at.len()];
+        let mut key = [0u64];
+        let mut bufs: Vec<*mut std::ffi::c_void> =
+            vec![at.as_mut_ptr().cast(), out.as_mut_ptr().cast(), key.as_mut_ptr().cast()];
+        let sizes = [at.len() as i64, op_seed as i64];
+        // SAFETY: the probe reads `sizes[0]` counters and writes twice as many doubles and one key.
+        unsafe { f(bufs.as_mut_ptr(), sizes.as_ptr(), run_seed) };
+        let want = crate::rng::stream_key(run_seed, op_seed);
+        assert_eq!(key[0], want, "stream key of ({run_seed}, {op_seed})");
+        for (i, &c) in at.iter().enumerate() {
+            assert_eq!(out[2 * i].to_bits(), crate::rng::uniform(want, c).to_bits(), "uniform at {c}");
+            assert_eq!(out[2 * i + 1].to_bits(), crate::rng::normal(want, c).to_bits(), "normal at {c}");
+            checked += 2;
+        }
+    }
+    assert_eq!(checked, 4 * 2 * at.len());
+    std::fs::remove_dir_all(&dir).ok();
+}
