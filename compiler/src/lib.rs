@@ -14,6 +14,7 @@ pub mod report;
 pub mod rng;
 pub mod source;
 pub mod stdlib;
+pub mod view;
 
 pub use diag::{Diag, DiagClass};
 pub use elaborate::{ConfigValue, Model};

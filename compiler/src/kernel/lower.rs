@@ -4,8 +4,9 @@
 
 use super::epilogue::{fuse_epilogues, EpilogueReport};
 use super::ir::{Access, Body, BufParam, Builder, Expr, ExprId, IndexOp, KType, Kernel};
-use crate::fusion::{operand_view, CutReason, FusionPlan, Group, GroupKind, OperandView};
+use crate::fusion::{CutReason, FusionPlan, Group, GroupKind};
 use crate::ir::{BinaryOp, DType, Dim, Graph, NodeIndex, Op, Shape};
+use crate::view::{operand_view, OperandView};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A kernel with the graph values its buffer parameters hold.

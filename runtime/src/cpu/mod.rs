@@ -534,7 +534,7 @@ impl CpuProgram {
             ptrs.insert(*n, unsafe { (slot_ptrs[k] as *mut f32).add(off) } as *mut c_void);
         }
         let dim = |d: &muse_compiler::ir::Dim| d.eval(&|s| bindings.0.get(s).copied()).expect("bound");
-        let resolve = |v: &muse_compiler::fusion::OperandView| -> Vec<Vec<(usize, isize)>> {
+        let resolve = |v: &muse_compiler::view::OperandView| -> Vec<Vec<(usize, isize)>> {
             v.axes.iter().map(|runs| runs.iter().map(|(e, s)| (dim(e) as usize, dim(s) as isize)).collect()).collect()
         };
         let mut gemms = HashMap::new();
