@@ -186,3 +186,23 @@ fn inspect_table_and_html_page() {
     assert!(err.contains("CUDA renderer is not built yet"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `muse check models/*.muse | head -1`: a reader that closes the pipe early is no error
+/// (the output is written at once, and a broken pipe ends the program quietly).
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let files = model_files();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_muse"))
+        .arg("check")
+        .args(&files)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run muse");
+    // Closed long before the models are compiled and the report is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("muse ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{:?}: {err}", out.status);
+}

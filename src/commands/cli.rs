@@ -1,0 +1,125 @@
+//! What the commands share: the model options, the device flag, compiling a file with
+//! its diagnostics, and writing to stdout.
+
+use muse_compiler::{compile_path, Compiled, Model, Options};
+use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Which device runs the model.
+#[derive(clap::Args, Clone)]
+pub struct DeviceArg {
+    /// `cpu` (fused kernels in generated C), `interp` (the reference interpreter, op by op),
+    /// `cuda` (an NVIDIA GPU), or `auto` (a GPU when there is one, else cpu).
+    #[arg(long, default_value = "auto", alias = "backend", value_name = "DEVICE")]
+    pub device: String,
+}
+
+impl DeviceArg {
+    /// The chosen device (`--f64` with `auto` means the interpreter, the only one that can);
+    /// for `auto`, a line on stderr says which.
+    pub fn open(&self, f64: bool) -> Result<Box<dyn Device + Send + Sync>, String> {
+        let mut kind: DeviceKind = self.device.parse().map_err(|e| format!("--device {e}"))?;
+        if f64 && kind == DeviceKind::Auto {
+            kind = DeviceKind::Interp;
+        }
+        let opts = DeviceOptions { f64, ..DeviceOptions::default() };
+        let chosen = muse_runtime::device::select(kind, &opts).map_err(|e| e.to_string())?;
+        if let Some(note) = chosen.note {
+            eprintln!("{note}");
+        }
+        Ok(chosen.device)
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ModelOpts {
+    /// Override a config value, e.g. `--set depth=24` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Only this model of the file.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Print what each compiler pass did (nodes in and out, time) to stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// The model options as the compiler takes them.
+pub fn options(o: &ModelOpts) -> Result<Options, String> {
+    let mut overrides = Vec::new();
+    for s in &o.set {
+        let Some((k, v)) = s.split_once('=') else {
+            return Err(format!("--set {s}: expected KEY=VALUE, e.g. --set depth=24"));
+        };
+        overrides.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(Options { overrides, model: o.model.clone() })
+}
+
+/// Compiles `file`, printing each pass's report with `-v`; on failure the diagnostics are printed.
+pub fn compile(file: &Path, opts: &Options, verbose: bool) -> Result<(Compiled, Vec<Model>), ()> {
+    let c = compile_path(file, opts);
+    if verbose {
+        if let Some(r) = &c.parse {
+            eprintln!("{}: {r}", file.display());
+        }
+        for m in c.result.iter().flatten() {
+            for r in &m.reports {
+                eprintln!("{}: {r}", m.name);
+            }
+        }
+    }
+    match &c.result {
+        Ok(models) => {
+            let models = models.clone();
+            Ok((c, models))
+        }
+        Err(d) => {
+            eprintln!("{}", d.render(&c.sources));
+            Err(())
+        }
+    }
+}
+
+/// `n` with thousands separated by commas.
+pub fn group_digits(n: i64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Parses the model options and compiles `file`; on failure the diagnostics are printed
+/// and the exit code is returned.
+pub fn load(file: &Path, o: &ModelOpts) -> Result<(Compiled, Vec<Model>), ExitCode> {
+    let opts = options(o).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    compile(file, &opts, o.verbose).map_err(|()| ExitCode::FAILURE)
+}
+
+/// Writes to stdout; a closed pipe (`muse graph ... | head`) is not an error.
+pub fn write_stdout(text: &str) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `e` as an error and fails.
+pub fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,10 @@
+//! One module per command; `cli` holds what they share.
+
+pub mod check;
+pub mod cli;
+pub mod graph;
+pub mod inspect;
+pub mod run;
+pub mod sample;
+pub mod tokenize;
+pub mod train;
