@@ -183,7 +183,10 @@ fn inspect_table_and_html_page() {
     assert!(out.contains("void k1(void **bufs, const int64_t *sizes, uint64_t seed)"), "{out}");
     let (code, _, err) = muse(&["inspect", "models/mamba_xattn_xz.muse", "--emit", "cuda"]);
     assert_eq!(code, 2);
-    assert!(err.contains("CUDA renderer is not built yet"), "{err}");
+    assert!(err.contains("--device cuda:") && err.contains("no CUDA backend"), "{err}");
+    let (code, _, err) = muse(&["inspect", "models/mamba_xattn_xz.muse", "--device", "interp"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no kernels to inspect"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -197,9 +197,15 @@ fn html_escape(s: &str) -> String {
 
 /// One self-contained HTML page: the kernels drawn as a graph (one coloured box per kernel,
 /// arrows for the buffers between them, layered by dependency depth); clicking a kernel shows
-/// its generated code and the `.muse` lines it came from.
-pub fn html(title: &str, g: &Graph, p: &KernelProgram, rows: &[KernelRow], sources: &SourceMap) -> String {
-    use crate::kernel::Step;
+/// its code as `code` gives it (the device's generated source) and the `.muse` lines it
+/// came from.
+pub fn html(
+    title: &str,
+    p: &KernelProgram,
+    rows: &[KernelRow],
+    sources: &SourceMap,
+    code: &dyn Fn(&crate::kernel::Step) -> String,
+) -> String {
     // Which kernel writes each value.
     let mut writer: std::collections::HashMap<NodeIndex, usize> = std::collections::HashMap::new();
     for (i, s) in p.steps.iter().enumerate() {
@@ -270,22 +276,7 @@ pub fn html(title: &str, g: &Graph, p: &KernelProgram, rows: &[KernelRow], sourc
     // Per-kernel details as JSON.
     let mut data = String::from("[");
     for (i, r) in rows.iter().enumerate() {
-        let code = match &p.steps[r.id] {
-            Step::Kernel(k) => crate::render::c::render_kernel(&k.kernel),
-            Step::MatMul(m) => {
-                let mut code = format!(
-                    "GEMM template (kernels/gemm.c): {} = {} @ {}\n(operands read through strides)\n",
-                    crate::kernel::lower::label(g, m.out),
-                    crate::kernel::lower::label(g, m.a),
-                    crate::kernel::lower::label(g, m.b)
-                );
-                if let Some(e) = &m.epilogue {
-                    code.push_str("\nits epilogue, applied to each finished tile:\n");
-                    code.push_str(&crate::render::c::render_range(&e.kernel).unwrap_or_default());
-                }
-                code
-            }
-        };
+        let code = code(&p.steps[r.id]);
         let mut lines = Vec::new();
         for l in &r.lines {
             let (file, no) = l.rsplit_once(':').unwrap_or((l, "0"));

@@ -1,9 +1,11 @@
 //! `muse inspect`: how a model is fused (one row per kernel, why each value is written to
 //! memory), its generated code, and the inspector page.
 
-use super::cli::{load, write_stdout, ModelOpts};
+use super::cli::{load, write_stdout, DeviceArg, ModelOpts};
 use muse_compiler::autodiff;
+use muse_compiler::kernel::Step;
 use muse_compiler::Model;
+use muse_runtime::device::Device;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -29,18 +31,43 @@ pub struct Args {
     pub html: Option<PathBuf>,
     #[command(flatten)]
     pub opts: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// Inspects each model of the file.
 pub fn main(a: Args) -> ExitCode {
-    let Args { file, backward, kernel, emit, batch, html, opts } = a;
+    let Args { file, backward, kernel, emit, batch, html, opts, device } = a;
     let (c, models) = match load(&file, &opts) {
         Ok(x) => x,
         Err(code) => return code,
     };
+    // `--emit c` or `--emit cuda` with `--device auto` inspects the device of that language.
+    let named = match (emit.as_deref(), device.device.as_str()) {
+        (Some(lang @ ("c" | "cuda")), "auto") => DeviceArg { device: if lang == "c" { "cpu" } else { lang }.into() },
+        _ => device.clone(),
+    };
+    let device = match named.open(false) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(lang) = emit.as_deref() {
+        if lang != "kernel-ir" && device.language() != Some(lang) {
+            let has = device.language().map_or("no code".to_string(), |l| format!("{l} code"));
+            eprintln!(
+                "error: --emit {lang}: --device {} generates {has}; choose --emit kernel-ir or its language",
+                device.name()
+            );
+            return ExitCode::from(2);
+        }
+    }
     let mut text = String::new();
     for m in &models {
         let args = InspectArgs {
+            device: device.as_ref(),
             backward,
             only: kernel,
             emit: emit.as_deref(),
@@ -67,11 +94,12 @@ struct InspectArgs<'a> {
     batch: i64,
     html: Option<&'a Path>,
     verbose: bool,
+    /// The device whose kernels are shown.
+    device: &'a dyn Device,
 }
 
 fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs) -> Result<String, String> {
-    let (backward, only, emit, batch, html, verbose) = (a.backward, a.only, a.emit, a.batch, a.html, a.verbose);
-    use muse_compiler::kernel::Step;
+    let (backward, only, batch, html, verbose) = (a.backward, a.only, a.batch, a.html, a.verbose);
     let (graph, requested) = if backward {
         if m.graph.losses.is_empty() {
             return Err(format!("model {} has no loss to differentiate", m.name));
@@ -83,30 +111,14 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
     } else {
         (m.graph.clone(), m.graph.outputs.iter().chain(&m.graph.losses).map(|x| x.1).collect())
     };
-    let timer = muse_compiler::report::PassTimer::start("fusion", graph.node_count());
-    let plan = muse_compiler::fusion::plan(&graph, &requested);
-    let fused = timer.finish(
-        graph.node_count(),
-        format!("{} kernels, {} values in memory", plan.kernel_count(), plan.materialized.len()),
-    );
-    let timer = muse_compiler::report::PassTimer::start("lower", graph.node_count());
-    let program = muse_compiler::kernel::lower(&graph, &plan);
-    let exprs: usize = program
-        .steps
-        .iter()
-        .map(|s| if let muse_compiler::kernel::Step::Kernel(k) = s { k.kernel.exprs.len() } else { 0 })
-        .sum();
-    let lowered = timer.finish(
-        graph.node_count(),
-        format!(
-            "{exprs} kernel-IR expressions, {} products with an epilogue{}",
-            program.epilogues.fused.len(),
-            program.epilogues.kept.iter().map(|(_, k, why)| format!("; not {k}: {why}")).collect::<String>()
-        ),
-    );
+    let device = a.device;
+    let (program, reports) = device.fuse(&graph, &requested).ok_or_else(|| {
+        format!("--device {}: it runs the graph op by op; there are no kernels to inspect", device.name())
+    })?;
     if verbose {
-        eprintln!("{}: {fused}", m.name);
-        eprintln!("{}: {lowered}", m.name);
+        for r in &reports {
+            eprintln!("{}: {r}", m.name);
+        }
     }
     if let Some(k) = only {
         if k >= program.steps.len() {
@@ -118,32 +130,26 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
         }
     }
     let mut out = format!("# model {} ({})\n", m.name, if backward { "forward + backward" } else { "forward" });
-    if let Some(lang) = emit {
+    if let Some(lang) = a.emit {
         for (i, step) in program.steps.iter().enumerate() {
             if only.is_some_and(|k| k != i) {
                 continue;
             }
-            let emit_kernel = |k: &muse_compiler::kernel::Kernel, range: bool| match lang {
-                "c" if range => Ok(muse_compiler::render::c::render_range(k).unwrap_or_default()),
-                "c" => Ok(muse_compiler::render::c::render_kernel(k)),
-                "kernel-ir" => Ok(k.to_string()),
-                "cuda" => Err("--emit cuda: the CUDA renderer is not built yet (the next issue)".to_string()),
-                other => Err(format!("--emit {other}: choose c, cuda or kernel-ir")),
-            };
-            match step {
-                Step::MatMul(mm) => {
-                    out.push_str(&format!(
-                        "/* {i}: gemm template: {} = {} @ {}{} */\n",
-                        muse_compiler::kernel::lower::label(&graph, mm.out),
-                        muse_compiler::kernel::lower::label(&graph, mm.a),
-                        muse_compiler::kernel::lower::label(&graph, mm.b),
-                        if mm.epilogue.is_some() { ", then its epilogue on each finished tile" } else { "" }
-                    ));
-                    if let Some(e) = &mm.epilogue {
-                        out.push_str(&emit_kernel(&e.kernel, true)?);
+            if lang == "kernel-ir" {
+                match step {
+                    Step::Kernel(k) => out.push_str(&k.kernel.to_string()),
+                    Step::MatMul(mm) => {
+                        out.push_str(&format!("/* {i}: */ {}", device.source(&graph, step)));
+                        if let Some(e) = &mm.epilogue {
+                            out.push_str(&e.kernel.to_string());
+                        }
                     }
                 }
-                Step::Kernel(k) => out.push_str(&emit_kernel(&k.kernel, false)?),
+            } else {
+                if matches!(step, Step::MatMul(_)) {
+                    out.push_str(&format!("/* {i}: */ "));
+                }
+                out.push_str(&device.source(&graph, step));
             }
         }
         return Ok(out);
@@ -151,7 +157,8 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
     let mut rows = muse_compiler::inspect::rows(&graph, &program, Some(sources), batch);
     if let Some(path) = html {
         let title = format!("{} ({})", m.name, if backward { "forward + backward" } else { "forward" });
-        let page = muse_compiler::inspect::html(&title, &graph, &program, &rows, sources);
+        let code = |s: &Step| device.source(&graph, s);
+        let page = muse_compiler::inspect::html(&title, &program, &rows, sources, &code);
         std::fs::write(path, page).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }

@@ -8,6 +8,7 @@ use crate::interp::RunError;
 use crate::tensor::HostTensor;
 use muse_compiler::ir::{Graph, NodeIndex};
 use muse_compiler::kernel::{KernelProgram, Step};
+use muse_compiler::report::PassReport;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,6 +45,32 @@ impl CpuDevice {
 impl Device for CpuDevice {
     fn name(&self) -> &'static str {
         "cpu"
+    }
+    fn fuse(&self, g: &Graph, requested: &[NodeIndex]) -> Option<(KernelProgram, [PassReport; 2])> {
+        Some(muse_compiler::kernel::fuse(g, requested))
+    }
+    fn language(&self) -> Option<&'static str> {
+        Some("c")
+    }
+    fn source(&self, g: &Graph, step: &Step) -> String {
+        use muse_compiler::kernel::lower::label;
+        use muse_compiler::render::c;
+        match step {
+            Step::Kernel(k) => c::render_kernel(&k.kernel),
+            Step::MatMul(m) => {
+                let mut code = format!(
+                    "/* gemm template (kernels/gemm.c): {} = {} @ {}, operands read through strides{} */\n",
+                    label(g, m.out),
+                    label(g, m.a),
+                    label(g, m.b),
+                    if m.epilogue.is_some() { "; then its epilogue on each finished tile" } else { "" }
+                );
+                if let Some(e) = &m.epilogue {
+                    code.push_str(&c::render_range(&e.kernel).unwrap_or_default());
+                }
+                code
+            }
+        }
     }
     fn compile(&self, g: &Graph, requested: &[NodeIndex]) -> Result<Box<dyn Program>, DeviceError> {
         let program =

@@ -13,7 +13,6 @@ use crate::interp::{bind_inputs, check_params, RunError};
 use crate::memory;
 use crate::tensor::{Data, HostTensor};
 use compile::{CompileError, CompilerSettings, KernelFn, Library};
-use muse_compiler::fusion;
 use muse_compiler::ir::{DType, Graph, NodeIndex, Op};
 use muse_compiler::kernel::{self, KernelProgram, MatMulStep, Step};
 use muse_compiler::render::c;
@@ -370,8 +369,7 @@ impl CpuProgram {
         requested: &[NodeIndex],
         settings: &CompilerSettings,
     ) -> Result<CpuProgram, CompileError> {
-        let plan = fusion::plan(g, requested);
-        let program = kernel::lower(g, &plan);
+        let (program, _) = kernel::fuse(g, requested);
         let ranges: Vec<&kernel::Kernel> = program
             .steps
             .iter()

@@ -17,7 +17,8 @@ use crate::interp::RunError;
 use crate::optim::AdamW;
 use crate::tensor::HostTensor;
 use muse_compiler::ir::{Graph, NodeIndex};
-use muse_compiler::kernel::KernelProgram;
+use muse_compiler::kernel::{KernelProgram, Step};
+use muse_compiler::report::PassReport;
 use std::collections::HashMap;
 
 pub use select::{quiet_threads, select, DeviceKind, DeviceOptions, Selected};
@@ -50,6 +51,15 @@ pub trait Device {
     fn name(&self) -> &'static str;
     /// Compiles what computing `requested` of `g` takes.
     fn compile(&self, g: &Graph, requested: &[NodeIndex]) -> Result<Box<dyn Program>, DeviceError>;
+    /// The fused kernels it would run for `requested`, with the reports of the passes that
+    /// made them, without generating code (the inspector's view); `None` where the device
+    /// does not fuse.
+    fn fuse(&self, g: &Graph, requested: &[NodeIndex]) -> Option<(KernelProgram, [PassReport; 2])>;
+    /// The language its kernels are generated in (`c`, `cuda`), if any.
+    fn language(&self) -> Option<&'static str>;
+    /// One step of a fused program as this device runs it, in its language (a generated
+    /// kernel's source; a product's template call and epilogue).
+    fn source(&self, g: &Graph, step: &Step) -> String;
 }
 
 /// Called after each step of an observed execution with the step, a value it wrote and

@@ -71,7 +71,7 @@ pub fn select(kind: DeviceKind, opts: &DeviceOptions) -> Result<Selected, Device
         DeviceKind::Cuda => Err(DeviceError::Unavailable { device: "cuda".into(), why: cuda_missing() }),
         DeviceKind::Auto => Ok(Selected {
             device: Box::new(cpu()),
-            note: Some(format!("device auto: cpu (no cuda: {})", cuda_missing())),
+            note: Some("device auto: cpu (this build has no CUDA backend)".into()),
         }),
     }
 }

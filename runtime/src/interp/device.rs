@@ -9,7 +9,8 @@ use crate::device::host::{HostBuffers, HostState, HostStep};
 use crate::device::{Device, DeviceError, Observer, Optimizer, Program, Tensors};
 use crate::tensor::{Data, HostTensor};
 use muse_compiler::ir::{Graph, NodeIndex};
-use muse_compiler::kernel::KernelProgram;
+use muse_compiler::kernel::{KernelProgram, Step};
+use muse_compiler::report::PassReport;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -23,6 +24,15 @@ pub struct InterpDevice {
 impl Device for InterpDevice {
     fn name(&self) -> &'static str {
         "interp"
+    }
+    fn fuse(&self, _: &Graph, _: &[NodeIndex]) -> Option<(KernelProgram, [PassReport; 2])> {
+        None
+    }
+    fn language(&self) -> Option<&'static str> {
+        None
+    }
+    fn source(&self, _: &Graph, _: &Step) -> String {
+        String::new()
     }
     fn compile(&self, g: &Graph, requested: &[NodeIndex]) -> Result<Box<dyn Program>, DeviceError> {
         Ok(Box::new(Interpreted {
