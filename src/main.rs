@@ -3,7 +3,7 @@
 
 mod commands;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::{check, graph, inspect, run, sample, tokenize, train};
 use std::process::ExitCode;
 
@@ -26,7 +26,7 @@ enum Command {
     Run(run::Args),
     /// Train a model on a data set over compiled kernels: an image tokenizer (a model with
     /// an `image` input) or a masked-token model (with `--tokenizer`, a trained one's run).
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Encode a data set into image token ids with a trained image tokenizer (cached in its
     /// run directory; `muse train` does this on its own when it needs to).
     Tokenize(tokenize::Args),
@@ -40,13 +40,16 @@ enum Command {
 fn main() -> ExitCode {
     // Before any thread exists (see `quiet_threads`).
     muse_runtime::device::quiet_threads();
-    match Cli::parse().command {
+    // Parsed by hand so that a command can tell the flags a user gave from defaults.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
         Command::Check(a) => check::main(a),
         Command::Graph(a) => graph::main(a),
         Command::Inspect(a) => inspect::main(a),
         Command::Run(a) => run::main(a, false),
         Command::Grad(a) => run::main(a, true),
-        Command::Train(a) => train::main(a),
+        Command::Train(a) => train::main(*a, matches.subcommand_matches("train").expect("the train command")),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Sample(a) => sample::main(a),
     }

@@ -209,3 +209,48 @@ fn a_closed_pipe_is_not_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("panicked"), "{:?}: {err}", out.status);
 }
+
+/// The run configuration is defined once: what the command line gives is what config.json
+/// keeps and `--resume` reloads; with `--resume` only the run's length may change
+/// (`--steps N` or `--steps=N`), and any other setting is refused by name.
+#[test]
+fn resume_takes_the_stored_configuration_and_refuses_other_settings() {
+    let dir = std::env::temp_dir().join(format!("muse-cli-resume-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let out = dir.join("run");
+    let out = out.to_str().unwrap();
+    let cache = dir.join("kernels");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_muse"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("MUSE_CACHE_DIR", &cache)
+            .env("MUSE_CFLAGS", "-O1 -march=native -fopenmp")
+            .output()
+            .unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let sets = ["--set", "resolution=8", "--set", "channels=4", "--set", "levels=1", "--set", "codebook=8"];
+    let mut args = vec!["train", "models/vq_tokenizer.muse", "--steps", "2", "--batch", "2", "--lr", "0.002"];
+    args.extend(["--stage", "8:1:3", "--stage", "8:2", "--out", out, "--set", "code_dim=4", "--set", "groups=2"]);
+    args.extend(sets);
+    let (ok, err) = run(&args);
+    assert!(ok, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/config.json")).unwrap()).unwrap();
+    let a = &config["args"];
+    assert_eq!((a["lr"].as_f64(), a["batch"].as_u64(), a["steps"].as_u64()), (Some(0.002), Some(2), Some(2)));
+    assert_eq!(a["stages"], serde_json::json!([[8, 1, 3, 1], [8, 2, 2, 1]]), "stage batches default to --batch");
+    assert_eq!(a["sets"][0], serde_json::json!(["code_dim", "4"]));
+    let (ok, err) = run(&["train", "--resume", out, "--lr", "0.1", "--set", "depth=3"]);
+    assert!(!ok && err.contains("not --lr, --set"), "{err}");
+    let (ok, err) = run(&["train", "models/vq_tokenizer.muse", "--resume", out]);
+    assert!(!ok && err.contains("not both"), "{err}");
+    let (ok, err) = run(&["train", "--resume", out, "--steps=3"]);
+    assert!(ok, "{err}");
+    let lines = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, 3, "resumed to step 3");
+    let (ok, err) = run(&["train", "models/vq_tokenizer.muse", "--batch", "0"]);
+    assert!(!ok && err.contains("--batch") && err.contains("at least 1"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

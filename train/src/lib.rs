@@ -2,6 +2,7 @@
 //! run directories with atomic checkpoints, the training loops and MaskGIT sampling.
 
 pub mod adversary;
+pub mod config;
 pub mod critic;
 pub mod data;
 pub mod fit;
