@@ -2,8 +2,9 @@
 //! masked-token models on its tokens; resume equivalence; damaged checkpoints.
 
 use muse_runtime::device::{select, Device, DeviceKind, DeviceOptions};
+use muse_train::config::TrainArgs;
+use muse_train::objective::train;
 use muse_train::sample::SampleArgs;
-use muse_train::session::{train, TrainArgs};
 use std::path::{Path, PathBuf};
 
 /// The CPU device with quick compiles and a kernel cache of this test process.
@@ -94,7 +95,7 @@ fn masked_token_models_learn_the_built_in_data() {
     let v = train(&vq(&dir), false, s.as_ref()).unwrap();
     assert!(v.last_loss < v.first_loss, "image tokenizer: {} -> {}", v.first_loss, v.last_loss);
     // Its reconstructions of one-shape images, judged (what `muse tokenize` reports).
-    let tokenizer = muse_train::session::ImageTokenizer::open(&dir.join("vq")).unwrap();
+    let tokenizer = muse_train::image_tokenizer::ImageTokenizer::open(&dir.join("vq")).unwrap();
     let shapes = muse_train::data::open("shapes", 8, 0, false).unwrap();
     let r = tokenizer.judge_reconstructions(shapes.as_ref(), 40, s.as_ref()).unwrap();
     assert_eq!(r.judged, 40);
@@ -288,7 +289,7 @@ fn progressive_resolution_resumes_across_stages() {
 }
 
 fn progressive_run(disc_start: &str) {
-    use muse_train::session::Stage;
+    use muse_train::config::Stage;
     let dir = scratch(&format!("stages{disc_start}"));
     let s = settings();
     let stages = vec![

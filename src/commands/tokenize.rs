@@ -30,7 +30,7 @@ pub fn main(a: Args) -> ExitCode {
 
 fn tokenize_command(run: &Path, data: &str, samples: usize, device: &DeviceArg) -> Result<String, String> {
     let device = device.open(false)?;
-    let vq = muse_train::session::ImageTokenizer::open(run)?;
+    let vq = muse_train::image_tokenizer::ImageTokenizer::open(run)?;
     let res = vq
         .model
         .config

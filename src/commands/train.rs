@@ -83,7 +83,7 @@ fn train_command(a: Args, m: &ArgMatches) -> Result<String, String> {
         (None, None) => return Err("give a .muse file to train, or --resume RUN_DIR".into()),
     };
     let device = a.device.open(false)?;
-    let s = muse_train::session::train(&args, resume, device.as_ref())?;
+    let s = muse_train::objective::train(&args, resume, device.as_ref())?;
     if s.first_loss.is_nan() {
         return Ok(format!(
             "{}: the run has finished its {} steps (--resume {} --steps N continues it to N)\n",

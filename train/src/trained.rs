@@ -2,8 +2,10 @@
 //! directory: the model compiled as it was trained, its latest weights (the EMA when kept),
 //! its text tokenizer and image tokenizer, and a compiled program for its `logits`.
 
+use crate::config::TrainArgs;
+use crate::image_tokenizer::ImageTokenizer;
+use crate::objective::{compile_model, token_model_sets};
 use crate::run::RunDir;
-use crate::session::{compile_model, token_model_sets, ImageTokenizer, TrainArgs};
 use crate::text::TextTokenizer;
 use muse_compiler::ir::{DType, NodeIndex};
 use muse_compiler::{ConfigValue, Model};

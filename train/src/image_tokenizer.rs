@@ -1,0 +1,145 @@
+//! A trained image tokenizer as the other objectives and commands use it: its model
+//! compiled as trained, its latest weights, the data set encoded into token ids (cached in
+//! its run directory) and its reconstructions judged.
+
+use crate::config::TrainArgs;
+use crate::data::Dataset;
+use crate::masked::{self, TokenSet};
+use crate::objective::{compile_model, config_int};
+use crate::run::RunDir;
+use muse_compiler::Model;
+use muse_runtime::device::{Device, Tensors};
+use muse_runtime::HostTensor;
+use std::path::{Path, PathBuf};
+
+/// A trained image tokenizer: its model (compiled as trained) and latest parameters.
+pub struct ImageTokenizer {
+    /// The model.
+    pub model: Model,
+    /// Parameters of the latest checkpoint.
+    pub params: Tensors,
+    /// Its run directory.
+    pub run: PathBuf,
+    /// The checkpoint they came from.
+    pub checkpoint: String,
+}
+
+impl ImageTokenizer {
+    /// Loads the latest checkpoint of a VQ run.
+    pub fn open(run: &Path) -> Result<ImageTokenizer, String> {
+        let args = TrainArgs::from_run(run)?;
+        let model = compile_model(&args.model, &args.sets)?;
+        let dir = RunDir::open(run)?;
+        let (tensors, _) = dir.latest()?.ok_or_else(|| format!("{}: the run has no checkpoint yet", run.display()))?;
+        let params =
+            model.graph.params.iter().filter_map(|p| Some((p.name.clone(), tensors.get(&p.name)?.clone()))).collect();
+        Ok(ImageTokenizer {
+            model,
+            params,
+            run: run.to_path_buf(),
+            checkpoint: dir.checkpoints().last().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Codebook size and tokens per side.
+    pub fn codebook_and_grid(&self) -> Result<(i64, i64), String> {
+        let codebook = config_int(&self.model, "codebook").ok_or("the image tokenizer has no `codebook` config")?;
+        let codes = self.model.graph.outputs.iter().find(|(n, _)| n == "codes").ok_or("no `codes` output")?.1;
+        let shape = &self.model.graph.ty(codes).shape.0;
+        let grid = shape.get(1).and_then(|d| d.as_known()).ok_or("`codes` must be [B, grid, grid]")?;
+        Ok((codebook, grid))
+    }
+
+    /// The data set as token ids, encoded once and cached under the tokenizer's run.
+    pub fn tokens(
+        &self,
+        data_spec: &str,
+        data: &dyn Dataset,
+        samples: usize,
+        device: &dyn Device,
+    ) -> Result<TokenSet, String> {
+        let key = muse_runtime::rng::mix64(
+            data_spec
+                .bytes()
+                .chain(self.checkpoint.bytes())
+                .fold(samples as u64, |h, b| muse_runtime::rng::mix64(h ^ b as u64)),
+        );
+        let dir = self.run.join("tokens").join(format!("{key:016x}"));
+        if let Some(t) = TokenSet::load(&dir)? {
+            eprintln!("tokens: {} items from the cache {}", t.len(), dir.display());
+            return Ok(t);
+        }
+        let count = data.size().map_or(samples, |n| n.min(samples.max(n)));
+        eprintln!("tokenize: encoding {count} images with {} ...", self.run.display());
+        let t = masked::encode(&self.model.graph, &self.params, data, Some(count), 64, device)?;
+        t.save(&dir)?;
+        Ok(t)
+    }
+}
+
+/// How reconstructions of one-shape images of the built-in data set judge against their
+/// captions (see [`crate::data::shapes::judge`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconstructions {
+    /// Images judged.
+    pub judged: usize,
+    /// Right in colour, place and shape.
+    pub colour: usize,
+    /// Right in place.
+    pub place: usize,
+    /// Right in shape.
+    pub shape: usize,
+    /// Images of a large shape, and those right in shape.
+    pub large: (usize, usize),
+}
+
+impl ImageTokenizer {
+    /// Encodes and decodes the first `count` one-shape images of `data` and judges the
+    /// reconstructions against their captions: what the tokenizer can represent, an upper
+    /// bound for any generator on its tokens. None judged for data without such captions.
+    pub fn judge_reconstructions(
+        &self,
+        data: &dyn Dataset,
+        count: usize,
+        device: &dyn Device,
+    ) -> Result<Reconstructions, String> {
+        use crate::data::shapes::judge;
+        let g = &self.model.graph;
+        let recon = g.outputs.iter().find(|(n, _)| n == "recon").ok_or("the image tokenizer has no `recon` output")?.1;
+        let mut program = device.compile(g, &[recon]).map_err(|e| e.to_string())?;
+        let res = data.resolution();
+        let mut out = Reconstructions::default();
+        let mut index = 0u64;
+        let limit = data.size().map_or(count.saturating_mul(8) as u64, |n| n as u64);
+        while out.judged < count && index < limit {
+            let (mut pixels, mut captions) = (Vec::new(), Vec::new());
+            while captions.len() < 64 && out.judged + captions.len() < count && index < limit {
+                if let Ok(s) = data.get(index) {
+                    if judge(&s.image, res, &s.caption).is_some() {
+                        pixels.extend(s.image.iter().map(|&x| x as f64));
+                        captions.push(s.caption);
+                    }
+                }
+                index += 1;
+            }
+            if captions.is_empty() {
+                break;
+            }
+            let inputs: Tensors = [("image".to_string(), HostTensor::f(&[captions.len(), res, res, 3], pixels))].into();
+            let values = program.run(&inputs, &self.params, 0).map_err(|e| e.to_string())?;
+            let images: Vec<f32> = values[&recon].to_f64().iter().map(|&x| x as f32).collect();
+            for (i, caption) in captions.iter().enumerate() {
+                let Some(j) = judge(&images[i * res * res * 3..][..res * res * 3], res, caption) else { continue };
+                out.judged += 1;
+                out.colour += usize::from(j.colour);
+                out.place += usize::from(j.place);
+                out.shape += usize::from(j.shape);
+                if caption.contains(" large ") {
+                    out.large.0 += 1;
+                    out.large.1 += usize::from(j.shape);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

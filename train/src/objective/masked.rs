@@ -1,0 +1,73 @@
+//! The masked-token objective: Muse's cosine masking of image token ids, conditioned on
+//! the captions (dropped for classifier-free guidance).
+
+use super::{compile_model, config_int, initial_params, token_model_sets, token_trainer};
+use crate::config::TrainArgs;
+use crate::data;
+use crate::fit::{self, Batches, FitConfig, NoHook, Summary};
+use crate::image_tokenizer::ImageTokenizer;
+use crate::masked::MaskedBatches;
+use crate::run::RunDir;
+use crate::text::TextTokenizer;
+use muse_runtime::device::Device;
+use muse_runtime::optim::AdamW;
+use serde_json::{json, Value};
+
+/// Trains a masked-token model on the ids a trained image tokenizer (`--tokenizer RUN`)
+/// gives the data set, with Muse's cosine masking and classifier-free guidance dropout.
+pub(super) fn train(
+    args: &TrainArgs,
+    resume: bool,
+    device: &dyn Device,
+    run: &RunDir,
+    opt: AdamW,
+    mut config: Value,
+    fit_cfg: &dyn Fn(usize) -> FitConfig,
+) -> Result<Summary, String> {
+    let vq_dir =
+        args.tokenizer.as_ref().ok_or("a masked-token model needs --tokenizer RUN_DIR (a trained image tokenizer)")?;
+    let vq = ImageTokenizer::open(vq_dir)?;
+    let (codebook, grid) = vq.codebook_and_grid()?;
+    let sets = token_model_sets(&args.sets, codebook, grid, vq_dir)?;
+    let model = compile_model(&args.model, &sets)?;
+    let text_len = config_int(&model, "text_len").ok_or("the model has no `text_len` config")? as usize;
+    let text_vocab = config_int(&model, "text_vocab").ok_or("the model has no `text_vocab` config")? as usize;
+    let vq_res = config_int(&vq.model, "resolution").ok_or("the image tokenizer has no `resolution` config")? as usize;
+    let data = data::open(&args.data, vq_res, args.seed, args.flip)?;
+    let tok_path = run.path.join("tokenizer.json");
+    let text = if resume && tok_path.is_file() {
+        TextTokenizer::load(&tok_path, text_len)?
+    } else if let Some(p) = &args.text_tokenizer {
+        TextTokenizer::load(p, text_len)?
+    } else {
+        TextTokenizer::train(&data.captions(), text_vocab, text_len)?
+    };
+    if text.vocab_size() > text_vocab {
+        return Err(format!(
+            "the text tokenizer has {} entries but the model's text_vocab is {text_vocab}: --set text_vocab={}",
+            text.vocab_size(),
+            text.vocab_size()
+        ));
+    }
+    text.save(&tok_path)?;
+    config["objective"] = json!("masked tokens");
+    config["image_tokenizer"] =
+        json!({ "run": vq_dir, "checkpoint": vq.checkpoint, "codebook": codebook, "grid": grid });
+    run.write_config(&config)?;
+    let tokens = vq.tokens(&args.data, data.as_ref(), args.samples, device)?;
+    let params = initial_params(&model, args)?;
+    let mut probe_batches = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
+    let example = probe_batches.next()?.0;
+    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, device, args, run, resume)?;
+    let per_item = tokens.per_item;
+    let mut batches =
+        MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;
+    eprintln!(
+        "train {} (masked tokens, codebook {codebook}, grid {grid}) from step {} to {} in {}",
+        model.name,
+        start.step,
+        args.steps,
+        run.path.display()
+    );
+    fit::fit(run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut NoHook)
+}

@@ -1,0 +1,197 @@
+//! `muse train`'s objectives: [`train`] picks one from the model's inputs (an `image`
+//! input: an image tokenizer; `tokens` and `targets`: a masked-token model; `tokens` and
+//! `is_original`: a token critic), prepares the run directory and hands over to it; each
+//! objective is a module of its own. `--resume` rebuilds everything from config.json.
+
+mod critic;
+mod masked;
+mod tokenizer;
+
+use crate::config::TrainArgs;
+use crate::fit::{self, FitConfig, NoHook, Summary};
+use crate::run::{Progress, RunDir};
+use muse_compiler::{compile_path, Model, Options};
+use muse_runtime::device::{Device, Tensors};
+use muse_runtime::optim::{AdamW, Schedule};
+use muse_runtime::train::{TrainOptions, Trainer};
+use muse_runtime::{init_params, Precision};
+use serde_json::json;
+use std::path::Path;
+
+/// Compiles one model of a file with overrides; the diagnostic rendered on error.
+pub fn compile_model(path: &Path, sets: &[(String, String)]) -> Result<Model, String> {
+    let c = compile_path(path, &Options { overrides: sets.to_vec(), model: None });
+    match c.result {
+        Ok(mut m) if m.len() == 1 => Ok(m.remove(0)),
+        Ok(m) => Err(format!("{}: {} models in the file; train one per file", path.display(), m.len())),
+        Err(d) => Err(d.render(&c.sources)),
+    }
+}
+
+pub(crate) fn config_int(m: &Model, key: &str) -> Option<i64> {
+    m.config.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
+        muse_compiler::elaborate::ConfigValue::Int(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// The model's initial parameters: random from its initialisers, then every tensor of
+/// `--init` that is named like a parameter (its shape must match).
+fn initial_params(model: &Model, args: &TrainArgs) -> Result<Tensors, String> {
+    let mut params = init_params(&model.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+    let Some(path) = &args.init else { return Ok(params) };
+    let file = muse_runtime::checkpoint::load(path).map_err(|e| format!("--init {}: {e}", path.display()))?;
+    let mut loaded = 0;
+    for (name, t) in &file {
+        if let Some(p) = params.get_mut(name) {
+            if p.shape != t.shape {
+                return Err(format!(
+                    "--init {}: `{name}` is {:?} in the file but {:?} in {}",
+                    path.display(),
+                    t.shape,
+                    p.shape,
+                    model.name
+                ));
+            }
+            *p = t.clone();
+            loaded += 1;
+        }
+    }
+    if loaded == 0 {
+        return Err(format!(
+            "--init {}: none of its {} tensors is named like a parameter of {} (e.g. `{}`)",
+            path.display(),
+            file.len(),
+            model.name,
+            model.graph.params.first().map_or("", |p| p.name.as_str())
+        ));
+    }
+    eprintln!("init: {loaded} of {} parameters from {}", params.len(), path.display());
+    Ok(params)
+}
+
+/// What the trainer leaves alone: `--freeze` (`text` is the text encoder) and `also`.
+fn train_options(args: &TrainArgs, outputs: &[&str], also: &[&str]) -> TrainOptions {
+    let alias = |f: &str| if f == "text" { "text_encoder".to_string() } else { f.to_string() };
+    TrainOptions {
+        outputs: outputs.iter().map(|o| o.to_string()).collect(),
+        frozen: args.freeze.iter().map(|f| alias(f)).chain(also.iter().map(|f| f.to_string())).collect(),
+    }
+}
+
+/// Config overrides of a token model with the codebook and grid of its image tokenizer
+/// (`vq`); a different value given explicitly is an error.
+pub fn token_model_sets(
+    sets: &[(String, String)],
+    codebook: i64,
+    grid: i64,
+    vq: &Path,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = sets.to_vec();
+    for (k, v) in [("codebook", codebook), ("grid", grid)] {
+        match out.iter().find(|(key, _)| key == k) {
+            Some((_, given)) if given.parse::<i64>().ok() != Some(v) => {
+                return Err(format!("--set {k}={given}, but the image tokenizer {} has {k} {v}", vq.display()))
+            }
+            Some(_) => {}
+            None => out.push((k.to_string(), v.to_string())),
+        }
+    }
+    Ok(out)
+}
+
+/// Trains (or, with `resume`, continues) a run.
+pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summary, String> {
+    // Paths are recorded absolute, so runs can be resumed and used from any directory.
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    // A progressive run's model is the last stage's: what `muse tokenize` and sampling use.
+    let mut sets = args.sets.clone();
+    if let Some(last) = args.stages.last() {
+        sets.retain(|(k, _)| k != "resolution");
+        sets.push(("resolution".into(), last.resolution.to_string()));
+    }
+    let args = &TrainArgs {
+        model: absolute(&args.model),
+        tokenizer: args.tokenizer.as_deref().map(absolute),
+        generator: args.generator.as_deref().map(absolute),
+        text_tokenizer: args.text_tokenizer.as_deref().map(absolute),
+        init: args.init.as_deref().map(absolute),
+        discriminator: args.discriminator.as_deref().map(absolute),
+        sets,
+        ..args.clone()
+    };
+    let probe = compile_model(&args.model, &args.sets)?;
+    let has = |n: &str| probe.graph.inputs.iter().any(|(k, _)| k == n);
+    let run = RunDir::create(&args.out, args.keep)?;
+    if !resume && run.path.join("latest.json").exists() {
+        return Err(format!(
+            "{} already holds a run: pass --resume {} to continue it, or choose another --out",
+            run.path.display(),
+            run.path.display()
+        ));
+    }
+    let opt = AdamW {
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        clip_norm: (args.clip > 0.0).then_some(args.clip),
+        ..AdamW::default()
+    };
+    let fit_cfg = |tokens_per_item| FitConfig {
+        steps: args.steps,
+        schedule: Schedule { warmup: args.warmup, total: args.steps, min_ratio: 0.1 },
+        accumulate: args.accumulate.max(1),
+        checkpoint_every: args.checkpoint_every,
+        skip_nonfinite: args.skip_nonfinite,
+        ema: (args.ema > 0.0).then_some(args.ema),
+        seed: args.seed,
+        batch: args.batch,
+        tokens_per_item,
+    };
+    let source = std::fs::read_to_string(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let mut config = json!({
+        "args": serde_json::to_value(args).map_err(|e| e.to_string())?, "model_name": probe.name, "source": source,
+        "source_hash": format!("{:016x}", source.bytes().fold(0u64, |h, b| muse_runtime::rng::mix64(h ^ b as u64))),
+        "config": probe.config.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<Vec<_>>(),
+    });
+    if has("image") {
+        config["objective"] = json!("image tokenizer");
+        run.write_config(&config)?;
+        return tokenizer::train(args, resume, device, &run, opt, &probe, &fit_cfg);
+    }
+    if !args.stages.is_empty() {
+        return Err("--stage: progressive resolution is for image tokenizers (models with an `image` input)".into());
+    }
+    if has("tokens") && has("is_original") && has("text_ids") && has("text_mask") {
+        return critic::train(args, resume, device, &run, opt, config, &fit_cfg);
+    }
+    if !(has("tokens") && has("targets") && has("loss_mask") && has("text_ids") && has("text_mask")) {
+        return Err(format!(
+            "{}: muse train knows image tokenizers (an `image` input) and masked-token models (inputs tokens, targets, loss_mask, text_ids, text_mask) and token critics (tokens, is_original, text_ids, text_mask)",
+            args.model.display()
+        ));
+    }
+    masked::train(args, resume, device, &run, opt, config, &fit_cfg)
+}
+
+/// The trainer of a token model (a masked-token model or a critic), with its weight average
+/// when asked, and where it starts: step 0, or the run's latest checkpoint.
+#[allow(clippy::too_many_arguments)]
+fn token_trainer(
+    model: &Model,
+    params: &Tensors,
+    example: &Tensors,
+    opt: AdamW,
+    device: &dyn Device,
+    args: &TrainArgs,
+    run: &RunDir,
+    resume: bool,
+) -> Result<(Trainer, Progress), String> {
+    let options = train_options(args, &[], &[]);
+    let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, device, &options)
+        .map_err(|e| e.to_string())?;
+    if args.ema > 0.0 {
+        trainer.start_ema().map_err(|e| e.to_string())?;
+    }
+    let start = if resume { fit::restore(run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
+    Ok((trainer, start))
+}
