@@ -11,35 +11,20 @@ use muse_compiler::autodiff::{self, Gradients};
 use muse_compiler::ir::{Graph, NodeIndex};
 
 /// What went wrong building a trainer.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The model has no loss.
+    #[error("model {0} has no loss to train")]
     NoLoss(String),
     /// Generating or compiling kernels failed, or the device is missing.
+    #[error(transparent)]
     Device(DeviceError),
     /// Inputs or parameters do not fit the model.
-    Run(RunError),
+    #[error(transparent)]
+    Run(#[from] RunError),
     /// A frozen name matches no parameter.
+    #[error("nothing to freeze: no parameter is named `{0}` or `{0}.*`")]
     Freeze(String),
-}
-
-impl std::fmt::Display for TrainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TrainError::NoLoss(m) => write!(f, "model {m} has no loss to train"),
-            TrainError::Device(e) => write!(f, "{e}"),
-            TrainError::Run(e) => write!(f, "{e}"),
-            TrainError::Freeze(p) => write!(f, "nothing to freeze: no parameter is named `{p}` or `{p}.*`"),
-        }
-    }
-}
-
-impl std::error::Error for TrainError {}
-
-impl From<RunError> for TrainError {
-    fn from(e: RunError) -> Self {
-        TrainError::Run(e)
-    }
 }
 
 /// What one optimizer step saw and did.

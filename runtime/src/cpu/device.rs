@@ -93,7 +93,7 @@ struct Bound {
 }
 
 fn unbound() -> RunError {
-    RunError::File("the program has no buffers yet: bind it to inputs and parameters first".into())
+    RunError::Program("the program has no buffers yet: bind it to inputs and parameters first".into())
 }
 
 impl Bound {
@@ -165,7 +165,7 @@ impl Program for Bound {
     fn read(&self, n: NodeIndex) -> Result<HostTensor, RunError> {
         let prep = self.prep.as_ref().ok_or_else(unbound)?;
         prep.try_read(n)
-            .ok_or_else(|| RunError::File(format!("value {n:?} is neither requested nor stored by the program")))
+            .ok_or_else(|| RunError::Program(format!("value {n:?} is neither requested nor stored by the program")))
     }
     fn profile(&mut self, seed: u64, runs: usize) -> Result<Vec<f64>, RunError> {
         let prep = self.prep.as_mut().ok_or_else(unbound)?;
@@ -173,7 +173,7 @@ impl Program for Bound {
     }
     fn attach_optimizer(&mut self, trained: &[(String, NodeIndex)]) -> Result<(), RunError> {
         if self.prep.is_some() {
-            return Err(RunError::File("attach the optimizer before binding the program".into()));
+            return Err(RunError::Program("attach the optimizer before binding the program".into()));
         }
         let kernels = optim::Kernels::compile(&self.settings).map_err(|e| RunError::File(e.to_string()))?;
         self.trained = trained.to_vec();
@@ -186,7 +186,7 @@ impl Program for Bound {
             .state
             .as_mut()
             .and_then(|s| s.1.as_mut())
-            .ok_or_else(|| RunError::File("no optimizer attached".into()))?;
+            .ok_or_else(|| RunError::Program("no optimizer attached".into()))?;
         Ok(Box::new(optim::Step { state, prep }))
     }
 }

@@ -196,8 +196,9 @@ impl Program for Interpreted {
         Ok(())
     }
     fn read(&self, n: NodeIndex) -> Result<HostTensor, RunError> {
-        let (values, _) = self.bufs.values.as_ref().ok_or_else(|| RunError::File("nothing was executed yet".into()))?;
-        values.0.get(&n).cloned().ok_or_else(|| RunError::File(format!("value {n:?} is not in the graph")))
+        let (values, _) =
+            self.bufs.values.as_ref().ok_or_else(|| RunError::Program("nothing was executed yet".into()))?;
+        values.0.get(&n).cloned().ok_or_else(|| RunError::Program(format!("value {n:?} is not in the graph")))
     }
     fn profile(&mut self, seed: u64, runs: usize) -> Result<Vec<f64>, RunError> {
         // One interpreted execution is timed as a whole: the ops are not launches.
@@ -212,13 +213,13 @@ impl Program for Interpreted {
     }
     fn attach_optimizer(&mut self, trained: &[(String, NodeIndex)]) -> Result<(), RunError> {
         if !self.bufs.params.is_empty() {
-            return Err(RunError::File("attach the optimizer before binding the program".into()));
+            return Err(RunError::Program("attach the optimizer before binding the program".into()));
         }
         self.trained = Some(trained.to_vec());
         Ok(())
     }
     fn optimizer(&mut self) -> Result<Box<dyn Optimizer + '_>, RunError> {
-        let state = self.state.as_mut().ok_or_else(|| RunError::File("no optimizer attached".into()))?;
+        let state = self.state.as_mut().ok_or_else(|| RunError::Program("no optimizer attached".into()))?;
         Ok(Box::new(HostStep { state, buffers: &mut self.bufs }))
     }
 }

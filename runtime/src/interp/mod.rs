@@ -10,7 +10,6 @@ use crate::rng;
 use crate::tensor::HostTensor;
 use muse_compiler::ir::{Dim, Graph, NodeIndex, Op, Shape};
 use std::collections::HashMap;
-use std::fmt;
 
 /// Settings of one interpreter run.
 #[derive(Clone, Copy, Debug)]
@@ -28,11 +27,13 @@ impl Default for RunOptions {
 }
 
 /// Why a graph could not be run on the given tensors.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RunError {
     /// An input the graph declares was not given.
+    #[error("input `{0}` was not given")]
     MissingInput(String),
     /// An input has the wrong element type.
+    #[error("input `{name}` must be {expected}, but a {found} tensor was given")]
     InputDType {
         /// Input name.
         name: String,
@@ -42,6 +43,7 @@ pub enum RunError {
         found: String,
     },
     /// An input's shape does not fit its declaration.
+    #[error("input `{name}` must have shape {expected}, but has {found:?}: {why}")]
     InputShape {
         /// Input name.
         name: String,
@@ -53,8 +55,10 @@ pub enum RunError {
         why: String,
     },
     /// A parameter is missing from the given set (e.g. a safetensors file).
+    #[error("parameter `{0}` is missing")]
     MissingParam(String),
     /// A parameter has the wrong shape.
+    #[error("parameter `{name}` has shape {found:?}, but the model declares {expected:?}")]
     ParamShape {
         /// Parameter name.
         name: String,
@@ -64,6 +68,7 @@ pub enum RunError {
         found: Vec<usize>,
     },
     /// An index tensor points outside the table it indexes.
+    #[error("{op}: index {index} is outside 0..{rows}")]
     IndexOutOfRange {
         /// Which op (`gather` or `scatter_add`) and where it came from.
         op: String,
@@ -73,32 +78,13 @@ pub enum RunError {
         rows: usize,
     },
     /// A file could not be read or parsed.
+    #[error("{0}")]
     File(String),
+    /// A program was used out of order (read before it ran, an optimizer not attached):
+    /// a fault of the caller, named.
+    #[error("{0}")]
+    Program(String),
 }
-
-impl fmt::Display for RunError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RunError::MissingInput(n) => write!(f, "input `{n}` was not given"),
-            RunError::InputDType { name, expected, found } => {
-                write!(f, "input `{name}` must be {expected}, but a {found} tensor was given")
-            }
-            RunError::InputShape { name, expected, found, why } => {
-                write!(f, "input `{name}` must have shape {expected}, but has {found:?}: {why}")
-            }
-            RunError::MissingParam(n) => write!(f, "parameter `{n}` is missing"),
-            RunError::ParamShape { name, expected, found } => {
-                write!(f, "parameter `{name}` has shape {found:?}, but the model declares {expected:?}")
-            }
-            RunError::IndexOutOfRange { op, index, rows } => {
-                write!(f, "{op}: index {index} is outside 0..{rows}")
-            }
-            RunError::File(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for RunError {}
 
 /// Values of symbolic sizes (the batch `B`), solved from the inputs.
 #[derive(Clone, Debug, Default, PartialEq)]
