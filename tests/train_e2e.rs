@@ -3,6 +3,7 @@
 
 use muse_runtime::device::{select, Device, DeviceKind, DeviceOptions};
 use muse_train::config::TrainArgs;
+use muse_train::error::Error;
 use muse_train::objective::train;
 use muse_train::sample::SampleArgs;
 use std::path::{Path, PathBuf};
@@ -156,7 +157,11 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     train(&half, false, s.as_ref()).unwrap();
     half.steps = 20;
     let again = train(&half, false, s.as_ref());
-    assert!(again.unwrap_err().contains("--resume"), "a second start into the same run is refused");
+    let e = again.unwrap_err();
+    assert!(
+        matches!(e, Error::RunDir(_)) && e.to_string().contains("--resume"),
+        "a second start into the same run is refused: {e}"
+    );
     let mut resumed = TrainArgs::from_run(&half.out).unwrap();
     resumed.steps = 20;
     train(&resumed, true, s.as_ref()).unwrap();
@@ -194,12 +199,14 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let moved = a.keys().filter(|k| k.starts_with("layers.") && after.get(*k).is_some_and(|t| t != &a[*k])).count();
     assert!(moved > 0, "the rest trains");
     let bad = TrainArgs { freeze: vec!["nothing_here".into()], out: dir.join("bad"), ..frozen.clone() };
-    assert!(train(&bad, false, s.as_ref()).unwrap_err().contains("nothing_here"));
+    let e = train(&bad, false, s.as_ref()).unwrap_err();
+    assert!(matches!(e, Error::Train(_)) && e.to_string().contains("nothing_here"), "{e}");
     let vq_ck = ck_at(&dir.join("vq"), 30);
     let tmp = dir.join("unrelated.safetensors");
     muse_runtime::checkpoint::save(&tmp, &vq_ck).unwrap();
     let unrelated = TrainArgs { init: Some(tmp), out: dir.join("bad2"), ..frozen.clone() };
-    assert!(train(&unrelated, false, s.as_ref()).unwrap_err().contains("none of its"), "weights of another model");
+    let e = train(&unrelated, false, s.as_ref()).unwrap_err();
+    assert!(matches!(e, Error::Usage(_)) && e.to_string().contains("none of its"), "weights of another model: {e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -221,7 +228,7 @@ fn a_damaged_checkpoint_is_never_loaded() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let err = run.latest().unwrap_err();
-    assert!(err.contains("damaged"), "{err}");
+    assert!(matches!(err, Error::RunDir(_)) && err.to_string().contains("damaged"), "{err}");
     let mut resumed = TrainArgs::from_run(&args.out).unwrap();
     resumed.steps = 20;
     assert!(train(&resumed, true, s.as_ref()).is_err(), "resuming from a damaged checkpoint fails");
@@ -255,7 +262,7 @@ fn corrupt_images_are_skipped_named_and_counted() {
     let folder = muse_train::data::folder::ImageFolder::open(&data, 8, false).unwrap();
     use muse_train::data::Dataset;
     assert_eq!(folder.size(), Some(8));
-    let errors: Vec<String> = (0..8).filter_map(|i| folder.get(i).err()).collect();
+    let errors: Vec<String> = (0..8).filter_map(|i| folder.get(i).err().map(|e| e.to_string())).collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
         errors.iter().any(|e| e.contains("garbage.png")) && errors.iter().any(|e| e.contains("cut.png")),
@@ -349,6 +356,7 @@ fn progressive_run(disc_start: &str) {
         steps: 6,
         ..whole.clone()
     };
-    assert!(train(&bad, false, s.as_ref()).unwrap_err().contains("later step"));
+    let e = train(&bad, false, s.as_ref()).unwrap_err();
+    assert!(matches!(e, Error::Usage(_)) && e.to_string().contains("later step"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -4,6 +4,8 @@
 //! them. The tokenizer's graph holds the same discriminator (its `disc.*` parameters, frozen
 //! there) for the generator term; after each discriminator step its weights are copied in.
 
+use crate::error::Error;
+
 use crate::fit::{StepDone, StepHook};
 use muse_runtime::device::Tensors;
 use muse_runtime::train::Trainer;
@@ -34,39 +36,47 @@ fn mean(t: &HostTensor) -> f64 {
 }
 
 impl StepHook for Adversary {
-    fn after_step(&mut self, g: &mut Trainer, done: &StepDone) -> Result<(), String> {
+    fn after_step(&mut self, g: &mut Trainer, done: &StepDone) -> Result<(), Error> {
         // The last micro-batch: the reconstructions the tokenizer's program still holds.
-        let real = done.micro.last().and_then(|m| m.get("image")).ok_or("the tokenizer's batch has no `image`")?;
-        let fake = g.output("recon").ok_or("the tokenizer computes no `recon` for its discriminator")?;
+        let real = done
+            .micro
+            .last()
+            .and_then(|m| m.get("image"))
+            .ok_or_else(|| Error::Model("the tokenizer's batch has no `image`".into()))?;
+        let fake = g
+            .output("recon")
+            .ok_or_else(|| Error::Usage("the tokenizer computes no `recon` for its discriminator".into()))?;
         let inputs: Tensors = [("real".to_string(), real.clone()), ("fake".to_string(), fake)].into();
-        let stats = self.trainer.step(&[&inputs], done.lr, done.step).map_err(|e| e.to_string())?;
+        let stats = self.trainer.step(&[&inputs], done.lr, done.step)?;
         if !stats.applied {
-            return Err(format!(
+            return Err(Error::Usage(format!(
                 "step {}: the discriminator's hinge loss is {} (gradient norm {}); lower the learning rate or --set adversarial",
                 done.step, stats.loss, stats.grad_norm
-            ));
+            )));
         }
         let logit = |name: &str| self.trainer.output(name).map_or(f64::NAN, |t| mean(&t));
         self.last = Some([stats.loss, logit("real_logits"), logit("fake_logits")]);
-        let weights = self.trainer.params().map_err(|e| e.to_string())?;
-        g.set_params(&weights).map_err(|e| format!("copying the discriminator into the tokenizer: {e}"))
+        let weights = self.trainer.params()?;
+        g.set_params(&weights).map_err(|e| Error::Usage(format!("copying the discriminator into the tokenizer: {e}")))
     }
 
-    fn state(&mut self) -> Result<Tensors, String> {
-        let state = self.trainer.optimizer_state().map_err(|e| e.to_string())?;
+    fn state(&mut self) -> Result<Tensors, Error> {
+        let state = self.trainer.optimizer_state()?;
         Ok(state.into_iter().map(|(k, v)| (format!("{PREFIX}{k}"), v)).collect())
     }
 
-    fn restore(&mut self, t: &Tensors) -> Result<(), String> {
+    fn restore(&mut self, t: &Tensors) -> Result<(), Error> {
         // The weights are the tokenizer's `disc.*` in the same checkpoint.
-        let known = self.trainer.params().map_err(|e| e.to_string())?;
+        let known = self.trainer.params()?;
         let weights: Tensors =
             t.iter().filter(|(k, _)| known.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        self.trainer.set_params(&weights).map_err(|e| e.to_string())?;
+        self.trainer.set_params(&weights)?;
         let state: Tensors =
             t.iter().filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|k| (k.to_string(), v.clone()))).collect();
         self.trainer.set_optimizer_state(&state).map_err(|e| {
-            format!("the checkpoint has no discriminator optimizer state ({e}); it was trained without one")
+            Error::RunDir(format!(
+                "the checkpoint has no discriminator optimizer state ({e}); it was trained without one"
+            ))
         })
     }
 

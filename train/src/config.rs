@@ -2,6 +2,8 @@
 //! fills it (clap), `config.json` stores it and `--resume` reloads it (serde), and each
 //! default lives in [`TrainArgs::default`].
 
+use crate::error::Error;
+
 use crate::run::RunDir;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -136,17 +138,18 @@ impl Default for TrainArgs {
 }
 
 /// A count that must be at least 1.
-fn at_least_one(s: &str) -> Result<usize, String> {
+fn at_least_one(s: &str) -> Result<usize, Error> {
     match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
+        Ok(0) => Err(Error::Usage("must be at least 1".into())),
         Ok(v) => Ok(v),
-        Err(_) => Err(format!("`{s}` is not a whole number")),
+        Err(_) => Err(Error::Usage(format!("`{s}` is not a whole number"))),
     }
 }
 
 /// `KEY=VALUE` of `--set`.
-fn parse_set(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected KEY=VALUE, e.g. --set depth=8"))?;
+fn parse_set(s: &str) -> Result<(String, String), Error> {
+    let (k, v) =
+        s.split_once('=').ok_or_else(|| Error::Usage(format!("`{s}`: expected KEY=VALUE, e.g. --set depth=8")))?;
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
@@ -194,18 +197,20 @@ pub struct StageSpec {
 
 impl StageSpec {
     /// Parses `RES:UNTIL[:BATCH[:ACCUMULATE]]`.
-    pub fn parse(s: &str) -> Result<StageSpec, String> {
+    pub fn parse(s: &str) -> Result<StageSpec, Error> {
         let parts: Vec<&str> = s.split(':').collect();
         if !(2..=4).contains(&parts.len()) {
-            return Err(format!("`{s}`: write RESOLUTION:UNTIL_STEP[:BATCH[:ACCUMULATE]], e.g. 64:1000:32:4"));
+            return Err(Error::Usage(format!(
+                "`{s}`: write RESOLUTION:UNTIL_STEP[:BATCH[:ACCUMULATE]], e.g. 64:1000:32:4"
+            )));
         }
-        let num = |i: usize, what: &str| -> Result<Option<u64>, String> {
+        let num = |i: usize, what: &str| -> Result<Option<u64>, Error> {
             parts
                 .get(i)
                 .map(|p| match p.parse::<u64>() {
                     Ok(v) if v >= 1 || i == 1 => Ok(v),
-                    Ok(_) => Err(format!("`{s}`: the {what} must be at least 1")),
-                    Err(_) => Err(format!("`{s}`: {what} `{p}` is not a whole number")),
+                    Ok(_) => Err(Error::Usage(format!("`{s}`: the {what} must be at least 1"))),
+                    Err(_) => Err(Error::Usage(format!("`{s}`: {what} `{p}` is not a whole number"))),
                 })
                 .transpose()
         };
@@ -231,8 +236,10 @@ impl StageSpec {
 impl Stage {
     /// Parses `RES:UNTIL[:BATCH[:ACCUMULATE]]`; batch and accumulation default to `batch` and
     /// `accumulate`.
-    pub fn parse(s: &str, batch: usize, accumulate: usize) -> Result<Stage, String> {
-        StageSpec::parse(s).map(|spec| spec.resolve(batch, accumulate)).map_err(|e| format!("--stage {e}"))
+    pub fn parse(s: &str, batch: usize, accumulate: usize) -> Result<Stage, Error> {
+        StageSpec::parse(s)
+            .map(|spec| spec.resolve(batch, accumulate))
+            .map_err(|e| Error::Usage(format!("--stage {e}")))
     }
 }
 
@@ -250,12 +257,14 @@ impl TrainArgs {
     }
 
     /// The arguments a run was started with (its config.json), for `--resume`.
-    pub fn from_run(run: &Path) -> Result<TrainArgs, String> {
+    pub fn from_run(run: &Path) -> Result<TrainArgs, Error> {
         let c = RunDir::open(run)?.config()?;
-        let mut args: TrainArgs = serde_json::from_value(c["args"].clone())
-            .map_err(|e| format!("{}/config.json: `args` does not describe a run: {e}", run.display()))?;
+        let mut args: TrainArgs = serde_json::from_value(c["args"].clone()).map_err(|e| Error::Format {
+            path: run.join("config.json"),
+            why: format!("`args` does not describe a run: {e}"),
+        })?;
         if args.model.as_os_str().is_empty() {
-            return Err(format!("{}/config.json: no model", run.display()));
+            return Err(Error::Format { path: run.join("config.json"), why: "no model".into() });
         }
         args.out = run.to_path_buf();
         Ok(args)

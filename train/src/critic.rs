@@ -3,6 +3,8 @@
 //! random temperature per item), and train the critic to tell, per position, whether the
 //! token is the original one.
 
+use crate::error::Error;
+
 use crate::fit::Batches;
 use crate::masked::MaskedBatches;
 use crate::sample::sample_token;
@@ -22,10 +24,10 @@ pub struct CriticBatches {
 }
 
 impl Batches for CriticBatches {
-    fn next(&mut self) -> Result<(Tensors, u64), String> {
+    fn next(&mut self) -> Result<(Tensors, u64), Error> {
         let (t, pos) = self.masked.next()?;
-        let Data::I(tokens) = &t["tokens"].data else { return Err("tokens are not integer".into()) };
-        let Data::I(targets) = &t["targets"].data else { return Err("targets are not integer".into()) };
+        let Data::I(tokens) = &t["tokens"].data else { return Err(Error::Usage("tokens are not integer".into())) };
+        let Data::I(targets) = &t["targets"].data else { return Err(Error::Usage("targets are not integer".into())) };
         let (b, n) = (t["tokens"].shape[0], t["tokens"].shape[1]);
         let k = self.generator.codebook as usize;
         let mut gen_inputs = Tensors::new();

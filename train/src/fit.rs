@@ -2,6 +2,8 @@
 //! micro-batches, an EMA of the weights, the non-finite-loss policy, metrics, progress and
 //! checkpoints that let a run be resumed bit for bit.
 
+use crate::error::Error;
+
 use crate::run::{Progress, RunDir};
 use muse_runtime::device::Tensors;
 use muse_runtime::optim::Schedule;
@@ -35,7 +37,7 @@ pub struct FitConfig {
 /// A source of micro-batches.
 pub trait Batches {
     /// The inputs of the next micro-batch and the data position after it.
-    fn next(&mut self) -> Result<(Tensors, u64), String>;
+    fn next(&mut self) -> Result<(Tensors, u64), Error>;
     /// Time spent waiting for data so far.
     fn waited(&self) -> Duration {
         Duration::ZERO
@@ -61,13 +63,13 @@ pub struct StepDone<'a> {
 /// same.
 pub trait StepHook {
     /// Called after each applied optimizer step.
-    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), String>;
+    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), Error>;
     /// State to save in a checkpoint (names must contain a `/`).
-    fn state(&mut self) -> Result<Tensors, String> {
+    fn state(&mut self) -> Result<Tensors, Error> {
         Ok(Tensors::new())
     }
     /// Restores [`StepHook::state`].
-    fn restore(&mut self, _t: &Tensors) -> Result<(), String> {
+    fn restore(&mut self, _t: &Tensors) -> Result<(), Error> {
         Ok(())
     }
     /// Figures of the last step for the metrics log.
@@ -80,20 +82,20 @@ pub trait StepHook {
 pub struct NoHook;
 
 impl StepHook for NoHook {
-    fn after_step(&mut self, _: &mut Trainer, _: &StepDone) -> Result<(), String> {
+    fn after_step(&mut self, _: &mut Trainer, _: &StepDone) -> Result<(), Error> {
         Ok(())
     }
 }
 
 /// A hook an objective may not have.
 impl<H: StepHook> StepHook for Option<H> {
-    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), String> {
+    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), Error> {
         self.as_mut().map_or(Ok(()), |h| h.after_step(trainer, done))
     }
-    fn state(&mut self) -> Result<Tensors, String> {
+    fn state(&mut self) -> Result<Tensors, Error> {
         self.as_mut().map_or(Ok(Tensors::new()), H::state)
     }
-    fn restore(&mut self, t: &Tensors) -> Result<(), String> {
+    fn restore(&mut self, t: &Tensors) -> Result<(), Error> {
         self.as_mut().map_or(Ok(()), |h| h.restore(t))
     }
     fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -103,16 +105,16 @@ impl<H: StepHook> StepHook for Option<H> {
 
 /// Two hooks, run in order.
 impl<A: StepHook, B: StepHook> StepHook for (A, B) {
-    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), String> {
+    fn after_step(&mut self, trainer: &mut Trainer, done: &StepDone) -> Result<(), Error> {
         self.0.after_step(trainer, done)?;
         self.1.after_step(trainer, done)
     }
-    fn state(&mut self) -> Result<Tensors, String> {
+    fn state(&mut self) -> Result<Tensors, Error> {
         let mut t = self.0.state()?;
         t.extend(self.1.state()?);
         Ok(t)
     }
-    fn restore(&mut self, t: &Tensors) -> Result<(), String> {
+    fn restore(&mut self, t: &Tensors) -> Result<(), Error> {
         self.0.restore(t)?;
         self.1.restore(t)
     }
@@ -147,19 +149,19 @@ fn ema_key(name: &str) -> String {
 
 /// Restores a trainer (and its EMA, if it runs one) from the run's latest checkpoint; the
 /// progress to resume at.
-pub fn restore(run: &RunDir, trainer: &mut Trainer, hook: &mut dyn StepHook) -> Result<Progress, String> {
+pub fn restore(run: &RunDir, trainer: &mut Trainer, hook: &mut dyn StepHook) -> Result<Progress, Error> {
     let Some((tensors, progress)) = run.latest()? else { return Ok(Progress { step: 0, data_pos: 0 }) };
     hook.restore(&tensors)?;
     // The model's parameters only: optimizer and hook state (`adamw.step`, `ema/...`) are
     // restored by their owners.
-    let known = trainer.params().map_err(|e| e.to_string())?;
+    let known = trainer.params()?;
     let params: Tensors =
         tensors.iter().filter(|(k, _)| known.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-    trainer.set_params(&params).map_err(|e| e.to_string())?;
-    trainer.set_optimizer_state(&tensors).map_err(|e| e.to_string())?;
+    trainer.set_params(&params)?;
+    trainer.set_optimizer_state(&tensors)?;
     let saved_ema: Tensors =
         tensors.iter().filter_map(|(k, v)| k.strip_prefix("ema/").map(|n| (n.to_string(), v.clone()))).collect();
-    trainer.set_ema(&saved_ema).map_err(|e| e.to_string())?;
+    trainer.set_ema(&saved_ema)?;
     run.truncate_log(progress.step)?;
     Ok(progress)
 }
@@ -172,7 +174,7 @@ pub fn fit(
     cfg: &FitConfig,
     start: Progress,
     hook: &mut dyn StepHook,
-) -> Result<Summary, String> {
+) -> Result<Summary, Error> {
     let peak = trainer.opt.lr;
     let terminal = std::io::stderr().is_terminal();
     let began = Instant::now();
@@ -192,24 +194,24 @@ pub fn fit(
         }
         let lr = peak * cfg.schedule.factor(step);
         let refs: Vec<&Tensors> = micro.iter().collect();
-        let stats = trainer.step(&refs, lr, cfg.seed ^ step.wrapping_mul(0x9e37_79b9)).map_err(|e| e.to_string())?;
+        let stats = trainer.step(&refs, lr, cfg.seed ^ step.wrapping_mul(0x9e37_79b9))?;
         if !stats.applied {
             if !cfg.skip_nonfinite {
                 let good = last_saved.map_or("none yet".to_string(), |s| {
                     format!("step {s} in {}", run.path.join("checkpoints").display())
                 });
-                return Err(format!(
+                return Err(Error::Usage(format!(
                     "step {step}: the loss is {} (gradient norm {}); stopped. Last good checkpoint: {good}. \
                      Lower the learning rate, or pass --skip-nonfinite to skip such steps.",
                     stats.loss, stats.grad_norm
-                ));
+                )));
             }
             skipped_steps += 1;
             eprintln!("warning: step {step}: non-finite loss {} skipped", stats.loss);
         } else {
             hook.after_step(trainer, &StepDone { step: step + 1, lr, micro: &micro })?;
             if let Some(decay) = cfg.ema {
-                trainer.update_ema(decay).map_err(|e| e.to_string())?;
+                trainer.update_ema(decay)?;
             }
         }
         if first_loss.is_nan() {
@@ -266,10 +268,10 @@ pub fn fit(
         window = Instant::now();
         window_items = 0;
         if (step + 1) % cfg.checkpoint_every.max(1) == 0 || done {
-            let mut tensors = trainer.params().map_err(|e| e.to_string())?;
-            tensors.extend(trainer.optimizer_state().map_err(|e| e.to_string())?);
+            let mut tensors = trainer.params()?;
+            tensors.extend(trainer.optimizer_state()?);
             tensors.extend(hook.state()?);
-            if let Some(e) = trainer.ema().map_err(|e| e.to_string())? {
+            if let Some(e) = trainer.ema()? {
                 tensors.extend(e.into_iter().map(|(k, v)| (ema_key(&k), v)));
             }
             run.save(&tensors, &Progress { step: step + 1, data_pos })?;

@@ -2,6 +2,8 @@
 //! compiled as trained, its latest weights, the data set encoded into token ids (cached in
 //! its run directory) and its reconstructions judged.
 
+use crate::error::Error;
+
 use crate::config::TrainArgs;
 use crate::data::Dataset;
 use crate::masked::{self, TokenSet};
@@ -26,11 +28,12 @@ pub struct ImageTokenizer {
 
 impl ImageTokenizer {
     /// Loads the latest checkpoint of a VQ run.
-    pub fn open(run: &Path) -> Result<ImageTokenizer, String> {
+    pub fn open(run: &Path) -> Result<ImageTokenizer, Error> {
         let args = TrainArgs::from_run(run)?;
         let model = compile_model(&args.model, &args.sets)?;
         let dir = RunDir::open(run)?;
-        let (tensors, _) = dir.latest()?.ok_or_else(|| format!("{}: the run has no checkpoint yet", run.display()))?;
+        let (tensors, _) =
+            dir.latest()?.ok_or_else(|| Error::RunDir(format!("{}: the run has no checkpoint yet", run.display())))?;
         let params =
             model.graph.params.iter().filter_map(|p| Some((p.name.clone(), tensors.get(&p.name)?.clone()))).collect();
         Ok(ImageTokenizer {
@@ -42,11 +45,22 @@ impl ImageTokenizer {
     }
 
     /// Codebook size and tokens per side.
-    pub fn codebook_and_grid(&self) -> Result<(i64, i64), String> {
-        let codebook = config_int(&self.model, "codebook").ok_or("the image tokenizer has no `codebook` config")?;
-        let codes = self.model.graph.outputs.iter().find(|(n, _)| n == "codes").ok_or("no `codes` output")?.1;
+    pub fn codebook_and_grid(&self) -> Result<(i64, i64), Error> {
+        let codebook = config_int(&self.model, "codebook")
+            .ok_or_else(|| Error::Model("the image tokenizer has no `codebook` config".into()))?;
+        let codes = self
+            .model
+            .graph
+            .outputs
+            .iter()
+            .find(|(n, _)| n == "codes")
+            .ok_or_else(|| Error::Model("no `codes` output".into()))?
+            .1;
         let shape = &self.model.graph.ty(codes).shape.0;
-        let grid = shape.get(1).and_then(|d| d.as_known()).ok_or("`codes` must be [B, grid, grid]")?;
+        let grid = shape
+            .get(1)
+            .and_then(|d| d.as_known())
+            .ok_or_else(|| Error::Model("`codes` must be [B, grid, grid]".into()))?;
         Ok((codebook, grid))
     }
 
@@ -57,7 +71,7 @@ impl ImageTokenizer {
         data: &dyn Dataset,
         samples: usize,
         device: &dyn Device,
-    ) -> Result<TokenSet, String> {
+    ) -> Result<TokenSet, Error> {
         let key = muse_runtime::rng::mix64(
             data_spec
                 .bytes()
@@ -102,11 +116,16 @@ impl ImageTokenizer {
         data: &dyn Dataset,
         count: usize,
         device: &dyn Device,
-    ) -> Result<Reconstructions, String> {
+    ) -> Result<Reconstructions, Error> {
         use crate::data::shapes::judge;
         let g = &self.model.graph;
-        let recon = g.outputs.iter().find(|(n, _)| n == "recon").ok_or("the image tokenizer has no `recon` output")?.1;
-        let mut program = device.compile(g, &[recon]).map_err(|e| e.to_string())?;
+        let recon = g
+            .outputs
+            .iter()
+            .find(|(n, _)| n == "recon")
+            .ok_or_else(|| Error::Model("the image tokenizer has no `recon` output".into()))?
+            .1;
+        let mut program = device.compile(g, &[recon])?;
         let res = data.resolution();
         let mut out = Reconstructions::default();
         let mut index = 0u64;
@@ -126,7 +145,7 @@ impl ImageTokenizer {
                 break;
             }
             let inputs: Tensors = [("image".to_string(), HostTensor::f(&[captions.len(), res, res, 3], pixels))].into();
-            let values = program.run(&inputs, &self.params, 0).map_err(|e| e.to_string())?;
+            let values = program.run(&inputs, &self.params, 0)?;
             let images: Vec<f32> = values[&recon].to_f64().iter().map(|&x| x as f32).collect();
             for (i, caption) in captions.iter().enumerate() {
                 let Some(j) = judge(&images[i * res * res * 3..][..res * res * 3], res, caption) else { continue };

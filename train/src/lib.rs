@@ -5,6 +5,7 @@ pub mod adversary;
 pub mod config;
 pub mod critic;
 pub mod data;
+pub mod error;
 pub mod fit;
 pub mod image_tokenizer;
 pub mod masked;

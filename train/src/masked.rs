@@ -2,6 +2,8 @@
 //! token ids by a trained VQ tokenizer, Muse's cosine masking, classifier-free-guidance text
 //! dropout, and the batches that feed a masked-token model.
 
+use crate::error::Error;
+
 use crate::data::loader::index_at;
 use crate::data::Dataset;
 use crate::fit::Batches;
@@ -34,31 +36,32 @@ impl TokenSet {
     }
 
     /// Writes `tokens.safetensors` and `captions.json` into `dir`.
-    pub fn save(&self, dir: &Path) -> Result<(), String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub fn save(&self, dir: &Path) -> Result<(), Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
         let mut t = Tensors::new();
         t.insert("ids".into(), HostTensor::i(&[self.len(), self.per_item], self.ids.clone()));
         crate::run::write_atomic(
             &dir.join("captions.json"),
             serde_json::to_string(&self.captions).expect("strings").as_bytes(),
         )?;
-        checkpoint::save(&dir.join("tokens.safetensors"), &t).map_err(|e| e.to_string())
+        Ok(checkpoint::save(&dir.join("tokens.safetensors"), &t)?)
     }
 
     /// Reads what [`TokenSet::save`] wrote; `None` if it is not there.
-    pub fn load(dir: &Path) -> Result<Option<TokenSet>, String> {
+    pub fn load(dir: &Path) -> Result<Option<TokenSet>, Error> {
         let (tp, cp) = (dir.join("tokens.safetensors"), dir.join("captions.json"));
         if !tp.is_file() || !cp.is_file() {
             return Ok(None);
         }
-        let t = checkpoint::load(&tp).map_err(|e| e.to_string())?;
-        let ids = t.get("ids").ok_or_else(|| format!("{}: no `ids`", tp.display()))?;
-        let Data::I(v) = &ids.data else { return Err(format!("{}: `ids` is not integer", tp.display())) };
-        let captions: Vec<String> =
-            serde_json::from_str(&std::fs::read_to_string(&cp).map_err(|e| format!("{}: {e}", cp.display()))?)
-                .map_err(|e| format!("{}: {e}", cp.display()))?;
+        let t = checkpoint::load(&tp)?;
+        let ids = t.get("ids").ok_or_else(|| Error::Data(format!("{}: no `ids`", tp.display())))?;
+        let Data::I(v) = &ids.data else { return Err(Error::Data(format!("{}: `ids` is not integer", tp.display()))) };
+        let captions: Vec<String> = serde_json::from_str(
+            &std::fs::read_to_string(&cp).map_err(|e| Error::Data(format!("{}: {e}", cp.display())))?,
+        )
+        .map_err(|e| Error::Data(format!("{}: {e}", cp.display())))?;
         if ids.shape.len() != 2 || ids.shape[0] != captions.len() {
-            return Err(format!("{}: {:?} ids for {} captions", tp.display(), ids.shape, captions.len()));
+            return Err(Error::Data(format!("{}: {:?} ids for {} captions", tp.display(), ids.shape, captions.len())));
         }
         Ok(Some(TokenSet { ids: v.clone(), per_item: ids.shape[1], captions }))
     }
@@ -73,11 +76,21 @@ pub fn encode(
     count: Option<usize>,
     batch: usize,
     device: &dyn Device,
-) -> Result<TokenSet, String> {
-    let codes = vq.outputs.iter().find(|(n, _)| n == "codes").ok_or("the image tokenizer has no `codes` output")?.1;
-    let image = vq.inputs.iter().find(|(n, _)| n == "image").ok_or("the image tokenizer has no `image` input")?.1;
-    let mut program = device.compile(vq, &[codes]).map_err(|e| e.to_string())?;
-    let n = count.or(data.size()).ok_or("an unlimited data set needs --samples")?;
+) -> Result<TokenSet, Error> {
+    let codes = vq
+        .outputs
+        .iter()
+        .find(|(n, _)| n == "codes")
+        .ok_or_else(|| Error::Data("the image tokenizer has no `codes` output".into()))?
+        .1;
+    let image = vq
+        .inputs
+        .iter()
+        .find(|(n, _)| n == "image")
+        .ok_or_else(|| Error::Data("the image tokenizer has no `image` input".into()))?
+        .1;
+    let mut program = device.compile(vq, &[codes])?;
+    let n = count.or(data.size()).ok_or_else(|| Error::Data("an unlimited data set needs --samples".into()))?;
     let res = data.resolution();
     let (mut ids, mut captions, mut skipped) = (Vec::new(), Vec::new(), 0usize);
     let mut index = 0u64;
@@ -106,13 +119,13 @@ pub fn encode(
         }
         let mut inputs = Tensors::new();
         inputs.insert(in_name.clone(), HostTensor::f(&[caps.len(), res, res, 3], pixels));
-        let out = program.run(&inputs, params, 0).map_err(|e| e.to_string())?;
-        let Data::I(v) = &out[&codes].data else { return Err("`codes` is not integer".into()) };
+        let out = program.run(&inputs, params, 0)?;
+        let Data::I(v) = &out[&codes].data else { return Err(Error::Data("`codes` is not integer".into())) };
         ids.extend_from_slice(v);
         captions.extend(caps);
     }
     if captions.is_empty() {
-        return Err("no image of the data set could be read".into());
+        return Err(Error::Data("no image of the data set could be read".into()));
     }
     if skipped > 0 {
         eprintln!("tokenize: {skipped} unreadable images skipped");
@@ -160,14 +173,14 @@ impl MaskedBatches {
         batch: usize,
         seed: u64,
         pos: u64,
-    ) -> Result<MaskedBatches, String> {
+    ) -> Result<MaskedBatches, Error> {
         let encoded = tokens.captions.iter().map(|c| text.encode(c)).collect::<Result<Vec<_>, _>>()?;
         Ok(MaskedBatches { tokens, text: encoded, null: text.null(), mask_id, text_dropout, batch, seed, pos })
     }
 }
 
 impl Batches for MaskedBatches {
-    fn next(&mut self) -> Result<(Tensors, u64), String> {
+    fn next(&mut self) -> Result<(Tensors, u64), Error> {
         let (b, n) = (self.batch, self.tokens.per_item);
         let s = self.text[0].0.len();
         let (mut tok, mut tgt, mut lm, mut tid, mut tm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

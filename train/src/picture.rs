@@ -1,5 +1,7 @@
 //! Images out: pixels in -1..1 to 8-bit RGB, grids of samples, PNG files written atomically.
 
+use crate::error::Error;
+
 use image::{ImageFormat, RgbImage};
 use std::path::Path;
 
@@ -39,8 +41,9 @@ pub fn grid(images: &[RgbImage], cols: usize, gap: u32) -> RgbImage {
 }
 
 /// Writes a PNG atomically.
-pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), String> {
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), Error> {
     let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, ImageFormat::Png).map_err(|e| format!("encoding {}: {e}", path.display()))?;
+    img.write_to(&mut bytes, ImageFormat::Png)
+        .map_err(|e| Error::Usage(format!("encoding {}: {e}", path.display())))?;
     crate::run::write_atomic(path, bytes.get_ref())
 }

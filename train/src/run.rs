@@ -1,12 +1,14 @@
 //! Run directories: the resolved config, the tokenizers, checkpoints (safetensors, written
 //! atomically, the last K kept) and a metrics log of one JSON object per line.
 
+use crate::error::Error;
+
 use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced and then
 /// renamed over the target, so a reader never sees a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
@@ -20,9 +22,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         }
         Ok(())
     };
-    write().map_err(|e| {
+    write().map_err(|source| {
         std::fs::remove_file(&tmp).ok();
-        format!("cannot write {}: {e}", path.display())
+        Error::Io { path: path.to_path_buf(), source }
     })
 }
 
@@ -53,46 +55,41 @@ pub struct Progress {
 
 impl RunDir {
     /// Creates (or reuses) the directory.
-    pub fn create(path: &Path, keep: usize) -> Result<RunDir, String> {
-        std::fs::create_dir_all(path.join("checkpoints"))
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    pub fn create(path: &Path, keep: usize) -> Result<RunDir, Error> {
+        std::fs::create_dir_all(path.join("checkpoints")).map_err(Error::io(&path.join("checkpoints")))?;
         Ok(RunDir { path: path.to_path_buf(), keep: keep.max(1) })
     }
 
     /// Opens an existing run (for `--resume`, sampling, tokenizing).
-    pub fn open(path: &Path) -> Result<RunDir, String> {
+    pub fn open(path: &Path) -> Result<RunDir, Error> {
         if !path.join("config.json").is_file() {
-            return Err(format!("{}: not a muse run directory (no config.json)", path.display()));
+            return Err(Error::RunDir(format!("{}: not a muse run directory (no config.json)", path.display())));
         }
         Ok(RunDir { path: path.to_path_buf(), keep: 3 })
     }
 
     /// The resolved config.
-    pub fn config(&self) -> Result<serde_json::Value, String> {
+    pub fn config(&self) -> Result<serde_json::Value, Error> {
         let p = self.path.join("config.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+        let text = std::fs::read_to_string(&p).map_err(Error::io(&p))?;
+        serde_json::from_str(&text).map_err(Error::format(&p))
     }
 
     /// Writes the resolved config.
-    pub fn write_config(&self, config: &serde_json::Value) -> Result<(), String> {
+    pub fn write_config(&self, config: &serde_json::Value) -> Result<(), Error> {
         let text = serde_json::to_string_pretty(config).expect("JSON values serialise");
         write_atomic(&self.path.join("config.json"), text.as_bytes())
     }
 
     /// Appends one line to metrics.jsonl.
-    pub fn log(&self, line: &serde_json::Value) -> Result<(), String> {
+    pub fn log(&self, line: &serde_json::Value) -> Result<(), Error> {
         let p = self.path.join("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-        writeln!(f, "{line}").map_err(|e| format!("{}: {e}", p.display()))
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(Error::io(&p))?;
+        writeln!(f, "{line}").map_err(Error::io(&p))
     }
 
     /// Drops metrics lines of steps after `step` (a resumed run rewrites them).
-    pub fn truncate_log(&self, step: u64) -> Result<(), String> {
+    pub fn truncate_log(&self, step: u64) -> Result<(), Error> {
         let p = self.path.join("metrics.jsonl");
         let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
         let kept: String = text
@@ -111,10 +108,10 @@ impl RunDir {
     /// Saves a checkpoint: the tensors in one safetensors file, then `latest.json` naming it
     /// (each written atomically, so a crash leaves the previous checkpoint in force); the
     /// oldest beyond `keep` are deleted.
-    pub fn save(&self, tensors: &HashMap<String, HostTensor>, progress: &Progress) -> Result<PathBuf, String> {
+    pub fn save(&self, tensors: &HashMap<String, HostTensor>, progress: &Progress) -> Result<PathBuf, Error> {
         let name = format!("step-{:08}.safetensors", progress.step);
         let file = self.path.join("checkpoints").join(&name);
-        checkpoint::save(&file, tensors).map_err(|e| e.to_string())?;
+        checkpoint::save(&file, tensors)?;
         let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         let latest = serde_json::json!({
             "checkpoint": name, "step": progress.step, "data_pos": progress.data_pos, "bytes": bytes,
@@ -143,19 +140,22 @@ impl RunDir {
 
     /// The checkpoint `latest.json` names, checked: it must exist with the recorded size and
     /// parse as safetensors. `None` when the run has no checkpoint yet.
-    pub fn latest(&self) -> Result<Option<Checkpoint>, String> {
+    pub fn latest(&self) -> Result<Option<Checkpoint>, Error> {
         let p = self.path.join("latest.json");
         let Ok(text) = std::fs::read_to_string(&p) else { return Ok(None) };
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
-        let field = |k: &str| v.get(k).ok_or_else(|| format!("{}: no \"{k}\"", p.display()));
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(Error::format(&p))?;
+        let field = |k: &str| v.get(k).ok_or_else(|| Error::Format { path: p.clone(), why: format!("no \"{k}\"") });
         let name = field("checkpoint")?.as_str().unwrap_or_default().to_string();
         let file = self.path.join("checkpoints").join(&name);
         let want = field("bytes")?.as_u64().unwrap_or(0);
-        let have = std::fs::metadata(&file).map(|m| m.len()).map_err(|e| format!("{}: {e}", file.display()))?;
+        let have = std::fs::metadata(&file).map(|m| m.len()).map_err(Error::io(&file))?;
         if have != want {
-            return Err(format!("{}: {have} bytes, but {want} were written: the file is damaged", file.display()));
+            return Err(Error::RunDir(format!(
+                "{}: {have} bytes, but {want} were written: the file is damaged",
+                file.display()
+            )));
         }
-        let tensors = checkpoint::load(&file).map_err(|e| e.to_string())?;
+        let tensors = checkpoint::load(&file)?;
         let progress =
             Progress { step: field("step")?.as_u64().unwrap_or(0), data_pos: field("data_pos")?.as_u64().unwrap_or(0) };
         Ok(Some((tensors, progress)))

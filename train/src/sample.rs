@@ -3,6 +3,8 @@
 //! re-mask the rest on a cosine schedule; then the image tokenizer's decoder turns the ids
 //! into pixels. Every random draw is keyed by the seed, so a seed gives the same images.
 
+use crate::error::Error;
+
 use crate::picture::{grid, save_png, to_rgb8};
 use crate::trained::{config_int, TrainedTokenModel};
 use muse_compiler::{compile_source, Model, Options};
@@ -35,7 +37,7 @@ pub struct SampleArgs {
 }
 
 /// The prompts as the critic's text tokenizer encodes them.
-fn critic_text(c: &TrainedTokenModel, prompts: &[String]) -> Result<(Vec<i32>, Vec<bool>), String> {
+fn critic_text(c: &TrainedTokenModel, prompts: &[String]) -> Result<(Vec<i32>, Vec<bool>), Error> {
     let (mut ids, mut mask) = (Vec::new(), Vec::new());
     for prompt in prompts {
         let (i, m) = c.text.encode(prompt)?;
@@ -47,7 +49,7 @@ fn critic_text(c: &TrainedTokenModel, prompts: &[String]) -> Result<(Vec<i32>, V
 
 /// The decoder of an image tokenizer as a model of its own: ids -> pixels, sharing the
 /// tokenizer's parameter names (`embedding`, `vq_decoder.*`).
-fn decoder(vq: &Model) -> Result<Model, String> {
+fn decoder(vq: &Model) -> Result<Model, Error> {
     let v = |k: &str| config_int(vq, k);
     let (res, levels) = (v("resolution")?, v("levels")?);
     let src = format!(
@@ -60,7 +62,7 @@ fn decoder(vq: &Model) -> Result<Model, String> {
         groups = v("groups")?,
     );
     let c = compile_source("vq_decode.muse", &src, &Options::default());
-    c.result.map(|mut m| m.remove(0)).map_err(|d| d.render(&c.sources))
+    c.result.map(|mut m| m.remove(0)).map_err(|d| Error::Model(d.render(&c.sources)))
 }
 
 /// A Gumbel(0, 1) draw.
@@ -77,19 +79,22 @@ pub fn sample_token(logits: &[f64], tau: f64, key: u64, counter: u64) -> usize {
 }
 
 /// Samples one image per prompt; writes `NNN.png`, `grid.png` and `prompts.txt` into `out`.
-pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, String> {
+pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, Error> {
     if a.prompts.is_empty() {
-        return Err("no prompt: give --prompt TEXT or --prompts FILE".into());
+        return Err(Error::Usage("no prompt: give --prompt TEXT or --prompts FILE".into()));
     }
     if a.steps == 0 {
-        return Err("--steps must be at least 1".into());
+        return Err(Error::Usage("--steps must be at least 1".into()));
     }
     let gen = TrainedTokenModel::open(&a.run, device)?;
     let critic = match &a.critic {
         Some(dir) => {
             let c = TrainedTokenModel::open(dir, device)?;
             if (c.codebook, c.grid) != (gen.codebook, gen.grid) {
-                return Err(format!("the critic {} models other tokens than the generator", dir.display()));
+                return Err(Error::Usage(format!(
+                    "the critic {} models other tokens than the generator",
+                    dir.display()
+                )));
             }
             Some(c)
         }
@@ -198,7 +203,7 @@ pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, Strin
     // Pixels from ids.
     let dec = decoder(&vq.model)?;
     let image = dec.graph.outputs[0].1;
-    let mut dprog = device.compile(&dec.graph, &[image]).map_err(|e| e.to_string())?;
+    let mut dprog = device.compile(&dec.graph, &[image])?;
     let mut dinputs = Tensors::new();
     dinputs.insert("ids".into(), HostTensor::i(&[p, g as usize, g as usize], x.clone()));
     let dparams: Tensors = dec
@@ -209,13 +214,13 @@ pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, Strin
             vq.params
                 .get(&q.name)
                 .map(|t| (q.name.clone(), t.clone()))
-                .ok_or_else(|| format!("tokenizer lacks `{}`", q.name))
+                .ok_or_else(|| Error::Usage(format!("tokenizer lacks `{}`", q.name)))
         })
         .collect::<Result<_, _>>()?;
-    let pixels = dprog.run(&dinputs, &dparams, 0).map_err(|e| e.to_string())?;
+    let pixels = dprog.run(&dinputs, &dparams, 0)?;
     let res = pixels[&image].shape[1];
     let flat: Vec<f32> = pixels[&image].to_f64().iter().map(|&v| v as f32).collect();
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::Usage(format!("{}: {e}", a.out.display())))?;
     let mut files = Vec::new();
     let mut imgs = Vec::new();
     let mut listing = format!(

@@ -3,6 +3,8 @@
 //! saved next to the checkpoints. Ids are cut or padded to the model's text length; the
 //! mask marks real tokens.
 
+use crate::error::Error;
+
 use std::path::Path;
 use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
 use tokenizers::models::TrainerWrapper;
@@ -25,17 +27,20 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Reads a `tokenizer.json`.
-    pub fn load(path: &Path, len: usize) -> Result<TextTokenizer, String> {
-        let tok =
-            Tokenizer::from_file(path).map_err(|e| format!("{}: not a usable tokenizer.json ({e})", path.display()))?;
+    pub fn load(path: &Path, len: usize) -> Result<TextTokenizer, Error> {
+        let tok = Tokenizer::from_file(path)
+            .map_err(|e| Error::Usage(format!("{}: not a usable tokenizer.json ({e})", path.display())))?;
         let pad = ["[PAD]", "<pad>", "<|endoftext|>", "</s>"].iter().find_map(|t| tok.token_to_id(t)).unwrap_or(0);
         Ok(TextTokenizer { tok, pad, len })
     }
 
     /// Trains a lower-cased word-level tokenizer on `captions`, keeping at most `vocab`
     /// entries (the model's text vocabulary) with `[PAD]` = 0 and `[UNK]` = 1.
-    pub fn train(captions: &[String], vocab: usize, len: usize) -> Result<TextTokenizer, String> {
-        let model = WordLevel::builder().unk_token(UNK.into()).build().map_err(|e| e.to_string())?;
+    pub fn train(captions: &[String], vocab: usize, len: usize) -> Result<TextTokenizer, Error> {
+        let model = WordLevel::builder()
+            .unk_token(UNK.into())
+            .build()
+            .map_err(|e| Error::Usage(format!("building the text tokenizer: {e}")))?;
         let mut tok = Tokenizer::new(model);
         tok.with_normalizer(Some(Lowercase));
         tok.with_pre_tokenizer(Some(Whitespace {}));
@@ -45,16 +50,17 @@ impl TextTokenizer {
             .show_progress(false)
             .special_tokens(vec![AddedToken::from(PAD, true), AddedToken::from(UNK, true)])
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Error::Usage(format!("building the text tokenizer's trainer: {e}")))?;
         let mut trainer = TrainerWrapper::from(trainer);
-        tok.train(&mut trainer, captions.iter()).map_err(|e| format!("training the text tokenizer: {e}"))?;
+        tok.train(&mut trainer, captions.iter())
+            .map_err(|e| Error::Usage(format!("training the text tokenizer: {e}")))?;
         let pad = tok.token_to_id(PAD).unwrap_or(0);
         Ok(TextTokenizer { tok, pad, len })
     }
 
     /// Writes `tokenizer.json` (atomically).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        let json = self.tok.to_string(true).map_err(|e| e.to_string())?;
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        let json = self.tok.to_string(true).map_err(Error::format(path))?;
         crate::run::write_atomic(path, json.as_bytes())
     }
 
@@ -66,8 +72,8 @@ impl TextTokenizer {
     /// Token ids and mask of a caption, cut or padded to `len`. An empty caption (the null
     /// condition of classifier-free guidance) is one visible padding token, so attention
     /// over the text always has a key.
-    pub fn encode(&self, caption: &str) -> Result<(Vec<i32>, Vec<bool>), String> {
-        let enc = self.tok.encode(caption, false).map_err(|e| format!("tokenizing {caption:?}: {e}"))?;
+    pub fn encode(&self, caption: &str) -> Result<(Vec<i32>, Vec<bool>), Error> {
+        let enc = self.tok.encode(caption, false).map_err(|e| Error::Usage(format!("tokenizing {caption:?}: {e}")))?;
         let mut ids: Vec<i32> = enc.get_ids().iter().take(self.len).map(|&i| i as i32).collect();
         let mut mask = vec![true; ids.len()];
         if ids.is_empty() {

@@ -2,6 +2,8 @@
 //! re-seeded next to codes in use (a copy of a used code, weighted by its use, plus a little
 //! noise), so the codebook keeps its capacity instead of collapsing onto a few codes.
 
+use crate::error::Error;
+
 use crate::fit::{StepDone, StepHook};
 use muse_runtime::device::Tensors;
 use muse_runtime::rng::{mix64, normal, uniform};
@@ -31,10 +33,11 @@ impl Reseed {
 }
 
 impl StepHook for Reseed {
-    fn after_step(&mut self, t: &mut Trainer, done: &StepDone) -> Result<(), String> {
+    fn after_step(&mut self, t: &mut Trainer, done: &StepDone) -> Result<(), Error> {
         let step = done.step;
-        let codes = t.output("codes").ok_or("the image tokenizer has no `codes` output")?;
-        let Data::I(ids) = &codes.data else { return Err("`codes` is not integer".into()) };
+        let codes =
+            t.output("codes").ok_or_else(|| Error::Model("the image tokenizer has no `codes` output".into()))?;
+        let Data::I(ids) = &codes.data else { return Err(Error::Usage("`codes` is not integer".into())) };
         for &i in ids {
             if let Some(u) = self.usage.get_mut(i as usize) {
                 *u += 1.0;
@@ -46,8 +49,10 @@ impl StepHook for Reseed {
         let dead: Vec<usize> = (0..self.usage.len()).filter(|&j| self.usage[j] == 0.0).collect();
         let total: f64 = self.usage.iter().sum();
         if !dead.is_empty() && total > 0.0 {
-            let mut params = t.params().map_err(|e| e.to_string())?;
-            let emb = params.get(&self.param).ok_or_else(|| format!("no codebook parameter `{}`", self.param))?;
+            let mut params = t.params()?;
+            let emb = params
+                .get(&self.param)
+                .ok_or_else(|| Error::Usage(format!("no codebook parameter `{}`", self.param)))?;
             let (k, d) = (emb.shape[0], emb.shape[1]);
             let mut e = emb.to_f64();
             let key = mix64(self.seed ^ mix64(step));
@@ -68,20 +73,20 @@ impl StepHook for Reseed {
             let shape = params[&self.param].shape.clone();
             params.clear();
             params.insert(self.param.clone(), HostTensor::f(&shape, e));
-            t.set_params(&params).map_err(|e| e.to_string())?;
+            t.set_params(&params)?;
             eprintln!("vq: step {step}: re-seeded {} of {k} codes unused in the last {} steps", dead.len(), self.every);
         }
         self.usage.iter_mut().for_each(|u| *u = 0.0);
         Ok(())
     }
 
-    fn state(&mut self) -> Result<Tensors, String> {
+    fn state(&mut self) -> Result<Tensors, Error> {
         let mut t = Tensors::new();
         t.insert(self.key(), HostTensor::f(&[self.usage.len()], self.usage.clone()));
         Ok(t)
     }
 
-    fn restore(&mut self, t: &Tensors) -> Result<(), String> {
+    fn restore(&mut self, t: &Tensors) -> Result<(), Error> {
         if let Some(u) = t.get(&self.key()) {
             if u.len() == self.usage.len() {
                 self.usage = u.to_f64();

@@ -3,6 +3,8 @@
 //! image files with a same-named `.txt` caption beside each. PNG and JPEG, decoded with the
 //! `image` crate, resized so the shorter side fits and centre-cropped to a square.
 
+use crate::error::Error;
+
 use super::{Dataset, Sample};
 use image::imageops::FilterType;
 use muse_runtime::rng::mix64;
@@ -24,26 +26,28 @@ fn is_image(p: &Path) -> bool {
 
 impl ImageFolder {
     /// Lists the folder; images without a caption are reported and left out.
-    pub fn open(root: &Path, resolution: usize, flip: bool) -> Result<ImageFolder, String> {
+    pub fn open(root: &Path, resolution: usize, flip: bool) -> Result<ImageFolder, Error> {
         let meta = root.join("metadata.jsonl");
         let mut entries = Vec::new();
         if meta.is_file() {
-            let text = std::fs::read_to_string(&meta).map_err(|e| format!("{}: {e}", meta.display()))?;
+            let text = std::fs::read_to_string(&meta).map_err(|e| Error::Data(format!("{}: {e}", meta.display())))?;
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let at = || format!("{}:{}", meta.display(), i + 1);
-                let v: serde_json::Value =
-                    serde_json::from_str(line).map_err(|e| format!("{}: not a JSON object ({e})", at()))?;
-                let file =
-                    v.get("file_name").and_then(|f| f.as_str()).ok_or_else(|| format!("{}: no \"file_name\"", at()))?;
+                let at = || Error::Data(format!("{}:{}", meta.display(), i + 1));
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| Error::Data(format!("{}: not a JSON object ({e})", at())))?;
+                let file = v
+                    .get("file_name")
+                    .and_then(|f| f.as_str())
+                    .ok_or_else(|| Error::Data(format!("{}: no \"file_name\"", at())))?;
                 let caption = ["text", "caption"]
                     .iter()
                     .find_map(|k| v.get(*k).and_then(|t| t.as_str()))
-                    .ok_or_else(|| format!("{}: no \"text\" (the caption)", at()))?;
+                    .ok_or_else(|| Error::Data(format!("{}: no \"text\" (the caption)", at())))?;
                 entries.push((root.join(file), caption.to_string()));
             }
         } else {
             let mut files: Vec<PathBuf> = std::fs::read_dir(root)
-                .map_err(|e| format!("{}: {e}", root.display()))?
+                .map_err(|e| Error::Data(format!("{}: {e}", root.display())))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| is_image(p))
                 .collect();
@@ -63,10 +67,10 @@ impl ImageFolder {
             }
         }
         if entries.is_empty() {
-            return Err(format!(
+            return Err(Error::Data(format!(
                 "{}: no captioned images (expected metadata.jsonl with file_name and text, or IMAGE.png + IMAGE.txt pairs)",
                 root.display()
-            ));
+            )));
         }
         Ok(ImageFolder { root: root.to_path_buf(), entries, resolution, flip })
     }
@@ -78,17 +82,17 @@ impl ImageFolder {
 }
 
 /// Decodes, resizes (shorter side to `res`), centre-crops and converts to -1..1.
-pub fn load_image(path: &Path, res: usize, flip: bool) -> Result<Vec<f32>, String> {
+pub fn load_image(path: &Path, res: usize, flip: bool) -> Result<Vec<f32>, Error> {
     let img = image::ImageReader::open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?
         .with_guessed_format()
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?
         .decode()
-        .map_err(|e| format!("{}: cannot decode ({e})", path.display()))?
+        .map_err(|e| Error::Data(format!("{}: cannot decode ({e})", path.display())))?
         .to_rgb8();
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
-        return Err(format!("{}: empty image", path.display()));
+        return Err(Error::Data(format!("{}: empty image", path.display())));
     }
     let scale = res as f64 / w.min(h) as f64;
     let (nw, nh) =
@@ -110,7 +114,7 @@ impl Dataset for ImageFolder {
     fn size(&self) -> Option<usize> {
         Some(self.entries.len())
     }
-    fn get(&self, index: u64) -> Result<Sample, String> {
+    fn get(&self, index: u64) -> Result<Sample, Error> {
         let (path, caption) = &self.entries[(index % self.entries.len() as u64) as usize];
         // The flip is a function of the index, so a resumed run sees the same images.
         let flip = self.flip && mix64(index ^ 0x5eed_f11b) & 1 == 1;

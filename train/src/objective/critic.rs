@@ -1,6 +1,8 @@
 //! The token critic's objective: judge which tokens of a trained generator's fills are the
 //! data set's own.
 
+use crate::error::Error;
+
 use super::{compile_model, config_int, initial_params, token_model_sets, token_trainer};
 use crate::config::TrainArgs;
 use crate::critic::CriticBatches;
@@ -23,22 +25,25 @@ pub(super) fn train(
     opt: AdamW,
     mut config: Value,
     fit_cfg: &dyn Fn(usize) -> FitConfig,
-) -> Result<Summary, String> {
-    let gen_dir =
-        args.generator.as_ref().ok_or("a token critic needs --generator RUN_DIR (a trained masked-token model)")?;
+) -> Result<Summary, Error> {
+    let gen_dir = args.generator.as_ref().ok_or_else(|| {
+        Error::Usage("a token critic needs --generator RUN_DIR (a trained masked-token model)".into())
+    })?;
     let generator = TrainedTokenModel::open(gen_dir, device)?;
     let (codebook, grid) = (generator.codebook, generator.grid);
     let sets = token_model_sets(&args.sets, codebook, grid, &generator.vq.run)?;
     let model = compile_model(&args.model, &sets)?;
-    let text_len = config_int(&model, "text_len").ok_or("the model has no `text_len` config")? as usize;
-    let text_vocab = config_int(&model, "text_vocab").ok_or("the model has no `text_vocab` config")? as usize;
+    let text_len = config_int(&model, "text_len")
+        .ok_or_else(|| Error::Model("the model has no `text_len` config".into()))? as usize;
+    let text_vocab = config_int(&model, "text_vocab")
+        .ok_or_else(|| Error::Model("the model has no `text_vocab` config".into()))? as usize;
     // The critic reads captions exactly as the generator does.
     let text = TextTokenizer::load(&gen_dir.join("tokenizer.json"), text_len)?;
     if text.vocab_size() > text_vocab {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "the generator's text tokenizer has {} entries but the critic's text_vocab is {text_vocab}",
             text.vocab_size()
-        ));
+        )));
     }
     text.save(&run.path.join("tokenizer.json"))?;
     config["objective"] = json!("token critic");
@@ -46,8 +51,9 @@ pub(super) fn train(
         json!({ "run": generator.vq.run, "checkpoint": generator.vq.checkpoint, "codebook": codebook, "grid": grid });
     config["generator"] = json!({ "run": gen_dir, "step": generator.step });
     run.write_config(&config)?;
-    let vq_res =
-        config_int(&generator.vq.model, "resolution").ok_or("the image tokenizer has no `resolution` config")? as usize;
+    let vq_res = config_int(&generator.vq.model, "resolution")
+        .ok_or_else(|| Error::Model("the image tokenizer has no `resolution` config".into()))?
+        as usize;
     let data = data::open(&args.data, vq_res, args.seed, args.flip)?;
     let tokens = generator.vq.tokens(&args.data, data.as_ref(), args.samples, device)?;
     let per_item = tokens.per_item;

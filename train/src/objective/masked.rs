@@ -1,6 +1,8 @@
 //! The masked-token objective: Muse's cosine masking of image token ids, conditioned on
 //! the captions (dropped for classifier-free guidance).
 
+use crate::error::Error;
+
 use super::{compile_model, config_int, initial_params, token_model_sets, token_trainer};
 use crate::config::TrainArgs;
 use crate::data;
@@ -23,16 +25,21 @@ pub(super) fn train(
     opt: AdamW,
     mut config: Value,
     fit_cfg: &dyn Fn(usize) -> FitConfig,
-) -> Result<Summary, String> {
-    let vq_dir =
-        args.tokenizer.as_ref().ok_or("a masked-token model needs --tokenizer RUN_DIR (a trained image tokenizer)")?;
+) -> Result<Summary, Error> {
+    let vq_dir = args.tokenizer.as_ref().ok_or_else(|| {
+        Error::Usage("a masked-token model needs --tokenizer RUN_DIR (a trained image tokenizer)".into())
+    })?;
     let vq = ImageTokenizer::open(vq_dir)?;
     let (codebook, grid) = vq.codebook_and_grid()?;
     let sets = token_model_sets(&args.sets, codebook, grid, vq_dir)?;
     let model = compile_model(&args.model, &sets)?;
-    let text_len = config_int(&model, "text_len").ok_or("the model has no `text_len` config")? as usize;
-    let text_vocab = config_int(&model, "text_vocab").ok_or("the model has no `text_vocab` config")? as usize;
-    let vq_res = config_int(&vq.model, "resolution").ok_or("the image tokenizer has no `resolution` config")? as usize;
+    let text_len = config_int(&model, "text_len")
+        .ok_or_else(|| Error::Model("the model has no `text_len` config".into()))? as usize;
+    let text_vocab = config_int(&model, "text_vocab")
+        .ok_or_else(|| Error::Model("the model has no `text_vocab` config".into()))? as usize;
+    let vq_res = config_int(&vq.model, "resolution")
+        .ok_or_else(|| Error::Model("the image tokenizer has no `resolution` config".into()))?
+        as usize;
     let data = data::open(&args.data, vq_res, args.seed, args.flip)?;
     let tok_path = run.path.join("tokenizer.json");
     let text = if resume && tok_path.is_file() {
@@ -43,11 +50,11 @@ pub(super) fn train(
         TextTokenizer::train(&data.captions(), text_vocab, text_len)?
     };
     if text.vocab_size() > text_vocab {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "the text tokenizer has {} entries but the model's text_vocab is {text_vocab}: --set text_vocab={}",
             text.vocab_size(),
             text.vocab_size()
-        ));
+        )));
     }
     text.save(&tok_path)?;
     config["objective"] = json!("masked tokens");

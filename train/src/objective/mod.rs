@@ -3,6 +3,8 @@
 //! `is_original`: a token critic), prepares the run directory and hands over to it; each
 //! objective is a module of its own. `--resume` rebuilds everything from config.json.
 
+use crate::error::Error;
+
 mod critic;
 mod masked;
 mod tokenizer;
@@ -19,12 +21,12 @@ use serde_json::json;
 use std::path::Path;
 
 /// Compiles one model of a file with overrides; the diagnostic rendered on error.
-pub fn compile_model(path: &Path, sets: &[(String, String)]) -> Result<Model, String> {
+pub fn compile_model(path: &Path, sets: &[(String, String)]) -> Result<Model, Error> {
     let c = compile_path(path, &Options { overrides: sets.to_vec(), model: None });
     match c.result {
         Ok(mut m) if m.len() == 1 => Ok(m.remove(0)),
-        Ok(m) => Err(format!("{}: {} models in the file; train one per file", path.display(), m.len())),
-        Err(d) => Err(d.render(&c.sources)),
+        Ok(m) => Err(Error::Model(format!("{}: {} models in the file; train one per file", path.display(), m.len()))),
+        Err(d) => Err(Error::Model(d.render(&c.sources))),
     }
 }
 
@@ -37,34 +39,35 @@ pub(crate) fn config_int(m: &Model, key: &str) -> Option<i64> {
 
 /// The model's initial parameters: random from its initialisers, then every tensor of
 /// `--init` that is named like a parameter (its shape must match).
-fn initial_params(model: &Model, args: &TrainArgs) -> Result<Tensors, String> {
-    let mut params = init_params(&model.graph, args.seed, Precision::F32).map_err(|e| e.to_string())?;
+fn initial_params(model: &Model, args: &TrainArgs) -> Result<Tensors, Error> {
+    let mut params = init_params(&model.graph, args.seed, Precision::F32)?;
     let Some(path) = &args.init else { return Ok(params) };
-    let file = muse_runtime::checkpoint::load(path).map_err(|e| format!("--init {}: {e}", path.display()))?;
+    let file =
+        muse_runtime::checkpoint::load(path).map_err(|e| Error::Usage(format!("--init {}: {e}", path.display())))?;
     let mut loaded = 0;
     for (name, t) in &file {
         if let Some(p) = params.get_mut(name) {
             if p.shape != t.shape {
-                return Err(format!(
+                return Err(Error::Usage(format!(
                     "--init {}: `{name}` is {:?} in the file but {:?} in {}",
                     path.display(),
                     t.shape,
                     p.shape,
                     model.name
-                ));
+                )));
             }
             *p = t.clone();
             loaded += 1;
         }
     }
     if loaded == 0 {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "--init {}: none of its {} tensors is named like a parameter of {} (e.g. `{}`)",
             path.display(),
             file.len(),
             model.name,
             model.graph.params.first().map_or("", |p| p.name.as_str())
-        ));
+        )));
     }
     eprintln!("init: {loaded} of {} parameters from {}", params.len(), path.display());
     Ok(params)
@@ -86,12 +89,15 @@ pub fn token_model_sets(
     codebook: i64,
     grid: i64,
     vq: &Path,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, Error> {
     let mut out = sets.to_vec();
     for (k, v) in [("codebook", codebook), ("grid", grid)] {
         match out.iter().find(|(key, _)| key == k) {
             Some((_, given)) if given.parse::<i64>().ok() != Some(v) => {
-                return Err(format!("--set {k}={given}, but the image tokenizer {} has {k} {v}", vq.display()))
+                return Err(Error::Usage(format!(
+                    "--set {k}={given}, but the image tokenizer {} has {k} {v}",
+                    vq.display()
+                )))
             }
             Some(_) => {}
             None => out.push((k.to_string(), v.to_string())),
@@ -101,7 +107,7 @@ pub fn token_model_sets(
 }
 
 /// Trains (or, with `resume`, continues) a run.
-pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summary, String> {
+pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summary, Error> {
     // Paths are recorded absolute, so runs can be resumed and used from any directory.
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     // A progressive run's model is the last stage's: what `muse tokenize` and sampling use.
@@ -124,11 +130,11 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
     let has = |n: &str| probe.graph.inputs.iter().any(|(k, _)| k == n);
     let run = RunDir::create(&args.out, args.keep)?;
     if !resume && run.path.join("latest.json").exists() {
-        return Err(format!(
+        return Err(Error::RunDir(format!(
             "{} already holds a run: pass --resume {} to continue it, or choose another --out",
             run.path.display(),
             run.path.display()
-        ));
+        )));
     }
     let opt = AdamW {
         lr: args.lr,
@@ -147,9 +153,9 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
         batch: args.batch,
         tokens_per_item,
     };
-    let source = std::fs::read_to_string(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let source = std::fs::read_to_string(&args.model).map_err(Error::io(&args.model))?;
     let mut config = json!({
-        "args": serde_json::to_value(args).map_err(|e| e.to_string())?, "model_name": probe.name, "source": source,
+        "args": serde_json::to_value(args).map_err(|e| Error::Usage(format!("the run configuration cannot be stored as JSON: {e} (a path that is not UTF-8?)")))?, "model_name": probe.name, "source": source,
         "source_hash": format!("{:016x}", source.bytes().fold(0u64, |h, b| muse_runtime::rng::mix64(h ^ b as u64))),
         "config": probe.config.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<Vec<_>>(),
     });
@@ -159,16 +165,18 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
         return tokenizer::train(args, resume, device, &run, opt, &probe, &fit_cfg);
     }
     if !args.stages.is_empty() {
-        return Err("--stage: progressive resolution is for image tokenizers (models with an `image` input)".into());
+        return Err(Error::Usage(
+            "--stage: progressive resolution is for image tokenizers (models with an `image` input)".into(),
+        ));
     }
     if has("tokens") && has("is_original") && has("text_ids") && has("text_mask") {
         return critic::train(args, resume, device, &run, opt, config, &fit_cfg);
     }
     if !(has("tokens") && has("targets") && has("loss_mask") && has("text_ids") && has("text_mask")) {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "{}: muse train knows image tokenizers (an `image` input) and masked-token models (inputs tokens, targets, loss_mask, text_ids, text_mask) and token critics (tokens, is_original, text_ids, text_mask)",
             args.model.display()
-        ));
+        )));
     }
     masked::train(args, resume, device, &run, opt, config, &fit_cfg)
 }
@@ -185,12 +193,11 @@ fn token_trainer(
     args: &TrainArgs,
     run: &RunDir,
     resume: bool,
-) -> Result<(Trainer, Progress), String> {
+) -> Result<(Trainer, Progress), Error> {
     let options = train_options(args, &[], &[]);
-    let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, device, &options)
-        .map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, device, &options)?;
     if args.ema > 0.0 {
-        trainer.start_ema().map_err(|e| e.to_string())?;
+        trainer.start_ema()?;
     }
     let start = if resume { fit::restore(run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
     Ok((trainer, start))

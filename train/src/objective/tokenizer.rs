@@ -2,6 +2,8 @@
 //! growing resolutions, dead codes re-seeded, and a PatchGAN discriminator with its own
 //! model and optimizer from `disc_start` on.
 
+use crate::error::Error;
+
 use super::{compile_model, config_int, initial_params, train_options};
 use crate::adversary::Adversary;
 use crate::config::{Stage, TrainArgs};
@@ -29,24 +31,24 @@ pub(super) fn train(
     opt: AdamW,
     probe: &Model,
     fit_cfg: &dyn Fn(usize) -> FitConfig,
-) -> Result<Summary, String> {
+) -> Result<Summary, Error> {
     let model_res = probe.graph.ty(probe.graph.inputs.iter().find(|x| x.0 == "image").expect("has").1).shape.0[1]
         .as_known()
-        .ok_or("the image input needs a known resolution")? as usize;
+        .ok_or_else(|| Error::Usage("the image input needs a known resolution".into()))? as usize;
     let stages = if args.stages.is_empty() {
         vec![Stage { resolution: model_res, until: args.steps, batch: args.batch, accumulate: args.accumulate.max(1) }]
     } else {
         args.stages.clone()
     };
     if stages.windows(2).any(|w| w[1].until <= w[0].until) {
-        return Err("--stage: each stage must end at a later step than the one before".into());
+        return Err(Error::Usage("--stage: each stage must end at a later step than the one before".into()));
     }
     if stages.last().map(|s| s.until) != Some(args.steps) {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "--stage: the last stage ends at step {}, but --steps is {}; make them equal",
             stages.last().map_or(0, |s| s.until),
             args.steps
-        ));
+        )));
     }
     let params = initial_params(probe, args)?;
     // A codebook (`embedding`) whose ids come out as `codes` gets dead-code re-seeding.
@@ -78,7 +80,7 @@ pub(super) fn train(
         let (b, r) = (stage.batch, stage.resolution);
         HostTensor::f(&[b, r, r, 3], vec![0.0; b * r * r * 3])
     };
-    let trainer_at = |seg: &Segment, params: &Tensors| -> Result<Trainer, String> {
+    let trainer_at = |seg: &Segment, params: &Tensors| -> Result<Trainer, Error> {
         let plain = seg.stage.resolution == model_res && seg.adversary == adversarial;
         let m = if plain { probe.clone() } else { compile_model(&args.model, &sets_at(seg))? };
         let mut outputs = vec![];
@@ -90,16 +92,15 @@ pub(super) fn train(
         }
         let options = train_options(args, &outputs, if seg.adversary { &["disc"] } else { &[] });
         let example: Tensors = [("image".to_string(), image(&seg.stage))].into();
-        let mut t = Trainer::with_options(&m.graph, &m.name, params, &example, opt.clone(), device, &options)
-            .map_err(|e| e.to_string())?;
+        let mut t = Trainer::with_options(&m.graph, &m.name, params, &example, opt.clone(), device, &options)?;
         if args.ema > 0.0 {
-            t.start_ema().map_err(|e| e.to_string())?;
+            t.start_ema()?;
         }
         Ok(t)
     };
     // The discriminator's AdamW: VQGAN's betas, no weight decay, the tokenizer's schedule.
     let disc_opt = AdamW { beta1: 0.5, beta2: 0.9, weight_decay: 0.0, ..opt.clone() };
-    let adversary_at = |seg: &Segment, params: &Tensors| -> Result<Option<Adversary>, String> {
+    let adversary_at = |seg: &Segment, params: &Tensors| -> Result<Option<Adversary>, Error> {
         let Some(file) = discriminator.as_ref().filter(|_| seg.adversary) else { return Ok(None) };
         let d = compile_discriminator(file, &sets_at(seg))?;
         let example: Tensors =
@@ -109,7 +110,7 @@ pub(super) fn train(
         check_same_parameters(&d, &mine, &args.model)?;
         let options = TrainOptions { outputs: vec!["real_logits".into(), "fake_logits".into()], frozen: vec![] };
         let t = Trainer::with_options(&d.graph, &d.name, &mine, &example, disc_opt.clone(), device, &options)
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+            .map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
         Ok(Some(Adversary::new(t)))
     };
     // The segment the run is in: the first one, or where the latest checkpoint left off.
@@ -168,7 +169,7 @@ pub(super) fn train(
         });
         k += 1;
         if k == segments.len() {
-            return summary.ok_or_else(|| "no stage ran".to_string());
+            return summary.ok_or_else(|| Error::Usage("no stage ran".into()));
         }
         let (t, a) = next_segment(&segments[k], trainer, hooks.1.take(), &trainer_at, &adversary_at)?;
         trainer = t;
@@ -203,9 +204,9 @@ fn split_at(stages: &[Stage], disc_start: Option<u64>) -> Vec<Segment> {
     out
 }
 
-type TrainerAt<'a> = dyn Fn(&Segment, &Tensors) -> Result<Trainer, String> + 'a;
+type TrainerAt<'a> = dyn Fn(&Segment, &Tensors) -> Result<Trainer, Error> + 'a;
 
-type AdversaryAt<'a> = dyn Fn(&Segment, &Tensors) -> Result<Option<Adversary>, String> + 'a;
+type AdversaryAt<'a> = dyn Fn(&Segment, &Tensors) -> Result<Option<Adversary>, Error> + 'a;
 
 /// The tokenizer and its discriminator compiled for `seg`, each with the parameters,
 /// optimizer state and weight average of the segment before.
@@ -215,8 +216,8 @@ fn next_segment(
     prev_adversary: Option<Adversary>,
     trainer_at: &TrainerAt,
     adversary_at: &AdversaryAt,
-) -> Result<(Trainer, Option<Adversary>), String> {
-    let params = prev.params().map_err(|e| e.to_string())?;
+) -> Result<(Trainer, Option<Adversary>), Error> {
+    let params = prev.params()?;
     let trainer = carry_over(&mut prev, trainer_at(seg, &params)?)?;
     let adversary = match (prev_adversary, adversary_at(seg, &params)?) {
         (Some(mut old), Some(new)) => Some(Adversary::new(carry_over(&mut old.trainer, new.trainer)?)),
@@ -227,7 +228,7 @@ fn next_segment(
 
 /// The discriminator model's file: `--discriminator`, else vq_discriminator.muse beside the
 /// tokenizer's.
-fn discriminator_file(args: &TrainArgs) -> Result<PathBuf, String> {
+fn discriminator_file(args: &TrainArgs) -> Result<PathBuf, Error> {
     if let Some(f) = &args.discriminator {
         return Ok(f.clone());
     }
@@ -235,15 +236,15 @@ fn discriminator_file(args: &TrainArgs) -> Result<PathBuf, String> {
     if beside.is_file() {
         return Ok(beside);
     }
-    Err(format!(
+    Err(Error::Usage(format!(
         "{} has a discriminator (`disc.*` parameters) but no discriminator model was found at {}; pass --discriminator FILE (models/vq_discriminator.muse in the muse repository)",
         args.model.display(),
         beside.display()
-    ))
+    )))
 }
 
 /// Compiles the discriminator with the tokenizer's overrides that it has config keys for.
-fn compile_discriminator(file: &Path, sets: &[(String, String)]) -> Result<Model, String> {
+fn compile_discriminator(file: &Path, sets: &[(String, String)]) -> Result<Model, Error> {
     let bare = compile_model(file, &[])?;
     let mine: Vec<(String, String)> =
         sets.iter().filter(|(k, _)| bare.config.iter().any(|(c, _)| c == k)).cloned().collect();
@@ -252,45 +253,46 @@ fn compile_discriminator(file: &Path, sets: &[(String, String)]) -> Result<Model
 
 /// The discriminator model's parameters must be the tokenizer's `disc.*`, name for name and
 /// size for size, or its weights could not be copied in.
-fn check_same_parameters(d: &Model, tokenizer: &Tensors, tokenizer_file: &Path) -> Result<(), String> {
+fn check_same_parameters(d: &Model, tokenizer: &Tensors, tokenizer_file: &Path) -> Result<(), Error> {
     for p in &d.graph.params {
         let want: Vec<usize> = p.ty.shape.0.iter().filter_map(|x| x.as_known()).map(|x| x as usize).collect();
         match tokenizer.get(&p.name) {
             Some(t) if t.shape == want => {}
             Some(t) => {
-                return Err(format!(
+                return Err(Error::Usage(format!(
                     "the discriminator's `{}` is {want:?} but the tokenizer's ({}) is {:?}: give both the same disc_* settings",
                     p.name,
                     tokenizer_file.display(),
                     t.shape
-                ))
+                )))
             }
             None => {
-                return Err(format!(
+                return Err(Error::Usage(format!(
                     "the discriminator's `{}` is not a parameter of the tokenizer ({}): both must call patch_discriminator(...) as disc",
                     p.name,
                     tokenizer_file.display()
-                ))
+                )))
             }
         }
     }
     if tokenizer.len() != d.graph.params.len() {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "the tokenizer ({}) has {} `disc.*` parameters, the discriminator model {}",
             tokenizer_file.display(),
             tokenizer.len(),
             d.graph.params.len()
-        ));
+        )));
     }
     Ok(())
 }
 
 /// `next`, compiled for the next stage, with `prev`'s optimizer state and weight average.
-fn carry_over(prev: &mut Trainer, mut next: Trainer) -> Result<Trainer, String> {
-    let state = prev.optimizer_state().map_err(|e| e.to_string())?;
-    next.set_optimizer_state(&state).map_err(|e| format!("carrying the optimizer into the next stage: {e}"))?;
-    if let Some(e) = prev.ema().map_err(|e| e.to_string())? {
-        next.set_ema(&e).map_err(|e| e.to_string())?;
+fn carry_over(prev: &mut Trainer, mut next: Trainer) -> Result<Trainer, Error> {
+    let state = prev.optimizer_state()?;
+    next.set_optimizer_state(&state)
+        .map_err(|e| Error::Usage(format!("carrying the optimizer into the next stage: {e}")))?;
+    if let Some(e) = prev.ema()? {
+        next.set_ema(&e)?;
     }
     Ok(next)
 }
@@ -303,8 +305,11 @@ struct ImageBatches {
 }
 
 impl Batches for ImageBatches {
-    fn next(&mut self) -> Result<(Tensors, u64), String> {
-        let b = self.loader.next_batch().ok_or("the data loader stopped: no image can be read")?;
+    fn next(&mut self) -> Result<(Tensors, u64), Error> {
+        let b = self
+            .loader
+            .next_batch()
+            .ok_or_else(|| Error::Usage("the data loader stopped: no image can be read".into()))?;
         let n = b.samples.len();
         let pixels: Vec<f64> = b.samples.iter().flat_map(|s| s.image.iter().map(|&x| x as f64)).collect();
         let mut t = Tensors::new();
