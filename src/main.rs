@@ -39,7 +39,7 @@ enum Command {
 
 fn main() -> ExitCode {
     // Before any thread exists (see `quiet_threads`).
-    muse_runtime::device::quiet_threads();
+    muse_runtime::quiet_threads();
     // Parsed by hand so that a command can tell the flags a user gave from defaults.
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

@@ -4,8 +4,9 @@
 
 mod common;
 
-use muse_runtime::device::{select, DeviceKind, DeviceOptions};
+use muse_runtime::device::{DeviceKind, DeviceOptions};
 use muse_runtime::inputs::random_inputs;
+use muse_runtime::select;
 use muse_runtime::{init_params, run, Precision, RunOptions};
 
 #[test]

@@ -1,7 +1,8 @@
 //! `muse train` end to end on the built-in data at tiny configs: an image tokenizer, then
 //! masked-token models on its tokens; resume equivalence; damaged checkpoints.
 
-use muse_runtime::device::{select, Device, DeviceKind, DeviceOptions};
+use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
+use muse_runtime::select;
 use muse_train::config::TrainArgs;
 use muse_train::error::Error;
 use muse_train::objective::train;

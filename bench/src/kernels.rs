@@ -9,9 +9,10 @@
 use muse_compiler::autodiff::{differentiate, Wrt};
 use muse_compiler::ir::{Graph, NodeIndex};
 use muse_compiler::{compile_path, compile_source, Model, Options};
-use muse_runtime::device::{select, Device, DeviceKind, DeviceOptions};
+use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::optim::AdamW;
+use muse_runtime::select;
 use muse_runtime::train::Trainer;
 use muse_runtime::{init_params, Precision};
 use std::time::Instant;

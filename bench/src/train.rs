@@ -7,9 +7,10 @@
 //! `cargo run --release -p muse-bench --bin train [REPEATS] [MODEL...]`
 
 use muse_compiler::{compile_path, Options};
-use muse_runtime::device::{select, DeviceKind, DeviceOptions};
+use muse_runtime::device::{DeviceKind, DeviceOptions};
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::optim::AdamW;
+use muse_runtime::select;
 use muse_runtime::train::Trainer;
 use muse_runtime::{init_params, Precision};
 use std::time::Instant;

@@ -1,7 +1,8 @@
 //! The muse runtime: the device interface every command runs through ([`device`]), its
 //! backends (the reference interpreter, the oracle every backend is compared with, and the
-//! CPU backend), host tensors, the memory planner, the optimizer, the training step,
-//! counter-based random numbers and safetensors files (see docs/design.md).
+//! CPU backend) and [`select`], the one place that chooses among them; host tensors, the
+//! memory planner, the optimizer, the training step, counter-based random numbers and
+//! safetensors files (see docs/design.md).
 
 pub mod checkpoint;
 pub mod cpu;
@@ -16,5 +17,57 @@ pub mod train;
 pub mod validate;
 
 pub use device::Tensors;
+
+use cpu::{CpuDevice, CpuOptions};
+use device::kind::name;
+use device::{DeviceError, DeviceKind, DeviceOptions, Selected};
+use interp::device::InterpDevice;
 pub use interp::{init_params, run, Precision, RunError, RunOptions, Values};
 pub use tensor::{Data, HostTensor};
+
+// The backends are listed and chosen here, and only here (with their own folders): a new
+// backend adds its `mod` line above and its arm below.
+
+/// The device `kind` names, or why it cannot be had here.
+pub fn select(kind: DeviceKind, opts: &DeviceOptions) -> Result<Selected, DeviceError> {
+    if opts.f64 && !matches!(kind, DeviceKind::Interp) {
+        return Err(DeviceError::Unavailable {
+            device: name(kind).into(),
+            why: "f64 runs only on the reference interpreter; add --device interp".into(),
+        });
+    }
+    let cpu = || CpuDevice::new(&CpuOptions { cache_dir: opts.cache_dir.clone(), quick: opts.quick });
+    match kind {
+        DeviceKind::Cpu => Ok(Selected { device: Box::new(cpu()), note: None }),
+        DeviceKind::Interp => {
+            let precision = if opts.f64 { Precision::F64 } else { Precision::F32 };
+            Ok(Selected { device: Box::new(InterpDevice { precision }), note: None })
+        }
+        DeviceKind::Cuda => Err(DeviceError::Unavailable { device: "cuda".into(), why: cuda_missing() }),
+        DeviceKind::Auto => Ok(Selected {
+            device: Box::new(cpu()),
+            note: Some("device auto: cpu (this build has no CUDA backend)".into()),
+        }),
+    }
+}
+
+/// What running on a GPU lacks here: this build has no CUDA backend yet, and whether the
+/// machine has an NVIDIA driver at all.
+fn cuda_missing() -> String {
+    // SAFETY: loading the driver library runs its initialisers only; nothing is called.
+    let driver = unsafe { libloading::Library::new("libcuda.so.1") }.is_ok();
+    let machine = if driver {
+        "this machine has an NVIDIA driver (libcuda.so.1)"
+    } else {
+        "this machine has no NVIDIA driver (libcuda.so.1 not found)"
+    };
+    format!(
+        "this build of muse has no CUDA backend yet (generated CUDA kernels through NVRTC are the next step), and {machine}; use --device cpu"
+    )
+}
+
+/// Settings every backend's threads need before any thread exists (a program embedding
+/// muse calls it first thing; the CPU backend's OpenMP reads its wait policy once).
+pub fn quiet_threads() {
+    cpu::quiet_openmp();
+}

@@ -24,7 +24,7 @@ impl DeviceArg {
             kind = DeviceKind::Interp;
         }
         let opts = DeviceOptions { f64, ..DeviceOptions::default() };
-        let chosen = muse_runtime::device::select(kind, &opts).map_err(|e| e.to_string())?;
+        let chosen = muse_runtime::select(kind, &opts).map_err(|e| e.to_string())?;
         if let Some(note) = chosen.note {
             eprintln!("{note}");
         }

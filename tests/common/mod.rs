@@ -103,7 +103,7 @@ pub fn kernel_cache(tag: &str) -> std::path::PathBuf {
 pub fn device(kind: &str, tag: &str) -> Box<dyn muse_runtime::device::Device + Send + Sync> {
     let opts =
         muse_runtime::device::DeviceOptions { cache_dir: Some(kernel_cache(tag)), quick: true, ..Default::default() };
-    muse_runtime::device::select(kind.parse().expect("a device name"), &opts).expect("the device is available").device
+    muse_runtime::select(kind.parse().expect("a device name"), &opts).expect("the device is available").device
 }
 
 /// The CPU device (see [`device`]).

@@ -8,10 +8,10 @@
 //! parameter or gradient crosses to the host during a training step.
 //!
 //! Backends: the reference interpreter ([`crate::interp::device`]) and the CPU backend
-//! (`crate::cpu`); [`select`] is the one place that chooses between them.
+//! (`crate::cpu`); `muse_runtime::select` is the one place that chooses between them.
 
 pub mod host;
-pub mod select;
+pub mod kind;
 
 use crate::interp::RunError;
 use crate::optim::AdamW;
@@ -21,7 +21,7 @@ use muse_compiler::kernel::{KernelProgram, Step};
 use muse_compiler::report::PassReport;
 use std::collections::HashMap;
 
-pub use select::{quiet_threads, select, DeviceKind, DeviceOptions, Selected};
+pub use kind::{DeviceKind, DeviceOptions, Selected};
 
 /// Tensors by name.
 pub type Tensors = HashMap<String, HostTensor>;
