@@ -33,14 +33,6 @@ fn muse(args: &[&str], cache: &Path) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
-        .collect()
-}
-
 /// Equal within what f32 rounding in another order of operations leaves after a few
 /// optimizer steps.
 fn assert_close(what: &str, a: &[f64], b: &[f64]) {
@@ -77,7 +69,7 @@ fn training_on_the_interpreter_equals_the_cpu() {
         args.extend(vq_sets);
         let (ok, log) = muse(&args, &cache);
         assert!(ok, "{device}: {log}");
-        runs.push(losses(&out));
+        runs.push(common::losses(&out));
     }
     assert_close("image tokenizer", &runs[1], &runs[0]);
     // A masked-token model on the CPU-trained tokenizer's ids (encoded once and cached, so
@@ -93,7 +85,7 @@ fn training_on_the_interpreter_equals_the_cpu() {
         args.extend(["--set", "text_len=8", "--set", "d_state=4", "--set", "heads=2"]);
         let (ok, log) = muse(&args, &cache);
         assert!(ok, "{device}: {log}");
-        runs.push(losses(&out));
+        runs.push(common::losses(&out));
     }
     assert_close("mamba_xattn_xz", &runs[1], &runs[0]);
     std::fs::remove_dir_all(&dir).ok();

@@ -1,6 +1,8 @@
 //! `muse train` end to end on the built-in data at tiny configs: an image tokenizer, then
 //! masked-token models on its tokens; resume equivalence; damaged checkpoints.
 
+mod common;
+
 use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
 use muse_runtime::select;
 use muse_train::config::TrainArgs;
@@ -82,14 +84,6 @@ fn masked(name: &str, dir: &Path, steps: u64) -> TrainArgs {
     }
 }
 
-fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
-        .collect()
-}
-
 #[test]
 fn masked_token_models_learn_the_built_in_data() {
     let dir = scratch("learn");
@@ -104,7 +98,7 @@ fn masked_token_models_learn_the_built_in_data() {
     assert!(r.colour <= 40 && r.place <= 40 && r.shape <= 40 && r.large.1 <= r.large.0 && r.large.0 < 40, "{r:?}");
     for name in ["muse_small", "mamba_xattn_xz"] {
         train(&masked(name, &dir, 150), false, s.as_ref()).unwrap();
-        let l = losses(&dir.join(name));
+        let l = common::losses(&dir.join(name));
         let first = l[..5].iter().sum::<f64>() / 5.0;
         let last = l[l.len() - 10..].iter().sum::<f64>() / 10.0;
         assert!(last < 0.6 * first, "{name}: masked-token loss {first:.3} -> {last:.3}");
@@ -176,7 +170,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     for (k, t) in &a {
         assert_eq!(t, &b[k], "{k} differs after resuming");
     }
-    assert_eq!(losses(&whole.out), losses(&half.out), "the metrics of both runs agree step by step");
+    assert_eq!(common::losses(&whole.out), common::losses(&half.out), "the metrics of both runs agree step by step");
     // A new run from that checkpoint's weights (--init) with the text encoder frozen: the
     // encoder comes out exactly as loaded, the rest trains on; resuming keeps both settings.
     let init = whole.out.join("checkpoints/step-00000020.safetensors");
@@ -341,8 +335,8 @@ fn progressive_run(disc_start: &str) {
     for (k, t) in &a {
         assert_eq!(t, &b[k], "{k} differs after resuming");
     }
-    assert_eq!(losses(&whole.out), losses(&half.out));
-    assert_eq!(losses(&whole.out).len(), 12);
+    assert_eq!(common::losses(&whole.out), common::losses(&half.out));
+    assert_eq!(common::losses(&whole.out).len(), 12);
     // The discriminator trained (its own moments are saved) and logged its loss each step.
     assert!(a.contains_key("disc/adamw.step") && a.contains_key("disc.conv_in.weight"));
     let start: u64 = disc_start.parse().unwrap();

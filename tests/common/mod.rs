@@ -117,3 +117,12 @@ pub fn forget_cache(tag: &str) {
         std::fs::remove_dir_all(kernel_cache(tag)).ok();
     }
 }
+
+/// The loss of every step of a run, from its metrics.jsonl.
+pub fn losses(run: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}

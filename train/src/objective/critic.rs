@@ -3,29 +3,19 @@
 
 use crate::error::Error;
 
-use super::{compile_model, config_int, initial_params, token_model_sets, token_trainer};
-use crate::config::TrainArgs;
+use super::{compile_model, config_int, initial_params, token_model_sets, token_trainer, Setup};
 use crate::critic::CriticBatches;
 use crate::data::{self};
-use crate::fit::{self, Batches, FitConfig, NoHook, Summary};
+use crate::fit::{self, Batches, NoHook, Summary};
 use crate::masked::MaskedBatches;
-use crate::run::RunDir;
 use crate::text::TextTokenizer;
 use crate::trained::TrainedTokenModel;
-use muse_runtime::device::Device;
-use muse_runtime::optim::AdamW;
 use serde_json::{json, Value};
 
 /// Trains a token critic on a trained generator's fills (`--generator RUN`).
-pub(super) fn train(
-    args: &TrainArgs,
-    resume: bool,
-    device: &dyn Device,
-    run: &RunDir,
-    opt: AdamW,
-    mut config: Value,
-    fit_cfg: &dyn Fn(usize) -> FitConfig,
-) -> Result<Summary, Error> {
+pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
+    let Setup { args, resume: _, device, run } = *s;
+    let (_opt, fit_cfg) = (s.opt(), |tokens_per_item| s.fit(tokens_per_item));
     let gen_dir = args.generator.as_ref().ok_or_else(|| {
         Error::Usage("a token critic needs --generator RUN_DIR (a trained masked-token model)".into())
     })?;
@@ -61,7 +51,7 @@ pub(super) fn train(
     let masked = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
     let mut probe = CriticBatches { masked, generator, seed: args.seed };
     let example = probe.next()?.0;
-    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, device, args, run, resume)?;
+    let (mut trainer, start) = token_trainer(s, &model, &params, &example)?;
     let masked = MaskedBatches::new(tokens, &text, codebook as i32, 0.0, args.batch, args.seed, start.data_pos)?;
     let mut batches = CriticBatches { masked, generator: probe.generator, seed: args.seed };
     eprintln!(

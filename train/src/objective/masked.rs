@@ -3,29 +3,19 @@
 
 use crate::error::Error;
 
-use super::{compile_model, config_int, initial_params, token_model_sets, token_trainer};
-use crate::config::TrainArgs;
+use super::{compile_model, config_int, initial_params, token_model_sets, token_trainer, Setup};
 use crate::data;
-use crate::fit::{self, Batches, FitConfig, NoHook, Summary};
+use crate::fit::{self, Batches, NoHook, Summary};
 use crate::image_tokenizer::ImageTokenizer;
 use crate::masked::MaskedBatches;
-use crate::run::RunDir;
 use crate::text::TextTokenizer;
-use muse_runtime::device::Device;
-use muse_runtime::optim::AdamW;
 use serde_json::{json, Value};
 
 /// Trains a masked-token model on the ids a trained image tokenizer (`--tokenizer RUN`)
 /// gives the data set, with Muse's cosine masking and classifier-free guidance dropout.
-pub(super) fn train(
-    args: &TrainArgs,
-    resume: bool,
-    device: &dyn Device,
-    run: &RunDir,
-    opt: AdamW,
-    mut config: Value,
-    fit_cfg: &dyn Fn(usize) -> FitConfig,
-) -> Result<Summary, Error> {
+pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
+    let Setup { args, resume, device, run } = *s;
+    let (_opt, fit_cfg) = (s.opt(), |tokens_per_item| s.fit(tokens_per_item));
     let vq_dir = args.tokenizer.as_ref().ok_or_else(|| {
         Error::Usage("a masked-token model needs --tokenizer RUN_DIR (a trained image tokenizer)".into())
     })?;
@@ -65,7 +55,7 @@ pub(super) fn train(
     let params = initial_params(&model, args)?;
     let mut probe_batches = MaskedBatches::new(tokens.clone(), &text, codebook as i32, 0.0, args.batch, args.seed, 0)?;
     let example = probe_batches.next()?.0;
-    let (mut trainer, start) = token_trainer(&model, &params, &example, opt, device, args, run, resume)?;
+    let (mut trainer, start) = token_trainer(s, &model, &params, &example)?;
     let per_item = tokens.per_item;
     let mut batches =
         MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;

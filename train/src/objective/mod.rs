@@ -136,23 +136,7 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
             run.path.display()
         )));
     }
-    let opt = AdamW {
-        lr: args.lr,
-        weight_decay: args.weight_decay,
-        clip_norm: (args.clip > 0.0).then_some(args.clip),
-        ..AdamW::default()
-    };
-    let fit_cfg = |tokens_per_item| FitConfig {
-        steps: args.steps,
-        schedule: Schedule { warmup: args.warmup, total: args.steps, min_ratio: 0.1 },
-        accumulate: args.accumulate.max(1),
-        checkpoint_every: args.checkpoint_every,
-        skip_nonfinite: args.skip_nonfinite,
-        ema: (args.ema > 0.0).then_some(args.ema),
-        seed: args.seed,
-        batch: args.batch,
-        tokens_per_item,
-    };
+    let setup = Setup { args, resume, device, run: &run };
     let source = std::fs::read_to_string(&args.model).map_err(Error::io(&args.model))?;
     let mut config = json!({
         "args": serde_json::to_value(args).map_err(|e| Error::Usage(format!("the run configuration cannot be stored as JSON: {e} (a path that is not UTF-8?)")))?, "model_name": probe.name, "source": source,
@@ -162,7 +146,7 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
     if has("image") {
         config["objective"] = json!("image tokenizer");
         run.write_config(&config)?;
-        return tokenizer::train(args, resume, device, &run, opt, &probe, &fit_cfg);
+        return tokenizer::train(&setup, &probe);
     }
     if !args.stages.is_empty() {
         return Err(Error::Usage(
@@ -170,7 +154,7 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
         ));
     }
     if has("tokens") && has("is_original") && has("text_ids") && has("text_mask") {
-        return critic::train(args, resume, device, &run, opt, config, &fit_cfg);
+        return critic::train(&setup, config);
     }
     if !(has("tokens") && has("targets") && has("loss_mask") && has("text_ids") && has("text_mask")) {
         return Err(Error::Usage(format!(
@@ -178,22 +162,52 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
             args.model.display()
         )));
     }
-    masked::train(args, resume, device, &run, opt, config, &fit_cfg)
+    masked::train(&setup, config)
+}
+
+/// What every objective is handed: the run's configuration, whether it resumes, the device
+/// and the run directory; the optimizer's and the training loop's settings follow from them.
+struct Setup<'a> {
+    args: &'a TrainArgs,
+    resume: bool,
+    device: &'a dyn Device,
+    run: &'a RunDir,
+}
+
+impl Setup<'_> {
+    /// AdamW as the configuration sets it.
+    fn opt(&self) -> AdamW {
+        let a = self.args;
+        AdamW {
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            clip_norm: (a.clip > 0.0).then_some(a.clip),
+            ..AdamW::default()
+        }
+    }
+
+    /// The training loop's settings, for items of `tokens_per_item` tokens (0: images).
+    fn fit(&self, tokens_per_item: usize) -> FitConfig {
+        let a = self.args;
+        FitConfig {
+            steps: a.steps,
+            schedule: Schedule { warmup: a.warmup, total: a.steps, min_ratio: 0.1 },
+            accumulate: a.accumulate.max(1),
+            checkpoint_every: a.checkpoint_every,
+            skip_nonfinite: a.skip_nonfinite,
+            ema: (a.ema > 0.0).then_some(a.ema),
+            seed: a.seed,
+            batch: a.batch,
+            tokens_per_item,
+        }
+    }
 }
 
 /// The trainer of a token model (a masked-token model or a critic), with its weight average
 /// when asked, and where it starts: step 0, or the run's latest checkpoint.
-#[allow(clippy::too_many_arguments)]
-fn token_trainer(
-    model: &Model,
-    params: &Tensors,
-    example: &Tensors,
-    opt: AdamW,
-    device: &dyn Device,
-    args: &TrainArgs,
-    run: &RunDir,
-    resume: bool,
-) -> Result<(Trainer, Progress), Error> {
+fn token_trainer(s: &Setup, model: &Model, params: &Tensors, example: &Tensors) -> Result<(Trainer, Progress), Error> {
+    let Setup { args, resume, device, run } = *s;
+    let opt = s.opt();
     let options = train_options(args, &[], &[]);
     let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, device, &options)?;
     if args.ema > 0.0 {

@@ -4,15 +4,15 @@
 
 use crate::error::Error;
 
-use super::{compile_model, config_int, initial_params, train_options};
+use super::{compile_model, config_int, initial_params, train_options, Setup};
 use crate::adversary::Adversary;
 use crate::config::{Stage, TrainArgs};
 use crate::data::{self, loader::Loader, Dataset};
 use crate::fit::{self, Batches, FitConfig, Summary};
-use crate::run::{Progress, RunDir};
+use crate::run::Progress;
 use crate::vq::Reseed;
 use muse_compiler::Model;
-use muse_runtime::device::{Device, Tensors};
+use muse_runtime::device::Tensors;
 use muse_runtime::optim::AdamW;
 use muse_runtime::train::{TrainOptions, Trainer};
 use muse_runtime::HostTensor;
@@ -23,15 +23,9 @@ use std::sync::Arc;
 /// resolution (the tokenizer is fully convolutional, so its parameters carry over) and
 /// continues with the previous stage's parameters, AdamW moments, weight average and
 /// codebook statistics.
-pub(super) fn train(
-    args: &TrainArgs,
-    resume: bool,
-    device: &dyn Device,
-    run: &RunDir,
-    opt: AdamW,
-    probe: &Model,
-    fit_cfg: &dyn Fn(usize) -> FitConfig,
-) -> Result<Summary, Error> {
+pub(super) fn train(s: &Setup, probe: &Model) -> Result<Summary, Error> {
+    let Setup { args, resume, device, run } = *s;
+    let (opt, fit_cfg) = (s.opt(), |tokens_per_item| s.fit(tokens_per_item));
     let model_res = probe.graph.ty(probe.graph.inputs.iter().find(|x| x.0 == "image").expect("has").1).shape.0[1]
         .as_known()
         .ok_or_else(|| Error::Usage("the image input needs a known resolution".into()))? as usize;
