@@ -60,13 +60,20 @@ impl Dialect for C {
     fn prelude(&self) -> String {
         format!("{INCLUDES}{}{MATH}", rng::helpers(self))
     }
-    fn fast_unary(&self, u: UnaryOp) -> Option<&'static str> {
+    fn unary_fn(&self, u: UnaryOp) -> &'static str {
         match u {
-            UnaryOp::Exp => Some("muse_expf"),
-            UnaryOp::Tanh => Some("muse_tanhf"),
-            UnaryOp::Log => Some("muse_logf"),
-            UnaryOp::Log1p => Some("muse_log1pf"),
-            _ => None,
+            // The prelude's vectorizable versions: libm's are a scalar call per element.
+            UnaryOp::Exp => "muse_expf",
+            UnaryOp::Tanh => "muse_tanhf",
+            UnaryOp::Log => "muse_logf",
+            UnaryOp::Log1p => "muse_log1pf",
+            UnaryOp::Sqrt => "sqrtf",
+            UnaryOp::Sin => "sinf",
+            UnaryOp::Cos => "cosf",
+            UnaryOp::Erf => "erff",
+            UnaryOp::Abs => "fabsf",
+            // Operators in the shared printer, never calls.
+            UnaryOp::Neg | UnaryOp::Not | UnaryOp::Rsqrt | UnaryOp::Recip => "",
         }
     }
 }

@@ -45,18 +45,13 @@ pub trait Dialect {
     fn helper_qualifier(&self) -> &'static str;
     /// The name of a helper function of this dialect's prelude.
     fn helper(&self, h: Helper) -> &'static str;
-    /// An f32 math function of the math library (`expf`).
-    fn math(&self, f: &'static str) -> String {
-        format!("{f}f")
-    }
+    /// The f32 function that computes `u` (a math-library call, or a vectorizable function of
+    /// the dialect's prelude); asked for the ops that are calls: exp, log, log1p, sqrt, tanh,
+    /// sin, cos, erf and abs.
+    fn unary_fn(&self, u: UnaryOp) -> &'static str;
     /// An f64 math function (`log`).
     fn f64_math(&self, f: &'static str) -> String {
         f.to_string()
-    }
-    /// A function of this dialect's own for an f32 unary op (a vectorizable one where the
-    /// math library's is a scalar call); `None` uses [`Dialect::math`].
-    fn fast_unary(&self, _u: UnaryOp) -> Option<&'static str> {
-        None
     }
     /// `x` converted to type `to`.
     fn cast(&self, to: KType, x: &str) -> String {
@@ -126,13 +121,9 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
                 (UnaryOp::Neg, _) => format!("-{}", t(a)),
                 (UnaryOp::Not, _) => format!("!{}", t(a)),
                 (UnaryOp::Abs, false) => format!("{0} < 0 ? -{0} : {0}", t(a)),
-                (UnaryOp::Abs, true) => format!("{}({})", d.math("fabs"), t(a)),
-                (UnaryOp::Rsqrt, _) => format!("{} / {}({})", float_lit(d, 1.0), d.math("sqrt"), t(a)),
+                (UnaryOp::Rsqrt, _) => format!("{} / {}({})", float_lit(d, 1.0), d.unary_fn(UnaryOp::Sqrt), t(a)),
                 (UnaryOp::Recip, _) => format!("{} / {}", float_lit(d, 1.0), t(a)),
-                (u, true) if d.fast_unary(*u).is_some() => {
-                    format!("{}({})", d.fast_unary(*u).unwrap_or_default(), t(a))
-                }
-                (u, _) => format!("{}({})", d.math(u.name()), t(a)),
+                (u, _) => format!("{}({})", d.unary_fn(*u), t(a)),
             }
         }
         Expr::Binary(op, a, b) => {
