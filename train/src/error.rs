@@ -57,6 +57,15 @@ pub enum Error {
 /// A result of training, tokenizing or sampling.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The node called `name` among a model's inputs or outputs, or `missing` when it has none.
+pub(crate) fn named(
+    list: &[(String, muse_compiler::ir::NodeIndex)],
+    name: &str,
+    missing: Error,
+) -> Result<muse_compiler::ir::NodeIndex> {
+    list.iter().find(|(n, _)| n == name).map(|x| x.1).ok_or(missing)
+}
+
 impl Error {
     /// An I/O error on `path`, for `map_err`.
     pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

@@ -2,7 +2,7 @@
 //! compiled as trained, its latest weights, the data set encoded into token ids (cached in
 //! its run directory) and its reconstructions judged.
 
-use crate::error::Error;
+use crate::error::{named, Error};
 
 use crate::config::TrainArgs;
 use crate::data::Dataset;
@@ -48,14 +48,7 @@ impl ImageTokenizer {
     pub fn codebook_and_grid(&self) -> Result<(i64, i64), Error> {
         let codebook = config_int(&self.model, "codebook")
             .ok_or_else(|| Error::Model("the image tokenizer has no `codebook` config".into()))?;
-        let codes = self
-            .model
-            .graph
-            .outputs
-            .iter()
-            .find(|(n, _)| n == "codes")
-            .ok_or_else(|| Error::Model("no `codes` output".into()))?
-            .1;
+        let codes = named(&self.model.graph.outputs, "codes", Error::Model("no `codes` output".into()))?;
         let shape = &self.model.graph.ty(codes).shape.0;
         let grid = shape
             .get(1)
@@ -119,12 +112,7 @@ impl ImageTokenizer {
     ) -> Result<Reconstructions, Error> {
         use crate::data::shapes::judge;
         let g = &self.model.graph;
-        let recon = g
-            .outputs
-            .iter()
-            .find(|(n, _)| n == "recon")
-            .ok_or_else(|| Error::Model("the image tokenizer has no `recon` output".into()))?
-            .1;
+        let recon = named(&g.outputs, "recon", Error::Model("the image tokenizer has no `recon` output".into()))?;
         let mut program = device.compile(g, &[recon])?;
         let res = data.resolution();
         let mut out = Reconstructions::default();

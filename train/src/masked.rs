@@ -2,7 +2,7 @@
 //! token ids by a trained VQ tokenizer, Muse's cosine masking, classifier-free-guidance text
 //! dropout, and the batches that feed a masked-token model.
 
-use crate::error::Error;
+use crate::error::{named, Error};
 
 use crate::data::loader::index_at;
 use crate::data::Dataset;
@@ -77,18 +77,8 @@ pub fn encode(
     batch: usize,
     device: &dyn Device,
 ) -> Result<TokenSet, Error> {
-    let codes = vq
-        .outputs
-        .iter()
-        .find(|(n, _)| n == "codes")
-        .ok_or_else(|| Error::Data("the image tokenizer has no `codes` output".into()))?
-        .1;
-    let image = vq
-        .inputs
-        .iter()
-        .find(|(n, _)| n == "image")
-        .ok_or_else(|| Error::Data("the image tokenizer has no `image` input".into()))?
-        .1;
+    let codes = named(&vq.outputs, "codes", Error::Data("the image tokenizer has no `codes` output".into()))?;
+    let image = named(&vq.inputs, "image", Error::Data("the image tokenizer has no `image` input".into()))?;
     let mut program = device.compile(vq, &[codes])?;
     let n = count.or(data.size()).ok_or_else(|| Error::Data("an unlimited data set needs --samples".into()))?;
     let res = data.resolution();

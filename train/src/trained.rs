@@ -2,7 +2,7 @@
 //! directory: the model compiled as it was trained, its latest weights (the EMA when kept),
 //! its text tokenizer and image tokenizer, and a compiled program for its `logits`.
 
-use crate::error::Error;
+use crate::error::{named, Error};
 
 use crate::config::TrainArgs;
 use crate::image_tokenizer::ImageTokenizer;
@@ -71,13 +71,7 @@ impl TrainedTokenModel {
                     .ok_or_else(|| Error::Usage(format!("checkpoint lacks parameter `{}`", p.name)))
             })
             .collect::<Result<_, _>>()?;
-        let logits = model
-            .graph
-            .outputs
-            .iter()
-            .find(|(n, _)| n == "logits")
-            .ok_or_else(|| Error::Model("the model has no `logits` output".into()))?
-            .1;
+        let logits = named(&model.graph.outputs, "logits", Error::Model("the model has no `logits` output".into()))?;
         let program = device.compile(&model.graph, &[logits])?.into();
         Ok(TrainedTokenModel { model, params, text, vq, codebook, grid, step: progress.step, program, logits })
     }
