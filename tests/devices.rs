@@ -102,7 +102,7 @@ fn auto_says_what_it_chose_and_cuda_what_is_missing() {
     assert!(log.contains("--device cuda:") && log.contains("--device cpu"), "{log}");
     let (ok, log) = muse(&["run", "models/muse_small.muse", "--device", "tpu"], &cache);
     assert!(!ok);
-    assert!(log.contains("choose cpu, interp, cuda or auto"), "{log}");
+    assert!(log.contains("choose cpu, interp, cuda, cuda-sim or auto"), "{log}");
     std::fs::remove_dir_all(&cache).ok();
 }
 

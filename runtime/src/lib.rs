@@ -36,16 +36,17 @@ pub fn select(kind: DeviceKind, opts: &DeviceOptions) -> Result<Selected, Device
             why: "f64 runs only on the reference interpreter; add --device interp".into(),
         });
     }
-    let cpu = || CpuDevice::new(&CpuOptions { cache_dir: opts.cache_dir.clone(), quick: opts.quick });
+    let cpu = |cuda_sim| CpuDevice::new(&CpuOptions { cache_dir: opts.cache_dir.clone(), quick: opts.quick, cuda_sim });
     match kind {
-        DeviceKind::Cpu => Ok(Selected { device: Box::new(cpu()), note: None }),
+        DeviceKind::Cpu => Ok(Selected { device: Box::new(cpu(false)), note: None }),
+        DeviceKind::CudaSim => Ok(Selected { device: Box::new(cpu(true)), note: None }),
         DeviceKind::Interp => {
             let precision = if opts.f64 { Precision::F64 } else { Precision::F32 };
             Ok(Selected { device: Box::new(InterpDevice { precision }), note: None })
         }
         DeviceKind::Cuda => Err(DeviceError::Unavailable { device: "cuda".into(), why: cuda_missing() }),
         DeviceKind::Auto => Ok(Selected {
-            device: Box::new(cpu()),
+            device: Box::new(cpu(false)),
             note: Some("device auto: cpu (this build has no CUDA backend)".into()),
         }),
     }

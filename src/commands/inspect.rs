@@ -42,9 +42,12 @@ pub fn main(a: Args) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    // `--emit c` or `--emit cuda` with `--device auto` inspects the device of that language.
+    // `--emit c` or `--emit cuda` with `--device auto` inspects the device of that language;
+    // CUDA source needs no GPU to be rendered (the simulation's source is the GPU's).
     let named = match (emit.as_deref(), device.device.as_str()) {
-        (Some(lang @ ("c" | "cuda")), "auto") => DeviceArg { device: if lang == "c" { "cpu" } else { lang }.into() },
+        (Some(lang @ ("c" | "cuda")), "auto") => {
+            DeviceArg { device: if lang == "c" { "cpu" } else { "cuda-sim" }.into() }
+        }
         _ => device.clone(),
     };
     let device = match named.open(false) {

@@ -299,7 +299,8 @@ fn render_lanes(k: &Kernel, lv: &[Level], used: &[bool], lanes: &str, s: &mut St
     }
 }
 
-fn body_kind(b: &Body) -> &'static str {
+/// What kind of kernel a body makes, for the comment above its source.
+pub fn body_kind(b: &Body) -> &'static str {
     match b {
         Body::Pointwise { .. } => "pointwise",
         Body::Row { phases, elem_stores, .. } if phases.len() == 1 && elem_stores.is_empty() => "reduction",

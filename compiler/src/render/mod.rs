@@ -1,8 +1,10 @@
 //! Renderers: kernel IR to source text. The expression printing here is shared and
 //! language-neutral: every spelling of a target language comes from its [`Dialect`]; each
-//! target's schedule (C: OpenMP lanes, tiles and vector loops) is its own module.
+//! target's schedule (C: OpenMP lanes, tiles and vector loops; CUDA: threads, blocks,
+//! warp shuffles and shared memory) is its own module.
 
 pub mod c;
+pub mod cuda;
 pub mod rng;
 
 use crate::ir::{BinaryOp, DType, RandomDist, UnaryOp};
@@ -61,6 +63,10 @@ pub trait Dialect {
     fn load(&self, buf: u32, index: &str) -> String {
         format!("b{buf}[{index}]")
     }
+    /// The run-time value of symbolic size number `k`.
+    fn size(&self, k: u32) -> String {
+        format!("sizes[{k}]")
+    }
     /// The running value of a scan's recurrence of the current state (`Expr::Carry`).
     fn carry(&self) -> &'static str;
     /// Includes and helper definitions every unit of generated code starts with.
@@ -102,7 +108,7 @@ pub fn expr_text(d: &dyn Dialect, k: &Kernel, id: ExprId) -> String {
         Expr::LaneInner => "lane_in".into(),
         Expr::Step => "step".into(),
         Expr::State => "st".into(),
-        Expr::Size(s) => format!("sizes[{s}]"),
+        Expr::Size(s) => d.size(*s),
         Expr::Carry => d.carry().into(),
         Expr::Acc(j) => format!("r{j}"),
         Expr::Load { buf, index } => d.load(*buf, &t(index)),

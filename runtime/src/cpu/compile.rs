@@ -18,6 +18,9 @@ pub struct CompilerSettings {
     /// Matrix products through the template of kernels/gemm.c (AVX-512; elsewhere, and
     /// when false, the `gemm` crate). Default true; `MUSE_GEMM=crate` makes it false.
     pub gemm_template: bool,
+    /// Compile the CUDA renderer's source for the CPU through kernels/cuda_sim.h (the
+    /// `cuda-sim` device) instead of generated C.
+    pub cuda_sim: bool,
 }
 
 impl Default for CompilerSettings {
@@ -27,7 +30,17 @@ impl Default for CompilerSettings {
             .map(|f| f.split_whitespace().map(str::to_string).collect())
             .unwrap_or_else(|_| ["-O3", "-march=native", "-fopenmp"].iter().map(|s| s.to_string()).collect());
         let gemm_template = std::env::var("MUSE_GEMM").map_or(true, |v| v != "crate");
-        CompilerSettings { cc, flags, cache_dir: default_cache_dir(), gemm_template }
+        CompilerSettings { cc, flags, cache_dir: default_cache_dir(), gemm_template, cuda_sim: false }
+    }
+}
+
+impl CompilerSettings {
+    /// Settings of the `cuda-sim` device: the C++ compiler (`MUSE_CXX`, default `c++`) at
+    /// `-O2`, C++17; products through the `gemm` crate (the GEMM template is C).
+    pub fn cuda_sim() -> Self {
+        let cc = std::env::var("MUSE_CXX").unwrap_or_else(|_| "c++".into());
+        let flags = ["-O2", "-std=c++17"].iter().map(|s| s.to_string()).collect();
+        CompilerSettings { cc, flags, cache_dir: default_cache_dir(), gemm_template: false, cuda_sim: true }
     }
 }
 
@@ -159,6 +172,10 @@ pub struct GemmArgs {
     pub b_col_table: *const i64,
 }
 
+/// Signature of a kernel's entry point under the CUDA simulation (`<name>_sim`, see
+/// `render::cuda`): buffers, the 16 sizes, the seed, then the grid and block.
+pub type SimFn = unsafe extern "C" fn(*mut *mut std::ffi::c_void, *const i64, u64, i64, i64);
+
 /// Signature of `muse_sgemm`; returns 0 when it cannot run here (no AVX-512, or an epilogue
 /// with padded rows), having done nothing.
 pub type GemmFn = unsafe extern "C" fn(*const GemmArgs) -> i32;
@@ -181,6 +198,18 @@ impl Library {
         // SAFETY: render::c::render_range defines it with the `RangeFn` signature.
         unsafe {
             self.lib.get::<RangeFn>(symbol.as_bytes()).map(|s| *s).map_err(|e| CompileError {
+                message: format!("`{symbol}` is missing from {}: {e}", self.path.display()),
+                source_path: None,
+            })
+        }
+    }
+
+    /// The CUDA simulation's entry point of kernel `name`.
+    pub fn sim(&self, name: &str) -> Result<SimFn, CompileError> {
+        let symbol = format!("{name}_sim");
+        // SAFETY: render::cuda::render_kernel defines it with the `SimFn` signature.
+        unsafe {
+            self.lib.get::<SimFn>(symbol.as_bytes()).map(|s| *s).map_err(|e| CompileError {
                 message: format!("`{symbol}` is missing from {}: {e}", self.path.display()),
                 source_path: None,
             })

@@ -3,8 +3,8 @@
 //! arena, the gradient arena and the optimizer's own arenas (moments, gradient sums, weight
 //! average). One launch per verb whatever the number of parameters.
 
-use super::compile::{self, CompileError, CompilerSettings, KernelFn};
-use super::Prepared;
+use super::compile::{self, CompileError, CompilerSettings};
+use super::{Entry, Prepared};
 use crate::device::{AdamStep, Grads, Optimizer, Slot};
 use muse_compiler::kernel::optim;
 use muse_compiler::render::c;
@@ -14,13 +14,20 @@ use std::sync::Arc;
 /// Rows of the gradient norm's partial sums (each summed in f32, the rows in f64).
 const NORM_ROW: usize = 1024;
 
+/// One compiled optimizer kernel.
+#[derive(Clone)]
+struct Verb {
+    entry: Entry,
+    kernel: muse_compiler::kernel::Kernel,
+}
+
 /// The compiled optimizer kernels.
 pub(crate) struct Kernels {
-    adamw: KernelFn,
-    sum_squares: KernelFn,
-    accumulate: KernelFn,
-    copy: KernelFn,
-    ema: KernelFn,
+    adamw: Verb,
+    sum_squares: Verb,
+    accumulate: Verb,
+    copy: Verb,
+    ema: Verb,
     /// Keeps the functions loaded.
     _library: Arc<compile::Library>,
 }
@@ -30,27 +37,35 @@ impl Kernels {
     pub(crate) fn compile(settings: &CompilerSettings) -> Result<Kernels, CompileError> {
         let kernels = optim::all();
         let refs: Vec<&muse_compiler::kernel::Kernel> = kernels.iter().collect();
-        let source = c::render_program(&refs, &[], refs.len());
+        let source = if settings.cuda_sim {
+            super::sim_units(&refs, refs.len())
+        } else {
+            c::render_program(&refs, &[], refs.len())
+        };
         super::quiet_openmp();
         let lib = compile::compile(&source, settings)?;
+        let verb = |name: &str| -> Result<Verb, CompileError> {
+            let kernel = kernels.iter().find(|k| k.name == name).expect("optim::all has every verb").clone();
+            Ok(Verb { entry: Entry::find(&lib, name, settings)?, kernel })
+        };
         Ok(Kernels {
-            adamw: lib.kernel("opt_adamw")?,
-            sum_squares: lib.kernel("opt_sum_squares")?,
-            accumulate: lib.kernel("opt_accumulate")?,
-            copy: lib.kernel("opt_copy")?,
-            ema: lib.kernel("opt_ema")?,
-            _library: lib,
+            adamw: verb("opt_adamw")?,
+            sum_squares: verb("opt_sum_squares")?,
+            accumulate: verb("opt_accumulate")?,
+            copy: verb("opt_copy")?,
+            ema: verb("opt_ema")?,
+            _library: lib.clone(),
         })
     }
 }
 
 /// Calls kernel `f` over buffers `bufs` with run-time sizes `sizes`.
-fn launch(f: KernelFn, bufs: &mut [*mut f32], sizes: &[i64]) {
+fn launch(f: &Verb, bufs: &mut [*mut f32], sizes: &[i64]) {
     let mut args: Vec<*mut c_void> = bufs.iter().map(|&p| p as *mut c_void).collect();
     // SAFETY: each caller passes buffers of at least the lengths `sizes` gives the kernel
     // (the trained stretch, or its rows), of f32, in the kernel's parameter order; the
     // kernels update elements in place at the index they read.
-    unsafe { f(args.as_mut_ptr(), sizes.as_ptr(), 0) };
+    unsafe { f.entry.call(&f.kernel, &mut args, sizes, 0) };
 }
 
 /// The optimizer's state, beside the program's arenas.
@@ -110,7 +125,7 @@ impl Optimizer for Step<'_> {
         if self.state.acc.len() != n {
             self.state.acc = vec![0.0; n];
         }
-        let f = if first { self.state.kernels.copy } else { self.state.kernels.accumulate };
+        let f = if first { &self.state.kernels.copy } else { &self.state.kernels.accumulate };
         launch(f, &mut [self.state.acc.as_mut_ptr(), g], &[n as i64]);
     }
 
@@ -121,13 +136,13 @@ impl Optimizer for Step<'_> {
         self.state.partial.resize(rows + 1, 0.0);
         let partial = self.state.partial.as_mut_ptr();
         if rows > 0 {
-            launch(self.state.kernels.sum_squares, &mut [g, partial], &[rows as i64, NORM_ROW as i64]);
+            launch(&self.state.kernels.sum_squares, &mut [g, partial], &[rows as i64, NORM_ROW as i64]);
         }
         self.state.partial[rows] = 0.0;
         if tail > 0 {
             // SAFETY: `rows * NORM_ROW + tail` is the stretch's length; `partial` has rows + 1.
             let (rest, last) = unsafe { (g.add(rows * NORM_ROW), partial.add(rows)) };
-            launch(self.state.kernels.sum_squares, &mut [rest, last], &[1, tail as i64]);
+            launch(&self.state.kernels.sum_squares, &mut [rest, last], &[1, tail as i64]);
         }
         self.state.partial.iter().map(|&x| x as f64).sum::<f64>().sqrt()
     }
@@ -138,14 +153,14 @@ impl Optimizer for Step<'_> {
         let c = &step.cfg;
         let mut hyper = optim::adamw_scalars(c.beta1, c.beta2, c.eps, c.weight_decay, step.lr, step.t, step.grad_scale);
         let bufs = [p, self.state.m.as_mut_ptr(), self.state.v.as_mut_ptr(), g, hyper.as_mut_ptr()];
-        launch(self.state.kernels.adamw, &mut { bufs }, &[n as i64]);
+        launch(&self.state.kernels.adamw, &mut { bufs }, &[n as i64]);
     }
 
     fn start_ema(&mut self) {
         let n = self.state.len();
         let (p, _) = self.arenas();
         let mut ema = vec![0.0f32; n];
-        launch(self.state.kernels.copy, &mut [ema.as_mut_ptr(), p], &[n as i64]);
+        launch(&self.state.kernels.copy, &mut [ema.as_mut_ptr(), p], &[n as i64]);
         self.state.ema = Some(ema);
     }
 
@@ -154,7 +169,7 @@ impl Optimizer for Step<'_> {
         let (p, _) = self.arenas();
         let Some(ema) = self.state.ema.as_mut() else { return };
         let mut hyper = [(1.0 - decay) as f32];
-        launch(self.state.kernels.ema, &mut [ema.as_mut_ptr(), p, hyper.as_mut_ptr()], &[n as i64]);
+        launch(&self.state.kernels.ema, &mut [ema.as_mut_ptr(), p, hyper.as_mut_ptr()], &[n as i64]);
     }
 
     fn has_ema(&self) -> bool {

@@ -13,6 +13,9 @@ pub enum DeviceKind {
     Interp,
     /// Generated CUDA C through NVRTC on an NVIDIA GPU.
     Cuda,
+    /// The generated CUDA C compiled for the CPU against a header that implements CUDA's
+    /// execution model (threads as fibers in a random order): slow, for checking kernels.
+    CudaSim,
     /// The fastest device present: a GPU when there is one, else the CPU.
     Auto,
 }
@@ -24,8 +27,9 @@ impl std::str::FromStr for DeviceKind {
             "cpu" => Ok(DeviceKind::Cpu),
             "interp" => Ok(DeviceKind::Interp),
             "cuda" => Ok(DeviceKind::Cuda),
+            "cuda-sim" => Ok(DeviceKind::CudaSim),
             "auto" => Ok(DeviceKind::Auto),
-            other => Err(format!("`{other}`: choose cpu, interp, cuda or auto")),
+            other => Err(format!("`{other}`: choose cpu, interp, cuda, cuda-sim or auto")),
         }
     }
 }
@@ -56,6 +60,7 @@ pub fn name(kind: DeviceKind) -> &'static str {
         DeviceKind::Cpu => "cpu",
         DeviceKind::Interp => "interp",
         DeviceKind::Cuda => "cuda",
+        DeviceKind::CudaSim => "cuda-sim",
         DeviceKind::Auto => "auto",
     }
 }
