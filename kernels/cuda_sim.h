@@ -3,9 +3,10 @@
 
    A launch runs its blocks one after another, in a random order. The threads of a block are
    fibers (ucontext) on the calling thread: each runs until it reaches a barrier, and the
-   scheduler then resumes a runnable thread chosen at random, so that a schedule differs
-   from run to run and a missing barrier shows as a wrong answer instead of hiding behind a
-   fixed order. __syncthreads waits for every thread of the block; a warp shuffle is a
+   scheduler then resumes a runnable thread, chosen at random or (in half of the blocks) by
+   random priorities that let one warp run far ahead of the others, so that a schedule
+   differs from run to run and a missing barrier shows as a wrong answer instead of hiding
+   behind a fixed order. __syncthreads waits for every thread of the block; a warp shuffle is a
    barrier of the 32 threads of its warp (all must take part: the full mask). Shared memory
    is one arena per block, filled with NaN bytes at the block's start, so reading what no
    thread wrote shows. A thread that exits while others wait at a barrier, or a barrier some
@@ -65,6 +66,11 @@ struct Block {
   std::vector<unsigned long long> warp_slots;
   std::vector<std::unique_ptr<unsigned char[]>> shared;
   const std::function<void()> *body = nullptr;
+  /* The schedule: uniformly random picks, or (half of the blocks) each thread's priority,
+     whole warps ranked above others and re-ranked at every __syncthreads, so that one warp
+     runs far ahead of another (what exposes a shared-memory reuse without a barrier). */
+  bool by_priority = false;
+  std::vector<unsigned> priority;
 };
 
 inline thread_local Block *current_block = nullptr;
@@ -105,6 +111,19 @@ inline void yield() {
   swapcontext(&f.ctx, &current_block->scheduler);
 }
 
+/* Random priorities: warps in a random order, threads within each warp too. */
+inline void rank_threads(Block &b) {
+  unsigned warps = b.dim / 32;
+  std::vector<unsigned> rank(warps), lane(32);
+  for (unsigned w = 0; w < warps; w++) rank[w] = w;
+  for (unsigned w = warps; w > 1; w--) std::swap(rank[w - 1], rank[next_random() % w]);
+  for (unsigned w = 0; w < warps; w++) {
+    for (unsigned l = 0; l < 32; l++) lane[l] = l;
+    for (unsigned l = 32; l > 1; l--) std::swap(lane[l - 1], lane[next_random() % l]);
+    for (unsigned l = 0; l < 32; l++) b.priority[w * 32 + l] = rank[w] * 32 + lane[l];
+  }
+}
+
 inline void sync_block() {
   Block &b = *current_block;
   me().state = WAIT_BLOCK;
@@ -112,6 +131,7 @@ inline void sync_block() {
     b.block_arrived = 0;
     for (auto &f : b.fibers)
       if (f.state == WAIT_BLOCK) f.state = RUNNABLE;
+    if (b.by_priority) rank_threads(b);
   }
   yield();
 }
@@ -181,6 +201,9 @@ inline void run_block(Block &b) {
     f.ctx.uc_link = &b.scheduler;
     makecontext(&f.ctx, entry, 0);
   }
+  b.by_priority = next_random() % 2 == 0;
+  b.priority.assign(b.dim, 0u);
+  rank_threads(b);
   std::vector<unsigned> runnable;
   runnable.reserve(b.dim);
   for (;;) {
@@ -197,7 +220,13 @@ inline void run_block(Block &b) {
       fail(warp ? "deadlock: a warp shuffle that some threads of the warp never reach (divergent or exited)"
                 : "deadlock: __syncthreads that some threads of the block never reach (divergent or exited)");
     }
-    b.current = runnable[next_random() % runnable.size()];
+    if (b.by_priority) {
+      b.current = runnable[0];
+      for (unsigned t : runnable)
+        if (b.priority[t] > b.priority[b.current]) b.current = t;
+    } else {
+      b.current = runnable[next_random() % runnable.size()];
+    }
     swapcontext(&b.scheduler, &b.fibers[b.current].ctx);
   }
 }

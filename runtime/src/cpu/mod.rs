@@ -420,6 +420,17 @@ impl CpuProgram {
         requested: &[NodeIndex],
         settings: &CompilerSettings,
     ) -> Result<CpuProgram, CompileError> {
+        Self::compile_edited(g, requested, settings, &|_| {})
+    }
+
+    /// As [`CpuProgram::compile`], with `edit` applied to each translation unit before it is
+    /// compiled (the tests' mutations of generated code).
+    pub(crate) fn compile_edited(
+        g: &Graph,
+        requested: &[NodeIndex],
+        settings: &CompilerSettings,
+        edit: &dyn Fn(&mut String),
+    ) -> Result<CpuProgram, CompileError> {
         let (program, _) = kernel::fuse(g, requested);
         let ranges: Vec<&kernel::Kernel> = program
             .steps
@@ -455,6 +466,7 @@ impl CpuProgram {
         if has_products {
             source.push(GEMM_TEMPLATE.to_string());
         }
+        source.iter_mut().for_each(edit);
         quiet_openmp();
         let library = if source.is_empty() { None } else { Some(compile::compile(&source, settings)?) };
         let (mut fns, mut range_fns) = (Vec::new(), Vec::new());

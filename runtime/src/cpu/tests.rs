@@ -153,3 +153,101 @@ fn the_c_generator_is_the_interpreters_bit_for_bit() {
     assert_eq!(checked, 4 * 2 * at.len());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The CUDA simulation catches what breaks GPU kernels silently. The generated CUDA of a
+/// Mamba model's forward and backward (rows longer than a warp, scans of several chunks)
+/// equals the interpreter; with one barrier removed, the shuffle butterfly starting at the
+/// wrong offset, or the scan's chunk carry one chunk late, it does not.
+#[test]
+fn the_cuda_simulation_fails_broken_kernels() {
+    let opts = Options {
+        overrides: [
+            ("dim", "48"),
+            ("d_state", "4"),
+            ("grid", "4"),
+            ("depth", "1"),
+            ("heads", "2"),
+            ("text_depth", "1"),
+            ("codebook", "7"),
+            ("text_vocab", "11"),
+            ("text_len", "3"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        model: None,
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mamba_xattn_xz.muse");
+    let c = muse_compiler::compile_path(&path, &opts);
+    let m = c.result.unwrap_or_else(|d| panic!("{}", d.render(&c.sources))).remove(0);
+    let d = muse_compiler::autodiff::differentiate(&m.graph, muse_compiler::autodiff::Wrt::default());
+    let mut req: Vec<NodeIndex> = m.graph.losses.iter().map(|l| l.1).collect();
+    req.extend(d.params.iter().map(|p| p.1));
+    let inputs = random_inputs(&m.graph, 2, 3);
+    let params = crate::init_params(&m.graph, 3, crate::Precision::F32).unwrap();
+    let reference = run(&d.graph, &inputs, &params, &RunOptions::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("muse-sim-mutants-{}", std::process::id()));
+    let settings = CompilerSettings {
+        cache_dir: dir.clone(),
+        flags: vec!["-O1".into(), "-std=c++17".into()],
+        ..CompilerSettings::cuda_sim()
+    };
+    // The largest relative error over the loss and every gradient (infinite for a NaN).
+    let worst = |from: &str, to: &str| -> f64 {
+        let applied = std::cell::Cell::new(false);
+        let edit = |u: &mut String| {
+            if u.contains(from) {
+                *u = u.replacen(from, to, 1);
+                applied.set(true);
+            }
+        };
+        let p = CpuProgram::compile_edited(&d.graph, &req, &settings, &edit).unwrap();
+        assert!(from.is_empty() || applied.get(), "the mutation applies: {from}");
+        let ours = p.run(&d.graph, &inputs, &params, 0).unwrap();
+        req.iter()
+            .map(|n| {
+                let e = rel_err(&ours[n], reference.get(*n));
+                if e.is_nan() {
+                    f64::INFINITY
+                } else {
+                    e
+                }
+            })
+            .fold(0.0, f64::max)
+    };
+    let clean = worst("", "");
+    assert!(clean < 1e-4, "unedited: relative error {clean:e}");
+    let mutants = [
+        (
+            "the block reduction's barrier between writing the warps' results and reading them",
+            "  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;\n  __syncthreads();\n",
+            "  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;\n",
+        ),
+        (
+            "the block reduction's barrier before reusing its shared memory",
+            "  v = muse_group_reduce(v, op, 32);\n  __syncthreads();\n",
+            "  v = muse_group_reduce(v, op, 32);\n",
+        ),
+        (
+            "the scan's barrier between the chunks' composites and the carry",
+            "    __syncthreads();\n    if (chunk == 0) {\n      for (int j",
+            "    if (chunk == 0) {\n      for (int j",
+        ),
+        (
+            "the shuffle butterfly starting at a quarter of the width instead of half",
+            "for (int o = width / 2; o > 0; o /= 2)",
+            "for (int o = width / 4; o > 0; o /= 2)",
+        ),
+        (
+            "the scan's carry into each chunk taken one chunk late",
+            "          scan_h[at] = carry;\n          carry = p * carry + hh;\n",
+            "          carry = p * carry + hh;\n          scan_h[at] = carry;\n",
+        ),
+    ];
+    for (what, from, to) in mutants {
+        let e = worst(from, to);
+        println!("{what}: relative error {e:e}");
+        assert!(e > 1e-2, "{what}: still equals the interpreter (relative error {e:e})");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
