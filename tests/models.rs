@@ -175,29 +175,7 @@ fn summary(g: &Graph) -> String {
 }
 
 fn check_golden(file: &str, actual: &str) {
-    let path = root().join("tests/golden").join(file);
-    if std::env::var_os("MUSE_BLESS").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing golden {}; run with MUSE_BLESS=1 to create it", path.display()));
-    if want != actual {
-        let diff: Vec<String> = want
-            .lines()
-            .zip(actual.lines())
-            .filter(|(a, b)| a != b)
-            .take(8)
-            .map(|(a, b)| format!("- {a}\n+ {b}"))
-            .collect();
-        panic!(
-            "{} changed ({} vs {} lines); first differences:\n{}\nIf the change is intended, rerun with MUSE_BLESS=1.",
-            path.display(),
-            want.lines().count(),
-            actual.lines().count(),
-            diff.join("\n")
-        );
-    }
+    common::check_golden(&format!("tests/golden/{file}"), actual);
 }
 
 #[test]

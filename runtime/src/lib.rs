@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod inputs;
 pub mod interp;

@@ -126,3 +126,34 @@ pub fn losses(run: &std::path::Path) -> Vec<f64> {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
         .collect()
 }
+
+/// Compares `actual` with the golden file at `path` (relative to the repository); with
+/// `MUSE_BLESS=1` writes it instead.
+pub fn check_golden(path: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    if std::env::var_os("MUSE_BLESS").is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing golden {}; run with MUSE_BLESS=1 to create it", path.display()));
+    if want != actual {
+        let diff: Vec<String> = want
+            .lines()
+            .zip(actual.lines())
+            .filter(|(a, b)| a != b)
+            .take(8)
+            .map(|(a, b)| format!("- {a}\n+ {b}"))
+            .collect();
+        panic!(
+            "{} changed ({} vs {} lines); first differences:\n{}\nIf the change is intended, rerun with MUSE_BLESS=1.",
+            path.display(),
+            want.lines().count(),
+            actual.lines().count(),
+            diff.join("\n")
+        );
+    }
+}

@@ -119,16 +119,40 @@ fn kernel_cache_and_compiler_errors() {
 /// draws over counters from 0 to 2^63, for several run and op seeds.
 #[test]
 fn the_c_generator_is_the_interpreters_bit_for_bit() {
-    use muse_compiler::render::{rng, Dialect};
+    use muse_compiler::render::Dialect;
+    check_generator(muse_compiler::render::c::C.prelude(), quick());
+}
+
+/// The CUDA dialect's copy, compiled for the CPU through the CUDA simulation's header: the
+/// same bits (on a GPU the normal draws' f64 log and cos are CUDA's, within an ulp).
+#[test]
+fn the_cuda_generator_is_the_interpreters_bit_for_bit() {
+    use muse_compiler::render::{cuda, Dialect};
+    let optim = muse_compiler::kernel::optim::all();
+    let prelude = format!(
+        "#define MUSE_SIM 1\n{}\n{}",
+        include_str!("../../../kernels/cuda_sim.h"),
+        cuda::Cuda::new(&optim[0], cuda::Storage::F32).prelude()
+    );
+    check_generator(
+        prelude,
+        CompilerSettings { flags: vec!["-O1".into(), "-std=c++17".into()], ..CompilerSettings::cuda_sim() },
+    );
+}
+
+/// Draws of the generator `prelude` defines against the interpreter's, bit for bit.
+fn check_generator(prelude: String, settings: CompilerSettings) {
+    use muse_compiler::render::rng;
+    // C++ (the simulation) names the probe without mangling, as C does.
+    let linkage = if settings.cuda_sim { "extern \"C\" " } else { "" };
     let probe = format!(
-        "{}\nvoid rng_probe(void **bufs, const int64_t *sizes, uint64_t seed) {{\n  const uint64_t *at = (const uint64_t *)bufs[0];\n  double *out = (double *)bufs[1];\n  uint64_t *keys = (uint64_t *)bufs[2];\n  uint64_t key = {}(seed, (uint64_t)sizes[1]);\n  keys[0] = key;\n  for (int64_t i = 0; i < sizes[0]; i++) {{ out[2 * i] = {}(key, at[i]); out[2 * i + 1] = {}(key, at[i]); }}\n}}\n",
-        muse_compiler::render::c::C.prelude(),
+        "{prelude}\n{linkage}void rng_probe(void **bufs, const int64_t *sizes, uint64_t seed) {{\n  const uint64_t *at = (const uint64_t *)bufs[0];\n  double *out = (double *)bufs[1];\n  uint64_t *keys = (uint64_t *)bufs[2];\n  uint64_t key = {}(seed, (uint64_t)sizes[1]);\n  keys[0] = key;\n  for (int64_t i = 0; i < sizes[0]; i++) {{ out[2 * i] = {}(key, at[i]); out[2 * i + 1] = {}(key, at[i]); }}\n}}\n",
         rng::KEY,
         rng::UNIFORM,
         rng::NORMAL
     );
-    let dir = std::env::temp_dir().join(format!("muse-rng-probe-{}", std::process::id()));
-    let lib = compile::compile(&[probe], &CompilerSettings { cache_dir: dir.clone(), ..quick() }).unwrap();
+    let dir = std::env::temp_dir().join(format!("muse-rng-probe-{}-{}", std::process::id(), settings.cuda_sim));
+    let lib = compile::compile(&[probe], &CompilerSettings { cache_dir: dir.clone(), ..settings }).unwrap();
     let f = lib.kernel("rng_probe").unwrap();
     let mut at: Vec<u64> = (0..2000u64).collect();
     at.extend((0..2000u64).map(|i| crate::rng::mix64(i) >> (i % 64)));

@@ -1,0 +1,112 @@
+//! Finding CUDA's libraries. cudarc loads them by name at run time (so the build and every
+//! CPU run need no CUDA), but NVRTC from PyPI (what scripts/fetch-cuda.sh fetches, or a
+//! Python's `nvidia-*` packages) lives in a folder the loader does not search. The library
+//! is loaded here first, by path and globally; a later load by name then finds it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The CUDA release whose pieces scripts/fetch-cuda.sh fetches.
+pub const PINNED: &str = "13.0.88";
+
+/// The folder scripts/fetch-cuda.sh fills: `MUSE_CUDA_HOME`, else
+/// `$XDG_CACHE_HOME/muse/cuda-13.0.88` (`~/.cache/...`).
+pub fn cuda_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("MUSE_CUDA_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME").filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")).unwrap_or_else(std::env::temp_dir)
+    });
+    base.join("muse").join(format!("cuda-{PINNED}"))
+}
+
+/// Folders searched for CUDA's libraries, in order: `MUSE_CUDA_LIBS` (separated by `:`),
+/// the fetched wheels' `nvidia/cu13/lib`, `$CUDA_HOME/lib64`, `/usr/local/cuda/lib64`.
+pub fn search_path() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var("MUSE_CUDA_LIBS")
+        .map(|v| v.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect())
+        .unwrap_or_default();
+    dirs.push(cuda_home().join("nvidia/cu13/lib"));
+    if let Some(h) = std::env::var_os("CUDA_HOME") {
+        dirs.push(PathBuf::from(h).join("lib64"));
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
+    dirs
+}
+
+/// The CUDA headers NVRTC needs for bf16 (`cuda_bf16.h`): the fetched wheels' include
+/// folder, else `$CUDA_HOME/include`, else `/usr/local/cuda/include`.
+pub fn include_dir() -> Option<PathBuf> {
+    let mut dirs = vec![cuda_home().join("nvidia/cu13/include")];
+    if let Some(h) = std::env::var_os("CUDA_HOME") {
+        dirs.push(PathBuf::from(h).join("include"));
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/include"));
+    dirs.into_iter().find(|d| d.join("cuda_bf16.h").exists())
+}
+
+/// The file in `dir` whose name is `stem` or `stem.<version>` (the shortest such name).
+fn find_in(dir: &Path, stem: &str) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == stem || n.starts_with(&format!("{stem}.")))
+        })
+        .collect();
+    found.sort_by_key(|p| p.as_os_str().len());
+    found.into_iter().next()
+}
+
+/// Loads `stems` (in order) from the first folder of [`search_path`] that has them all,
+/// globally and for the rest of the process; the folder, or why none would do.
+fn preload(stems: &[&str]) -> Result<PathBuf, String> {
+    let dirs = search_path();
+    for dir in &dirs {
+        let files: Option<Vec<PathBuf>> = stems.iter().map(|s| find_in(dir, s)).collect();
+        let Some(files) = files else { continue };
+        for f in &files {
+            use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+            // SAFETY: loading runs the library's initialisers only; the handle is kept for
+            // the life of the process (cudarc calls into it by name later).
+            match unsafe { Library::open(Some(f), RTLD_NOW | RTLD_GLOBAL) } {
+                Ok(lib) => std::mem::forget(lib),
+                Err(e) => return Err(format!("cannot load {}: {e}", f.display())),
+            }
+        }
+        return Ok(dir.clone());
+    }
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(format!("{} not found in {}", stems.last().unwrap_or(&""), searched.join(", ")))
+}
+
+/// How to get NVRTC, for messages.
+pub const GET_NVRTC: &str =
+    "run scripts/fetch-cuda.sh (it fetches PyPI's nvidia-cuda-nvrtc into ~/.cache/muse), or set MUSE_CUDA_LIBS to a folder with libnvrtc.so";
+
+/// Makes NVRTC loadable (once per process): the folder it came from, or why it is missing.
+pub fn nvrtc() -> Result<PathBuf, String> {
+    static DONE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // NVRTC loads its builtins by name: loaded first, they are found.
+        let dir = preload(&["libnvrtc-builtins.so", "libnvrtc.so"])
+            .or_else(|e| {
+                // SAFETY: checks whether the loader finds NVRTC by name (no call into it).
+                if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                    Ok(PathBuf::from("(the system's library path)"))
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| format!("NVRTC is missing: {e}; {GET_NVRTC}"))?;
+        // SAFETY: as above.
+        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            Ok(dir)
+        } else {
+            Err(format!("NVRTC was loaded from {} but cannot be found by name; {GET_NVRTC}", dir.display()))
+        }
+    })
+    .clone()
+}
