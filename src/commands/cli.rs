@@ -10,7 +10,9 @@ use std::process::ExitCode;
 #[derive(clap::Args, Clone)]
 pub struct DeviceArg {
     /// `cpu` (fused kernels in generated C), `interp` (the reference interpreter, op by op),
-    /// `cuda` (an NVIDIA GPU), or `auto` (a GPU when there is one, else cpu).
+    /// `cuda` (an NVIDIA GPU), `cuda-sim` (the generated CUDA run on the CPU, threads as
+    /// fibers in a random order: slow, for checking kernels), or `auto` (a GPU when there is
+    /// one, else cpu).
     #[arg(long, default_value = "auto", alias = "backend", value_name = "DEVICE")]
     pub device: String,
 }
