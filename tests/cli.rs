@@ -186,6 +186,10 @@ fn inspect_table_and_html_page() {
         muse(&["inspect", "models/mamba_xattn_xz.muse", "--set", "depth=1", "--kernel", "1", "--emit", "cuda"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("__global__ void __launch_bounds__(256) k1("), "{out}");
+    // With NVRTC here, each kernel comes with ptxas's report.
+    if muse_runtime::cuda::libs::nvrtc().is_ok() {
+        assert!(out.contains("sm_90 (NVRTC ") && out.contains(" registers, 0 B spilled"), "{out}");
+    }
     let (code, _, err) = muse(&["inspect", "models/mamba_xattn_xz.muse", "--device", "interp"]);
     assert_eq!(code, 2);
     assert!(err.contains("no kernels to inspect"), "{err}");

@@ -3,9 +3,10 @@
 
 use super::cli::{load, write_stdout, DeviceArg, ModelOpts};
 use muse_compiler::autodiff;
-use muse_compiler::kernel::Step;
+use muse_compiler::kernel::{KernelProgram, Step};
 use muse_compiler::Model;
 use muse_runtime::device::Device;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -133,6 +134,20 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
         }
     }
     let mut out = format!("# model {} ({})\n", m.name, if backward { "forward + backward" } else { "forward" });
+    // CUDA source comes with ptxas's report of each kernel, when NVRTC is here.
+    let resources = if device.language() == Some("cuda") && (a.emit == Some("cuda") || html.is_some()) {
+        cuda_resources(&program)
+    } else {
+        HashMap::new()
+    };
+    let source = |s: &Step| {
+        let name = match s {
+            Step::Kernel(k) => Some(&k.kernel.name),
+            Step::MatMul(mm) => mm.epilogue.as_ref().map(|e| &e.kernel.name),
+        };
+        let note = name.and_then(|n| resources.get(n)).map_or(String::new(), |r| format!("/* {r} */\n"));
+        format!("{note}{}", device.source(&graph, s))
+    };
     if let Some(lang) = a.emit {
         for (i, step) in program.steps.iter().enumerate() {
             if only.is_some_and(|k| k != i) {
@@ -152,7 +167,7 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
                 if matches!(step, Step::MatMul(_)) {
                     out.push_str(&format!("/* {i}: */ "));
                 }
-                out.push_str(&device.source(&graph, step));
+                out.push_str(&source(step));
             }
         }
         return Ok(out);
@@ -160,8 +175,7 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
     let mut rows = muse_compiler::inspect::rows(&graph, &program, Some(sources), batch);
     if let Some(path) = html {
         let title = format!("{} ({})", m.name, if backward { "forward + backward" } else { "forward" });
-        let code = |s: &Step| device.source(&graph, s);
-        let page = muse_compiler::inspect::html(&title, &program, &rows, sources, &code);
+        let page = muse_compiler::inspect::html(&title, &program, &rows, sources, &source);
         std::fs::write(path, page).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
@@ -181,4 +195,42 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
         mem.total_bytes as f64 / mem.peak_bytes.max(1) as f64
     ));
     Ok(out)
+}
+
+/// ptxas's report (sm_90) of every CUDA kernel of `program`, by kernel name: registers,
+/// spills, stack and shared memory. Empty, with a note, when NVRTC is missing.
+fn cuda_resources(program: &KernelProgram) -> HashMap<String, String> {
+    use muse_compiler::render::cuda::{render_program, Storage};
+    use muse_runtime::cuda::nvrtc;
+    let kernels: Vec<&muse_compiler::kernel::Kernel> = program
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel(k) => Some(&k.kernel),
+            Step::MatMul(mm) => mm.epilogue.as_ref().map(|e| &e.kernel),
+        })
+        .collect();
+    let version = match nvrtc::version() {
+        Ok((major, minor)) => format!("NVRTC {major}.{minor}"),
+        Err(e) => {
+            eprintln!("note: no registers or spills shown: {e}");
+            return HashMap::new();
+        }
+    };
+    match nvrtc::compile(&render_program(&kernels, Storage::F32), "inspect", &nvrtc::Options::default()) {
+        Ok(c) => nvrtc::resources(&c.log)
+            .into_iter()
+            .map(|r| {
+                let line = format!(
+                    "sm_90 ({version}): {} registers, {} B spilled ({} B reloaded), {} B stack, {} B shared",
+                    r.registers, r.spill_stores, r.spill_loads, r.stack, r.shared
+                );
+                (r.kernel, line)
+            })
+            .collect(),
+        Err(e) => {
+            eprintln!("note: no registers or spills shown: {e}");
+            HashMap::new()
+        }
+    }
 }
