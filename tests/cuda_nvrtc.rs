@@ -123,6 +123,36 @@ fn every_kernel_of_every_model_compiles_for_sm90_and_sm80_without_spills() {
     );
 }
 
+/// The cubin cache: a second compilation of the same source and options comes from disk,
+/// the same bytes; other options or another source compile anew; a damaged entry is
+/// compiled again.
+#[test]
+fn cubins_are_cached_by_source_options_and_version() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("muse-cubins-{}", std::process::id()));
+    let optim = muse_compiler::kernel::optim::all();
+    let refs: Vec<&Kernel> = optim.iter().collect();
+    let src = cuda::render_program(&refs, Storage::F32);
+    let opts = nvrtc::Options::default();
+    let first = nvrtc::compile_cached(&src, "optim", &opts, &dir).unwrap();
+    let again = nvrtc::compile_cached(&src, "optim", &opts, &dir).unwrap();
+    assert!(!first.cached && again.cached && first.cubin == again.cubin && first.log == again.log);
+    let sm80 = nvrtc::compile_cached(&src, "optim", &nvrtc::Options { arch: 80, ..opts.clone() }, &dir).unwrap();
+    assert!(!sm80.cached && sm80.cubin != first.cubin);
+    let other = nvrtc::compile_cached(&format!("{src}\n// another source"), "optim", &opts, &dir).unwrap();
+    assert!(!other.cached);
+    for f in std::fs::read_dir(&dir).unwrap().flatten() {
+        if f.path().extension().is_some_and(|e| e == "cubin") {
+            std::fs::write(f.path(), b"").unwrap();
+        }
+    }
+    let damaged = nvrtc::compile_cached(&src, "optim", &opts, &dir).unwrap();
+    assert!(!damaged.cached && damaged.cubin == first.cubin);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A compile error shows NVRTC's log and the generated lines it names, numbered.
 #[test]
 fn an_nvrtc_error_shows_its_log_and_the_numbered_source() {

@@ -217,7 +217,9 @@ fn cuda_resources(program: &KernelProgram) -> HashMap<String, String> {
             return HashMap::new();
         }
     };
-    match nvrtc::compile(&render_program(&kernels, Storage::F32), "inspect", &nvrtc::Options::default()) {
+    let cache = muse_runtime::cache::default_cache_dir();
+    match nvrtc::compile_cached(&render_program(&kernels, Storage::F32), "inspect", &nvrtc::Options::default(), &cache)
+    {
         Ok(c) => nvrtc::resources(&c.log)
             .into_iter()
             .map(|r| {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub use crate::cache::{default_cache_dir, hash128};
+
 /// How generated C is compiled. Defaults: `cc -O3 -march=native -fopenmp -shared -fPIC`;
 /// `MUSE_CC` and `MUSE_CFLAGS` override the compiler and the flags, `MUSE_CACHE_DIR` the cache.
 #[derive(Clone, Debug)]
@@ -44,17 +46,6 @@ impl CompilerSettings {
     }
 }
 
-/// `$MUSE_CACHE_DIR`, else `$XDG_CACHE_HOME/muse/kernels`, else `~/.cache/muse/kernels`.
-pub fn default_cache_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("MUSE_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache")).unwrap_or_else(|_| std::env::temp_dir())
-    });
-    base.join("muse").join("kernels")
-}
-
 /// Why generated C could not be compiled or loaded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompileError {
@@ -75,18 +66,6 @@ impl std::fmt::Display for CompileError {
 }
 
 impl std::error::Error for CompileError {}
-
-/// 128-bit FNV-1a: stable across runs and platforms, for cache keys.
-pub fn hash128(parts: &[&[u8]]) -> String {
-    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
-    for p in parts {
-        for b in p.iter().chain(&[0xffu8]) {
-            h ^= *b as u128;
-            h = h.wrapping_mul(0x0000000001000000000000000000013B);
-        }
-    }
-    format!("{h:032x}")
-}
 
 fn compiler_version(cc: &str) -> String {
     static CACHE: OnceLock<Mutex<std::collections::HashMap<String, String>>> = OnceLock::new();

@@ -45,6 +45,8 @@ pub struct Compiled {
     pub cubin: Vec<u8>,
     /// NVRTC's log (with `report`, ptxas's resource lines).
     pub log: String,
+    /// Whether it came from the on-disk cache.
+    pub cached: bool,
 }
 
 /// Why NVRTC failed: its own log, with the generated source's lines it names.
@@ -147,7 +149,7 @@ pub fn compile(source: &str, name: &str, opts: &Options) -> Result<Compiled, Nvr
                 && n > 0
                 && sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char) == sys::nvrtcResult::NVRTC_SUCCESS
             {
-                Ok(Compiled { cubin, log })
+                Ok(Compiled { cubin, log, cached: false })
             } else {
                 Err(fail(format!("NVRTC compiled {name} but gave no cubin for sm_{} ({r:?})", opts.arch), log))
             }
@@ -155,6 +157,32 @@ pub fn compile(source: &str, name: &str, opts: &Options) -> Result<Compiled, Nvr
         sys::nvrtcDestroyProgram(&mut prog);
         result
     }
+}
+
+/// As [`compile`], through the cache in `dir`: a cubin and its log keyed by the source, the
+/// options, the architecture and NVRTC's version, written atomically; a cache entry that
+/// cannot be read is compiled again.
+pub fn compile_cached(source: &str, name: &str, opts: &Options, dir: &std::path::Path) -> Result<Compiled, NvrtcError> {
+    let fail = |message: String| NvrtcError { message, log: String::new(), source: source.to_string() };
+    let (major, minor) = version().map_err(fail)?;
+    let flags = opts.flags().join(" ");
+    let nvrtc = format!("nvrtc {major}.{minor}");
+    let key = crate::cache::hash128(&[source.as_bytes(), flags.as_bytes(), nvrtc.as_bytes()]);
+    let (cubin_path, log_path) = (dir.join(format!("{key}.cubin")), dir.join(format!("{key}.cubin.log")));
+    if let (Ok(cubin), Ok(log)) = (std::fs::read(&cubin_path), std::fs::read_to_string(&log_path)) {
+        if !cubin.is_empty() {
+            return Ok(Compiled { cubin, log, cached: true });
+        }
+    }
+    let c = compile(source, name, opts)?;
+    let write = |p: &std::path::Path, b: &[u8]| {
+        crate::cache::write_atomic(p, b).map_err(|e| fail(format!("cannot write {}: {e}", p.display())))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the kernel cache {}: {e}", dir.display())))?;
+    // The log first: a cubin without its log is never taken for a whole entry.
+    write(&log_path, c.log.as_bytes())?;
+    write(&cubin_path, &c.cubin)?;
+    Ok(c)
 }
 
 /// One kernel's resources, as ptxas reports them.
