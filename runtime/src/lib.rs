@@ -11,6 +11,7 @@ pub mod cuda;
 pub mod device;
 pub mod inputs;
 pub mod interp;
+pub mod layout;
 pub mod memory;
 pub mod optim;
 pub mod rng;

@@ -133,7 +133,7 @@ impl Program for Bound {
         self.program.launches()
     }
     fn planned_bytes(&self) -> usize {
-        self.prep.as_ref().map_or(0, |p| p.plan.peak_bytes)
+        self.prep.as_ref().map_or(0, |p| p.layout.plan.peak_bytes)
     }
     fn kernels(&self) -> Option<&KernelProgram> {
         Some(&self.program.program)

@@ -9,11 +9,12 @@ pub mod optim;
 
 pub use device::{CpuDevice, CpuOptions};
 
-use crate::interp::{bind_inputs, check_params, RunError};
-use crate::memory;
+use crate::interp::RunError;
+use crate::layout::{Axis, Layout, Place};
+
 use crate::tensor::{Data, HostTensor};
 use compile::{CompileError, CompilerSettings, KernelFn, Library, SimFn};
-use muse_compiler::ir::{DType, Graph, NodeIndex, Op};
+use muse_compiler::ir::{DType, Graph, NodeIndex};
 use muse_compiler::kernel::{self, Kernel, KernelProgram, MatMulStep, Step};
 use muse_compiler::render::{c, cuda};
 use std::collections::HashMap;
@@ -57,114 +58,11 @@ pub fn quiet_openmp() {
     });
 }
 
-/// Generated kernels clamp indices instead of trapping; the ids a user passes are checked
-/// here instead, with the interpreter's error, so a bad token id is an error, not a quiet
-/// wrong answer.
-fn check_indices(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<(), RunError> {
-    for (name, bound) in crate::inputs::index_limits(g) {
-        let Some(Data::I(v)) = inputs.get(&name).map(|t| &t.data) else { continue };
-        if let Some(&bad) = v.iter().find(|&&x| x < 0 || x as i64 >= bound) {
-            return Err(RunError::IndexOutOfRange {
-                op: format!("input `{name}`"),
-                index: bad as i64,
-                rows: bound as usize,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// The matrix-product template, compiled with every program that has products.
 const GEMM_TEMPLATE: &str = include_str!("../../../kernels/gemm.c");
 
 /// Multiply-adds below which a batch of products runs one product per thread.
 const SMALL_GEMM: usize = 128 * 128 * 128;
-
-/// Where the elements along one axis of a product's operand lie: one stride, or (an axis
-/// made of runs that are not adjacent in memory) the offset of each index.
-#[derive(Clone, Debug)]
-enum Axis {
-    Stride(isize),
-    Table(Vec<i64>),
-}
-
-impl Axis {
-    /// The axis of `runs` (extent, stride), outermost first.
-    fn of(runs: &[(usize, isize)]) -> Axis {
-        match runs {
-            [(_, s)] => Axis::Stride(*s),
-            _ => Axis::Table(mixed_radix(runs)),
-        }
-    }
-    fn stride(&self) -> i64 {
-        match self {
-            Axis::Stride(s) => *s as i64,
-            Axis::Table(_) => 0,
-        }
-    }
-    fn table(&self) -> *const i64 {
-        match self {
-            Axis::Stride(_) => std::ptr::null(),
-            Axis::Table(t) => t.as_ptr(),
-        }
-    }
-    fn offset(&self, i: usize) -> isize {
-        match self {
-            Axis::Stride(s) => i as isize * s,
-            Axis::Table(t) => t[i] as isize,
-        }
-    }
-}
-
-/// The offset of every index of an axis of `runs` (extent, stride), outermost first.
-fn mixed_radix(runs: &[(usize, isize)]) -> Vec<i64> {
-    let mut out = vec![0i64];
-    for &(e, s) in runs {
-        out = out.iter().flat_map(|&o| (0..e).map(move |i| o + (i as isize * s) as i64)).collect();
-    }
-    out
-}
-
-/// One GEMM step resolved at a batch size: the product's sizes, how the operands' rows and
-/// columns lie, and where each batch element's operands start in their base buffers.
-struct GemmShape {
-    rows: usize,
-    inner: usize,
-    cols: usize,
-    a_rows: Axis,
-    a_cols: Axis,
-    b_rows: Axis,
-    b_cols: Axis,
-    a_offsets: Vec<i64>,
-    b_offsets: Vec<i64>,
-}
-
-impl GemmShape {
-    fn new(sa: &[usize], sb: &[usize], va: (i64, &[Vec<(usize, isize)>]), vb: (i64, &[Vec<(usize, isize)>])) -> Self {
-        let r = sa.len();
-        // Each batch axis's runs, outermost first, enumerate the batch in row-major order.
-        let offsets = |(offset, axes): (i64, &[Vec<(usize, isize)>])| -> Vec<i64> {
-            let runs: Vec<(usize, isize)> = axes[..r - 2].iter().flatten().copied().collect();
-            mixed_radix(&runs).into_iter().map(|o| o + offset).collect()
-        };
-        GemmShape {
-            rows: sa[r - 2],
-            inner: sa[r - 1],
-            cols: sb[r - 1],
-            a_rows: Axis::of(&va.1[r - 2]),
-            a_cols: Axis::of(&va.1[r - 1]),
-            b_rows: Axis::of(&vb.1[r - 2]),
-            b_cols: Axis::of(&vb.1[r - 1]),
-            a_offsets: offsets(va),
-            b_offsets: offsets(vb),
-        }
-    }
-
-    /// Whether both operands are plain strided matrices (what a CBLAS or the gemm crate take).
-    fn strided(&self) -> bool {
-        [&self.a_rows, &self.a_cols, &self.b_rows, &self.b_cols].iter().all(|a| matches!(a, Axis::Stride(_)))
-    }
-}
 
 /// A `rows x cols` operand starting at `p` gathered into a contiguous matrix.
 ///
@@ -230,38 +128,16 @@ pub(crate) fn sim_units(kernels: &[&Kernel], per_unit: usize) -> Vec<String> {
         .collect()
 }
 
-/// The buffers of one run: inputs, parameters and the planned intermediates.
-///
-/// The f32 parameters live side by side in one arena, the trained ones first in optimizer
-/// order; their gradients are planned side by side in the memory plan's arena slot at the
-/// same offsets (those computed in place; the rest are copied there after each run, see
-/// [`Prepared::gather_gradients`]), so the optimizer updates every parameter with one
-/// kernel launch per verb.
+/// The buffers of one run in host memory, where the program's [`Layout`] puts them:
+/// inputs, the parameter arena and the planned intermediates.
 pub struct Prepared {
-    sizes: Vec<i64>,
+    /// Where every value lives.
+    pub layout: Layout,
     external: HashMap<NodeIndex, Buf>,
     /// The f32 parameters, side by side.
     param_arena: Buf,
-    /// Each f32 parameter's element offset and length in the arena.
-    param_at: HashMap<NodeIndex, (usize, usize)>,
-    /// Elements of the trained stretch at the start of both arenas.
-    pub(crate) trained_len: usize,
-    /// Trained gradients not computed in the gradient arena: (offset, node), copied in.
-    grad_copies: Vec<(usize, NodeIndex)>,
     slots: Vec<Buf>,
     ptrs: HashMap<NodeIndex, *mut c_void>,
-    /// Where the intermediates live.
-    pub plan: memory::MemoryPlan,
-    gemms: HashMap<usize, GemmShape>,
-    shapes: HashMap<NodeIndex, Vec<usize>>,
-    aliases: std::collections::BTreeMap<NodeIndex, NodeIndex>,
-    /// Each input the program reads: its node and bound shape.
-    inputs: HashMap<String, (NodeIndex, Vec<usize>)>,
-    /// Each parameter of the graph: its node (held even when no kernel reads it, so that
-    /// the optimizer and checkpoints see every parameter).
-    params: HashMap<String, NodeIndex>,
-    /// Each parameter's shape.
-    param_shapes: HashMap<String, Vec<usize>>,
 }
 
 impl Prepared {
@@ -272,35 +148,31 @@ impl Prepared {
 
     /// The buffer holding node `n` (through its alias) and the element offset in it.
     fn place(&self, n: NodeIndex) -> Option<(&Buf, usize)> {
-        let src = self.aliases.get(&n).copied().unwrap_or(n);
-        if let Some(b) = self.external.get(&src) {
-            return Some((b, 0));
-        }
-        if let Some(&(off, _)) = self.param_at.get(&src) {
-            return Some((&self.param_arena, off));
-        }
-        let k = *self.plan.slot_of.get(&src)?;
-        Some((&self.slots[k], self.plan.offset_of.get(&src).copied().unwrap_or(0)))
+        Some(match self.layout.place(n)? {
+            Place::External(src) => (&self.external[&src], 0),
+            Place::Param(off) => (&self.param_arena, off),
+            Place::Slot(k, off) => (&self.slots[k], off),
+        })
     }
 
     /// The current value of a requested or planned node; none for another node.
     pub fn try_read(&self, n: NodeIndex) -> Option<HostTensor> {
-        let shape = self.shapes.get(&n)?.clone();
+        let shape = self.layout.shapes.get(&n)?.clone();
         let (buf, off) = self.place(n)?;
         Some(buf.to_host_at(off, shape))
     }
 
     /// Parameter `name` as the program holds it.
     pub fn read_param(&self, name: &str) -> Option<HostTensor> {
-        let n = *self.params.get(name)?;
+        let n = *self.layout.params.get(name)?;
         let (buf, off) = self.place(n)?;
-        Some(buf.to_host_at(off, self.param_shapes.get(name)?.clone()))
+        Some(buf.to_host_at(off, self.layout.param_shapes.get(name)?.clone()))
     }
 
     /// Overwrites input `name` for the next launch. The shape must be the one the buffers
     /// were prepared for (a different batch size needs a new [`CpuProgram::prepare`]).
     pub fn write_input(&mut self, name: &str, t: &HostTensor) -> Result<(), RunError> {
-        let Some((n, shape)) = self.inputs.get(name) else { return Ok(()) };
+        let Some((n, shape)) = self.layout.inputs.get(name) else { return Ok(()) };
         if &t.shape != shape {
             return Err(RunError::InputShape {
                 name: name.to_string(),
@@ -327,7 +199,7 @@ impl Prepared {
 
     /// The f32 elements of a planned or requested value.
     pub fn f32s(&self, n: NodeIndex) -> &[f32] {
-        let len: usize = self.shapes[&n].iter().product();
+        let len: usize = self.layout.shapes[&n].iter().product();
         match self.place(n) {
             Some((Buf::F(v), off)) => &v[off..off + len],
             _ => panic!("value {n:?} is not a stored f32"),
@@ -337,8 +209,8 @@ impl Prepared {
     /// Parameter `name`'s buffer, which the program reads in place (none for a parameter the
     /// graph does not have).
     pub fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
-        let n = self.params.get(name)?;
-        if let Some(&(off, len)) = self.param_at.get(n) {
+        let n = self.layout.params.get(name)?;
+        if let Some(&(off, len)) = self.layout.param_at.get(n) {
             let Buf::F(v) = &mut self.param_arena else { unreachable!("the arena holds f32") };
             return Some(&mut v[off..off + len]);
         }
@@ -352,12 +224,12 @@ impl Prepared {
     /// gradient that is a parameter or an input itself, or shares another's buffer) to
     /// their places there.
     pub(crate) fn gather_gradients(&mut self) {
-        if self.grad_copies.is_empty() {
+        if self.layout.grad_copies.is_empty() {
             return;
         }
         let copies: Vec<(usize, Vec<f32>)> =
-            self.grad_copies.iter().map(|&(off, g)| (off, self.f32s(g).to_vec())).collect();
-        let arena = self.plan.arena.expect("gradients to copy go to the arena");
+            self.layout.grad_copies.iter().map(|&(off, g)| (off, self.f32s(g).to_vec())).collect();
+        let arena = self.layout.plan.arena.expect("gradients to copy go to the arena");
         let Buf::F(dst) = &mut self.slots[arena] else { unreachable!("the arena holds f32") };
         for (off, v) in copies {
             dst[off..off + v.len()].copy_from_slice(&v);
@@ -366,7 +238,7 @@ impl Prepared {
 
     /// Pointers to the trained stretch of the parameter arena and of the gradient arena.
     pub(crate) fn trained_arenas(&mut self) -> Option<(*mut f32, *mut f32)> {
-        let arena = self.plan.arena?;
+        let arena = self.layout.plan.arena?;
         let (Buf::F(p), Buf::F(g)) = (&mut self.param_arena, &mut self.slots[arena]) else { return None };
         Some((p.as_mut_ptr(), g.as_mut_ptr()))
     }
@@ -539,119 +411,27 @@ impl CpuProgram {
         params: &HashMap<String, HostTensor>,
         trained: &[(String, NodeIndex)],
     ) -> Result<Prepared, RunError> {
-        let bindings = bind_inputs(g, inputs)?;
-        check_params(g, params)?;
-        check_indices(g, inputs)?;
-        let sizes: Vec<i64> = self.program.symbols.iter().map(|s| bindings.0[s]).collect();
-        let mut shapes: HashMap<NodeIndex, Vec<usize>> = HashMap::new();
-        let mut shape_of = |n: NodeIndex| -> Vec<usize> {
-            shapes.entry(n).or_insert_with(|| bindings.shape(&g.ty(n).shape).expect("symbols are bound")).clone()
-        };
-        // Inputs get buffers of their own, f32 parameters one arena (the trained first, in
-        // optimizer order); intermediates share planned slots.
-        let mut external: HashMap<NodeIndex, Buf> = HashMap::new();
-        for &n in self.program.materialized.keys() {
-            if let Op::Input { name } = &g.node(n).op {
-                external.insert(n, Buf::from_host(&inputs[name]));
-            }
-        }
-        let node_of: HashMap<&str, NodeIndex> =
-            g.g.node_indices()
-                .filter_map(|n| if let Op::Param { name } = &g.node(n).op { Some((name.as_str(), n)) } else { None })
-                .collect();
-        let mut order: Vec<&str> =
-            trained.iter().map(|(n, _)| n.as_str()).filter(|n| node_of.contains_key(n)).collect();
-        let trained_count = order.len();
-        order.extend(g.params.iter().map(|p| p.name.as_str()).filter(|n| !trained.iter().any(|(t, _)| t == n)));
-        let (mut arena, mut param_at, mut trained_len) = (Vec::new(), HashMap::new(), 0);
-        for (i, name) in order.iter().enumerate() {
-            let (Some(&n), Some(t)) = (node_of.get(name), params.get(*name)) else { continue };
-            match &t.data {
-                Data::F(v) => {
-                    param_at.insert(n, (arena.len(), v.len()));
-                    arena.extend(v.iter().map(|&x| x as f32));
-                }
-                _ => {
-                    external.insert(n, Buf::from_host(t));
-                }
-            }
-            if i + 1 == trained_count {
-                trained_len = arena.len();
-            }
-        }
-        let lens: HashMap<NodeIndex, usize> =
-            g.g.node_indices().map(|n| (n, shape_of(n).iter().product::<usize>())).collect();
-        // Each trained gradient computed by a step of its own goes to its parameter's offset
-        // in the gradient arena; the others are copied there after each run.
-        let writes: std::collections::HashSet<NodeIndex> = self.program.steps.iter().flat_map(|s| s.writes()).collect();
-        let (mut pinned, mut grad_copies) = (Vec::new(), Vec::new());
-        let mut seen = std::collections::HashSet::new();
-        for (name, grad) in trained {
-            let Some(&(off, len)) = node_of.get(name.as_str()).and_then(|n| param_at.get(n)) else { continue };
-            let src = self.program.aliases.get(grad).copied().unwrap_or(*grad);
-            if writes.contains(&src) && lens[&src] == len && g.ty(src).dtype == DType::F32 && seen.insert(src) {
-                pinned.push((src, off));
-            } else {
-                grad_copies.push((off, *grad));
-            }
-        }
-        let plan = memory::plan_pinned(g, &self.program, &self.requested, &|n| lens[&n], &pinned, trained_len);
-        let mut slots: Vec<Buf> = plan.slots.iter().map(|(d, n)| Buf::zeros(*d, *n)).collect();
+        let layout = Layout::new(g, &self.program, &self.requested, inputs, params, trained)?;
+        let mut external: HashMap<NodeIndex, Buf> = layout
+            .external
+            .iter()
+            .map(|(n, held)| (*n, Buf::from_host(Layout::source(held, inputs, params))))
+            .collect();
+        let mut slots: Vec<Buf> = layout.plan.slots.iter().map(|(d, n)| Buf::zeros(*d, *n)).collect();
         let slot_ptrs: Vec<*mut c_void> = slots.iter_mut().map(Buf::ptr).collect();
         let mut ptrs: HashMap<NodeIndex, *mut c_void> = external.iter_mut().map(|(n, b)| (*n, b.ptr())).collect();
-        let mut param_arena = Buf::F(arena);
+        let mut param_arena = Buf::F(layout.arena(params));
         let arena_ptr = param_arena.ptr() as *mut f32;
-        for (n, &(off, _)) in &param_at {
+        for (n, &(off, _)) in &layout.param_at {
             // SAFETY: every offset lies inside the arena, allocated above and never resized.
             ptrs.insert(*n, unsafe { arena_ptr.add(off) } as *mut c_void);
         }
-        for (n, &k) in &plan.slot_of {
-            let off = plan.offset_of.get(n).copied().unwrap_or(0);
+        for (n, &k) in &layout.plan.slot_of {
+            let off = layout.plan.offset_of.get(n).copied().unwrap_or(0);
             // SAFETY: a pinned value's offset plus its length fits its slot (plan_pinned).
             ptrs.insert(*n, unsafe { (slot_ptrs[k] as *mut f32).add(off) } as *mut c_void);
         }
-        let dim = |d: &muse_compiler::ir::Dim| d.eval(&|s| bindings.0.get(s).copied()).expect("bound");
-        let resolve = |v: &muse_compiler::view::OperandView| -> Vec<Vec<(usize, isize)>> {
-            v.axes.iter().map(|runs| runs.iter().map(|(e, s)| (dim(e) as usize, dim(s) as isize)).collect()).collect()
-        };
-        let mut gemms = HashMap::new();
-        for (i, step) in self.program.steps.iter().enumerate() {
-            if let Step::MatMul(m) = step {
-                let (va, vb) = (resolve(&m.a_view), resolve(&m.b_view));
-                let shape =
-                    GemmShape::new(&shape_of(m.a), &shape_of(m.b), (m.a_view.offset, &va), (m.b_view.offset, &vb));
-                gemms.insert(i, shape);
-            }
-        }
-        let mut all_shapes = HashMap::new();
-        for n in self.requested.iter().chain(plan.slot_of.keys()) {
-            all_shapes.insert(*n, shape_of(*n));
-        }
-        let input_nodes = g
-            .inputs
-            .iter()
-            .filter(|(_, n)| external.contains_key(n))
-            .map(|(name, n)| (name.clone(), (*n, shape_of(*n))))
-            .collect();
-        let param_nodes = node_of.iter().map(|(name, n)| (name.to_string(), *n)).collect();
-        let param_shapes = g.params.iter().map(|p| (p.name.clone(), params[&p.name].shape.clone())).collect();
-        Ok(Prepared {
-            inputs: input_nodes,
-            params: param_nodes,
-            param_shapes,
-            sizes,
-            external,
-            param_arena,
-            param_at,
-            trained_len,
-            grad_copies,
-            slots,
-            ptrs,
-            plan,
-            gemms,
-            shapes: all_shapes,
-            aliases: self.program.aliases.clone(),
-        })
+        Ok(Prepared { layout, external, param_arena, slots, ptrs })
     }
 
     /// Runs every step over prepared buffers; `observe` as in [`CpuProgram::run_observed`].
@@ -682,10 +462,10 @@ impl CpuProgram {
                 let f = f.expect("kernel steps have functions");
                 // SAFETY: each pointer is a live buffer of the element type and size the
                 // kernel was generated for; the kernel writes only its output buffers.
-                unsafe { f.call(&k.kernel, &mut args, &prep.sizes, seed) };
+                unsafe { f.call(&k.kernel, &mut args, &prep.layout.sizes, seed) };
             }
             Step::MatMul(m) => {
-                let gs = &prep.gemms[&i];
+                let gs = &prep.layout.gemms[&i];
                 let (rows, inner, cols) = (gs.rows, gs.inner, gs.cols);
                 let a0 = prep.ptrs[&m.a_view.base] as *const f32;
                 let b0 = prep.ptrs[&m.b_view.base] as *const f32;
@@ -715,7 +495,7 @@ impl CpuProgram {
                             parallel: 1,
                             epilogue: self.ranges[i],
                             epilogue_bufs: epi_args.as_mut_ptr(),
-                            epilogue_sizes: prep.sizes.as_ptr(),
+                            epilogue_sizes: prep.layout.sizes.as_ptr(),
                             seed,
                             a_row_table: gs.a_rows.table(),
                             a_col_table: gs.a_cols.table(),
@@ -732,7 +512,7 @@ impl CpuProgram {
                                 return;
                             }
                             // SAFETY: as for any kernel step.
-                            unsafe { self.run_epilogue(i, &mut epi_args, &prep.sizes, seed) };
+                            unsafe { self.run_epilogue(i, &mut epi_args, &prep.layout.sizes, seed) };
                             return;
                         }
                     }
@@ -802,7 +582,7 @@ impl CpuProgram {
                     (0..batch).for_each(|t| one(t, gemm::Parallelism::Rayon(0)));
                 }
                 // SAFETY: as for any kernel step.
-                unsafe { self.run_epilogue(i, &mut epi_args, &prep.sizes, seed) };
+                unsafe { self.run_epilogue(i, &mut epi_args, &prep.layout.sizes, seed) };
             }
         }
     }

@@ -104,7 +104,7 @@ pub(crate) struct Step<'a> {
 impl Step<'_> {
     /// The trained parameters and their gradients, as the program holds them now.
     fn arenas(&mut self) -> (*mut f32, *mut f32) {
-        assert_eq!(self.prep.trained_len, self.state.len(), "the program was bound for this optimizer");
+        assert_eq!(self.prep.layout.trained_len, self.state.len(), "the program was bound for this optimizer");
         self.prep.gather_gradients();
         self.prep.trained_arenas().unwrap_or((std::ptr::null_mut(), std::ptr::null_mut()))
     }
