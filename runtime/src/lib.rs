@@ -50,13 +50,13 @@ pub fn select(kind: DeviceKind, opts: &DeviceOptions) -> Result<Selected, Device
         DeviceKind::Cuda => Err(DeviceError::Unavailable { device: "cuda".into(), why: cuda_missing() }),
         DeviceKind::Auto => Ok(Selected {
             device: Box::new(cpu(false)),
-            note: Some("device auto: cpu (this build has no CUDA backend)".into()),
+            note: Some("device auto: cpu (this build runs generated CUDA only through cuda-sim)".into()),
         }),
     }
 }
 
-/// What running on a GPU lacks here: this build has no CUDA backend yet, and whether the
-/// machine has an NVIDIA driver at all.
+/// What running on a GPU lacks here: this build renders and compiles CUDA kernels (NVRTC)
+/// but has no GPU runtime yet, and whether the machine has a driver and NVRTC at all.
 fn cuda_missing() -> String {
     // SAFETY: loading the driver library runs its initialisers only; nothing is called.
     let driver = unsafe { libloading::Library::new("libcuda.so.1") }.is_ok();
@@ -65,8 +65,12 @@ fn cuda_missing() -> String {
     } else {
         "this machine has no NVIDIA driver (libcuda.so.1 not found)"
     };
+    let nvrtc = match cuda::libs::nvrtc() {
+        Ok(dir) => format!("NVRTC found in {}", dir.display()),
+        Err(_) => format!("no NVRTC ({})", cuda::libs::GET_NVRTC),
+    };
     format!(
-        "this build of muse has no CUDA backend yet (generated CUDA kernels through NVRTC are the next step), and {machine}; use --device cpu"
+        "this build of muse generates CUDA kernels and compiles them with NVRTC but cannot run them on a GPU yet (the GPU runtime is the next step); {machine}; {nvrtc}. Use --device cpu, or --device cuda-sim to run the generated CUDA on the CPU"
     )
 }
 
