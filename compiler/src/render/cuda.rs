@@ -15,8 +15,8 @@
 
 use super::{declare, declare_lazy, declare_where, rng, Dialect, Helper};
 use crate::ir::{DType, ReduceOp, UnaryOp};
-use crate::kernel::analysis::{levels, needed, phases, used, Level};
-use crate::kernel::ir::{Access, Body, ExprId, KType, Kernel};
+use crate::kernel::analysis::{children, levels, needed, phases, used, Level};
+use crate::kernel::ir::{Access, Body, Expr, ExprId, KType, Kernel};
 use std::fmt::Write;
 
 /// Threads per block at most: every kernel is compiled for it (`__launch_bounds__`), and a
@@ -539,11 +539,43 @@ fn render_scan(d: &Cuda, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String
     let step_of = |it: &str| if *reverse { format!("{n} - 1 - {it}") } else { it.to_string() };
     let slot = |j: &str| format!("chunk * {} + {j} * {sp} + sidx", sp * spt);
     let need_ab = needed(k, &[*a, *b]);
+    // Per-state values that do not change with the step (Mamba's `-exp(A_log)`) are computed
+    // once per lane into registers, not at every step of both passes.
+    let mut per_step = vec![false; k.exprs.len()];
+    for (i, n) in k.exprs.iter().enumerate() {
+        per_step[i] = matches!(n.expr, Expr::Step | Expr::Carry | Expr::Acc(_))
+            || children(&n.expr).iter().any(|&c| per_step[c as usize]);
+    }
+    let hoisted: Vec<usize> = (0..k.exprs.len())
+        .filter(|&i| used[i] && lv[i] == Level::State && !per_step[i] && ph[i] == 0)
+        .filter(|&i| matches!(k.exprs[i].ty, KType::Elem(_)))
+        .collect();
     let open_state = |s: &mut String| {
         let _ = writeln!(s, "      #pragma unroll");
         let _ = writeln!(s, "      for (int j = 0; j < {spt}; j++) {{");
         let _ = writeln!(s, "        const long long st = sidx + {sp} * j;");
         let _ = writeln!(s, "        if (st < {states}) {{");
+    };
+    // The hoisted values of this thread's states.
+    for &i in &hoisted {
+        let _ = writeln!(s, "    {} hv{i}[{spt}];", d.ty(k.exprs[i].ty));
+    }
+    if !hoisted.is_empty() {
+        open_state(s);
+        let want = needed(k, &hoisted.iter().map(|&i| i as ExprId).collect::<Vec<_>>());
+        declare_where(d, k, &|i| want[i] && lv[i] == Level::State, &mut done.clone(), "          ", s);
+        for &i in &hoisted {
+            let _ = writeln!(s, "          hv{i}[j] = t{i};");
+        }
+        let _ = writeln!(s, "        }}");
+        let _ = writeln!(s, "      }}");
+    }
+    // Inside a loop over this thread's states: the hoisted values it needs, from registers.
+    let take_hoisted = |s: &mut String, need: &[bool], done: &mut Vec<bool>| {
+        for &i in hoisted.iter().filter(|&&i| need[i]) {
+            let _ = writeln!(s, "          const {} t{i} = hv{i}[j];", d.ty(k.exprs[i].ty));
+            done[i] = true;
+        }
     };
     // (1) Each chunk's composite, from zero.
     let _ = writeln!(s, "    float h[{spt}];");
@@ -556,6 +588,7 @@ fn render_scan(d: &Cuda, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String
     declare_where(d, k, &|i| need_ab[i] && lv[i] == Level::Step && ph[i] == 0, &mut local, "      ", s);
     open_state(s);
     let mut state_local = local.clone();
+    take_hoisted(s, &need_ab, &mut state_local);
     declare_where(d, k, &|i| need_ab[i] && lv[i] == Level::State && ph[i] == 0, &mut state_local, "          ", s);
     let _ = writeln!(s, "          cp[j] *= t{a};");
     let _ = writeln!(s, "          ch[j] = t{a} * ch[j] + t{b};");
@@ -599,6 +632,7 @@ fn render_scan(d: &Cuda, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String
     }
     open_state(s);
     let mut state_done = step_done.clone();
+    take_hoisted(s, used, &mut state_done);
     declare_where(d, k, &|i| need_ab[i] && lv[i] == Level::State && ph[i] == 0, &mut state_done, "          ", s);
     let _ = writeln!(s, "          if (active) h[j] = t{a} * h[j] + t{b};");
     declare_where(d, k, &|i| used[i] && lv[i] == Level::State && ph[i] == 0, &mut state_done, "          ", s);
@@ -640,6 +674,7 @@ fn render_scan(d: &Cuda, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String
         open_state(s);
         let need = needed(k, &step_reduces.iter().map(|r| r.3).collect::<Vec<_>>());
         let mut local = done.clone();
+        take_hoisted(s, &need, &mut local);
         declare_where(d, k, &|i| need[i] && lv[i] == Level::State, &mut local, "          ", s);
         for (j, (op, v, buf, index)) in step_reduces.iter().enumerate() {
             let (acc, init, _) = accumulator(*op, false);

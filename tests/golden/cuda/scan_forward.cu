@@ -36,6 +36,23 @@ extern "C" __global__ void __launch_bounds__(256) k32(float *__restrict__ b0, co
     const long long t67 = t5 + t2;
     const long long clen = (t8 + nchunks - 1) / nchunks;
     const long long it0 = chunk * clen, it1 = it0 + clen < t8 ? it0 + clen : t8;
+    float hv33[1];
+    float hv34[1];
+    float hv35[1];
+      #pragma unroll
+      for (int j = 0; j < 1; j++) {
+        const long long st = sidx + 2 * j;
+        if (st < 2) {
+          const long long t11 = st;
+          const long long t31 = t30 + t11;
+          const float t33 = b3[t31];
+          const float t34 = expf(t33);
+          const float t35 = -t34;
+          hv33[j] = t33;
+          hv34[j] = t34;
+          hv35[j] = t35;
+        }
+      }
     float h[1];
     {
     float cp[1], ch[1];
@@ -60,11 +77,11 @@ extern "C" __global__ void __launch_bounds__(256) k32(float *__restrict__ b0, co
       for (int j = 0; j < 1; j++) {
         const long long st = sidx + 2 * j;
         if (st < 2) {
+          const float t33 = hv33[j];
+          const float t34 = hv34[j];
+          const float t35 = hv35[j];
           const long long t11 = st;
           const long long t31 = t30 + t11;
-          const float t33 = b3[t31];
-          const float t34 = expf(t33);
-          const float t35 = -t34;
           const float t36 = t29 * t35;
           const float t37 = expf(t36);
           const long long t48 = t0 + t11;
@@ -126,11 +143,11 @@ extern "C" __global__ void __launch_bounds__(256) k32(float *__restrict__ b0, co
       for (int j = 0; j < 1; j++) {
         const long long st = sidx + 2 * j;
         if (st < 2) {
+          const float t33 = hv33[j];
+          const float t34 = hv34[j];
+          const float t35 = hv35[j];
           const long long t11 = st;
           const long long t31 = t30 + t11;
-          const float t33 = b3[t31];
-          const float t34 = expf(t33);
-          const float t35 = -t34;
           const float t36 = t29 * t35;
           const float t37 = expf(t36);
           const long long t48 = t0 + t11;
