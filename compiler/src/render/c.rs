@@ -3,7 +3,7 @@
 //! uint64_t seed)`. Lanes run in parallel with OpenMP; the inner loop of a reduction or scan
 //! runs sequentially inside its lane.
 
-use super::{declare, declare_lazy, declare_where, rng, Dialect, Helper};
+use super::{declare, declare_lazy, declare_where, rng, Dialect};
 use crate::ir::{DType, ReduceOp, UnaryOp};
 use crate::kernel::analysis::{children, levels, needed, phases, used, Level};
 use crate::kernel::ir::{Access, Body, Expr, IndexOp, KType, Kernel};
@@ -27,15 +27,6 @@ impl Dialect for C {
     fn u64_ty(&self) -> &'static str {
         "uint64_t"
     }
-    fn f64_ty(&self) -> &'static str {
-        "double"
-    }
-    fn u64_lit(&self, v: u64) -> String {
-        format!("{v:#x}ULL")
-    }
-    fn index_lit(&self, v: i64) -> String {
-        format!("{v}LL")
-    }
     fn nan(&self) -> &'static str {
         "NAN"
     }
@@ -44,14 +35,6 @@ impl Dialect for C {
     }
     fn helper_qualifier(&self) -> &'static str {
         "static inline"
-    }
-    fn helper(&self, h: Helper) -> &'static str {
-        match h {
-            Helper::FMax => "muse_fmax",
-            Helper::FMin => "muse_fmin",
-            Helper::IDiv => "muse_idiv",
-            Helper::F2I => "muse_f2i",
-        }
     }
     fn carry(&self) -> &'static str {
         // The scan keeps each state's running value in `h[st]` (see `scan_body`).
@@ -81,7 +64,7 @@ impl Dialect for C {
 /// What every C file includes.
 const INCLUDES: &str = "#include <stdint.h>\n#include <math.h>\n#include <string.h>\n\n";
 
-/// The C prelude's math helpers: vectorizable f32 functions and the [`Helper`]s. The
+/// The C prelude's math helpers: vectorizable f32 functions and the [`super::Helper`]s. The
 /// prelude is [`Dialect::prelude`]: the includes, the generator's helpers printed from its
 /// one specification (`render::rng`), then these.
 const MATH: &str = r#"/* exp that the compiler can vectorize (Cephes' expf: range reduction and a degree-5

@@ -13,7 +13,7 @@
 //! source runs on a CPU under `MUSE_SIM` through kernels/cuda_sim.h (threads as fibers
 //! scheduled in a random order), with the entry point `<name>_sim` each kernel gets there.
 
-use super::{declare, declare_lazy, declare_where, rng, Dialect, Helper};
+use super::{declare, declare_lazy, declare_where, rng, Dialect};
 use crate::ir::{DType, ReduceOp, UnaryOp};
 use crate::kernel::analysis::{children, levels, needed, phases, used, Level};
 use crate::kernel::ir::{Access, Body, Expr, ExprId, KType, Kernel};
@@ -54,13 +54,11 @@ impl Cuda {
             format!("b{buf}[{index}] = {value};")
         }
     }
-    /// The element type of buffer `i` of `k` in memory.
-    fn buf_ty(&self, k: &Kernel, i: usize) -> &'static str {
-        if self.bf16[i] {
-            "__nv_bfloat16"
-        } else {
-            self.ty(KType::Elem(k.bufs[i].dtype))
-        }
+    /// The pointer type of buffer `i` of `k` (`const` when read only).
+    fn buf_ptr(&self, k: &Kernel, i: usize) -> String {
+        let konst = if k.bufs[i].access == Access::Read { "const " } else { "" };
+        let elem = if self.bf16[i] { "__nv_bfloat16" } else { self.ty(KType::Elem(k.bufs[i].dtype)) };
+        format!("{konst}{elem} *")
     }
 }
 
@@ -76,15 +74,6 @@ impl Dialect for Cuda {
     fn u64_ty(&self) -> &'static str {
         "unsigned long long"
     }
-    fn f64_ty(&self) -> &'static str {
-        "double"
-    }
-    fn u64_lit(&self, v: u64) -> String {
-        format!("{v:#x}ULL")
-    }
-    fn index_lit(&self, v: i64) -> String {
-        format!("{v}LL")
-    }
     fn nan(&self) -> &'static str {
         "__int_as_float(0x7fffffff)"
     }
@@ -93,14 +82,6 @@ impl Dialect for Cuda {
     }
     fn helper_qualifier(&self) -> &'static str {
         "static __device__ __forceinline__"
-    }
-    fn helper(&self, h: Helper) -> &'static str {
-        match h {
-            Helper::FMax => "muse_fmax",
-            Helper::FMin => "muse_fmin",
-            Helper::IDiv => "muse_idiv",
-            Helper::F2I => "muse_f2i",
-        }
     }
     fn unary_fn(&self, u: UnaryOp) -> &'static str {
         match u {
@@ -283,12 +264,7 @@ pub fn render_kernel(k: &Kernel, storage: Storage) -> String {
     let lv = levels(k);
     let used = used(k);
     let mut s = String::new();
-    let params: Vec<String> = (0..k.bufs.len())
-        .map(|i| {
-            let konst = if k.bufs[i].access == Access::Read { "const " } else { "" };
-            format!("{konst}{} *__restrict__ b{i}", d.buf_ty(k, i))
-        })
-        .collect();
+    let params: Vec<String> = (0..k.bufs.len()).map(|i| format!("{}__restrict__ b{i}", d.buf_ptr(k, i))).collect();
     let _ = writeln!(s, "/* {}: {} */", k.name, super::c::body_kind(&k.body));
     for (i, b) in k.bufs.iter().enumerate() {
         let _ = writeln!(s, "/*   b{i}: {} */", b.label.replace("*/", "* /"));
@@ -348,12 +324,7 @@ fn open_grid_stride(lanes: &str, var: &str, s: &mut String) {
 
 /// The CPU simulation's entry point of a kernel (compiled only under `MUSE_SIM`).
 fn render_sim_entry(d: &Cuda, k: &Kernel, s: &mut String) {
-    let args: Vec<String> = (0..k.bufs.len())
-        .map(|i| {
-            let konst = if k.bufs[i].access == Access::Read { "const " } else { "" };
-            format!("({konst}{} *)bufs[{i}]", d.buf_ty(k, i))
-        })
-        .collect();
+    let args: Vec<String> = (0..k.bufs.len()).map(|i| format!("({})bufs[{i}]", d.buf_ptr(k, i))).collect();
     let _ = writeln!(s, "#ifdef MUSE_SIM");
     let _ = writeln!(
         s,

@@ -34,11 +34,17 @@ pub trait Dialect {
     /// The unsigned 64-bit integer type (counters and seeds).
     fn u64_ty(&self) -> &'static str;
     /// The 64-bit float type (the generator's draws).
-    fn f64_ty(&self) -> &'static str;
+    fn f64_ty(&self) -> &'static str {
+        "double"
+    }
     /// An unsigned 64-bit literal.
-    fn u64_lit(&self, v: u64) -> String;
+    fn u64_lit(&self, v: u64) -> String {
+        format!("{v:#x}ULL")
+    }
     /// An index literal.
-    fn index_lit(&self, v: i64) -> String;
+    fn index_lit(&self, v: i64) -> String {
+        format!("{v}LL")
+    }
     /// The f32 constants that have no decimal spelling: NaN and positive infinity.
     fn nan(&self) -> &'static str;
     /// Positive infinity as an f32.
@@ -46,7 +52,14 @@ pub trait Dialect {
     /// What a helper function definition starts with (`static inline`).
     fn helper_qualifier(&self) -> &'static str;
     /// The name of a helper function of this dialect's prelude.
-    fn helper(&self, h: Helper) -> &'static str;
+    fn helper(&self, h: Helper) -> &'static str {
+        match h {
+            Helper::FMax => "muse_fmax",
+            Helper::FMin => "muse_fmin",
+            Helper::IDiv => "muse_idiv",
+            Helper::F2I => "muse_f2i",
+        }
+    }
     /// The f32 function that computes `u` (a math-library call, or a vectorizable function of
     /// the dialect's prelude); asked for the ops that are calls: exp, log, log1p, sqrt, tanh,
     /// sin, cos, erf and abs.
