@@ -2,7 +2,7 @@
 //! queries use: where each expression is evaluated (its loop level), which expressions a
 //! set of roots needs, and after which reduction phase each can be evaluated.
 
-use super::ir::{Body, Expr, ExprId, Kernel};
+use super::ir::{Body, Expr, ExprId, KType, Kernel};
 
 /// Where an expression is evaluated: once per kernel, per lane, or per step of the inner loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -96,4 +96,26 @@ pub fn used(k: &Kernel) -> Vec<bool> {
         Body::ScatterAdd { row, col, row_len, rows, value, .. } => roots.extend([*row, *col, *row_len, *rows, *value]),
     }
     needed(k, &roots)
+}
+
+/// For each expression, whether it varies with a scan's step: it reads the step, the
+/// carried state or a step's reductions over the states.
+pub fn per_step(k: &Kernel) -> Vec<bool> {
+    let mut per_step = vec![false; k.exprs.len()];
+    for (i, n) in k.exprs.iter().enumerate() {
+        per_step[i] = matches!(n.expr, Expr::Step | Expr::Carry | Expr::Acc(_))
+            || children(&n.expr).iter().any(|&c| per_step[c as usize]);
+    }
+    per_step
+}
+
+/// A scan's per-state values that do not vary with the step (Mamba's `-exp(A_log)`), which
+/// a renderer computes once per lane. Values only: index arithmetic is cheaper to redo than
+/// to keep (and int64 arrays in the loop keep GCC from vectorizing it).
+pub fn step_invariant_values(k: &Kernel) -> Vec<usize> {
+    let (lv, used, ph, per_step) = (levels(k), used(k), phases(k), per_step(k));
+    (0..k.exprs.len())
+        .filter(|&i| used[i] && lv[i] == Level::State && !per_step[i] && ph[i] == 0)
+        .filter(|&i| matches!(k.exprs[i].ty, KType::Elem(_)))
+        .collect()
 }

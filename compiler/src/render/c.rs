@@ -5,7 +5,7 @@
 
 use super::{declare, declare_lazy, declare_where, rng, Dialect};
 use crate::ir::{DType, ReduceOp, UnaryOp};
-use crate::kernel::analysis::{children, levels, needed, phases, used, Level};
+use crate::kernel::analysis::{self, levels, needed, phases, used, Level};
 use crate::kernel::ir::{Access, Body, Expr, IndexOp, KType, Kernel};
 use std::fmt::Write;
 
@@ -478,21 +478,12 @@ fn render_scan(d: &C, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String) {
     };
     let t = SCAN_TILE;
     let ph = phases(k);
-    // Which expressions vary with the step (or the carried state): the others among the
-    // per-state ones (Mamba's `-exp(A_log)`) are computed once per lane into arrays.
-    let mut per_step = vec![false; k.exprs.len()];
-    for (i, n) in k.exprs.iter().enumerate() {
-        per_step[i] = matches!(n.expr, Expr::Step | Expr::Carry | Expr::Acc(_))
-            || children(&n.expr).iter().any(|&c| per_step[c as usize]);
-    }
+    // The per-state values that do not change with the step (Mamba's `-exp(A_log)`) are
+    // computed once per lane into arrays.
+    let per_step = analysis::per_step(k);
     let kernel_done: Vec<bool> = lv.iter().map(|l| *l == Level::Kernel).collect();
     let lane_level = |i: usize| used[i] && lv[i] == Level::Lane && ph[i] == 0;
-    // Only values: index arithmetic is cheaper to redo than to load, and int64 arrays in the
-    // loop keep GCC from vectorizing it.
-    let hoisted: Vec<usize> = (0..k.exprs.len())
-        .filter(|&i| used[i] && lv[i] == Level::State && !per_step[i] && ph[i] == 0)
-        .filter(|&i| matches!(k.exprs[i].ty, KType::Elem(_)))
-        .collect();
+    let hoisted = analysis::step_invariant_values(k);
     // Per-lane arrays of the tile; inside a lane's loop, pointers to its row.
     let _ = writeln!(s, "    float h_t[{t}][{states}];");
     for &i in &hoisted {

@@ -15,8 +15,8 @@
 
 use super::{declare, declare_lazy, declare_where, rng, Dialect};
 use crate::ir::{DType, ReduceOp, UnaryOp};
-use crate::kernel::analysis::{children, levels, needed, phases, used, Level};
-use crate::kernel::ir::{Access, Body, Expr, ExprId, KType, Kernel};
+use crate::kernel::analysis::{self, levels, needed, phases, used, Level};
+use crate::kernel::ir::{Access, Body, ExprId, KType, Kernel};
 use std::fmt::Write;
 
 /// Threads per block at most: every kernel is compiled for it (`__launch_bounds__`), and a
@@ -512,15 +512,7 @@ fn render_scan(d: &Cuda, k: &Kernel, lv: &[Level], used: &[bool], s: &mut String
     let need_ab = needed(k, &[*a, *b]);
     // Per-state values that do not change with the step (Mamba's `-exp(A_log)`) are computed
     // once per lane into registers, not at every step of both passes.
-    let mut per_step = vec![false; k.exprs.len()];
-    for (i, n) in k.exprs.iter().enumerate() {
-        per_step[i] = matches!(n.expr, Expr::Step | Expr::Carry | Expr::Acc(_))
-            || children(&n.expr).iter().any(|&c| per_step[c as usize]);
-    }
-    let hoisted: Vec<usize> = (0..k.exprs.len())
-        .filter(|&i| used[i] && lv[i] == Level::State && !per_step[i] && ph[i] == 0)
-        .filter(|&i| matches!(k.exprs[i].ty, KType::Elem(_)))
-        .collect();
+    let hoisted = analysis::step_invariant_values(k);
     let open_state = |s: &mut String| {
         let _ = writeln!(s, "      #pragma unroll");
         let _ = writeln!(s, "      for (int j = 0; j < {spt}; j++) {{");
