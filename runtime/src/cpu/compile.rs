@@ -346,8 +346,6 @@ fn unique_suffix() -> String {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
-    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
+    crate::cache::write_atomic(path, bytes)
         .map_err(|e| CompileError { message: format!("cannot write {}: {e}", path.display()), source_path: None })
 }
