@@ -1,6 +1,6 @@
 //! The muse runtime: the device interface every command runs through ([`device`]), its
-//! backends (the reference interpreter, the oracle every backend is compared with, and the
-//! CPU backend) and [`select`], the one place that chooses among them; host tensors, the
+//! backends (the reference interpreter, the oracle every backend is compared with, the CPU
+//! backend and the CUDA backend, on a GPU or on the CPU simulation) and [`select`], the one place that chooses among them; host tensors, the
 //! memory planner, the optimizer, the training step, counter-based random numbers and
 //! safetensors files (see docs/design.md).
 
@@ -22,6 +22,7 @@ pub mod validate;
 pub use device::Tensors;
 
 use cpu::{CpuDevice, CpuOptions};
+use cuda::gpu::Gpu;
 use device::kind::name;
 use device::{DeviceError, DeviceKind, DeviceOptions, Selected};
 use interp::device::InterpDevice;
@@ -39,39 +40,40 @@ pub fn select(kind: DeviceKind, opts: &DeviceOptions) -> Result<Selected, Device
             why: "f64 runs only on the reference interpreter; add --device interp".into(),
         });
     }
-    let cpu = |cuda_sim| CpuDevice::new(&CpuOptions { cache_dir: opts.cache_dir.clone(), quick: opts.quick, cuda_sim });
+    let cpu = || CpuDevice::new(&CpuOptions { cache_dir: opts.cache_dir.clone(), quick: opts.quick });
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(cache::default_cache_dir);
     match kind {
-        DeviceKind::Cpu => Ok(Selected { device: Box::new(cpu(false)), note: None }),
-        DeviceKind::CudaSim => Ok(Selected { device: Box::new(cpu(true)), note: None }),
+        DeviceKind::Cpu => Ok(Selected { device: Box::new(cpu()), note: None }),
+        DeviceKind::CudaSim => {
+            let mut settings = cpu::compile::CompilerSettings::cuda_sim();
+            settings.cache_dir = cache_dir;
+            if opts.quick {
+                settings.flags.iter_mut().filter(|f| f.starts_with("-O")).for_each(|f| *f = "-O1".into());
+            }
+            let device = cuda::CudaDevice::new(cuda::sim::SimGpu::new(settings), "cuda-sim");
+            Ok(Selected { device: Box::new(device), note: None })
+        }
         DeviceKind::Interp => {
             let precision = if opts.f64 { Precision::F64 } else { Precision::F32 };
             Ok(Selected { device: Box::new(InterpDevice { precision }), note: None })
         }
-        DeviceKind::Cuda => Err(DeviceError::Unavailable { device: "cuda".into(), why: cuda_missing() }),
-        DeviceKind::Auto => Ok(Selected {
-            device: Box::new(cpu(false)),
-            note: Some("device auto: cpu (this build runs generated CUDA only through cuda-sim)".into()),
+        DeviceKind::Cuda => match cuda::driver::CudaGpu::open(0, cache_dir) {
+            Ok(gpu) => Ok(Selected { device: Box::new(cuda::CudaDevice::new(gpu, "cuda")), note: None }),
+            Err(why) => Err(DeviceError::Unavailable { device: "cuda".into(), why: cuda_missing(&why) }),
+        },
+        DeviceKind::Auto => Ok(match cuda::driver::CudaGpu::open(0, cache_dir) {
+            Ok(gpu) => {
+                let note = format!("device auto: cuda on {}", gpu.describe());
+                Selected { device: Box::new(cuda::CudaDevice::new(gpu, "cuda")), note: Some(note) }
+            }
+            Err(why) => Selected { device: Box::new(cpu()), note: Some(format!("device auto: cpu ({why})")) },
         }),
     }
 }
 
-/// What running on a GPU lacks here: this build renders and compiles CUDA kernels (NVRTC)
-/// but has no GPU runtime yet, and whether the machine has a driver and NVRTC at all.
-fn cuda_missing() -> String {
-    // SAFETY: loading the driver library runs its initialisers only; nothing is called.
-    let driver = unsafe { libloading::Library::new("libcuda.so.1") }.is_ok();
-    let machine = if driver {
-        "this machine has an NVIDIA driver (libcuda.so.1)"
-    } else {
-        "this machine has no NVIDIA driver (libcuda.so.1 not found)"
-    };
-    let nvrtc = match cuda::libs::nvrtc() {
-        Ok(dir) => format!("NVRTC found in {}", dir.display()),
-        Err(_) => format!("no NVRTC ({})", cuda::libs::GET_NVRTC),
-    };
-    format!(
-        "this build of muse generates CUDA kernels and compiles them with NVRTC but cannot run them on a GPU yet (the GPU runtime is the next step); {machine}; {nvrtc}. Use --device cpu, or --device cuda-sim to run the generated CUDA on the CPU"
-    )
+/// Why `--device cuda` cannot run here, and what to use instead.
+fn cuda_missing(why: &str) -> String {
+    format!("{why}. Use --device cpu, or --device cuda-sim to run the generated CUDA on the CPU")
 }
 
 /// Settings every backend's threads need before any thread exists (a program embedding

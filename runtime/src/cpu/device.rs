@@ -19,9 +19,6 @@ pub struct CpuOptions {
     pub cache_dir: Option<PathBuf>,
     /// `-O1` instead of `-O3` (several times faster to compile; the same numbers).
     pub quick: bool,
-    /// Run the CUDA renderer's kernels through the CUDA simulation (kernels/cuda_sim.h)
-    /// instead of generated C: the `cuda-sim` device.
-    pub cuda_sim: bool,
 }
 
 /// The CPU device: generated C compiled by the system compiler.
@@ -34,7 +31,7 @@ pub struct CpuDevice {
 impl CpuDevice {
     /// The device with the environment's compiler settings and `opts` on top.
     pub fn new(opts: &CpuOptions) -> CpuDevice {
-        let mut settings = if opts.cuda_sim { CompilerSettings::cuda_sim() } else { CompilerSettings::default() };
+        let mut settings = CompilerSettings::default();
         if let Some(d) = &opts.cache_dir {
             settings.cache_dir = d.clone();
         }
@@ -47,34 +44,17 @@ impl CpuDevice {
 
 impl Device for CpuDevice {
     fn name(&self) -> &'static str {
-        if self.settings.cuda_sim {
-            "cuda-sim"
-        } else {
-            "cpu"
-        }
+        "cpu"
     }
     fn fuse(&self, g: &Graph, requested: &[NodeIndex]) -> Option<(KernelProgram, [PassReport; 2])> {
         Some(muse_compiler::kernel::fuse(g, requested))
     }
     fn language(&self) -> Option<&'static str> {
-        Some(if self.settings.cuda_sim { "cuda" } else { "c" })
+        Some("c")
     }
     fn source(&self, g: &Graph, step: &Step) -> String {
         use muse_compiler::kernel::lower::label;
-        use muse_compiler::render::{c, cuda};
-        if self.settings.cuda_sim {
-            return match step {
-                Step::Kernel(k) => cuda::render_kernel(&k.kernel, cuda::Storage::F32),
-                Step::MatMul(m) => format!(
-                    "/* {} = {} @ {}: a library product (cuBLAS on a GPU; the gemm crate in the simulation){} */\n{}",
-                    label(g, m.out),
-                    label(g, m.a),
-                    label(g, m.b),
-                    if m.epilogue.is_some() { ", then its epilogue over the whole output" } else { "" },
-                    m.epilogue.as_ref().map(|e| cuda::render_kernel(&e.kernel, cuda::Storage::F32)).unwrap_or_default()
-                ),
-            };
-        }
+        use muse_compiler::render::c;
         match step {
             Step::Kernel(k) => c::render_kernel(&k.kernel),
             Step::MatMul(m) => {

@@ -13,10 +13,10 @@ use crate::interp::RunError;
 use crate::layout::{Axis, Layout, Place};
 
 use crate::tensor::{Data, HostTensor};
-use compile::{CompileError, CompilerSettings, KernelFn, Library, SimFn};
+use compile::{CompileError, CompilerSettings, KernelFn, Library};
 use muse_compiler::ir::{DType, Graph, NodeIndex};
-use muse_compiler::kernel::{self, Kernel, KernelProgram, MatMulStep, Step};
-use muse_compiler::render::{c, cuda};
+use muse_compiler::kernel::{self, KernelProgram, MatMulStep, Step};
+use muse_compiler::render::c;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub struct CpuProgram {
     pub library: Option<Arc<Library>>,
     /// Per step: the kernel, or a product's epilogue as a whole kernel (run after a GEMM
     /// that cannot apply it tile by tile).
-    fns: Vec<Option<Entry>>,
+    fns: Vec<Option<KernelFn>>,
     /// Per step: a product's epilogue over element ranges, for the GEMM template.
     ranges: Vec<Option<compile::RangeFn>>,
     /// The matrix-product template of kernels/gemm.c, when the program has products.
@@ -75,57 +75,6 @@ unsafe fn gather(p: *const f32, rows: usize, cols: usize, r: &Axis, c: &Axis) ->
         out.extend((0..cols).map(|j| *row.offset(c.offset(j))));
     }
     out
-}
-
-/// A compiled kernel's entry point: generated C, or generated CUDA C run through the CUDA
-/// simulation (kernels/cuda_sim.h), which also needs the kernel to choose its launch.
-#[derive(Clone, Copy)]
-pub(crate) enum Entry {
-    /// `void k(void **bufs, const int64_t *sizes, uint64_t seed)`.
-    C(KernelFn),
-    /// `void k_sim(bufs, sizes[16], seed, grid, block)`.
-    Sim(SimFn),
-}
-
-impl Entry {
-    /// Kernel `name` of `lib` as `settings` compiled it.
-    pub(crate) fn find(lib: &Library, name: &str, settings: &CompilerSettings) -> Result<Entry, CompileError> {
-        Ok(if settings.cuda_sim { Entry::Sim(lib.sim(name)?) } else { Entry::C(lib.kernel(name)?) })
-    }
-
-    /// Runs kernel `k` over `bufs` at `sizes`.
-    ///
-    /// # Safety
-    /// Each pointer must be a live buffer of the element type and at least the size kernel
-    /// `k` reads or writes at `sizes`.
-    pub(crate) unsafe fn call(self, k: &Kernel, bufs: &mut [*mut c_void], sizes: &[i64], seed: u64) {
-        match self {
-            Entry::C(f) => f(bufs.as_mut_ptr(), sizes.as_ptr(), seed),
-            Entry::Sim(f) => {
-                let mut padded = [0i64; cuda::MAX_SIZES];
-                padded[..sizes.len()].copy_from_slice(sizes);
-                let l = cuda::launch(k, sizes, &cuda::SIM);
-                if let Some((buf, n)) = l.zero {
-                    // Every CPU buffer element is 4 bytes (f32, i32, truth values as i32).
-                    std::ptr::write_bytes(bufs[buf as usize] as *mut u8, 0, n.max(0) as usize * 4);
-                }
-                f(bufs.as_mut_ptr(), padded.as_ptr(), seed, i64::from(l.grid), i64::from(l.block))
-            }
-        }
-    }
-}
-
-/// The CUDA-semantics header the simulation compiles generated CUDA C against.
-const CUDA_SIM_HEADER: &str = include_str!("../../../kernels/cuda_sim.h");
-
-/// Translation units of generated CUDA C for the CPU simulation, `per_unit` kernels each.
-pub(crate) fn sim_units(kernels: &[&Kernel], per_unit: usize) -> Vec<String> {
-    kernels
-        .chunks(per_unit.max(1))
-        .map(|chunk| {
-            format!("#define MUSE_SIM 1\n{CUDA_SIM_HEADER}\n{}", cuda::render_program(chunk, cuda::Storage::F32))
-        })
-        .collect()
 }
 
 /// The buffers of one run in host memory, where the program's [`Layout`] puts them:
@@ -292,17 +241,6 @@ impl CpuProgram {
         requested: &[NodeIndex],
         settings: &CompilerSettings,
     ) -> Result<CpuProgram, CompileError> {
-        Self::compile_edited(g, requested, settings, &|_| {})
-    }
-
-    /// As [`CpuProgram::compile`], with `edit` applied to each translation unit before it is
-    /// compiled (the tests' mutations of generated code).
-    pub(crate) fn compile_edited(
-        g: &Graph,
-        requested: &[NodeIndex],
-        settings: &CompilerSettings,
-        edit: &dyn Fn(&mut String),
-    ) -> Result<CpuProgram, CompileError> {
         let (program, _) = kernel::fuse(g, requested);
         let ranges: Vec<&kernel::Kernel> = program
             .steps
@@ -318,36 +256,19 @@ impl CpuProgram {
         // Enough units to keep every core busy, but not so many that the prelude dominates.
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let per_unit = kernels.len().div_ceil(cores * 2).max(64);
-        if settings.cuda_sim && program.symbols.len() > cuda::MAX_SIZES {
-            return Err(CompileError {
-                message: format!(
-                    "the program has {} symbolic sizes; generated CUDA takes at most {}",
-                    program.symbols.len(),
-                    cuda::MAX_SIZES
-                ),
-                source_path: None,
-            });
-        }
-        let mut source = if settings.cuda_sim {
-            // Products' epilogues (among `kernels`) run as whole kernels after the product.
-            sim_units(&kernels, per_unit)
-        } else {
-            c::render_program(&kernels, &ranges, per_unit)
-        };
+        let mut source = c::render_program(&kernels, &ranges, per_unit);
         let has_products = settings.gemm_template && program.steps.iter().any(|s| matches!(s, Step::MatMul(_)));
         if has_products {
             source.push(GEMM_TEMPLATE.to_string());
         }
-        source.iter_mut().for_each(edit);
         quiet_openmp();
         let library = if source.is_empty() { None } else { Some(compile::compile(&source, settings)?) };
         let (mut fns, mut range_fns) = (Vec::new(), Vec::new());
         for s in &program.steps {
             let (f, r) = match (s, &library) {
-                (Step::Kernel(k), Some(lib)) => (Some(Entry::find(lib, &k.kernel.name, settings)?), None),
+                (Step::Kernel(k), Some(lib)) => (Some(lib.kernel(&k.kernel.name)?), None),
                 (Step::MatMul(MatMulStep { epilogue: Some(e), .. }), Some(lib)) => {
-                    let range = if settings.cuda_sim { None } else { Some(lib.range(&e.kernel.name)?) };
-                    (Some(Entry::find(lib, &e.kernel.name, settings)?), range)
+                    (Some(lib.kernel(&e.kernel.name)?), Some(lib.range(&e.kernel.name)?))
                 }
                 _ => (None, None),
             };
@@ -462,7 +383,7 @@ impl CpuProgram {
                 let f = f.expect("kernel steps have functions");
                 // SAFETY: each pointer is a live buffer of the element type and size the
                 // kernel was generated for; the kernel writes only its output buffers.
-                unsafe { f.call(&k.kernel, &mut args, &prep.layout.sizes, seed) };
+                unsafe { f(args.as_mut_ptr(), prep.layout.sizes.as_ptr(), seed) };
             }
             Step::MatMul(m) => {
                 let gs = &prep.layout.gemms[&i];
@@ -592,8 +513,8 @@ impl CpuProgram {
     /// # Safety
     /// As for any kernel step: the epilogue's buffers are live and of its sizes.
     unsafe fn run_epilogue(&self, i: usize, bufs: &mut [*mut c_void], sizes: &[i64], seed: u64) {
-        if let (Some(f), Step::MatMul(MatMulStep { epilogue: Some(e), .. })) = (self.fns[i], &self.program.steps[i]) {
-            f.call(&e.kernel, bufs, sizes, seed);
+        if let (Some(f), Step::MatMul(MatMulStep { epilogue: Some(_), .. })) = (self.fns[i], &self.program.steps[i]) {
+            f(bufs.as_mut_ptr(), sizes.as_ptr(), seed);
         }
     }
 
@@ -620,4 +541,4 @@ impl CpuProgram {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

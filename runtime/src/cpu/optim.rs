@@ -4,7 +4,7 @@
 //! average). One launch per verb whatever the number of parameters.
 
 use super::compile::{self, CompileError, CompilerSettings};
-use super::{Entry, Prepared};
+use super::Prepared;
 use crate::device::{AdamStep, Grads, Optimizer, Slot};
 use muse_compiler::kernel::optim;
 use muse_compiler::render::c;
@@ -17,8 +17,7 @@ const NORM_ROW: usize = 1024;
 /// One compiled optimizer kernel.
 #[derive(Clone)]
 struct Verb {
-    entry: Entry,
-    kernel: muse_compiler::kernel::Kernel,
+    entry: compile::KernelFn,
 }
 
 /// The compiled optimizer kernels.
@@ -37,17 +36,10 @@ impl Kernels {
     pub(crate) fn compile(settings: &CompilerSettings) -> Result<Kernels, CompileError> {
         let kernels = optim::all();
         let refs: Vec<&muse_compiler::kernel::Kernel> = kernels.iter().collect();
-        let source = if settings.cuda_sim {
-            super::sim_units(&refs, refs.len())
-        } else {
-            c::render_program(&refs, &[], refs.len())
-        };
+        let source = c::render_program(&refs, &[], refs.len());
         super::quiet_openmp();
         let lib = compile::compile(&source, settings)?;
-        let verb = |name: &str| -> Result<Verb, CompileError> {
-            let kernel = kernels.iter().find(|k| k.name == name).expect("optim::all has every verb").clone();
-            Ok(Verb { entry: Entry::find(&lib, name, settings)?, kernel })
-        };
+        let verb = |name: &str| -> Result<Verb, CompileError> { Ok(Verb { entry: lib.kernel(name)? }) };
         Ok(Kernels {
             adamw: verb("opt_adamw")?,
             sum_squares: verb("opt_sum_squares")?,
@@ -65,7 +57,7 @@ fn launch(f: &Verb, bufs: &mut [*mut f32], sizes: &[i64]) {
     // SAFETY: each caller passes buffers of at least the lengths `sizes` gives the kernel
     // (the trained stretch, or its rows), of f32, in the kernel's parameter order; the
     // kernels update elements in place at the index they read.
-    unsafe { f.entry.call(&f.kernel, &mut args, sizes, 0) };
+    unsafe { (f.entry)(args.as_mut_ptr(), sizes.as_ptr(), 0) };
 }
 
 /// The optimizer's state, beside the program's arenas.

@@ -110,3 +110,21 @@ pub fn nvrtc() -> Result<PathBuf, String> {
     })
     .clone()
 }
+
+/// Makes cuBLAS loadable (once per process), as [`nvrtc`] does NVRTC: PyPI's
+/// `nvidia-cublas` (a Python's site-packages, named by `MUSE_CUDA_LIBS`) or a CUDA toolkit.
+pub fn cublas() -> Result<PathBuf, String> {
+    static DONE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = preload(&["libcublasLt.so", "libcublas.so"]);
+        // SAFETY: checks whether the loader finds cuBLAS by name (no call into it).
+        if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Ok(dir.unwrap_or_else(|_| PathBuf::from("(the system's library path)")));
+        }
+        Err(format!(
+            "cuBLAS is missing ({}); set MUSE_CUDA_LIBS to the folder with libcublas.so (a Python's site-packages/nvidia/cu13/lib has it after `pip install nvidia-cublas`)",
+            dir.err().unwrap_or_default()
+        ))
+    })
+    .clone()
+}
