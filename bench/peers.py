@@ -3,20 +3,26 @@
 per line: {"case", "impl", "ms" (median), "note"}."""
 
 import json
+import os
 import statistics
 import sys
 import time
 
 REPEATS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+# MUSE_PEERS_DEVICE=cuda: PyTorch on the GPU (scripts/gpu-check.sh); JAX takes its default.
+DEVICE = os.environ.get("MUSE_PEERS_DEVICE", "cpu")
+SYNC = [lambda: None]
 
 
 def timed(fn, repeats=REPEATS):
     fn()  # warm-up (and compilation)
     fn()
+    SYNC[0]()
     ms = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        SYNC[0]()
         ms.append((time.perf_counter() - t) * 1e3)
     return statistics.median(ms)
 
@@ -30,6 +36,9 @@ def torch_cases():
     import torch.nn.functional as F
 
     torch.manual_seed(0)
+    torch.set_default_device(DEVICE)
+    if DEVICE != "cpu":
+        SYNC[0] = torch.cuda.synchronize
     n = 16 * 1024 * 1024
     x = torch.randn(n)
     chain = lambda x: (x * 1.5 + 0.5) * x - 0.25

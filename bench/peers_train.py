@@ -30,6 +30,14 @@ ONLY = os.environ.get("MUSE_PEERS_ONLY")
 B = 16
 CFG = dict(codebook=256, grid=8, text_vocab=1024, text_len=16, dim=128, depth=4, heads=4,
            text_depth=2, d_state=16, expand=2, smoothing=0.1)
+# MUSE_PEERS_DEVICE=cuda: PyTorch on the GPU (scripts/gpu-check.sh); JAX takes its default.
+DEVICE = os.environ.get("MUSE_PEERS_DEVICE", "cpu")
+# MUSE_PEERS_SCALE=research: the research log's scale (12 layers, width 1024, 256 image
+# tokens, batch 32), as bench/src/kernels.rs's MUSE_BENCH_RESEARCH=1.
+RESEARCH = os.environ.get("MUSE_PEERS_SCALE") == "research"
+if RESEARCH:
+    B = 32
+    CFG.update(dim=1024, depth=12, grid=16, heads=16, codebook=8192)
 # `muse check` of models/*.muse: (parameters, tensors)
 EXPECTED = {"muse_small": (1_657_216, 105), "mamba_xattn_xz": (1_331_584, 89)}
 MODELS = list(EXPECTED)
@@ -140,7 +148,8 @@ def init_params(model, seed=0):
     linear("head.to_logits", c["codebook"], d)
 
     count = sum(v.size for v in P.values())
-    assert (count, len(P)) == EXPECTED[model], (model, count, len(P), EXPECTED[model])
+    if not RESEARCH:
+        assert (count, len(P)) == EXPECTED[model], (model, count, len(P), EXPECTED[model])
     return P
 
 
@@ -251,10 +260,11 @@ def torch_cases(model, results):
     import torch
 
     threads = torch.get_num_threads()
+    torch.set_default_device(DEVICE)
     P0 = init_params(model)
     count = f"{sum(v.size for v in P0.values())} params in {len(P0)} tensors"
     X = make_inputs()
-    tx = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v) for k, v in X.items()}
+    tx = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v).to(DEVICE) for k, v in X.items()}
     args = (tx["tokens"], tx["targets"], tx["loss_mask"], tx["text_ids"], tx["text_mask"])
     loss_fn = torch_loss_fn(model)
     case = f"train {model} B={B}"
@@ -302,7 +312,10 @@ def torch_cases(model, results):
             return gn
         return update
 
-    sync = lambda out: out
+    def sync(out):
+        if DEVICE != "cpu":
+            torch.cuda.synchronize()
+        return out
     if ONLY in (None, "torch eager"):
         P, opt = fresh(best_opt)
         ms, l0, _ = timed_train(make_step(P, opt, loss_fn, eager_update(opt)), sync, f"{model} torch eager")

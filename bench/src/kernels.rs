@@ -23,7 +23,7 @@ fn model_src(src: &str) -> Model {
 }
 
 fn model_file(name: &str, sets: &[(&str, &str)]) -> Model {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(format!("{name}.muse"));
+    let path = muse_bench::models_dir().join(format!("{name}.muse"));
     let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
     let c = compile_path(&path, &opts);
     c.result.unwrap_or_else(|d| panic!("{}", d.render(&c.sources))).remove(0)
@@ -135,11 +135,19 @@ fn kernel_cases(repeats: usize) {
 }
 
 /// (d) one training step (forward, backward, global-norm clipping, AdamW) of two models at
-/// their default configs, batch 16; the same step as bench/peers_train.py.
+/// their default configs, batch 16; the same step as bench/peers_train.py. With
+/// `MUSE_BENCH_RESEARCH=1`, at the research log's scale instead (12 layers, width 1024, 256
+/// image tokens, batch 32: `MUSE_PEERS_SCALE=research` there).
 fn train_cases(repeats: usize) {
+    let research = std::env::var("MUSE_BENCH_RESEARCH").as_deref() == Ok("1");
+    let (sets, b): (&[(&str, &str)], usize) = if research {
+        (&[("dim", "1024"), ("depth", "12"), ("grid", "16"), ("heads", "16"), ("codebook", "8192")], 32)
+    } else {
+        (&[], 16)
+    };
     for name in ["muse_small", "mamba_xattn_xz"] {
-        let m = model_file(name, &[]);
-        let batch = random_inputs(&m.graph, 16, 1);
+        let m = model_file(name, sets);
+        let batch = random_inputs(&m.graph, b, 1);
         let params = init_params(&m.graph, 1, Precision::F32).expect("initialises");
         let mut t =
             Trainer::new(&m.graph, name, &params, &batch, AdamW::default(), device().as_ref()).expect("compiles");
@@ -157,7 +165,7 @@ fn train_cases(repeats: usize) {
         );
         let count: usize = params.values().map(|p| p.len()).sum();
         emit(
-            &format!("train {name} B=16"),
+            &format!("train {name} B={b}"),
             ms,
             &format!("{} launches + AdamW, {count} params, first loss {first:.3}", t.launches()),
         );

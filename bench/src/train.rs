@@ -33,7 +33,7 @@ fn main() {
     let kind: DeviceKind = std::env::var("MUSE_DEVICE").unwrap_or_else(|_| "auto".into()).parse().expect("a device");
     let device = select(kind, &DeviceOptions::default()).expect("the device is available").device;
     // Every model of models/ that trains on tokens (the image tokenizer's inputs are images).
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let dir = muse_bench::models_dir();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("models/ is readable")
         .filter_map(|e| e.ok().map(|e| e.path()))

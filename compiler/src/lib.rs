@@ -15,6 +15,7 @@ pub mod rng;
 pub mod source;
 pub mod stdlib;
 pub mod view;
+pub mod zoo;
 
 pub use diag::{Diag, DiagClass};
 pub use elaborate::{ConfigValue, Model};

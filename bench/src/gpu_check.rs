@@ -1,0 +1,242 @@
+//! The Rust half of scripts/gpu-check.sh: the checks of the CUDA backend that need a GPU.
+//! Each also runs on `cuda-sim`, which is what the script's dry run on a machine without a
+//! GPU does. Run from the repository's root (it reads `models/`).
+//!
+//! - `gpu_check models DEVICE [tiny|bench]`: every model's forward and backward (outputs,
+//!   losses, every parameter's gradient) on DEVICE against the CPU backend, f32, relative
+//!   error below 1e-3; at the tests' tiny configs or at each model's own (bench) config.
+//! - `gpu_check train DEVICE STEPS`: training steps (forward, backward, clipping, AdamW on
+//!   the device) of a small mamba_xattn_xz on DEVICE against the CPU: every loss and the
+//!   final weights (what compute-sanitizer runs).
+//! - `gpu_check kernels DEVICE`: each kernel of the Mamba block's forward and backward, a
+//!   layernorm and a softmax, timed on DEVICE against its memory floor (bytes it must move
+//!   at the H200's measured 4.3 TB/s).
+//!
+//! Every result is also one JSON line `{"check", "case", "value", "limit", "ok", "note"}` on
+//! stdout, which the script turns into its table. Exits 1 when a check fails.
+
+use muse_bench::models_dir;
+use muse_compiler::autodiff::{differentiate, Wrt};
+use muse_compiler::ir::NodeIndex;
+use muse_compiler::{compile_path, compile_source, zoo, Model, Options};
+use muse_runtime::device::{Device, DeviceKind, DeviceOptions, Tensors};
+use muse_runtime::inputs::random_inputs;
+use muse_runtime::optim::AdamW;
+use muse_runtime::train::Trainer;
+use muse_runtime::validate::relative_error;
+use muse_runtime::{init_params, select, Precision};
+
+/// Bytes per second the H200 copies (measured: docs/cuda.md).
+const H200_BYTES_PER_S: f64 = 4.3e12;
+/// Relative error allowed against the CPU backend in f32.
+const F32_LIMIT: f64 = 1e-3;
+
+fn model(name: &str, sets: &[(&str, &str)]) -> Model {
+    let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
+    let c = compile_path(&models_dir().join(format!("{name}.muse")), &opts);
+    c.result.unwrap_or_else(|d| panic!("{name}: {}", d.render(&c.sources))).remove(0)
+}
+
+fn device(kind: &str) -> Box<dyn Device + Send + Sync> {
+    let kind: DeviceKind = kind.parse().unwrap_or_else(|e| panic!("{e}"));
+    // Quick compiles of generated C and of the simulation (the same numbers, less waiting).
+    match select(kind, &DeviceOptions { quick: true, ..Default::default() }) {
+        Ok(s) => s.device,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// One result: printed for a person and as a JSON line for the script.
+fn report(check: &str, case: &str, value: f64, limit: f64, note: &str) -> bool {
+    line(check, case, value, limit, note, false)
+}
+
+/// A result that is a goal, not a check: recorded, never failing the run.
+fn goal(check: &str, case: &str, value: f64, limit: f64, note: &str) {
+    line(check, case, value, limit, note, true);
+}
+
+fn line(check: &str, case: &str, value: f64, limit: f64, note: &str, goal: bool) -> bool {
+    let ok = value <= limit;
+    let verdict = match (goal, ok) {
+        (false, true) => "ok",
+        (false, false) => "FAIL",
+        (true, true) => "goal met",
+        (true, false) => "goal missed",
+    };
+    println!("{check:<8} {case:<44} {value:>11.3e} (limit {limit:.0e}) {verdict} {note}");
+    let note = note.replace('\\', "\\\\").replace('"', "\\\"");
+    // JSON as Python reads it (`Infinity` for a failure that has no error to measure).
+    let value = if value.is_finite() { format!("{value:e}") } else { "Infinity".into() };
+    println!(
+        "{{\"check\": \"{check}\", \"case\": \"{case}\", \"value\": {value}, \"limit\": {limit:e}, \"ok\": {ok}, \"goal\": {goal}, \"note\": \"{note}\"}}"
+    );
+    ok
+}
+
+/// Every model's forward and backward on `dev` against the CPU backend.
+fn models(dev: &str, scale: &str) -> bool {
+    let (ours, cpu) = (device(dev), device("cpu"));
+    let mut ok = true;
+    let plain = zoo::MODELS.iter().map(|&n| (n, None));
+    let options = zoo::OPTIONS.iter().map(|&(n, k, v)| (n, Some((k, v))));
+    for (name, option) in plain.chain(options) {
+        // muse_base at its own config is the paper's 632M model: its tiny config only.
+        if scale == "bench" && name == "muse_base" {
+            continue;
+        }
+        let mut sets = if scale == "tiny" { zoo::tiny(name, "3") } else { Vec::new() };
+        sets.extend(option);
+        let m = model(name, &sets);
+        let d = differentiate(&m.graph, Wrt::default());
+        let mut requested: Vec<(String, NodeIndex)> = m.graph.outputs.iter().chain(&m.graph.losses).cloned().collect();
+        requested.extend(d.params.iter().map(|(n, g)| (format!("grad {n}"), *g)));
+        let nodes: Vec<NodeIndex> = requested.iter().map(|r| r.1).collect();
+        let batch = if scale == "tiny" { 2 } else { 4 };
+        let inputs = random_inputs(&m.graph, batch, 7);
+        let params = init_params(&m.graph, 7, Precision::F32).expect("initialises");
+        let mut theirs = cpu.compile(&d.graph, &nodes).expect("the CPU compiles");
+        let reference = theirs.run(&inputs, &params, 0).expect("the CPU runs");
+        let mut mine = match ours.compile(&d.graph, &nodes) {
+            Ok(p) => p,
+            Err(e) => {
+                ok &= report("models", &format!("{name} {scale}"), f64::INFINITY, F32_LIMIT, &format!("{e}"));
+                continue;
+            }
+        };
+        let got = match mine.run(&inputs, &params, 0) {
+            Ok(v) => v,
+            Err(e) => {
+                ok &= report("models", &format!("{name} {scale}"), f64::INFINITY, F32_LIMIT, &format!("{e}"));
+                continue;
+            }
+        };
+        let (mut worst, mut at) = (0.0f64, String::new());
+        for (what, n) in &requested {
+            let e = relative_error(&got[n], &reference[n]);
+            if e > worst || e.is_nan() {
+                (worst, at) = (if e.is_nan() { f64::INFINITY } else { e }, what.clone());
+            }
+        }
+        let case = format!("{name}{} {scale}", option.map(|(k, v)| format!(" {k}={v}")).unwrap_or_default());
+        let note = format!("{} launches, {} values, worst at {at}", mine.launches(), requested.len());
+        ok &= report("models", &case, worst, F32_LIMIT, &note);
+    }
+    ok
+}
+
+/// Training steps of a small mamba_xattn_xz on `dev` and on the CPU backend, from the same
+/// parameters over the same batches: each step's loss and the final weights.
+fn train(dev: &str, steps: usize) -> bool {
+    let sets = [
+        ("dim", "16"),
+        ("depth", "1"),
+        ("text_depth", "1"),
+        ("text_vocab", "64"),
+        ("text_len", "8"),
+        ("d_state", "4"),
+        ("heads", "2"),
+        ("grid", "4"),
+        ("codebook", "16"),
+    ];
+    let m = model("mamba_xattn_xz", &sets);
+    let batches: Vec<Tensors> = (0..steps.max(1)).map(|s| random_inputs(&m.graph, 4, 100 + s as u64)).collect();
+    let params = init_params(&m.graph, 3, Precision::F32).expect("initialises");
+    let run = |d: &dyn Device| -> Result<(Vec<f64>, Tensors), String> {
+        let mut t = Trainer::new(&m.graph, "mamba_xattn_xz", &params, &batches[0], AdamW::default(), d)
+            .map_err(|e| e.to_string())?;
+        let mut losses = Vec::new();
+        for (s, b) in batches.iter().enumerate() {
+            losses.push(t.step(&[b], 3e-3, s as u64).map_err(|e| e.to_string())?.loss);
+        }
+        Ok((losses, t.params().map_err(|e| e.to_string())?))
+    };
+    let (want, want_params) = run(device("cpu").as_ref()).expect("the CPU trains");
+    let (got, got_params) = match run(device(dev).as_ref()) {
+        Ok(r) => r,
+        Err(e) => return report("train", &format!("mamba_xattn_xz {steps} steps"), f64::INFINITY, F32_LIMIT, &e),
+    };
+    let loss_err = got.iter().zip(&want).map(|(a, b)| ((a - b) / b.abs().max(1e-12)).abs()).fold(0.0, f64::max);
+    let weight_err = want_params
+        .iter()
+        .map(|(n, w)| got_params.get(n).map_or(f64::INFINITY, |g| relative_error(g, w)))
+        .fold(0.0, f64::max);
+    let note = format!("losses {:.5} -> {:.5} on {dev}", got[0], got[got.len() - 1]);
+    let a = report("train", &format!("mamba_xattn_xz {steps} steps: losses"), loss_err, F32_LIMIT, &note);
+    let b =
+        report("train", &format!("mamba_xattn_xz {steps} steps: weights"), weight_err, F32_LIMIT, "every parameter");
+    a && b
+}
+
+/// Each kernel of a few programs timed on `dev` against its memory floor. On a GPU: the
+/// benchmarks' shapes; on the simulation, small ones (its times say nothing of a GPU).
+fn kernels(dev: &str) -> bool {
+    let gpu = dev == "cuda";
+    let (rows, batch) = if gpu { (8192, 8) } else { (64, 1) };
+    let cases = [
+        (
+            "mamba block fwd+bwd",
+            "import \"std/mamba.muse\"\nmodel mb {\n  input x: f32[B, 64, 128]\n  input r: f32[B, 64, 128]\n  y = mamba(x) as mixer\n  loss l = sum(y * r)\n}\n".to_string(),
+            true,
+        ),
+        (
+            "layernorm",
+            format!("import \"std/nn.muse\"\nmodel n {{\n  input x: f32[{rows}, 1024]\n  output y = layernorm(x)\n}}\n"),
+            false,
+        ),
+        (
+            "softmax",
+            format!("import \"std/nn.muse\"\nmodel n {{\n  input x: f32[{rows}, 1024]\n  output y = softmax(x)\n}}\n"),
+            false,
+        ),
+    ];
+    let d = device(dev);
+    println!("{:<22} {:<6} {:<10} {:>10} {:>10} {:>8}", "program", "step", "kind", "ms", "floor ms", "x floor");
+    for (name, src, backward) in cases {
+        let c = compile_source("gpu_check.muse", &src, &Options::default());
+        let m = c.result.unwrap_or_else(|e| panic!("{}", e.render(&c.sources))).remove(0);
+        let (g, req) = if backward {
+            let df = differentiate(&m.graph, Wrt::default());
+            let mut req = vec![df.loss];
+            req.extend(df.params.iter().map(|x| x.1));
+            (df.graph, req)
+        } else {
+            (m.graph.clone(), m.graph.outputs.iter().map(|x| x.1).collect())
+        };
+        let mut p = d.compile(&g, &req).expect("compiles");
+        let inputs = random_inputs(&g, batch, 1);
+        let params = init_params(&g, 1, Precision::F32).expect("initialises");
+        p.bind(&inputs, &params).expect("binds");
+        p.execute(0).expect("runs");
+        let times = p.profile(0, if gpu { 20 } else { 1 }).expect("profiles");
+        let table = muse_compiler::inspect::rows(&g, p.kernels().expect("a fusing device"), None, batch as i64);
+        for (row, ms) in table.iter().zip(&times) {
+            let floor = (row.bytes_read + row.bytes_written) as f64 / H200_BYTES_PER_S * 1e3;
+            println!("{name:<22} {:<6} {:<10} {ms:>10.4} {floor:>10.4} {:>8.2}", row.name, row.kind, ms / floor);
+            let case = format!("{name} {} ({})", row.name, row.kind);
+            let note = if gpu { "goal: within 2x of the memory floor" } else { "cuda-sim: not a GPU timing" };
+            if row.kind == "scan" || !backward {
+                goal("kernels", &case, ms / floor, 2.0, note);
+            }
+        }
+    }
+    true
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
+    let ok = match arg(1, "").as_str() {
+        "models" => models(&arg(2, "cuda"), &arg(3, "tiny")),
+        "train" => train(&arg(2, "cuda"), arg(3, "5").parse().expect("a step count")),
+        "kernels" => kernels(&arg(2, "cuda")),
+        _ => {
+            eprintln!("usage: gpu_check models|train|kernels DEVICE [tiny|bench|STEPS]");
+            std::process::exit(2)
+        }
+    };
+    std::process::exit(if ok { 0 } else { 1 })
+}
