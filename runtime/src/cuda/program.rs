@@ -15,8 +15,8 @@ use muse_compiler::render::cuda::{self, Launch, Storage, MAX_SIZES};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The gather of product operands cuBLAS cannot read in place.
-const GATHER: &str = include_str!("../../../kernels/gather.cu");
+/// The gather of product operands cuBLAS cannot read in place (kernels/gather.cu).
+pub const GATHER: &str = include_str!("../../../kernels/gather.cu");
 
 /// Bytes per element of every buffer: f32, i32, and truth values as i32.
 pub(crate) const ELEM: usize = 4;
@@ -213,8 +213,9 @@ impl<G: Gpu> GpuProgram<G> {
         }
     }
 
-    /// Runs every step; `observe` (step, value, tensor) after each step's writes, stopping
-    /// when it returns false.
+    /// Runs every step and waits for the GPU (so that a caller's timing is the GPU's, and a
+    /// kernel's fault is this execution's error); `observe` (step, value, tensor) after each
+    /// step's writes, stopping when it returns false.
     pub fn execute(
         &self,
         g: &Graph,
@@ -232,7 +233,7 @@ impl<G: Gpu> GpuProgram<G> {
                 }
             }
         }
-        Ok(())
+        self.gpu.synchronize()
     }
 
     /// Runs the program `runs` times, timing each step between synchronisations: the median
