@@ -284,6 +284,29 @@ inline float atomicAdd(float *p, float v) {
   *p = old + v;
   return old;
 }
+/* bfloat16 as cuda_bf16.h defines it: the top half of an f32; conversion from f32 rounds
+   to nearest, ties to even, and keeps NaN a NaN. */
+struct __nv_bfloat16 {
+  unsigned short x;
+};
+inline float __bfloat162float(__nv_bfloat16 h) {
+  unsigned int u = (unsigned int)h.x << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline __nv_bfloat16 __float2bfloat16(float f) {
+  unsigned int u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{(unsigned short)((u >> 16) | 0x40u)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return __nv_bfloat16{(unsigned short)(u >> 16)};
+}
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16 *p, __nv_bfloat16 v) {
+  __nv_bfloat16 old = *p;
+  *p = __float2bfloat16(__bfloat162float(old) + __bfloat162float(v));
+  return old;
+}
 inline float __int_as_float(int i) {
   float f;
   std::memcpy(&f, &i, sizeof f);

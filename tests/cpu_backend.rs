@@ -23,22 +23,34 @@ pub fn rel_err(ours: &HostTensor, reference: &HostTensor) -> f64 {
 
 #[test]
 fn fused_cpu_equals_the_interpreter_for_every_model() {
-    every_model_equals_the_interpreter("cpu");
+    every_model_equals_the_interpreter("cpu", false, 1e-4);
 }
 
 /// The generated CUDA C, run on the CPU through kernels/cuda_sim.h with its threads in a
 /// random order (a missing barrier or a wrong shuffle shows here), against the interpreter.
 #[test]
 fn generated_cuda_equals_the_interpreter_for_every_model() {
-    let counts = every_model_equals_the_interpreter("cuda-sim");
+    let counts = every_model_equals_the_interpreter("cuda-sim", false, 1e-4);
     println!("cuda-sim: {} kernels of {} programs equal the interpreter", counts.0, counts.1);
 }
 
-/// Every model's outputs, losses and gradients on `device` against the interpreter, each
-/// within 1e-4 relative: (kernel launches, programs) checked.
-fn every_model_equals_the_interpreter(device: &str) -> (usize, usize) {
-    let tag = format!("models-{device}");
-    let cpu = common::device(device, &tag);
+/// The same with every float buffer in bf16 (`--dtype bf16`: parameters, activations,
+/// gradients; arithmetic and accumulation in f32): outputs and losses within 2e-2 of the
+/// f32 interpreter (measured: at most 1.6e-2), and every gradient pointing the way the f32
+/// gradient does (relative Euclidean error below 1: a gradient that is a small sum of large
+/// terms keeps few of bf16's digits; measured: up to 0.6, docs/cuda.md).
+#[test]
+fn generated_cuda_in_bf16_is_within_bf16_precision_for_every_model() {
+    let counts = every_model_equals_the_interpreter("cuda-sim", true, 2e-2);
+    println!("cuda-sim bf16: {} kernels of {} programs within bf16's precision", counts.0, counts.1);
+}
+
+/// Every model's outputs, losses and gradients on `device` (float buffers in bf16 or not)
+/// against the interpreter, each within `limit` relative (in bf16, gradients by their
+/// relative Euclidean error, below 1): (kernel launches, programs) checked.
+fn every_model_equals_the_interpreter(device: &str, bf16: bool, limit: f64) -> (usize, usize) {
+    let tag = format!("models-{device}-{bf16}");
+    let cpu = common::device_with(device, &tag, bf16);
     let mut counts = (0, 0);
     let only = std::env::var("MUSE_TEST_MODEL").ok();
     let plain = common::MODELS.iter().map(|&n| (n, None));
@@ -59,8 +71,13 @@ fn every_model_equals_the_interpreter(device: &str) -> (usize, usize) {
         let ours = prog.run(&inputs, &params, 0).unwrap();
         let reference = run(&d.graph, &inputs, &params, &RunOptions::default()).unwrap();
         for (what, n) in &requested {
+            if bf16 && what.starts_with("grad ") {
+                let e = muse_runtime::validate::relative_l2(&ours[n], reference.get(*n));
+                assert!(e < 1.0, "{device} bf16: {name}: {what}: relative Euclidean error {e:e}");
+                continue;
+            }
             let e = rel_err(&ours[n], reference.get(*n));
-            assert!(e < 1e-4, "{device}: {name}: {what}: relative error {e:e}");
+            assert!(e < limit, "{device} (bf16 {bf16}): {name}: {what}: relative error {e:e}");
         }
     }
     common::forget_cache(&tag);

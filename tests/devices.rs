@@ -76,9 +76,10 @@ fn training_on_the_interpreter_equals_the_cpu() {
     // both devices see the same tokens), two micro-batches per step.
     let vq = dir.join("vq-cpu");
     let mut runs = Vec::new();
-    for device in ["cpu", "interp", "cuda-sim"] {
-        let out = dir.join(format!("xz-{device}"));
+    for (device, dtype) in [("cpu", "f32"), ("interp", "f32"), ("cuda-sim", "f32"), ("cuda-sim", "bf16")] {
+        let out = dir.join(format!("xz-{device}-{dtype}"));
         let mut args = vec!["train", "models/mamba_xattn_xz.muse", "--device", device, "--steps", "4", "--batch", "4"];
+        args.extend(["--dtype", dtype]);
         args.extend(["--accumulate", "2", "--lr", "3e-3", "--warmup", "2", "--samples", "64"]);
         args.extend(["--tokenizer", vq.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         args.extend(["--set", "dim=16", "--set", "depth=1", "--set", "text_depth=1", "--set", "text_vocab=64"]);
@@ -90,6 +91,14 @@ fn training_on_the_interpreter_equals_the_cpu() {
     assert_close("mamba_xattn_xz", &runs[1], &runs[0]);
     // The generated CUDA (run on the CPU through kernels/cuda_sim.h), its optimizer included.
     assert_close("mamba_xattn_xz on cuda-sim", &runs[1], &runs[2]);
+    // bf16 storage with f32 master weights: the same losses to bf16's precision, and they
+    // fall as the f32 run's do.
+    for (i, (b, f)) in runs[3].iter().zip(&runs[2]).enumerate() {
+        assert!((b - f).abs() <= 2e-2 * f.abs(), "bf16: step {}: loss {b} vs {f} in f32", i + 1);
+    }
+    assert!(runs[3].last() < runs[3].first(), "bf16: the loss falls: {:?}", runs[3]);
+    let rounded = runs[3].iter().zip(&runs[2]).any(|(b, f)| (b - f).abs() > 1e-5 * f.abs());
+    assert!(rounded, "bf16 storage rounds what f32 does not: {:?} vs {:?}", runs[3], runs[2]);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -131,8 +140,12 @@ fn device_optimizers_follow_the_host_adamw() {
     let batches: Vec<Tensors> = (0..2).map(|s| random_inputs(&m.graph, 2, 20 + s)).collect();
     let cfg = AdamW { lr: 1e-2, clip_norm: Some(0.5), ..AdamW::default() };
     let decay = 0.9;
-    for device in ["cpu", "interp", "cuda-sim"] {
-        let mut p = common::device(device, "optim").compile(&d.graph, &req).unwrap();
+    // bf16 storage: the device updates f32 master weights from its bf16 gradients, which
+    // are what the host reads back and applies here too.
+    for (device, bf16) in [("cpu", false), ("interp", false), ("cuda-sim", false), ("cuda-sim", true)] {
+        let device = if bf16 { "cuda-sim --dtype bf16" } else { device };
+        let kind = device.split(' ').next().unwrap();
+        let mut p = common::device_with(kind, "optim", bf16).compile(&d.graph, &req).unwrap();
         p.attach_optimizer(&d.params).unwrap();
         p.bind(&batches[0], &params).unwrap();
         let mut host: Vec<Vec<f32>> =

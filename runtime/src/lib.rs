@@ -27,6 +27,7 @@ use device::kind::name;
 use device::{DeviceError, DeviceKind, DeviceOptions, Selected};
 use interp::device::InterpDevice;
 pub use interp::{init_params, run, Precision, RunError, RunOptions, Values};
+use muse_compiler::render::cuda::Storage;
 pub use tensor::{Data, HostTensor};
 
 // The backends are listed and chosen here, and only here (with their own folders): a new
@@ -40,6 +41,13 @@ pub fn select(kind: DeviceKind, opts: &DeviceOptions) -> Result<Selected, Device
             why: "f64 runs only on the reference interpreter; add --device interp".into(),
         });
     }
+    if opts.bf16 && !matches!(kind, DeviceKind::Cuda | DeviceKind::CudaSim | DeviceKind::Auto) {
+        return Err(DeviceError::Unavailable {
+            device: name(kind).into(),
+            why: "bf16 storage (--dtype bf16) runs only on the CUDA devices; add --device cuda (or cuda-sim)".into(),
+        });
+    }
+    let storage = if opts.bf16 { Storage::Bf16 } else { Storage::F32 };
     let cpu = || CpuDevice::new(&CpuOptions { cache_dir: opts.cache_dir.clone(), quick: opts.quick });
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(cache::default_cache_dir);
     match kind {
@@ -50,7 +58,7 @@ pub fn select(kind: DeviceKind, opts: &DeviceOptions) -> Result<Selected, Device
             if opts.quick {
                 settings.flags.iter_mut().filter(|f| f.starts_with("-O")).for_each(|f| *f = "-O1".into());
             }
-            let device = cuda::CudaDevice::new(cuda::sim::SimGpu::new(settings), "cuda-sim");
+            let device = cuda::CudaDevice::new(cuda::sim::SimGpu::new(settings), "cuda-sim", storage);
             Ok(Selected { device: Box::new(device), note: None })
         }
         DeviceKind::Interp => {
@@ -58,13 +66,19 @@ pub fn select(kind: DeviceKind, opts: &DeviceOptions) -> Result<Selected, Device
             Ok(Selected { device: Box::new(InterpDevice { precision }), note: None })
         }
         DeviceKind::Cuda => match cuda::driver::CudaGpu::open(0, cache_dir) {
-            Ok(gpu) => Ok(Selected { device: Box::new(cuda::CudaDevice::new(gpu, "cuda")), note: None }),
+            Ok(gpu) => Ok(Selected { device: Box::new(cuda::CudaDevice::new(gpu, "cuda", storage)), note: None }),
             Err(why) => Err(DeviceError::Unavailable { device: "cuda".into(), why: cuda_missing(&why) }),
         },
         DeviceKind::Auto => Ok(match cuda::driver::CudaGpu::open(0, cache_dir) {
             Ok(gpu) => {
                 let note = format!("device auto: cuda on {}", gpu.describe());
-                Selected { device: Box::new(cuda::CudaDevice::new(gpu, "cuda")), note: Some(note) }
+                Selected { device: Box::new(cuda::CudaDevice::new(gpu, "cuda", storage)), note: Some(note) }
+            }
+            Err(why) if opts.bf16 => {
+                let why = format!(
+                    "{why}; bf16 storage needs a GPU (--device cuda-sim runs it on the CPU, slowly, for checking)"
+                );
+                return Err(DeviceError::Unavailable { device: "auto".into(), why });
             }
             Err(why) => Selected { device: Box::new(cpu()), note: Some(format!("device auto: cpu ({why})")) },
         }),

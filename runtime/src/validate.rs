@@ -23,6 +23,21 @@ pub fn relative_error(ours: &HostTensor, reference: &HostTensor) -> f64 {
     }
 }
 
+/// The norm of the difference relative to the reference's norm (the Euclidean norms of
+/// the flattened tensors): the measure for values computed in bf16, whose largest single
+/// deviation says less than how far the whole tensor moved. Infinite when either has a NaN.
+pub fn relative_l2(ours: &HostTensor, reference: &HostTensor) -> f64 {
+    let (a, b) = (ours.to_f64(), reference.to_f64());
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let norm: f64 = b.iter().map(|y| y * y).sum();
+    let r = if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() };
+    if r.is_nan() {
+        f64::INFINITY
+    } else {
+        r
+    }
+}
+
 /// The first kernel whose output differs, if any.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mismatch {

@@ -15,6 +15,10 @@ pub struct DeviceArg {
     /// one, else cpu).
     #[arg(long, default_value = "auto", alias = "backend", value_name = "DEVICE")]
     pub device: String,
+    /// How float tensors are stored on the device: `f32`, or `bf16` (bfloat16 in memory,
+    /// f32 arithmetic and accumulation, f32 master weights in training; the CUDA devices only).
+    #[arg(long, default_value = "f32", value_name = "DTYPE", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
 }
 
 impl DeviceArg {
@@ -25,7 +29,7 @@ impl DeviceArg {
         if f64 && kind == DeviceKind::Auto {
             kind = DeviceKind::Interp;
         }
-        let opts = DeviceOptions { f64, ..DeviceOptions::default() };
+        let opts = DeviceOptions { f64, bf16: self.dtype == "bf16", ..DeviceOptions::default() };
         let chosen = muse_runtime::select(kind, &opts).map_err(|e| e.to_string())?;
         if let Some(note) = chosen.note {
             eprintln!("{note}");

@@ -47,7 +47,7 @@ pub fn main(a: Args) -> ExitCode {
     // CUDA source needs no GPU to be rendered (the simulation's source is the GPU's).
     let named = match (emit.as_deref(), device.device.as_str()) {
         (Some(lang @ ("c" | "cuda")), "auto") => {
-            DeviceArg { device: if lang == "c" { "cpu" } else { "cuda-sim" }.into() }
+            DeviceArg { device: if lang == "c" { "cpu" } else { "cuda-sim" }.into(), ..device.clone() }
         }
         _ => device.clone(),
     };
@@ -78,6 +78,7 @@ pub fn main(a: Args) -> ExitCode {
             batch,
             html: html.as_deref(),
             verbose: opts.verbose,
+            bf16: named.dtype == "bf16",
         };
         match inspect_model(m, &c.sources, &args) {
             Ok(t) => text.push_str(&t),
@@ -100,6 +101,8 @@ struct InspectArgs<'a> {
     verbose: bool,
     /// The device whose kernels are shown.
     device: &'a dyn Device,
+    /// Its float buffers are bf16 (`--dtype bf16`).
+    bf16: bool,
 }
 
 fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs) -> Result<String, String> {
@@ -136,7 +139,7 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
     let mut out = format!("# model {} ({})\n", m.name, if backward { "forward + backward" } else { "forward" });
     // CUDA source comes with ptxas's report of each kernel, when NVRTC is here.
     let resources = if device.language() == Some("cuda") && (a.emit == Some("cuda") || html.is_some()) {
-        cuda_resources(&program)
+        cuda_resources(&program, a.bf16)
     } else {
         HashMap::new()
     };
@@ -197,9 +200,10 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
     Ok(out)
 }
 
-/// ptxas's report (sm_90) of every CUDA kernel of `program`, by kernel name: registers,
-/// spills, stack and shared memory. Empty, with a note, when NVRTC is missing.
-fn cuda_resources(program: &KernelProgram) -> HashMap<String, String> {
+/// ptxas's report (sm_90) of every CUDA kernel of `program` (float buffers in bf16 or not),
+/// by kernel name: registers, spills, stack and shared memory. Empty, with a note, when
+/// NVRTC is missing.
+fn cuda_resources(program: &KernelProgram, bf16: bool) -> HashMap<String, String> {
     use muse_compiler::render::cuda::{render_program, Storage};
     use muse_runtime::cuda::nvrtc;
     let kernels: Vec<&muse_compiler::kernel::Kernel> = program
@@ -218,8 +222,8 @@ fn cuda_resources(program: &KernelProgram) -> HashMap<String, String> {
         }
     };
     let cache = muse_runtime::cache::default_cache_dir();
-    match nvrtc::compile_cached(&render_program(&kernels, Storage::F32), "inspect", &nvrtc::Options::default(), &cache)
-    {
+    let storage = if bf16 { Storage::Bf16 } else { Storage::F32 };
+    match nvrtc::compile_cached(&render_program(&kernels, storage), "inspect", &nvrtc::Options::default(), &cache) {
         Ok(c) => nvrtc::resources(&c.log)
             .into_iter()
             .map(|r| {

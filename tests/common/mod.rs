@@ -40,8 +40,17 @@ pub fn kernel_cache(tag: &str) -> std::path::PathBuf {
 /// A device as the tests use it: quick compiles (the same numbers), kernels cached under
 /// `tag`.
 pub fn device(kind: &str, tag: &str) -> Box<dyn muse_runtime::device::Device + Send + Sync> {
-    let opts =
-        muse_runtime::device::DeviceOptions { cache_dir: Some(kernel_cache(tag)), quick: true, ..Default::default() };
+    device_with(kind, tag, false)
+}
+
+/// As [`device`], with float buffers in bf16 (`--dtype bf16`) when `bf16`.
+pub fn device_with(kind: &str, tag: &str, bf16: bool) -> Box<dyn muse_runtime::device::Device + Send + Sync> {
+    let opts = muse_runtime::device::DeviceOptions {
+        cache_dir: Some(kernel_cache(tag)),
+        quick: true,
+        bf16,
+        ..Default::default()
+    };
     muse_runtime::select(kind.parse().expect("a device name"), &opts).expect("the device is available").device
 }
 

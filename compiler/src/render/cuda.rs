@@ -34,6 +34,21 @@ pub enum Storage {
     F32,
     /// bfloat16 in memory, f32 in registers.
     Bf16,
+    /// bfloat16 in the float buffers whose bit is set (buffer `i`: bit `i`), f32 in the
+    /// others: the optimizer's kernels between bf16 gradients and f32 master weights.
+    Mask(u64),
+}
+
+impl Storage {
+    /// Whether buffer `i`, of element type `dtype`, holds bf16.
+    pub fn bf16(self, i: usize, dtype: DType) -> bool {
+        dtype == DType::F32
+            && match self {
+                Storage::F32 => false,
+                Storage::Bf16 => true,
+                Storage::Mask(m) => i < 64 && (m >> i) & 1 == 1,
+            }
+    }
 }
 
 /// The CUDA dialect for one kernel (it knows which buffers hold bf16).
@@ -44,7 +59,7 @@ pub struct Cuda {
 impl Cuda {
     /// The dialect of kernel `k` with float buffers stored as `storage`.
     pub fn new(k: &Kernel, storage: Storage) -> Cuda {
-        Cuda { bf16: k.bufs.iter().map(|b| storage == Storage::Bf16 && b.dtype == DType::F32).collect() }
+        Cuda { bf16: k.bufs.iter().enumerate().map(|(i, b)| storage.bf16(i, b.dtype)).collect() }
     }
     /// `b<buf>[index] = value;` with the conversion the buffer's storage needs.
     fn store(&self, buf: u32, index: &str, value: &str) -> String {
@@ -112,7 +127,8 @@ impl Dialect for Cuda {
         "h[j]"
     }
     fn prelude(&self) -> String {
-        let bf16 = if self.bf16.iter().any(|&b| b) { "#include <cuda_bf16.h>\n" } else { "" };
+        // The simulation's header defines the bf16 type and its conversions itself.
+        let bf16 = if self.bf16.iter().any(|&b| b) { "#ifndef MUSE_SIM\n#include <cuda_bf16.h>\n#endif\n" } else { "" };
         format!("{HEAD}{bf16}{}{HELPERS}", rng::helpers(self))
     }
 }
@@ -248,11 +264,18 @@ pub fn launch(k: &Kernel, sizes: &[i64], t: &Target) -> Launch {
 
 /// The kernels as one CUDA translation unit.
 pub fn render_program(kernels: &[&Kernel], storage: Storage) -> String {
+    let each: Vec<(&Kernel, Storage)> = kernels.iter().map(|&k| (k, storage)).collect();
+    render_program_each(&each)
+}
+
+/// Kernels, each with its own storage, as one CUDA translation unit.
+pub fn render_program_each(kernels: &[(&Kernel, Storage)]) -> String {
     // The prelude asks the dialect only whether any buffer is bf16.
-    let mut s = Cuda { bf16: vec![storage == Storage::Bf16] }.prelude();
-    for k in kernels {
+    let any = kernels.iter().any(|(k, st)| k.bufs.iter().enumerate().any(|(i, b)| st.bf16(i, b.dtype)));
+    let mut s = Cuda { bf16: vec![any] }.prelude();
+    for (k, storage) in kernels {
         s.push('\n');
-        s.push_str(&render_kernel(k, storage));
+        s.push_str(&render_kernel(k, *storage));
     }
     s
 }

@@ -7,7 +7,7 @@ use super::optim;
 use super::program::{run_error, GpuProgram, Resident};
 use crate::device::{Device, DeviceError, Observer, Optimizer, Program, Tensors};
 use crate::interp::RunError;
-use crate::tensor::HostTensor;
+use crate::tensor::{Data, HostTensor};
 use muse_compiler::ir::{Graph, NodeIndex};
 use muse_compiler::kernel::{KernelProgram, Step};
 use muse_compiler::render::cuda::{self, Storage};
@@ -18,12 +18,14 @@ use std::sync::Arc;
 pub struct CudaDevice<G: Gpu> {
     gpu: Arc<G>,
     name: &'static str,
+    storage: Storage,
 }
 
 impl<G: Gpu> CudaDevice<G> {
-    /// The device over `gpu`, called `name` on the command line.
-    pub fn new(gpu: G, name: &'static str) -> CudaDevice<G> {
-        CudaDevice { gpu: Arc::new(gpu), name }
+    /// The device over `gpu`, called `name` on the command line, storing float buffers as
+    /// `storage` (f32, or bf16 with f32 arithmetic: `--dtype bf16`).
+    pub fn new(gpu: G, name: &'static str, storage: Storage) -> CudaDevice<G> {
+        CudaDevice { gpu: Arc::new(gpu), name, storage }
     }
 
     /// The GPU it runs on.
@@ -45,19 +47,20 @@ impl<G: Gpu> Device for CudaDevice<G> {
     fn source(&self, g: &Graph, step: &Step) -> String {
         use muse_compiler::kernel::lower::label;
         match step {
-            Step::Kernel(k) => cuda::render_kernel(&k.kernel, Storage::F32),
+            Step::Kernel(k) => cuda::render_kernel(&k.kernel, self.storage),
             Step::MatMul(m) => format!(
                 "/* {} = {} @ {}: one cuBLAS call (operands it cannot read through strides are gathered first){} */\n{}",
                 label(g, m.out),
                 label(g, m.a),
                 label(g, m.b),
                 if m.epilogue.is_some() { ", then its epilogue over the whole result" } else { "" },
-                m.epilogue.as_ref().map(|e| cuda::render_kernel(&e.kernel, Storage::F32)).unwrap_or_default()
+                m.epilogue.as_ref().map(|e| cuda::render_kernel(&e.kernel, self.storage)).unwrap_or_default()
             ),
         }
     }
     fn compile(&self, g: &Graph, requested: &[NodeIndex]) -> Result<Box<dyn Program>, DeviceError> {
-        let program = GpuProgram::compile(&self.gpu, g, requested).map_err(|e| DeviceError::Compile(e.to_string()))?;
+        let program = GpuProgram::compile(&self.gpu, g, requested, self.storage)
+            .map_err(|e| DeviceError::Compile(e.to_string()))?;
         Ok(Box::new(Bound {
             gpu: self.gpu.clone(),
             program,
@@ -91,6 +94,10 @@ fn unbound() -> RunError {
 impl<G: Gpu> Bound<G> {
     fn resident(&self) -> Result<&Resident<G>, RunError> {
         self.resident.as_ref().ok_or_else(unbound)
+    }
+    /// The position of parameter `name` among the optimizer's.
+    fn trained_index(&self, name: &str) -> Option<usize> {
+        self.trained.iter().position(|(n, _)| n == name)
     }
     /// The first failure an optimizer verb recorded, once.
     fn optimizer_failure(&mut self) -> Result<(), RunError> {
@@ -133,7 +140,15 @@ impl<G: Gpu> Program for Bound<G> {
         if let Some((kernels, state)) = self.state.as_mut() {
             *state = None;
             let lens = self.trained.iter().map(|(n, _)| params.get(n).map_or(0, |t| t.len())).collect();
-            *state = Some(optim::State::new(&self.gpu, lens, kernels.clone()).map_err(run_error)?);
+            let st = optim::State::new(&self.gpu, lens, kernels.clone(), &resident).map_err(run_error)?;
+            // Master weights (bf16 storage) start at the given f32 values, not their rounding.
+            for (k, (name, _)) in self.trained.iter().enumerate() {
+                if let Some(t) = params.get(name) {
+                    let values: Vec<f32> = t.to_f64().iter().map(|&x| x as f32).collect();
+                    st.write_master(k, &values).map_err(run_error)?;
+                }
+            }
+            *state = Some(st);
         }
         self.resident = Some(resident);
         Ok(())
@@ -146,10 +161,24 @@ impl<G: Gpu> Program for Bound<G> {
         self.resident()?.write_input(name, t, dtype)
     }
     fn write_param(&mut self, name: &str, t: &HostTensor) -> Result<bool, RunError> {
-        self.resident()?.write_param(name, t)
+        let written = self.resident()?.write_param(name, t)?;
+        if let (Some(k), Some(state)) = (self.trained_index(name), self.state.as_ref().and_then(|s| s.1.as_ref())) {
+            let values: Vec<f32> = t.to_f64().iter().map(|&x| x as f32).collect();
+            state.write_master(k, &values).map_err(run_error)?;
+        }
+        Ok(written)
     }
     fn read_param(&self, name: &str) -> Option<HostTensor> {
-        self.resident.as_ref()?.read_param(&self.graph, name).ok().flatten()
+        let held = self.resident.as_ref()?.read_param(&self.graph, name).ok().flatten()?;
+        // A trained parameter's f32 master weights, where the program holds it in bf16.
+        let state = self.state.as_ref().and_then(|s| s.1.as_ref());
+        match (self.trained_index(name), state) {
+            (Some(k), Some(state)) => match state.read_master(k).ok().flatten() {
+                Some(v) => Some(HostTensor { shape: held.shape, data: Data::F(v.iter().map(|&x| x as f64).collect()) }),
+                None => Some(held),
+            },
+            _ => Some(held),
+        }
     }
     fn execute(&mut self, seed: u64) -> Result<(), RunError> {
         self.optimizer_failure()?;

@@ -44,7 +44,7 @@ pub enum Batch {
 
 /// One batched product in cuBLAS's terms (column-major): for each batch element,
 /// `C = op(A) op(B)` with `C` m x n (leading dimension `ldc`), `op(A)` m x k, `op(B)` k x n,
-/// f32 with f32 accumulation, `alpha = 1`, `beta = 0`.
+/// f32 or bf16 elements with f32 accumulation, `alpha = 1`, `beta = 0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmCall {
     /// Rows of `C`.
@@ -69,6 +69,23 @@ pub struct GemmCall {
     pub count: i64,
     /// Where the batch elements are.
     pub batch: Batch,
+    /// bf16 elements (offsets and strides still count elements).
+    pub bf16: bool,
+}
+
+/// f32 to bf16 as CUDA's `__float2bfloat16` does it: round to nearest, ties to even; a NaN
+/// stays a NaN.
+pub fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 to f32 (exact).
+pub fn bf16_value(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
 }
 
 /// A GPU as the runtime uses it. Memory is addressed by [`DevPtr`]; every verb is ordered
@@ -134,6 +151,19 @@ pub fn operand(p: i64, sp: i64, q: i64, sq: i64) -> Option<Operand> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_value(bf16_bits(1.0)), 1.0);
+        // 1 + 2^-8 is halfway between 1 and the next bf16 (1 + 2^-7): ties go to even (1).
+        assert_eq!(bf16_value(bf16_bits(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(bf16_value(bf16_bits(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        // Just above halfway rounds up; the sign does not change the rounding.
+        assert_eq!(bf16_value(bf16_bits(-(1.0 + 1.0 / 256.0 + 1.0 / 1024.0))), -(1.0 + 2.0 / 256.0));
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(bf16_value(bf16_bits(f32::MAX)), f32::INFINITY, "rounds up past the largest bf16");
+    }
 
     /// Element `(i, j)` of `op(X)` read as cuBLAS reads it.
     fn read(o: Operand, i: i64, j: i64) -> i64 {

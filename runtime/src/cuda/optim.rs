@@ -4,10 +4,16 @@
 //! average). One launch per verb whatever the number of parameters; only the gradient
 //! norm's per-row partial sums come back to the host (summed there in f64, as the CPU
 //! backend does, so both give the same norm).
+//!
+//! With bf16 storage the program's parameters and gradients are bf16; the optimizer keeps
+//! f32 master weights (an update of 1e-4 relative is below bf16's resolution of 4e-3 and
+//! would be lost), updates them from the bf16 gradients, and rounds them into the
+//! program's arena after each update. Its state (moments, sums, average) is f32.
 
 use super::gpu::{DevPtr, Gpu, GpuError};
-use super::program::{at, f32s, run_kernel, DevBuf, Resident, ELEM};
+use super::program::{at, esize, f32s, run_kernel, DevBuf, Resident, ELEM};
 use crate::device::{AdamStep, Grads, Optimizer, Slot};
+use muse_compiler::ir::DType;
 use muse_compiler::kernel::{optim, Kernel};
 use muse_compiler::render::cuda::{self, Storage};
 use std::sync::Arc;
@@ -15,23 +21,51 @@ use std::sync::Arc;
 /// Rows of the gradient norm's partial sums (each summed in f32, the rows in f64).
 const NORM_ROW: usize = 1024;
 
-/// The loaded optimizer kernels, each with its kernel IR (which chooses its launch).
+/// Each verb with the buffers (bit `i`: buffer `i`) it may be asked to read or write as
+/// bf16: copies between f32 and bf16 both ways, sums and norms of bf16 gradients, AdamW
+/// from bf16 gradients.
+const VARIANTS: &[(&str, u64)] = &[
+    ("opt_copy", 0),
+    ("opt_copy", 0b01),
+    ("opt_copy", 0b10),
+    ("opt_accumulate", 0),
+    ("opt_accumulate", 0b10),
+    ("opt_sum_squares", 0),
+    ("opt_sum_squares", 0b01),
+    ("opt_adamw", 0),
+    ("opt_adamw", 0b1000),
+    ("opt_ema", 0),
+];
+
+/// The loaded optimizer kernels: each variant's function, kernel IR (which chooses its
+/// launch) and storage.
 pub(crate) struct Kernels<G: Gpu> {
-    verbs: Vec<(G::Func, Kernel)>,
+    verbs: Vec<(G::Func, Kernel, Storage, &'static str, u64)>,
 }
 
 impl<G: Gpu> Kernels<G> {
     /// Renders, compiles (or finds in the cache) and loads the optimizer kernels.
     pub(crate) fn load(gpu: &G) -> Result<Kernels<G>, GpuError> {
-        let kernels = optim::all();
-        let refs: Vec<&Kernel> = kernels.iter().collect();
-        let names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
-        let funcs = gpu.load(&[cuda::render_program(&refs, Storage::F32)], &names)?;
-        Ok(Kernels { verbs: funcs.into_iter().zip(kernels.iter().cloned()).collect() })
+        let all = optim::all();
+        let variants: Vec<(Kernel, Storage, &'static str, u64)> = VARIANTS
+            .iter()
+            .map(|&(name, mask)| {
+                let k = all.iter().find(|k| k.name == name).expect("optim::all has every verb");
+                (Kernel { name: format!("{name}_m{mask}"), ..k.clone() }, Storage::Mask(mask), name, mask)
+            })
+            .collect();
+        let each: Vec<(&Kernel, Storage)> = variants.iter().map(|(k, st, _, _)| (k, *st)).collect();
+        let names: Vec<&str> = variants.iter().map(|(k, ..)| k.name.as_str()).collect();
+        let funcs = gpu.load(&[cuda::render_program_each(&each)], &names)?;
+        let verbs = funcs.into_iter().zip(variants).map(|(f, (k, st, name, mask))| (f, k, st, name, mask)).collect();
+        Ok(Kernels { verbs })
     }
 
-    fn verb(&self, name: &str) -> &(G::Func, Kernel) {
-        self.verbs.iter().find(|(_, k)| k.name == name).expect("optim::all has every verb")
+    /// Verb `name` with the buffers of `mask` in bf16.
+    fn verb(&self, name: &str, mask: u64) -> (G::Func, &Kernel, Storage) {
+        let v =
+            self.verbs.iter().find(|v| v.3 == name && v.4 == mask).expect("every variant the verbs ask for is loaded");
+        (v.0, &v.1, v.2)
     }
 }
 
@@ -48,27 +82,42 @@ pub(crate) struct State<G: Gpu> {
     partial: DevBuf<G>,
     /// AdamW's scalars of the step.
     hyper: DevBuf<G>,
+    /// f32 master weights of the trained parameters, when the program stores bf16.
+    master: Option<DevBuf<G>>,
     kernels: Arc<Kernels<G>>,
     /// The first failure of a verb (the verbs return no errors; the next execution does).
     pub(crate) error: Option<GpuError>,
 }
 
 impl<G: Gpu> State<G> {
-    /// Zero state for parameters of these lengths.
-    pub(crate) fn new(gpu: &Arc<G>, lens: Vec<usize>, kernels: Arc<Kernels<G>>) -> Result<State<G>, GpuError> {
+    /// Zero state for parameters of these lengths, beside `resident` (whose bf16 parameters,
+    /// if so, become the f32 master weights).
+    pub(crate) fn new(
+        gpu: &Arc<G>,
+        lens: Vec<usize>,
+        kernels: Arc<Kernels<G>>,
+        resident: &Resident<G>,
+    ) -> Result<State<G>, GpuError> {
         let n: usize = lens.iter().sum();
-        Ok(State {
+        let mut state = State {
             m: DevBuf::zeroed(gpu, n * ELEM)?,
             v: DevBuf::zeroed(gpu, n * ELEM)?,
             partial: DevBuf::zeroed(gpu, (n / NORM_ROW + 1) * ELEM)?,
             hyper: DevBuf::zeroed(gpu, 8 * ELEM)?,
             acc: None,
             ema: None,
+            master: None,
             gpu: gpu.clone(),
             lens,
             kernels,
             error: None,
-        })
+        };
+        if resident.bf16 {
+            let master = DevBuf::zeroed(gpu, n * ELEM)?;
+            state.launch("opt_copy", 0b10, &[master.ptr, resident.param_arena], &[n as i64])?;
+            state.master = Some(master);
+        }
+        Ok(state)
     }
     fn len(&self) -> usize {
         self.lens.iter().sum()
@@ -77,10 +126,28 @@ impl<G: Gpu> State<G> {
         let off: usize = self.lens.get(..k)?.iter().sum();
         Some((off, *self.lens.get(k)?))
     }
-    /// Launches verb `name` over `bufs` at `sizes`.
-    fn launch(&self, name: &str, bufs: &[DevPtr], sizes: &[i64]) -> Result<(), GpuError> {
-        let (f, k) = self.kernels.verb(name);
-        run_kernel(&*self.gpu, *f, k, bufs, sizes, 0)
+    /// Launches verb `name` (the buffers of `mask` in bf16) over `bufs` at `sizes`.
+    fn launch(&self, name: &str, mask: u64, bufs: &[DevPtr], sizes: &[i64]) -> Result<(), GpuError> {
+        let (f, k, storage) = self.kernels.verb(name, mask);
+        run_kernel(&*self.gpu, f, (k, storage), bufs, sizes, 0)
+    }
+
+    /// The `k`-th trained parameter's f32 master weights, when the program stores bf16.
+    pub(crate) fn read_master(&self, k: usize) -> Result<Option<Vec<f32>>, GpuError> {
+        let (Some(master), Some((off, len))) = (&self.master, self.range(k)) else { return Ok(None) };
+        let mut bytes = vec![0u8; len * ELEM];
+        self.gpu.download(at(master.ptr, off as i64, ELEM), &mut bytes)?;
+        Ok(Some(f32s(&bytes)))
+    }
+
+    /// Overwrites the `k`-th trained parameter's master weights (none kept: nothing to do).
+    pub(crate) fn write_master(&self, k: usize, values: &[f32]) -> Result<(), GpuError> {
+        let (Some(master), Some((off, len))) = (&self.master, self.range(k)) else { return Ok(()) };
+        if len != values.len() {
+            return Err(GpuError(format!("parameter {k}: {} values for {len}", values.len())));
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.gpu.upload(at(master.ptr, off as i64, ELEM), &bytes)
     }
     /// The buffer of `slot`, if kept.
     fn slot(&self, slot: Slot) -> Option<DevPtr> {
@@ -109,19 +176,25 @@ impl<G: Gpu> Step<'_, G> {
             }
         }
     }
-    /// The trained parameters and their gradients, as the binding holds them now.
+    /// The trained parameters (their f32 master weights, if kept) and the gradients of the
+    /// last execution, as the binding holds them now.
     fn arenas(&mut self) -> Result<(DevPtr, DevPtr), GpuError> {
         assert_eq!(self.resident.layout.trained_len, self.state.len(), "the program was bound for this optimizer");
         self.resident.gather_gradients()?;
         let g = self.resident.grad_arena.ok_or_else(|| GpuError("the program keeps no gradients".into()))?;
-        Ok((self.resident.param_arena, g))
+        let p = self.state.master.as_ref().map_or(self.resident.param_arena, |m| m.ptr);
+        Ok((p, g))
     }
-    /// The trained parameters and the gradients `which` names.
-    fn params_and(&mut self, which: Grads) -> Result<(DevPtr, DevPtr), GpuError> {
+    /// Whether the program's gradients are bf16.
+    fn bf16(&self) -> bool {
+        self.resident.bf16
+    }
+    /// The trained parameters and the gradients `which` names, with whether those are bf16.
+    fn params_and(&mut self, which: Grads) -> Result<(DevPtr, DevPtr, bool), GpuError> {
         let (p, g) = self.arenas()?;
         Ok(match (which, &self.state.acc) {
-            (Grads::Accumulated, Some(acc)) => (p, acc.ptr),
-            _ => (p, g),
+            (Grads::Accumulated, Some(acc)) => (p, acc.ptr, false),
+            _ => (p, g, self.bf16()),
         })
     }
     fn try_accumulate(&mut self, first: bool) -> Result<(), GpuError> {
@@ -131,20 +204,22 @@ impl<G: Gpu> Step<'_, G> {
             self.state.acc = Some(DevBuf::zeroed(&self.state.gpu, n * ELEM)?);
         }
         let acc = self.state.acc.as_ref().map(|a| a.ptr).expect("allocated above");
-        self.state.launch(if first { "opt_copy" } else { "opt_accumulate" }, &[acc, g], &[n as i64])
+        let mask = if self.bf16() { 0b10 } else { 0 };
+        self.state.launch(if first { "opt_copy" } else { "opt_accumulate" }, mask, &[acc, g], &[n as i64])
     }
     fn try_norm(&mut self, which: Grads) -> Result<f64, GpuError> {
         let n = self.state.len();
-        let (_, g) = self.params_and(which)?;
+        let (_, g, bf16) = self.params_and(which)?;
+        let mask = u64::from(bf16);
         let (rows, tail) = (n / NORM_ROW, n % NORM_ROW);
         let partial = self.state.partial.ptr;
         if rows > 0 {
-            self.state.launch("opt_sum_squares", &[g, partial], &[rows as i64, NORM_ROW as i64])?;
+            self.state.launch("opt_sum_squares", mask, &[g, partial], &[rows as i64, NORM_ROW as i64])?;
         }
-        self.state.gpu.zero(at(partial, rows as i64), ELEM)?;
+        self.state.gpu.zero(at(partial, rows as i64, ELEM), ELEM)?;
         if tail > 0 {
-            let rest = at(g, (rows * NORM_ROW) as i64);
-            self.state.launch("opt_sum_squares", &[rest, at(partial, rows as i64)], &[1, tail as i64])?;
+            let rest = at(g, (rows * NORM_ROW) as i64, esize(DType::F32, bf16));
+            self.state.launch("opt_sum_squares", mask, &[rest, at(partial, rows as i64, ELEM)], &[1, tail as i64])?;
         }
         let mut bytes = vec![0u8; (rows + 1) * ELEM];
         self.state.gpu.download(partial, &mut bytes)?;
@@ -152,19 +227,24 @@ impl<G: Gpu> Step<'_, G> {
     }
     fn try_adamw(&mut self, step: &AdamStep, which: Grads) -> Result<(), GpuError> {
         let n = self.state.len();
-        let (p, g) = self.params_and(which)?;
+        let (p, g, bf16) = self.params_and(which)?;
         let c = &step.cfg;
         let hyper = optim::adamw_scalars(c.beta1, c.beta2, c.eps, c.weight_decay, step.lr, step.t, step.grad_scale);
         let bytes: Vec<u8> = hyper.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.state.gpu.upload(self.state.hyper.ptr, &bytes)?;
         let bufs = [p, self.state.m.ptr, self.state.v.ptr, g, self.state.hyper.ptr];
-        self.state.launch("opt_adamw", &bufs, &[n as i64])
+        self.state.launch("opt_adamw", if bf16 { 0b1000 } else { 0 }, &bufs, &[n as i64])?;
+        if self.state.master.is_some() {
+            // The updated master weights, rounded, are what the program computes with.
+            self.state.launch("opt_copy", 0b01, &[self.resident.param_arena, p], &[n as i64])?;
+        }
+        Ok(())
     }
     fn try_start_ema(&mut self) -> Result<(), GpuError> {
         let n = self.state.len();
         let (p, _) = self.arenas()?;
         let ema = DevBuf::zeroed(&self.state.gpu, n * ELEM)?;
-        self.state.launch("opt_copy", &[ema.ptr, p], &[n as i64])?;
+        self.state.launch("opt_copy", 0, &[ema.ptr, p], &[n as i64])?;
         self.state.ema = Some(ema);
         Ok(())
     }
@@ -173,7 +253,7 @@ impl<G: Gpu> Step<'_, G> {
         let (p, _) = self.arenas()?;
         let Some(ema) = self.state.ema.as_ref().map(|e| e.ptr) else { return Ok(()) };
         self.state.gpu.upload(self.state.hyper.ptr, &((1.0 - decay) as f32).to_le_bytes())?;
-        self.state.launch("opt_ema", &[ema, p, self.state.hyper.ptr], &[n as i64])
+        self.state.launch("opt_ema", 0, &[ema, p, self.state.hyper.ptr], &[n as i64])
     }
 }
 
@@ -211,7 +291,7 @@ impl<G: Gpu> Optimizer for Step<'_, G> {
         let (off, len) = self.state.range(k)?;
         let p = self.state.slot(slot)?;
         let mut bytes = vec![0u8; len * ELEM];
-        let r = self.state.gpu.download(at(p, off as i64), &mut bytes);
+        let r = self.state.gpu.download(at(p, off as i64, ELEM), &mut bytes);
         self.keep(r)?;
         Some(f32s(&bytes))
     }
@@ -220,7 +300,7 @@ impl<G: Gpu> Optimizer for Step<'_, G> {
         let Some((off, _)) = self.state.range(k).filter(|r| r.1 == values.len()) else { return false };
         let Some(p) = self.state.slot(slot) else { return false };
         let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let r = self.state.gpu.upload(at(p, off as i64), &bytes);
+        let r = self.state.gpu.upload(at(p, off as i64, ELEM), &bytes);
         self.keep(r).is_some()
     }
 }

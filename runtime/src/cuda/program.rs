@@ -5,7 +5,7 @@
 //! operand cuBLAS cannot read through its strides); executing launches each step in order
 //! on the GPU's stream. Nothing crosses to the host but what a caller reads.
 
-use super::gpu::{operand, Batch, DevPtr, GemmCall, Gpu, GpuError, Operand};
+use super::gpu::{bf16_bits, bf16_value, operand, Batch, DevPtr, GemmCall, Gpu, GpuError, Operand};
 use crate::interp::RunError;
 use crate::layout::{Axis, GemmShape, Layout, Place};
 use crate::tensor::{Data, HostTensor};
@@ -18,8 +18,17 @@ use std::sync::Arc;
 /// The gather of product operands cuBLAS cannot read in place (kernels/gather.cu).
 pub const GATHER: &str = include_str!("../../../kernels/gather.cu");
 
-/// Bytes per element of every buffer: f32, i32, and truth values as i32.
+/// Bytes per element of f32, i32 and truth values (as i32) buffers.
 pub(crate) const ELEM: usize = 4;
+
+/// Bytes per element of a buffer of `dtype`, with floats in bf16 or not.
+pub(crate) fn esize(dtype: DType, bf16: bool) -> usize {
+    if bf16 && dtype == DType::F32 {
+        2
+    } else {
+        ELEM
+    }
+}
 
 /// Device memory of one allocation, returned when dropped.
 pub(crate) struct DevBuf<G: Gpu> {
@@ -47,9 +56,9 @@ impl<G: Gpu> Drop for DevBuf<G> {
     }
 }
 
-/// `p` moved by `elems` elements of [`ELEM`] bytes.
-pub(crate) fn at(p: DevPtr, elems: i64) -> DevPtr {
-    p.wrapping_add_signed(elems * ELEM as i64)
+/// `p` moved by `elems` elements of `esize` bytes.
+pub(crate) fn at(p: DevPtr, elems: i64, esize: usize) -> DevPtr {
+    p.wrapping_add_signed(elems * esize as i64)
 }
 
 /// The sizes as the kernels take them (`MuseSizes`).
@@ -59,26 +68,29 @@ pub(crate) fn padded(sizes: &[i64]) -> [i64; MAX_SIZES] {
     s
 }
 
-/// Launches kernel `k` (loaded as `f`) over `bufs` at `sizes`, zeroing a scatter-add's
-/// output first.
+/// Launches kernel `k` (loaded as `f`, its buffers stored as `storage`) over `bufs` at
+/// `sizes`, zeroing a scatter-add's output first.
 pub(crate) fn run_kernel<G: Gpu>(
     gpu: &G,
     f: G::Func,
-    k: &Kernel,
+    (k, storage): (&Kernel, Storage),
     bufs: &[DevPtr],
     sizes: &[i64],
     seed: u64,
 ) -> Result<(), GpuError> {
     let l = cuda::launch(k, sizes, gpu.target());
     if let Some((b, n)) = l.zero {
-        gpu.zero(bufs[b as usize], n.max(0) as usize * ELEM)?;
+        let b = b as usize;
+        let e = if storage.bf16(b, k.bufs[b].dtype) { 2 } else { ELEM };
+        gpu.zero(bufs[b], n.max(0) as usize * e)?;
     }
     gpu.launch(f, &l, bufs, &padded(sizes), seed)
 }
 
-/// Host bytes of a tensor as a buffer holds it.
-pub(crate) fn bytes_of(t: &HostTensor) -> Vec<u8> {
+/// Host bytes of a tensor as a buffer holds it (floats in bf16 or not).
+pub(crate) fn bytes_of(t: &HostTensor, bf16: bool) -> Vec<u8> {
     match &t.data {
+        Data::F(v) if bf16 => v.iter().flat_map(|&x| bf16_bits(x as f32).to_le_bytes()).collect(),
         Data::F(v) => v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
         Data::I(v) => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
         Data::B(v) => v.iter().flat_map(|&x| i32::from(x).to_le_bytes()).collect(),
@@ -90,8 +102,12 @@ pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
 }
 
-/// A tensor of `dtype` and `shape` from a buffer's bytes.
-fn tensor_of(bytes: &[u8], dtype: DType, shape: Vec<usize>) -> HostTensor {
+/// A tensor of `dtype` and `shape` from a buffer's bytes (floats in bf16 or not).
+fn tensor_of(bytes: &[u8], dtype: DType, shape: Vec<usize>, bf16: bool) -> HostTensor {
+    if bf16 && dtype == DType::F32 {
+        let v = bytes.chunks_exact(2).map(|c| bf16_value(u16::from_le_bytes([c[0], c[1]])) as f64).collect();
+        return HostTensor { shape, data: Data::F(v) };
+    }
     let words = bytes.chunks_exact(4).map(|c| c.try_into().expect("4 bytes"));
     let data = match dtype {
         DType::F32 => Data::F(words.map(|w| f32::from_le_bytes(w) as f64).collect()),
@@ -115,15 +131,24 @@ pub struct GpuProgram<G: Gpu> {
     pub units: Vec<String>,
     /// The values it computes.
     pub requested: Vec<NodeIndex>,
+    /// How float buffers are stored.
+    pub storage: Storage,
     /// Per step: the kernel, or a product's epilogue (run over the whole result after it).
     funcs: Vec<Option<G::Func>>,
-    gather: G::Func,
+    /// The gathers of 4-byte and 2-byte elements.
+    gather: [G::Func; 2],
 }
 
 impl<G: Gpu> GpuProgram<G> {
-    /// Fuses, lowers, renders and loads what computing `requested` takes.
-    pub fn compile(gpu: &Arc<G>, g: &Graph, requested: &[NodeIndex]) -> Result<GpuProgram<G>, GpuError> {
-        Self::compile_edited(gpu, g, requested, &|_| {})
+    /// Fuses, lowers, renders and loads what computing `requested` takes, float buffers
+    /// stored as `storage` (f32 or bf16).
+    pub fn compile(
+        gpu: &Arc<G>,
+        g: &Graph,
+        requested: &[NodeIndex],
+        storage: Storage,
+    ) -> Result<GpuProgram<G>, GpuError> {
+        Self::compile_edited(gpu, g, requested, storage, &|_| {})
     }
 
     /// As [`GpuProgram::compile`], with `edit` applied to each translation unit before it is
@@ -132,6 +157,7 @@ impl<G: Gpu> GpuProgram<G> {
         gpu: &Arc<G>,
         g: &Graph,
         requested: &[NodeIndex],
+        storage: Storage,
         edit: &dyn Fn(&mut String),
     ) -> Result<GpuProgram<G>, GpuError> {
         let (program, _) = kernel::fuse(g, requested);
@@ -149,13 +175,14 @@ impl<G: Gpu> GpuProgram<G> {
                 Step::MatMul(m) => m.epilogue.as_ref().map(|e| &e.kernel),
             })
             .collect();
-        let mut units = render_units(&kernels);
+        let mut units = render_units(&kernels, storage);
         units.push(GATHER.to_string());
         units.iter_mut().for_each(edit);
         let mut names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
-        names.push("muse_gather");
+        names.extend(["muse_gather", "muse_gather16"]);
         let mut loaded = gpu.load(&units, &names)?;
-        let gather = loaded.pop().expect("the gather was loaded");
+        let gather16 = loaded.pop().expect("the gathers were loaded");
+        let gather = [loaded.pop().expect("the gathers were loaded"), gather16];
         let mut loaded = loaded.into_iter();
         let funcs = program
             .steps
@@ -165,7 +192,7 @@ impl<G: Gpu> GpuProgram<G> {
                 Step::MatMul(_) => None,
             })
             .collect();
-        Ok(GpuProgram { gpu: gpu.clone(), program, units, requested: requested.to_vec(), funcs, gather })
+        Ok(GpuProgram { gpu: gpu.clone(), program, units, requested: requested.to_vec(), storage, funcs, gather })
     }
 
     /// Launches per execution.
@@ -184,7 +211,7 @@ impl<G: Gpu> GpuProgram<G> {
         trained: &[(String, NodeIndex)],
     ) -> Result<Resident<G>, RunError> {
         let layout = Layout::new(g, &self.program, &self.requested, inputs, params, trained)?;
-        Resident::new(&self.gpu, layout, inputs, params, &self.program).map_err(run_error)
+        Resident::new(&self.gpu, layout, inputs, params, &self.program, self.storage, self.gather).map_err(run_error)
     }
 
     /// Runs step `i` over resident buffers.
@@ -194,18 +221,19 @@ impl<G: Gpu> GpuProgram<G> {
         match &self.program.steps[i] {
             Step::Kernel(k) => {
                 let bufs: Vec<DevPtr> = k.buffers.iter().map(|n| r.ptrs[n]).collect();
-                run_kernel(gpu, self.funcs[i].expect("kernel steps are loaded"), &k.kernel, &bufs, sizes, seed)
+                let f = self.funcs[i].expect("kernel steps are loaded");
+                run_kernel(gpu, f, (&k.kernel, self.storage), &bufs, sizes, seed)
             }
             Step::MatMul(m) => {
                 let p = &r.products[&i];
-                for (l, bufs, s) in &p.gathers {
-                    gpu.launch(self.gather, l, bufs, s, 0)?;
+                for (f, l, bufs, s) in &p.gathers {
+                    gpu.launch(*f, l, bufs, s, 0)?;
                 }
                 gpu.gemm(&p.call)?;
                 match (&m.epilogue, self.funcs[i]) {
                     (Some(e), Some(f)) => {
                         let bufs: Vec<DevPtr> = e.buffers.iter().map(|n| r.ptrs[n]).collect();
-                        run_kernel(gpu, f, &e.kernel, &bufs, sizes, seed)
+                        run_kernel(gpu, f, (&e.kernel, self.storage), &bufs, sizes, seed)
                     }
                     _ => Ok(()),
                 }
@@ -261,19 +289,22 @@ impl<G: Gpu> GpuProgram<G> {
 
 /// The kernels as CUDA translation units, a few dozen kernels each (NVRTC compiles the
 /// units in parallel; the simulation's compiler too).
-pub fn render_units(kernels: &[&Kernel]) -> Vec<String> {
+pub fn render_units(kernels: &[&Kernel], storage: Storage) -> Vec<String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let per_unit = kernels.len().div_ceil(cores * 2).max(32);
-    kernels.chunks(per_unit).map(|c| cuda::render_program(c, Storage::F32)).collect()
+    kernels.chunks(per_unit).map(|c| cuda::render_program(c, storage)).collect()
 }
 
 /// One product as the GPU runs it: gathers of operands into contiguous scratch, then one
 /// cuBLAS call.
-struct Product {
-    /// The gather kernel's launch, buffers and sizes, per gathered operand.
-    gathers: Vec<(Launch, [DevPtr; 5], [i64; MAX_SIZES])>,
+struct Product<G: Gpu> {
+    /// The gather kernel, its launch, buffers and sizes, per gathered operand.
+    gathers: Vec<Gather<G>>,
     call: GemmCall,
 }
+
+/// One launch of a gather kernel.
+type Gather<G> = (<G as Gpu>::Func, Launch, [DevPtr; 5], [i64; MAX_SIZES]);
 
 /// A product operand ready for cuBLAS: where each batch element starts, and how it is read.
 struct Ready {
@@ -293,7 +324,9 @@ pub struct Resident<G: Gpu> {
     pub(crate) grad_arena: Option<DevPtr>,
     slot_ptrs: Vec<DevPtr>,
     external: HashMap<NodeIndex, DevPtr>,
-    products: HashMap<usize, Product>,
+    products: HashMap<usize, Product<G>>,
+    /// Floats are stored in bf16.
+    pub(crate) bf16: bool,
     gpu: Arc<G>,
     /// Every allocation, returned when the binding is dropped.
     _bufs: Vec<DevBuf<G>>,
@@ -306,7 +339,11 @@ impl<G: Gpu> Resident<G> {
         inputs: &HashMap<String, HostTensor>,
         params: &HashMap<String, HostTensor>,
         program: &KernelProgram,
+        storage: Storage,
+        gather: [G::Func; 2],
     ) -> Result<Resident<G>, GpuError> {
+        let bf16 = storage == Storage::Bf16;
+        let fsize = esize(DType::F32, bf16);
         let mut bufs = Vec::new();
         let mut keep = |b: DevBuf<G>| {
             let p = b.ptr;
@@ -316,23 +353,27 @@ impl<G: Gpu> Resident<G> {
         let mut external = HashMap::new();
         for (n, held) in &layout.external {
             let t = Layout::source(held, inputs, params);
-            external.insert(*n, keep(DevBuf::with(gpu, &bytes_of(t))?));
+            external.insert(*n, keep(DevBuf::with(gpu, &bytes_of(t, bf16))?));
         }
         let slot_ptrs: Vec<DevPtr> = layout
             .plan
             .slots
             .iter()
-            .map(|&(_, n)| DevBuf::zeroed(gpu, n * ELEM).map(&mut keep))
+            .map(|&(dtype, n)| DevBuf::zeroed(gpu, n * esize(dtype, bf16)).map(&mut keep))
             .collect::<Result<_, _>>()?;
-        let arena: Vec<u8> = layout.arena(params).iter().flat_map(|x| x.to_le_bytes()).collect();
+        let arena: Vec<u8> = if bf16 {
+            layout.arena(params).iter().flat_map(|&x| bf16_bits(x).to_le_bytes()).collect()
+        } else {
+            layout.arena(params).iter().flat_map(|x| x.to_le_bytes()).collect()
+        };
         let param_arena = keep(DevBuf::with(gpu, &arena)?);
         let mut ptrs = external.clone();
         for (n, &(off, _)) in &layout.param_at {
-            ptrs.insert(*n, at(param_arena, off as i64));
+            ptrs.insert(*n, at(param_arena, off as i64, fsize));
         }
         for (n, &k) in &layout.plan.slot_of {
             let off = layout.plan.offset_of.get(n).copied().unwrap_or(0);
-            ptrs.insert(*n, at(slot_ptrs[k], off as i64));
+            ptrs.insert(*n, at(slot_ptrs[k], off as i64, esize(layout.plan.slots[k].0, bf16)));
         }
         let grad_arena = layout.plan.arena.map(|k| slot_ptrs[k]);
         let mut products = HashMap::new();
@@ -340,7 +381,8 @@ impl<G: Gpu> Resident<G> {
             if let Step::MatMul(m) = step {
                 let shape = &layout.gemms[&i];
                 let (a, b, out) = (ptrs[&m.a_view.base], ptrs[&m.b_view.base], ptrs[&m.out]);
-                products.insert(i, product(gpu, shape, a, b, out, &mut keep)?);
+                let g = if bf16 { gather[1] } else { gather[0] };
+                products.insert(i, product(gpu, shape, (a, b, out), (fsize, g), &mut keep)?);
             }
         }
         Ok(Resident {
@@ -351,6 +393,7 @@ impl<G: Gpu> Resident<G> {
             slot_ptrs,
             external,
             products,
+            bf16,
             gpu: gpu.clone(),
             _bufs: bufs,
         })
@@ -358,19 +401,25 @@ impl<G: Gpu> Resident<G> {
 
     /// The address of a requested or planned value.
     pub(crate) fn addr(&self, n: NodeIndex) -> Option<DevPtr> {
+        let fsize = esize(DType::F32, self.bf16);
         Some(match self.layout.place(n)? {
             Place::External(src) => self.external[&src],
-            Place::Param(off) => at(self.param_arena, off as i64),
-            Place::Slot(k, off) => at(self.slot_ptrs[k], off as i64),
+            Place::Param(off) => at(self.param_arena, off as i64, fsize),
+            Place::Slot(k, off) => at(self.slot_ptrs[k], off as i64, esize(self.layout.plan.slots[k].0, self.bf16)),
         })
+    }
+
+    /// Bytes per element of node `n`'s buffer.
+    fn esize_of(&self, g: &Graph, n: NodeIndex) -> usize {
+        esize(g.ty(n).dtype, self.bf16)
     }
 
     /// A requested or planned value (none for another node).
     pub fn read(&self, g: &Graph, n: NodeIndex) -> Result<Option<HostTensor>, GpuError> {
         let (Some(shape), Some(p)) = (self.layout.shapes.get(&n), self.addr(n)) else { return Ok(None) };
-        let mut bytes = vec![0u8; shape.iter().product::<usize>() * ELEM];
+        let mut bytes = vec![0u8; shape.iter().product::<usize>() * self.esize_of(g, n)];
         self.gpu.download(p, &mut bytes)?;
-        Ok(Some(tensor_of(&bytes, g.ty(n).dtype, shape.clone())))
+        Ok(Some(tensor_of(&bytes, g.ty(n).dtype, shape.clone(), self.bf16)))
     }
 
     /// Parameter `name` as it is now.
@@ -379,9 +428,9 @@ impl<G: Gpu> Resident<G> {
             return Ok(None);
         };
         let Some(p) = self.addr(n) else { return Ok(None) };
-        let mut bytes = vec![0u8; shape.iter().product::<usize>() * ELEM];
+        let mut bytes = vec![0u8; shape.iter().product::<usize>() * self.esize_of(g, n)];
         self.gpu.download(p, &mut bytes)?;
-        Ok(Some(tensor_of(&bytes, g.ty(n).dtype, shape.clone())))
+        Ok(Some(tensor_of(&bytes, g.ty(n).dtype, shape.clone(), self.bf16)))
     }
 
     /// Overwrites parameter `name` (false when the graph has none).
@@ -397,7 +446,7 @@ impl<G: Gpu> Resident<G> {
                 found: t.shape.clone(),
             });
         }
-        self.gpu.upload(p, &bytes_of(t)).map_err(run_error)?;
+        self.gpu.upload(p, &bytes_of(t, self.bf16)).map_err(run_error)?;
         Ok(true)
     }
 
@@ -421,7 +470,7 @@ impl<G: Gpu> Resident<G> {
                 found: t.dtype().to_string(),
             });
         }
-        self.gpu.upload(self.external[n], &bytes_of(t)).map_err(run_error)
+        self.gpu.upload(self.external[n], &bytes_of(t, self.bf16)).map_err(run_error)
     }
 
     /// The forms of cuBLAS call the products use (the tests' check that each is reached).
@@ -456,10 +505,11 @@ impl<G: Gpu> Resident<G> {
     /// their places there (device to device).
     pub(crate) fn gather_gradients(&self) -> Result<(), GpuError> {
         let Some(arena) = self.grad_arena else { return Ok(()) };
+        let fsize = esize(DType::F32, self.bf16);
         for &(off, g) in &self.layout.grad_copies {
             let len: usize = self.layout.shapes[&g].iter().product();
             let src = self.addr(g).ok_or_else(|| GpuError(format!("gradient {g:?} is not stored")))?;
-            self.gpu.copy(at(arena, off as i64), src, len * ELEM)?;
+            self.gpu.copy(at(arena, off as i64, fsize), src, len * fsize)?;
         }
         Ok(())
     }
@@ -482,11 +532,10 @@ fn offsets(a: &Axis, n: usize) -> Vec<i64> {
 fn product<G: Gpu>(
     gpu: &Arc<G>,
     s: &GemmShape,
-    a: DevPtr,
-    b: DevPtr,
-    out: DevPtr,
+    (a, b, out): (DevPtr, DevPtr, DevPtr),
+    (fsize, gather): (usize, G::Func),
     keep: &mut dyn FnMut(DevBuf<G>) -> DevPtr,
-) -> Result<Product, GpuError> {
+) -> Result<Product<G>, GpuError> {
     let (rows, inner, cols) = (s.rows as i64, s.inner as i64, s.cols as i64);
     let batch = s.a_offsets.len();
     let mut gathers = Vec::new();
@@ -496,16 +545,16 @@ fn product<G: Gpu>(
                      offs: &[i64],
                      (r, c): (usize, usize),
                      (ra, ca): (&Axis, &Axis),
-                     gathers: &mut Vec<(Launch, [DevPtr; 5], [i64; MAX_SIZES])>|
+                     gathers: &mut Vec<Gather<G>>|
      -> Result<Ready, GpuError> {
         if let (Axis::Stride(sr), Axis::Stride(sc)) = (ra, ca) {
             // Our r x c matrix transposed is c x r with strides (sc, sr).
             if let Some(op) = operand(c as i64, *sc as i64, r as i64, *sr as i64) {
-                return Ok(Ready { starts: offs.iter().map(|&o| at(base, o)).collect(), op });
+                return Ok(Ready { starts: offs.iter().map(|&o| at(base, o, fsize)).collect(), op });
             }
         }
         let words = |v: Vec<i64>| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-        let scratch = keep(DevBuf::zeroed(gpu, (batch * r * c).max(1) * ELEM)?);
+        let scratch = keep(DevBuf::zeroed(gpu, (batch * r * c).max(1) * fsize)?);
         let o = keep(DevBuf::with(gpu, &words(offs.to_vec()))?);
         let rt = keep(DevBuf::with(gpu, &words(offsets(ra, r)))?);
         let ct = keep(DevBuf::with(gpu, &words(offsets(ca, c)))?);
@@ -514,14 +563,14 @@ fn product<G: Gpu>(
         let block = t.max_block.min(cuda::MAX_BLOCK);
         let l =
             Launch { grid: ((total + block - 1) / block).clamp(1, t.max_grid) as u32, block: block as u32, zero: None };
-        gathers.push((l, [scratch, base, o, rt, ct], padded(&[batch as i64, r as i64, c as i64])));
+        gathers.push((gather, l, [scratch, base, o, rt, ct], padded(&[batch as i64, r as i64, c as i64])));
         let op = operand(c as i64, 1, r as i64, c as i64).expect("a contiguous matrix reads in place");
-        Ok(Ready { starts: (0..batch).map(|t| at(scratch, (t * r * c) as i64)).collect(), op })
+        Ok(Ready { starts: (0..batch).map(|t| at(scratch, (t * r * c) as i64, fsize)).collect(), op })
     };
     let left = ready(b, &s.b_offsets, (s.inner, s.cols), (&s.b_rows, &s.b_cols), &mut gathers)?;
     let right = ready(a, &s.a_offsets, (s.rows, s.inner), (&s.a_rows, &s.a_cols), &mut gathers)?;
-    let outs: Vec<DevPtr> = (0..batch).map(|t| at(out, t as i64 * rows * cols)).collect();
-    let diffs = |v: &[DevPtr]| -> Vec<i64> { v.iter().map(|&p| p.wrapping_sub(v[0]) as i64 / ELEM as i64).collect() };
+    let outs: Vec<DevPtr> = (0..batch).map(|t| at(out, t as i64 * rows * cols, fsize)).collect();
+    let diffs = |v: &[DevPtr]| -> Vec<i64> { v.iter().map(|&p| p.wrapping_sub(v[0]) as i64 / fsize as i64).collect() };
     let strided = match (arithmetic(&diffs(&left.starts)), arithmetic(&diffs(&right.starts))) {
         (Some(sa), Some(sb)) if batch > 0 => Some(Batch::Strided { a: sa, b: sb, c: rows * cols }),
         _ => None,
@@ -549,6 +598,7 @@ fn product<G: Gpu>(
         ldc: cols.max(1),
         count: batch as i64,
         batch: batch_kind,
+        bf16: fsize == 2,
     };
     Ok(Product { gathers, call })
 }

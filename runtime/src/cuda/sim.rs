@@ -6,7 +6,7 @@
 //! product against cuBLAS's own argument rules, so a runtime bug that a GPU would turn into
 //! a wrong answer or a fault fails here with a message.
 
-use super::gpu::{Batch, DevPtr, GemmCall, Gpu, GpuError, Operand};
+use super::gpu::{bf16_bits, bf16_value, Batch, DevPtr, GemmCall, Gpu, GpuError, Operand};
 use crate::cpu::compile::{self, CompilerSettings, Library, SimFn};
 use muse_compiler::render::cuda::{Launch, Target, MAX_SIZES, SIM};
 use std::collections::BTreeMap;
@@ -160,35 +160,45 @@ impl Gpu for SimGpu {
             }
         }
         let (ea, eb, ec) = (extent(ra, ca, g.op_a.ld), extent(rb, cb, g.op_b.ld), extent(g.m, g.n, g.ldc));
+        let esize: i64 = if g.bf16 { 2 } else { 4 };
         for t in 0..g.count {
             let (a, b, c) = match g.batch {
-                Batch::Strided { a, b, c } => (g.a as i64 + 4 * t * a, g.b as i64 + 4 * t * b, g.c as i64 + 4 * t * c),
+                Batch::Strided { a, b, c } => {
+                    let at = |p: DevPtr, s: i64| p.wrapping_add_signed(esize * t * s);
+                    (at(g.a, a), at(g.b, b), at(g.c, c))
+                }
                 Batch::Pointers => {
                     let mut p = [0u8; 24];
                     for (i, arr) in [g.a, g.b, g.c].into_iter().enumerate() {
                         self.download(arr + 8 * t as u64, &mut p[8 * i..8 * i + 8])?;
                     }
-                    let word = |i: usize| u64::from_le_bytes(p[8 * i..8 * i + 8].try_into().expect("8 bytes")) as i64;
+                    let word = |i: usize| u64::from_le_bytes(p[8 * i..8 * i + 8].try_into().expect("8 bytes"));
                     (word(0), word(1), word(2))
                 }
             };
-            let (a, b, c) = (a as DevPtr, b as DevPtr, c as DevPtr);
-            self.check(a, 4 * ea as usize, "product operand A")?;
-            self.check(b, 4 * eb as usize, "product operand B")?;
-            self.check(c, 4 * ec as usize, "product result C")?;
-            let (a, b, c) = (a as *const f32, b as *const f32, c as *mut f32);
+            self.check(a, (esize * ea) as usize, "product operand A")?;
+            self.check(b, (esize * eb) as usize, "product operand B")?;
+            self.check(c, (esize * ec) as usize, "product result C")?;
+            // SAFETY (both): every index lies within the extents checked above.
+            let read = |p: DevPtr, e: i64| unsafe {
+                if g.bf16 {
+                    bf16_value(*(p as *const u16).offset(e as isize))
+                } else {
+                    *(p as *const f32).offset(e as isize)
+                }
+            };
+            let write = |p: DevPtr, e: i64, v: f32| unsafe {
+                if g.bf16 {
+                    *(p as *mut u16).offset(e as isize) = bf16_bits(v);
+                } else {
+                    *(p as *mut f32).offset(e as isize) = v;
+                }
+            };
             let at = |o: Operand, i: i64, j: i64| if o.trans { j + i * o.ld } else { i + j * o.ld };
             for j in 0..g.n {
                 for i in 0..g.m {
-                    let mut acc = 0.0f32;
-                    for l in 0..g.k {
-                        // SAFETY: every index lies within the extents checked above.
-                        unsafe {
-                            acc += *a.offset(at(g.op_a, i, l) as isize) * *b.offset(at(g.op_b, l, j) as isize);
-                        }
-                    }
-                    // SAFETY: as above.
-                    unsafe { *c.offset((i + j * g.ldc) as isize) = acc };
+                    let acc: f32 = (0..g.k).map(|l| read(a, at(g.op_a, i, l)) * read(b, at(g.op_b, l, j))).sum();
+                    write(c, i + j * g.ldc, acc);
                 }
             }
         }

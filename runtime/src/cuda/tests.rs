@@ -11,6 +11,7 @@ use crate::inputs::random_inputs;
 use crate::tensor::HostTensor;
 use crate::{run, RunOptions};
 use muse_compiler::ir::NodeIndex;
+use muse_compiler::render::cuda::Storage;
 use muse_compiler::Options;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ fn products_map_onto_cublas_calls() {
     let inputs = random_inputs(&mm.graph, 1, 2);
     let reference = run(&mm.graph, &inputs, &Default::default(), &RunOptions::default()).unwrap();
     let (gpu, dir) = sim("products");
-    let p = GpuProgram::compile(&gpu, &mm.graph, &outs).unwrap();
+    let p = GpuProgram::compile(&gpu, &mm.graph, &outs, Storage::F32).unwrap();
     let r = p.bind(&mm.graph, &inputs, &Default::default(), &[]).unwrap();
     p.execute(&mm.graph, &r, 0, None).unwrap();
     for (name, n) in &mm.graph.outputs {
@@ -89,6 +90,7 @@ fn the_simulation_checks_the_runtimes_calls() {
         ldc: 4,
         count: 1,
         batch: Batch::Strided { a: 0, b: 0, c: 0 },
+        bf16: false,
     };
     let c = gpu.alloc(64).unwrap();
     assert!(gpu.gemm(&GemmCall { c, ..call(4, 4) }).is_ok());
@@ -181,7 +183,7 @@ fn the_cuda_simulation_fails_broken_kernels() {
             }
         };
         let gpu = Arc::new(SimGpu::new(settings.clone()));
-        let p = GpuProgram::compile_edited(&gpu, &d.graph, &req, &edit).unwrap();
+        let p = GpuProgram::compile_edited(&gpu, &d.graph, &req, Storage::F32, &edit).unwrap();
         assert!(from.is_empty() || applied.get(), "the mutation applies: {from}");
         let r = p.bind(&d.graph, &inputs, &params, &[]).unwrap();
         p.execute(&d.graph, &r, 0, None).unwrap();

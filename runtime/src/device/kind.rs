@@ -35,7 +35,7 @@ impl std::str::FromStr for DeviceKind {
 }
 
 /// Settings every device understands. Defaults: optimised code, each device's own cache
-/// folder (`MUSE_CACHE_DIR`), f32.
+/// folder (`MUSE_CACHE_DIR`), f32 in memory and in arithmetic.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
     /// Folder of compiled kernels (none: the device's default).
@@ -44,6 +44,9 @@ pub struct DeviceOptions {
     pub quick: bool,
     /// Compute in f64 (only the interpreter can).
     pub f64: bool,
+    /// Store float buffers in bf16, computing in f32 (`--dtype bf16`; only the CUDA devices
+    /// can: `cuda`, `cuda-sim`).
+    pub bf16: bool,
 }
 
 /// A chosen device and, for `auto`, why it was chosen.
