@@ -76,13 +76,23 @@ impl Drop for CudaGpu {
         if self.bind().is_err() {
             return;
         }
-        // SAFETY: the handle and modules were created here and are not used after this.
+        // SAFETY: the handle and modules were created here and are not used after this; the
+        // stream is drained first.
         unsafe {
+            let _ = result::stream::synchronize(self.cu_stream());
             let _ = cudarc::cublas::result::destroy_handle(self.handle);
             for m in self.modules.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
                 let _ = result::module::unload(m);
             }
         }
+    }
+}
+
+/// Unloads modules that nothing uses yet (a load that failed half way).
+fn unload(modules: &[sys::CUmodule]) {
+    for &m in modules {
+        // SAFETY: loaded by the failed `load`, used by no function handed out.
+        let _ = unsafe { result::module::unload(m) };
     }
 }
 
@@ -115,16 +125,23 @@ impl Gpu for CudaGpu {
         let mut loaded = Vec::new();
         for c in &cubins {
             // SAFETY: a cubin NVRTC made for this device's architecture.
-            let m =
-                unsafe { result::module::load_data(c.cubin.as_ptr() as *const c_void) }.map_err(driver("module"))?;
-            loaded.push(m);
+            match unsafe { result::module::load_data(c.cubin.as_ptr() as *const c_void) } {
+                Ok(m) => loaded.push(m),
+                Err(e) => {
+                    unload(&loaded);
+                    return Err(driver("module")(e));
+                }
+            }
         }
         let mut funcs = Vec::new();
         for name in names {
             let cname = CString::new(*name).map_err(|_| GpuError(format!("kernel name {name:?}")))?;
             // SAFETY: modules loaded above; a missing name is an error, not undefined.
             let f = loaded.iter().find_map(|&m| unsafe { result::module::get_function(m, cname.clone()) }.ok());
-            let f = f.ok_or_else(|| GpuError(format!("kernel `{name}` is in none of the compiled units")))?;
+            let Some(f) = f else {
+                unload(&loaded);
+                return Err(GpuError(format!("kernel `{name}` is in none of the compiled units")));
+            };
             funcs.push(Func(f));
         }
         self.modules.lock().unwrap_or_else(|e| e.into_inner()).extend(loaded);
@@ -159,6 +176,9 @@ impl Gpu for CudaGpu {
     }
 
     fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<(), GpuError> {
+        if src.is_empty() {
+            return Ok(());
+        }
         self.bind()?;
         // SAFETY: the caller's `dst` holds `src.len()` bytes; the stream is drained before
         // `src` may go away.
@@ -169,6 +189,9 @@ impl Gpu for CudaGpu {
     }
 
     fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<(), GpuError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
         self.bind()?;
         // SAFETY: the caller's `src` holds `dst.len()` bytes; drained before returning.
         unsafe {

@@ -35,10 +35,18 @@ pub fn search_path() -> Vec<PathBuf> {
     dirs
 }
 
-/// The CUDA headers NVRTC needs for bf16 (`cuda_bf16.h`): the fetched wheels' include
-/// folder, else `$CUDA_HOME/include`, else `/usr/local/cuda/include`.
+/// The CUDA headers NVRTC needs for bf16 (`cuda_bf16.h`): beside the NVRTC in use, else the
+/// fetched wheels' include folder, else `$CUDA_HOME/include`, else `/usr/local/cuda/include`.
 pub fn include_dir() -> Option<PathBuf> {
-    let mut dirs = vec![cuda_home().join("nvidia/cu13/include")];
+    // Beside the NVRTC in use first (the wheels' `nvidia/cu13/lib` -> `nvidia/cu13/include`;
+    // CUDA 12's `nvidia/cuda_nvrtc/lib` -> `nvidia/cuda_runtime/include`), so headers and
+    // compiler are of one release.
+    let mut dirs = Vec::new();
+    if let Ok(lib) = nvrtc() {
+        dirs.push(lib.join("../include"));
+        dirs.push(lib.join("../../cuda_runtime/include"));
+    }
+    dirs.push(cuda_home().join("nvidia/cu13/include"));
     if let Some(h) = std::env::var_os("CUDA_HOME") {
         dirs.push(PathBuf::from(h).join("include"));
     }
@@ -61,25 +69,49 @@ fn find_in(dir: &Path, stem: &str) -> Option<PathBuf> {
 }
 
 /// Loads `stems` (in order) from the first folder of [`search_path`] that has them all,
-/// globally and for the rest of the process; the folder, or why none would do.
-fn preload(stems: &[&str]) -> Result<PathBuf, String> {
+/// globally and for the rest of the process: the folder and the last library's file and
+/// handle, or why none would do.
+fn preload(stems: &[&str]) -> Result<(PathBuf, PathBuf, usize), String> {
     let dirs = search_path();
     for dir in &dirs {
         let files: Option<Vec<PathBuf>> = stems.iter().map(|s| find_in(dir, s)).collect();
         let Some(files) = files else { continue };
+        let mut last = 0;
         for f in &files {
             use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
             // SAFETY: loading runs the library's initialisers only; the handle is kept for
             // the life of the process (cudarc calls into it by name later).
             match unsafe { Library::open(Some(f), RTLD_NOW | RTLD_GLOBAL) } {
-                Ok(lib) => std::mem::forget(lib),
+                Ok(lib) => last = lib.into_raw() as usize,
                 Err(e) => return Err(format!("cannot load {}: {e}", f.display())),
             }
         }
-        return Ok(dir.clone());
+        let file = files.last().cloned().unwrap_or_default();
+        return Ok((dir.clone(), file, last));
     }
     let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     Err(format!("{} not found in {}", stems.last().unwrap_or(&""), searched.join(", ")))
+}
+
+/// Checks that the library cudarc will load by `name` (the first of its candidate names
+/// the loader resolves) is the one preloaded from `file`: an unversioned `lib<name>.so` of
+/// another CUDA on the loader's path would otherwise win.
+fn cudarc_finds(name: &str, file: &Path, handle: usize) -> Result<(), String> {
+    use libloading::os::unix::{Library, RTLD_NOW};
+    for candidate in cudarc::get_lib_name_candidates(name) {
+        // SAFETY: resolves a name; an already loaded library is returned as it is, another
+        // runs its initialisers only. The reference is kept (cudarc will load it anyway).
+        if let Ok(lib) = unsafe { Library::open(Some(&candidate), RTLD_NOW) } {
+            if lib.into_raw() as usize == handle {
+                return Ok(());
+            }
+            return Err(format!(
+                "`{candidate}` resolves to another {name} than {}: put that folder first (MUSE_CUDA_LIBS and LD_LIBRARY_PATH)",
+                file.display()
+            ));
+        }
+    }
+    Err(format!("{name} was loaded from {} but cannot be found by name", file.display()))
 }
 
 /// How to get NVRTC, for messages.
@@ -91,21 +123,16 @@ pub fn nvrtc() -> Result<PathBuf, String> {
     static DONE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DONE.get_or_init(|| {
         // NVRTC loads its builtins by name: loaded first, they are found.
-        let dir = preload(&["libnvrtc-builtins.so", "libnvrtc.so"])
-            .or_else(|e| {
-                // SAFETY: checks whether the loader finds NVRTC by name (no call into it).
-                if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-                    Ok(PathBuf::from("(the system's library path)"))
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|e| format!("NVRTC is missing: {e}; {GET_NVRTC}"))?;
-        // SAFETY: as above.
-        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            Ok(dir)
-        } else {
-            Err(format!("NVRTC was loaded from {} but cannot be found by name; {GET_NVRTC}", dir.display()))
+        match preload(&["libnvrtc-builtins.so", "libnvrtc.so"]) {
+            Ok((dir, file, handle)) => {
+                cudarc_finds("nvrtc", &file, handle).map_err(|e| format!("NVRTC: {e}; {GET_NVRTC}"))?;
+                Ok(dir)
+            }
+            // SAFETY: checks whether the loader finds NVRTC by name (no call into it).
+            Err(_) if unsafe { cudarc::nvrtc::sys::is_culib_present() } => {
+                Ok(PathBuf::from("(the system's library path)"))
+            }
+            Err(e) => Err(format!("NVRTC is missing: {e}; {GET_NVRTC}")),
         }
     })
     .clone()
@@ -115,16 +142,16 @@ pub fn nvrtc() -> Result<PathBuf, String> {
 /// `nvidia-cublas` (a Python's site-packages, named by `MUSE_CUDA_LIBS`) or a CUDA toolkit.
 pub fn cublas() -> Result<PathBuf, String> {
     static DONE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = preload(&["libcublasLt.so", "libcublas.so"]);
-        // SAFETY: checks whether the loader finds cuBLAS by name (no call into it).
-        if unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Ok(dir.unwrap_or_else(|_| PathBuf::from("(the system's library path)")));
+    DONE.get_or_init(|| match preload(&["libcublasLt.so", "libcublas.so"]) {
+        Ok((dir, file, handle)) => {
+            cudarc_finds("cublas", &file, handle).map_err(|e| format!("cuBLAS: {e}"))?;
+            Ok(dir)
         }
-        Err(format!(
-            "cuBLAS is missing ({}); set MUSE_CUDA_LIBS to the folder with libcublas.so (a Python's site-packages/nvidia/cu13/lib has it after `pip install nvidia-cublas`)",
-            dir.err().unwrap_or_default()
-        ))
+        // SAFETY: checks whether the loader finds cuBLAS by name (no call into it).
+        Err(_) if unsafe { cudarc::cublas::sys::is_culib_present() } => Ok(PathBuf::from("(the system's library path)")),
+        Err(e) => Err(format!(
+            "cuBLAS is missing ({e}); set MUSE_CUDA_LIBS to the folder with libcublas.so (a Python's site-packages/nvidia/cu13/lib has it after `pip install nvidia-cublas`)"
+        )),
     })
     .clone()
 }

@@ -564,7 +564,8 @@ fn product<G: Gpu>(
         let l =
             Launch { grid: ((total + block - 1) / block).clamp(1, t.max_grid) as u32, block: block as u32, zero: None };
         gathers.push((gather, l, [scratch, base, o, rt, ct], padded(&[batch as i64, r as i64, c as i64])));
-        let op = operand(c as i64, 1, r as i64, c as i64).expect("a contiguous matrix reads in place");
+        // Contiguous rows of `c`: cuBLAS reads our matrix transposed in place (also when empty).
+        let op = Operand { trans: false, ld: (c as i64).max(1) };
         Ok(Ready { starts: (0..batch).map(|t| at(scratch, (t * r * c) as i64, fsize)).collect(), op })
     };
     let left = ready(b, &s.b_offsets, (s.inner, s.cols), (&s.b_rows, &s.b_cols), &mut gathers)?;
