@@ -284,6 +284,10 @@ inline float atomicAdd(float *p, float v) {
   *p = old + v;
   return old;
 }
+/* CUDA's float4: four floats, 16-byte aligned (what vector loads and stores move). */
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 /* bfloat16 as cuda_bf16.h defines it: the top half of an f32; conversion from f32 rounds
    to nearest, ties to even, and keeps NaN a NaN. */
 struct __nv_bfloat16 {

@@ -16,7 +16,8 @@
 use super::{declare, declare_lazy, declare_where, rng, Dialect};
 use crate::ir::{DType, ReduceOp, UnaryOp};
 use crate::kernel::analysis::{self, levels, needed, phases, used, Level};
-use crate::kernel::ir::{Access, Body, ExprId, KType, Kernel};
+use crate::kernel::ir::IndexOp;
+use crate::kernel::ir::{Access, Body, Expr, ExprId, KType, Kernel};
 use std::fmt::Write;
 
 /// Threads per block at most: every kernel is compiled for it (`__launch_bounds__`), and a
@@ -54,12 +55,16 @@ impl Storage {
 /// The CUDA dialect for one kernel (it knows which buffers hold bf16).
 pub struct Cuda {
     bf16: Vec<bool>,
+    /// In a pointwise kernel's vector loop: the element's index expression (`t<k>`), the
+    /// buffers loaded there four at a time, and the component this copy of the body
+    /// computes (`x`, `y`, `z`, `w`: the element is `vb<buf>.<component>`).
+    vector: Option<(String, Vec<bool>, char)>,
 }
 
 impl Cuda {
     /// The dialect of kernel `k` with float buffers stored as `storage`.
     pub fn new(k: &Kernel, storage: Storage) -> Cuda {
-        Cuda { bf16: k.bufs.iter().enumerate().map(|(i, b)| storage.bf16(i, b.dtype)).collect() }
+        Cuda { bf16: k.bufs.iter().enumerate().map(|(i, b)| storage.bf16(i, b.dtype)).collect(), vector: None }
     }
     /// `b<buf>[index] = value;` with the conversion the buffer's storage needs.
     fn store(&self, buf: u32, index: &str, value: &str) -> String {
@@ -113,6 +118,11 @@ impl Dialect for Cuda {
         }
     }
     fn load(&self, buf: u32, index: &str) -> String {
+        if let Some((element, vec, c)) = &self.vector {
+            if vec[buf as usize] && index == element {
+                return format!("vb{buf}.{c}");
+            }
+        }
         if self.bf16[buf as usize] {
             format!("__bfloat162float(b{buf}[{index}])")
         } else {
@@ -272,7 +282,7 @@ pub fn render_program(kernels: &[&Kernel], storage: Storage) -> String {
 pub fn render_program_each(kernels: &[(&Kernel, Storage)]) -> String {
     // The prelude asks the dialect only whether any buffer is bf16.
     let any = kernels.iter().any(|(k, st)| k.bufs.iter().enumerate().any(|(i, b)| st.bf16(i, b.dtype)));
-    let mut s = Cuda { bf16: vec![any] }.prelude();
+    let mut s = Cuda { bf16: vec![any], vector: None }.prelude();
     for (k, storage) in kernels {
         s.push('\n');
         s.push_str(&render_kernel(k, *storage));
@@ -302,22 +312,14 @@ pub fn render_kernel(k: &Kernel, storage: Storage) -> String {
     declare(&d, k, &lv, &used, Level::Kernel, "  ", &mut s);
     let lanes = format!("t{}", k.lanes);
     match &k.body {
-        Body::Pointwise { stores, split } => {
-            open_grid_stride(&lanes, "e", &mut s);
-            match split {
-                Some(c) => {
-                    let _ = writeln!(s, "    const long long lane = e / {c}, lane_in = e % {c};");
-                }
-                None => {
-                    let _ = writeln!(s, "    const long long lane = e;");
-                }
+        Body::Pointwise { stores, split } => match vector_plan(&d, k, stores, *split) {
+            Some(vb) => render_pointwise_vector(&d, k, (&lv, &used), (stores, *split), &vb, &mut s),
+            None => {
+                open_grid_stride(&lanes, "e", &mut s);
+                render_element(&d, k, (&lv, &used), (stores, *split), "    ", &mut s);
+                let _ = writeln!(s, "  }}");
             }
-            declare_lazy(&d, k, &lv, &used, Level::Lane, "    ", &mut s);
-            for (buf, v) in stores {
-                let _ = writeln!(s, "    {}", d.store(*buf, "e", &format!("t{v}")));
-            }
-            let _ = writeln!(s, "  }}");
-        }
+        },
         Body::ScatterAdd { row, col, row_len, rows, value, out } => {
             // The launch zeroes the output; lanes add in any order (f32 sums then vary in
             // the last bits from run to run, as PyTorch's index_add_ on a GPU does).
@@ -343,6 +345,125 @@ fn open_grid_stride(lanes: &str, var: &str, s: &mut String) {
         s,
         "  for (long long {var} = (long long)blockIdx.x * blockDim.x + threadIdx.x; {var} < {lanes}; {var} += (long long)gridDim.x * blockDim.x) {{"
     );
+}
+
+/// One element `e` of a pointwise kernel: its lane, its values, its stores.
+fn render_element(
+    d: &Cuda,
+    k: &Kernel,
+    (lv, used): (&[Level], &[bool]),
+    (stores, split): (&[(u32, ExprId)], Option<i64>),
+    indent: &str,
+    s: &mut String,
+) {
+    match split {
+        Some(c) => {
+            let _ = writeln!(s, "{indent}const long long lane = e / {c}, lane_in = e % {c};");
+        }
+        None => {
+            let _ = writeln!(s, "{indent}const long long lane = e;");
+        }
+    }
+    declare_lazy(d, k, lv, used, Level::Lane, indent, s);
+    for (buf, v) in stores {
+        let _ = writeln!(s, "{indent}{}", d.store(*buf, "e", &format!("t{v}")));
+    }
+}
+
+/// Whether index `i` is the element itself (`e`): the lane, or with split lanes
+/// `Lane * c + LaneInner`.
+fn is_element(k: &Kernel, i: ExprId, split: Option<i64>) -> bool {
+    let e = |x: ExprId| &k.exprs[x as usize].expr;
+    match (e(i), split) {
+        (Expr::Lane, None) => true,
+        (Expr::Index(IndexOp::Add, a, b), Some(c)) => {
+            let constant = |y: ExprId| {
+                let n = &k.exprs[y as usize];
+                matches!(n.expr, Expr::Const(bits) if n.ty == KType::Index && f64::from_bits(bits) as i64 == c)
+            };
+            let times = |x: ExprId, y: ExprId| matches!(e(x), Expr::Lane) && constant(y);
+            let outer = |x: ExprId| matches!(e(x), Expr::Index(IndexOp::Mul, p, q) if times(*p, *q) || times(*q, *p));
+            (outer(*a) && matches!(e(*b), Expr::LaneInner)) || (outer(*b) && matches!(e(*a), Expr::LaneInner))
+        }
+        _ => false,
+    }
+}
+
+/// Which buffers a pointwise kernel reads four at a time at the element (`float4`), when a
+/// vector loop applies: f32 storage of every buffer it stores (all at the element) and of
+/// those it loads at the element. With split lanes the inner length must be a multiple of 4,
+/// so that a thread's four elements share their lane.
+fn vector_plan(d: &Cuda, k: &Kernel, stores: &[(u32, ExprId)], split: Option<i64>) -> Option<Vec<bool>> {
+    let f32_buf = |b: u32| k.bufs[b as usize].dtype == DType::F32 && !d.bf16[b as usize];
+    if split.is_some_and(|c| c % 4 != 0) || stores.is_empty() || !stores.iter().all(|(b, _)| f32_buf(*b)) {
+        return None;
+    }
+    let mut vec = vec![false; k.bufs.len()];
+    for n in &k.exprs {
+        if let Expr::Load { buf, index } = n.expr {
+            if is_element(k, index, split) && f32_buf(buf) {
+                vec[buf as usize] = true;
+            }
+        }
+    }
+    Some(vec)
+}
+
+/// A pointwise kernel four elements per thread: where every buffer it loads or stores at
+/// the element is 16-byte aligned and all four elements exist, `float4` loads and stores
+/// around the body once per component; else (an offset into an arena, the last
+/// `lanes % 4`) the four elements one by one as the scalar kernel computes them. One loop
+/// for both: with a separate scalar loop after the vector loop ptxas spilled registers.
+fn render_pointwise_vector(
+    d: &Cuda,
+    k: &Kernel,
+    (lv, used): (&[Level], &[bool]),
+    (stores, split): (&[(u32, ExprId)], Option<i64>),
+    vb: &[bool],
+    s: &mut String,
+) {
+    let lanes = format!("t{}", k.lanes);
+    let mut aligned: Vec<u32> = (0..k.bufs.len() as u32).filter(|&b| vb[b as usize]).collect();
+    aligned.extend(stores.iter().map(|(b, _)| *b));
+    aligned.sort_unstable();
+    aligned.dedup();
+    let ptrs: Vec<String> = aligned.iter().map(|b| format!("(unsigned long long)b{b}")).collect();
+    let _ = writeln!(s, "  const bool aligned = (({}) & 15ull) == 0;", ptrs.join(" | "));
+    let _ = writeln!(
+        s,
+        "  for (long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; 4 * q < {lanes}; q += (long long)gridDim.x * blockDim.x) {{"
+    );
+    let _ = writeln!(s, "    if (aligned && 4 * q + 4 <= {lanes}) {{");
+    for b in (0..k.bufs.len()).filter(|&b| vb[b]) {
+        let _ = writeln!(s, "      const float4 vb{b} = reinterpret_cast<const float4 *>(b{b})[q];");
+    }
+    for (b, _) in stores {
+        let _ = writeln!(s, "      float4 vo{b};");
+    }
+    // The body once per component, each in a scope of its own: no indexing into the
+    // vectors, which would put them in local memory.
+    let element = (0..k.exprs.len() as ExprId).find(|&i| is_element(k, i, split)).map(|i| format!("t{i}"));
+    for (j, c) in ['x', 'y', 'z', 'w'].into_iter().enumerate() {
+        let _ = writeln!(s, "      {{");
+        let _ = writeln!(s, "        const long long e = 4 * q + {j};");
+        let vector = Cuda { bf16: d.bf16.clone(), vector: element.clone().map(|l| (l, vb.to_vec(), c)) };
+        let body = &mut String::new();
+        render_element(&vector, k, (lv, used), (&[], split), "        ", body);
+        s.push_str(body);
+        for (b, v) in stores {
+            let _ = writeln!(s, "        vo{b}.{c} = t{v};");
+        }
+        let _ = writeln!(s, "      }}");
+    }
+    for (b, _) in stores {
+        let _ = writeln!(s, "      reinterpret_cast<float4 *>(b{b})[q] = vo{b};");
+    }
+    let _ = writeln!(s, "    }} else {{");
+    let _ = writeln!(s, "      for (long long e = 4 * q; e < 4 * q + 4 && e < {lanes}; e++) {{");
+    render_element(d, k, (lv, used), (stores, split), "        ", s);
+    let _ = writeln!(s, "      }}");
+    let _ = writeln!(s, "    }}");
+    let _ = writeln!(s, "  }}");
 }
 
 /// The CPU simulation's entry point of a kernel (compiled only under `MUSE_SIM`).

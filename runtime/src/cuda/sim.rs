@@ -19,8 +19,9 @@ pub const HEADER: &str = include_str!("../../../kernels/cuda_sim.h");
 /// The simulated GPU.
 pub struct SimGpu {
     settings: CompilerSettings,
-    /// Live allocations by start address (8-byte words, so any element type is aligned).
-    memory: Mutex<BTreeMap<DevPtr, Vec<u64>>>,
+    /// Live allocations by start address, aligned as `cudaMalloc`'s are enough for vector
+    /// loads (16 bytes).
+    memory: Mutex<BTreeMap<DevPtr, Vec<Chunk>>>,
     /// Loaded kernel libraries (kept loaded while the device lives).
     libraries: Mutex<Vec<Arc<Library>>>,
 }
@@ -38,7 +39,7 @@ impl SimGpu {
         let inside = memory
             .range(..=p)
             .next_back()
-            .is_some_and(|(&start, words)| p + bytes as u64 <= start + 8 * words.len() as u64);
+            .is_some_and(|(&start, chunks)| p + bytes as u64 <= start + 16 * chunks.len() as u64);
         if inside {
             Ok(())
         } else {
@@ -46,6 +47,11 @@ impl SimGpu {
         }
     }
 }
+
+/// 16 bytes of simulated device memory, aligned to 16.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct Chunk([u8; 16]);
 
 /// The last element (in elements from its start) cuBLAS reads of an operand stored as
 /// `rows x cols` column-major with leading dimension `ld`.
@@ -86,13 +92,12 @@ impl Gpu for SimGpu {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr, GpuError> {
-        let mut words = Vec::new();
-        words
-            .try_reserve_exact(bytes.div_ceil(8).max(1))
-            .map_err(|_| GpuError(format!("cannot allocate {bytes} bytes")))?;
-        words.resize(bytes.div_ceil(8).max(1), 0u64);
-        let p = words.as_mut_ptr() as DevPtr;
-        self.memory.lock().unwrap_or_else(|e| e.into_inner()).insert(p, words);
+        let n = bytes.div_ceil(16).max(1);
+        let mut chunks = Vec::new();
+        chunks.try_reserve_exact(n).map_err(|_| GpuError(format!("cannot allocate {bytes} bytes")))?;
+        chunks.resize(n, Chunk::default());
+        let p = chunks.as_mut_ptr() as DevPtr;
+        self.memory.lock().unwrap_or_else(|e| e.into_inner()).insert(p, chunks);
         Ok(p)
     }
 

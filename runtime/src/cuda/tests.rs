@@ -224,6 +224,11 @@ fn the_cuda_simulation_fails_broken_kernels() {
             "for (int o = width / 4; o > 0; o /= 2)",
         ),
         (
+            "the vector loop's second element computed at the third's index",
+            "        const long long e = 4 * q + 1;\n",
+            "        const long long e = 4 * q + 2;\n",
+        ),
+        (
             "the scan's carry into each chunk taken one chunk late",
             "          scan_h[at] = carry;\n          carry = p * carry + hh;\n",
             "          carry = p * carry + hh;\n          scan_h[at] = carry;\n",
