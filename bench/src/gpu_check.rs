@@ -16,10 +16,10 @@
 //! Every result is also one JSON line `{"check", "case", "value", "limit", "ok", "note"}` on
 //! stdout, which the script turns into its table. Exits 1 when a check fails.
 
-use muse_bench::models_dir;
+use muse_bench::model_file;
 use muse_compiler::autodiff::{differentiate, Wrt};
 use muse_compiler::ir::NodeIndex;
-use muse_compiler::{compile_path, compile_source, zoo, Model, Options};
+use muse_compiler::{compile_source, zoo, Options};
 use muse_runtime::device::{Device, DeviceKind, DeviceOptions, Tensors};
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::optim::AdamW;
@@ -39,12 +39,6 @@ const BF16_LIMIT: f64 = 2e-2;
 /// the simulation at the tiny configs, up to 0.6 (a Mamba block's `x_proj` through the
 /// reverse scan), while every forward value stays within 1.6e-2 (docs/cuda.md).
 const BF16_GRAD_LIMIT: f64 = 1.0;
-
-fn model(name: &str, sets: &[(&str, &str)]) -> Model {
-    let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
-    let c = compile_path(&models_dir().join(format!("{name}.muse")), &opts);
-    c.result.unwrap_or_else(|d| panic!("{name}: {}", d.render(&c.sources))).remove(0)
-}
 
 fn device(kind: &str) -> Box<dyn Device + Send + Sync> {
     device_as(kind, false)
@@ -107,7 +101,7 @@ fn models(dev: &str, scale: &str, dtype: &str) -> bool {
         }
         let mut sets = if scale == "tiny" { zoo::tiny(name, "3") } else { Vec::new() };
         sets.extend(option);
-        let m = model(name, &sets);
+        let m = model_file(name, &sets);
         let d = differentiate(&m.graph, Wrt::default());
         let mut requested: Vec<(String, NodeIndex)> = m.graph.outputs.iter().chain(&m.graph.losses).cloned().collect();
         requested.extend(d.params.iter().map(|(n, g)| (format!("grad {n}"), *g)));
@@ -170,7 +164,7 @@ fn train(dev: &str, steps: usize) -> bool {
         ("grid", "4"),
         ("codebook", "16"),
     ];
-    let m = model("mamba_xattn_xz", &sets);
+    let m = model_file("mamba_xattn_xz", &sets);
     let batches: Vec<Tensors> = (0..steps.max(1)).map(|s| random_inputs(&m.graph, 4, 100 + s as u64)).collect();
     let params = init_params(&m.graph, 3, Precision::F32).expect("initialises");
     let run = |d: &dyn Device| -> Result<(Vec<f64>, Tensors), String> {

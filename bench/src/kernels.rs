@@ -8,7 +8,7 @@
 
 use muse_compiler::autodiff::{differentiate, Wrt};
 use muse_compiler::ir::{Graph, NodeIndex};
-use muse_compiler::{compile_path, compile_source, Model, Options};
+use muse_compiler::{compile_source, Model, Options};
 use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::optim::AdamW;
@@ -19,13 +19,6 @@ use std::time::Instant;
 
 fn model_src(src: &str) -> Model {
     let c = compile_source("bench.muse", src, &Options::default());
-    c.result.unwrap_or_else(|d| panic!("{}", d.render(&c.sources))).remove(0)
-}
-
-fn model_file(name: &str, sets: &[(&str, &str)]) -> Model {
-    let path = muse_bench::models_dir().join(format!("{name}.muse"));
-    let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
-    let c = compile_path(&path, &opts);
     c.result.unwrap_or_else(|d| panic!("{}", d.render(&c.sources))).remove(0)
 }
 
@@ -67,6 +60,8 @@ fn fwd_bwd(m: &Model) -> (Graph, Vec<NodeIndex>) {
     req.extend(d.params.iter().map(|x| x.1));
     (d.graph, req)
 }
+
+use muse_bench::model_file;
 
 fn main() {
     let repeats: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);

@@ -206,14 +206,7 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
 fn cuda_resources(program: &KernelProgram, bf16: bool) -> HashMap<String, String> {
     use muse_compiler::render::cuda::{render_program, Storage};
     use muse_runtime::cuda::nvrtc;
-    let kernels: Vec<&muse_compiler::kernel::Kernel> = program
-        .steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Kernel(k) => Some(&k.kernel),
-            Step::MatMul(mm) => mm.epilogue.as_ref().map(|e| &e.kernel),
-        })
-        .collect();
+    let kernels = program.generated();
     let version = match nvrtc::version() {
         Ok((major, minor)) => format!("NVRTC {major}.{minor}"),
         Err(e) => {

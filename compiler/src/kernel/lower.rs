@@ -92,6 +92,20 @@ pub struct KernelProgram {
     pub epilogues: EpilogueReport,
 }
 
+impl KernelProgram {
+    /// The generated kernels in step order: each kernel step's, and each product's
+    /// epilogue (what a backend compiles).
+    pub fn generated(&self) -> Vec<&Kernel> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Kernel(k) => Some(&k.kernel),
+                Step::MatMul(m) => m.epilogue.as_ref().map(|e| &e.kernel),
+            })
+            .collect()
+    }
+}
+
 /// Lowers a fusion plan of `g` to kernels.
 pub fn lower(g: &Graph, plan: &FusionPlan) -> KernelProgram {
     let mut symbols: Vec<String> = Vec::new();

@@ -3,7 +3,7 @@
 
 use super::compile::CompilerSettings;
 use super::{optim, CpuProgram, Prepared};
-use crate::device::{Device, DeviceError, Observer, Optimizer, Program, Tensors};
+use crate::device::{step_name, unbound, Device, DeviceError, Observer, Optimizer, Program, Tensors};
 use crate::interp::RunError;
 use crate::tensor::HostTensor;
 use muse_compiler::ir::{Graph, NodeIndex};
@@ -92,10 +92,6 @@ struct Bound {
     state: Option<(Arc<optim::Kernels>, Option<optim::State>)>,
 }
 
-fn unbound() -> RunError {
-    RunError::Program("the program has no buffers yet: bind it to inputs and parameters first".into())
-}
-
 impl Bound {
     fn prep(&mut self) -> Result<&mut Prepared, RunError> {
         self.prep.as_mut().ok_or_else(unbound)
@@ -119,11 +115,7 @@ impl Program for Bound {
         Some(&self.program.program)
     }
     fn step_name(&self, step: usize) -> String {
-        match self.program.program.steps.get(step) {
-            Some(Step::Kernel(k)) => k.kernel.name.clone(),
-            Some(Step::MatMul(m)) => m.epilogue.as_ref().map_or("gemm".into(), |e| format!("gemm+{}", e.kernel.name)),
-            None => format!("step {step}"),
-        }
+        step_name(&self.program.program, step, "gemm")
     }
     fn bind(&mut self, inputs: &Tensors, params: &Tensors) -> Result<(), RunError> {
         let prep = self.program.prepare_trained(&self.graph, inputs, params, &self.trained)?;

@@ -521,22 +521,14 @@ impl CpuProgram {
     /// Runs the program `runs` times, timing each step: the median milliseconds per step, in
     /// program order.
     pub fn profile(&self, prep: &mut Prepared, seed: u64, runs: usize) -> Vec<f64> {
-        let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); self.program.steps.len()];
-        for _ in 0..runs.max(1) {
-            for (i, t) in times.iter_mut().enumerate() {
-                let start = std::time::Instant::now();
-                self.run_step(i, prep, seed);
-                t.push(start.elapsed().as_secs_f64() * 1e3);
-            }
+        let times = crate::device::median_step_times(self.program.steps.len(), runs, |i| {
+            self.run_step(i, prep, seed);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match times {
+            Ok(t) => t,
+            Err(never) => match never {},
         }
-        // The median of each step: a shared machine's interruptions hit single runs.
-        times
-            .into_iter()
-            .map(|mut t| {
-                t.sort_by(f64::total_cmp);
-                t[t.len() / 2]
-            })
-            .collect()
     }
 }
 

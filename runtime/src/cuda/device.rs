@@ -5,7 +5,7 @@
 use super::gpu::Gpu;
 use super::optim;
 use super::program::{run_error, GpuProgram, Resident};
-use crate::device::{Device, DeviceError, Observer, Optimizer, Program, Tensors};
+use crate::device::{step_name, unbound, Device, DeviceError, Observer, Optimizer, Program, Tensors};
 use crate::interp::RunError;
 use crate::tensor::{Data, HostTensor};
 use muse_compiler::ir::{Graph, NodeIndex};
@@ -87,10 +87,6 @@ struct Bound<G: Gpu> {
 /// An attached optimizer's kernels and, once bound, its state.
 type Attached<G> = (Arc<optim::Kernels<G>>, Option<optim::State<G>>);
 
-fn unbound() -> RunError {
-    RunError::Program("the program has no buffers yet: bind it to inputs and parameters first".into())
-}
-
 impl<G: Gpu> Bound<G> {
     fn resident(&self) -> Result<&Resident<G>, RunError> {
         self.resident.as_ref().ok_or_else(unbound)
@@ -125,13 +121,7 @@ impl<G: Gpu> Program for Bound<G> {
         Some(&self.program.program)
     }
     fn step_name(&self, step: usize) -> String {
-        match self.program.program.steps.get(step) {
-            Some(Step::Kernel(k)) => k.kernel.name.clone(),
-            Some(Step::MatMul(m)) => {
-                m.epilogue.as_ref().map_or("cublas".into(), |e| format!("cublas+{}", e.kernel.name))
-            }
-            None => format!("step {step}"),
-        }
+        step_name(&self.program.program, step, "cublas")
     }
     fn bind(&mut self, inputs: &Tensors, params: &Tensors) -> Result<(), RunError> {
         // The old buffers go first: a GPU may not hold two bindings.

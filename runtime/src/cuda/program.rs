@@ -167,14 +167,7 @@ impl<G: Gpu> GpuProgram<G> {
                 program.symbols.len()
             )));
         }
-        let kernels: Vec<&Kernel> = program
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Kernel(k) => Some(&k.kernel),
-                Step::MatMul(m) => m.epilogue.as_ref().map(|e| &e.kernel),
-            })
-            .collect();
+        let kernels = program.generated();
         let mut units = render_units(&kernels, storage);
         units.push(GATHER.to_string());
         units.iter_mut().for_each(edit);
@@ -267,23 +260,11 @@ impl<G: Gpu> GpuProgram<G> {
     /// Runs the program `runs` times, timing each step between synchronisations: the median
     /// milliseconds per step, in order.
     pub fn profile(&self, r: &Resident<G>, seed: u64, runs: usize) -> Result<Vec<f64>, GpuError> {
-        let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); self.program.steps.len()];
-        for _ in 0..runs.max(1) {
-            for (i, t) in times.iter_mut().enumerate() {
-                self.gpu.synchronize()?;
-                let start = std::time::Instant::now();
-                self.run_step(i, r, seed)?;
-                self.gpu.synchronize()?;
-                t.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        Ok(times
-            .into_iter()
-            .map(|mut t| {
-                t.sort_by(f64::total_cmp);
-                t[t.len() / 2]
-            })
-            .collect())
+        self.gpu.synchronize()?;
+        crate::device::median_step_times(self.program.steps.len(), runs, |i| {
+            self.run_step(i, r, seed)?;
+            self.gpu.synchronize()
+        })
     }
 }
 

@@ -126,6 +126,46 @@ impl dyn Program + '_ {
     }
 }
 
+/// The error of a program used before [`Program::bind`].
+pub(crate) fn unbound() -> RunError {
+    RunError::Program("the program has no buffers yet: bind it to inputs and parameters first".into())
+}
+
+/// The name of launch `step` of a fused program whose products run as `product` (`gemm`,
+/// `cublas`): the kernel's, or the product's with its epilogue's.
+pub(crate) fn step_name(p: &KernelProgram, step: usize, product: &str) -> String {
+    match p.steps.get(step) {
+        Some(Step::Kernel(k)) => k.kernel.name.clone(),
+        Some(Step::MatMul(m)) => m.epilogue.as_ref().map_or(product.into(), |e| format!("{product}+{}", e.kernel.name)),
+        None => format!("step {step}"),
+    }
+}
+
+/// Runs `steps` steps `runs` times through `run` (which returns once the step is done),
+/// timing each: the median milliseconds per step, in order (a shared machine's
+/// interruptions hit single runs).
+pub(crate) fn median_step_times<E>(
+    steps: usize,
+    runs: usize,
+    mut run: impl FnMut(usize) -> Result<(), E>,
+) -> Result<Vec<f64>, E> {
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); steps];
+    for _ in 0..runs.max(1) {
+        for (i, t) in times.iter_mut().enumerate() {
+            let start = std::time::Instant::now();
+            run(i)?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
+}
+
 /// Which gradients an optimizer verb reads: the last execution's, or the sum kept by
 /// [`Optimizer::accumulate`] over several.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
