@@ -49,10 +49,11 @@ fn tokenize_command(run: &Path, data: &str, samples: usize, device: &DeviceArg) 
         used.iter().filter(|&&u| u).count()
     );
     let r = vq.judge_reconstructions(d.as_ref(), 256, device.as_ref())?;
-    if r.judged > 0 {
+    if r.judged() > 0 {
         text.push_str(&format!(
-            "reconstructions of {} one-shape images, judged against their captions: colour right in {}, place in {}, shape in {} (large shapes {} of {})\n",
-            r.judged, r.colour, r.place, r.shape, r.large.1, r.large.0
+            "reconstructions of {} images judged against their captions: {}\n",
+            r.judged(),
+            r.summary()
         ));
     }
     Ok(text)

@@ -6,6 +6,7 @@ use crate::error::{named, Error};
 
 use crate::config::TrainArgs;
 use crate::data::Dataset;
+use crate::eval::align::{judge, Alignment, Prompt};
 use crate::masked::{self, TokenSet};
 use crate::objective::{compile_model, config_int};
 use crate::run::RunDir;
@@ -84,45 +85,29 @@ impl ImageTokenizer {
     }
 }
 
-/// How reconstructions of one-shape images of the built-in data set judge against their
-/// captions (see [`crate::data::shapes::judge`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Reconstructions {
-    /// Images judged.
-    pub judged: usize,
-    /// Right in colour, place and shape.
-    pub colour: usize,
-    /// Right in place.
-    pub place: usize,
-    /// Right in shape.
-    pub shape: usize,
-    /// Images of a large shape, and those right in shape.
-    pub large: (usize, usize),
-}
-
 impl ImageTokenizer {
-    /// Encodes and decodes the first `count` one-shape images of `data` and judges the
-    /// reconstructions against their captions: what the tokenizer can represent, an upper
-    /// bound for any generator on its tokens. None judged for data without such captions.
+    /// Encodes and decodes the first `count` images of `data` whose captions are the built-in
+    /// data set's and judges the reconstructions against them (see [`crate::eval::align`]):
+    /// what the tokenizer can represent, an upper bound for any generator on its tokens. None
+    /// judged for data without such captions.
     pub fn judge_reconstructions(
         &self,
         data: &dyn Dataset,
         count: usize,
         device: &dyn Device,
-    ) -> Result<Reconstructions, Error> {
-        use crate::data::shapes::judge;
+    ) -> Result<Alignment, Error> {
         let g = &self.model.graph;
         let recon = named(&g.outputs, "recon", Error::Model("the image tokenizer has no `recon` output".into()))?;
         let mut program = device.compile(g, &[recon])?;
         let res = data.resolution();
-        let mut out = Reconstructions::default();
+        let mut out = Alignment::default();
         let mut index = 0u64;
         let limit = data.size().map_or(count.saturating_mul(8) as u64, |n| n as u64);
-        while out.judged < count && index < limit {
+        while out.judged() < count && index < limit {
             let (mut pixels, mut captions) = (Vec::new(), Vec::new());
-            while captions.len() < 64 && out.judged + captions.len() < count && index < limit {
+            while captions.len() < 64 && out.judged() + captions.len() < count && index < limit {
                 if let Ok(s) = data.get(index) {
-                    if judge(&s.image, res, &s.caption).is_some() {
+                    if Prompt::parse(&s.caption).is_some() {
                         pixels.extend(s.image.iter().map(|&x| x as f64));
                         captions.push(s.caption);
                     }
@@ -136,15 +121,7 @@ impl ImageTokenizer {
             let values = program.run(&inputs, &self.params, 0)?;
             let images: Vec<f32> = values[&recon].to_f64().iter().map(|&x| x as f32).collect();
             for (i, caption) in captions.iter().enumerate() {
-                let Some(j) = judge(&images[i * res * res * 3..][..res * res * 3], res, caption) else { continue };
-                out.judged += 1;
-                out.colour += usize::from(j.colour);
-                out.place += usize::from(j.place);
-                out.shape += usize::from(j.shape);
-                if caption.contains(" large ") {
-                    out.large.0 += 1;
-                    out.large.1 += usize::from(j.shape);
-                }
+                out.add(judge(&images[i * res * res * 3..][..res * res * 3], res, caption).as_ref());
             }
         }
         Ok(out)

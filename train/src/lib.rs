@@ -6,6 +6,7 @@ pub mod config;
 pub mod critic;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod fit;
 pub mod image_tokenizer;
 pub mod masked;

@@ -5,6 +5,7 @@
 
 use crate::error::Error;
 
+use crate::eval::align::{judge, Alignment};
 use crate::picture::{grid, save_png, to_rgb8};
 use crate::trained::{config_int, TrainedTokenModel};
 use muse_compiler::{compile_source, Model, Options};
@@ -232,32 +233,22 @@ pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, Error
         a.cfg,
         a.temperature
     );
-    // Prompts in the built-in data set's one-shape form are judged against the pixels.
-    let (mut judged, mut colours, mut places, mut shapes) = (0, 0, 0, 0);
+    // Prompts in the built-in data set's caption forms are judged against the pixels.
+    let mut alignment = Alignment::default();
     for (i, prompt) in a.prompts.iter().enumerate() {
         let pixels = &flat[i * res * res * 3..][..res * res * 3];
         let img = to_rgb8(pixels, res);
         let f = a.out.join(format!("{i:03}.png"));
         save_png(&img, &f)?;
-        let verdict = match crate::data::shapes::judge(pixels, res, prompt) {
-            Some(j) => {
-                judged += 1;
-                colours += usize::from(j.colour);
-                places += usize::from(j.place);
-                shapes += usize::from(j.shape);
-                let yes = |b: bool| if b { "right" } else { "wrong" };
-                format!("\tcolour {}, place {}, shape {}", yes(j.colour), yes(j.place), yes(j.shape))
-            }
-            None => String::new(),
-        };
-        listing.push_str(&format!("{i:03}.png\t{prompt}{verdict}\n"));
+        let verdict = judge(pixels, res, prompt);
+        alignment.add(verdict.as_ref());
+        let said = verdict.map(|v| format!("\t{}", v.describe())).unwrap_or_default();
+        listing.push_str(&format!("{i:03}.png\t{prompt}{said}\n"));
         files.push(f);
         imgs.push(img);
     }
-    if judged > 0 {
-        let summary = format!(
-            "{judged} one-shape prompts judged against the pixels: colour right in {colours}, place right in {places}, shape right in {shapes}"
-        );
+    if alignment.judged() > 0 {
+        let summary = alignment.summary();
         eprintln!("{summary}");
         listing.push_str(&format!("# {summary}\n"));
     }

@@ -1,0 +1,5 @@
+//! Evaluation: caption alignment on the built-in data set and Frechet distances between
+//! feature sets.
+
+pub mod align;
+pub mod frechet;
