@@ -4,7 +4,7 @@
 mod commands;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use commands::{check, graph, inspect, run, sample, tokenize, train};
+use commands::{check, eval, graph, inspect, run, sample, tokenize, train};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -33,6 +33,9 @@ enum Command {
     /// Generate images from prompts with a trained masked-token model (MaskGIT decoding with
     /// classifier-free guidance), decoded by its image tokenizer; writes PNGs and a grid.
     Sample(sample::Args),
+    /// Sample a trained generator at evaluation scale with fixed seeds and score the images
+    /// (caption alignment on the built-in data); recorded in the run's eval.json.
+    Eval(eval::Args),
     /// Differentiate a model's loss; print the loss and every parameter's gradient norm.
     Grad(run::Args),
 }
@@ -52,5 +55,6 @@ fn main() -> ExitCode {
         Command::Train(a) => train::main(*a, matches.subcommand_matches("train").expect("the train command")),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Sample(a) => sample::main(a),
+        Command::Eval(a) => eval::main(a),
     }
 }

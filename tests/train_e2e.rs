@@ -7,8 +7,10 @@ use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
 use muse_runtime::select;
 use muse_train::config::TrainArgs;
 use muse_train::error::Error;
+use muse_train::eval::{EvalArgs, Prompts};
 use muse_train::objective::train;
-use muse_train::sample::SampleArgs;
+use muse_train::sample::{Decoding, SampleArgs};
+use muse_train::trained::{Pick, TrainedTokenModel, Weights};
 use std::path::{Path, PathBuf};
 
 /// The CPU device with quick compiles and a kernel cache of this test process.
@@ -115,17 +117,15 @@ fn masked_token_models_learn_the_built_in_data() {
     let c = train(&critic, false, s.as_ref()).unwrap();
     assert!(c.last_loss < c.first_loss, "critic: {} -> {}", c.first_loss, c.last_loss);
     // Sampling is a function of the seed, with and without the critic.
-    let sample = |seed: u64, critic: Option<PathBuf>, out: &str| {
+    let sample_in = |seed: u64, critic: Option<PathBuf>, out: &str, batch: usize| {
         let a = SampleArgs {
             run: dir.join("mamba_xattn_xz"),
             prompts: vec!["a large red circle in the center".into(), "a blue square on the left".into()],
-            steps: 6,
-            cfg: 3.0,
-            temperature: 1.0,
-            choice_temperature: 4.5,
-            seed,
+            decoding: Decoding { steps: 6, seed, ..Decoding::default() },
             out: dir.join(out),
             critic,
+            batch,
+            pick: Default::default(),
         };
         let files = muse_train::sample::sample(&a, s.as_ref()).unwrap();
         assert_eq!(files.len(), 3, "two images and the grid");
@@ -133,10 +133,36 @@ fn masked_token_models_learn_the_built_in_data() {
         assert_eq!((img.width(), img.height()), (8, 8));
         std::fs::read(dir.join(out).join("grid.png")).unwrap()
     };
-    assert_eq!(sample(1, None, "s1"), sample(1, None, "s1b"));
+    let sample = |seed: u64, critic: Option<PathBuf>, out: &str| sample_in(seed, critic, out, 1);
+    // An image is a function of the seed and its index, whatever the batch.
+    assert_eq!(sample(1, None, "s1"), sample_in(1, None, "s1b", 2));
     assert_ne!(sample(1, None, "s1"), sample(2, None, "s2"));
     let with_critic = sample(1, Some(dir.join("critic")), "c1");
     assert_eq!(with_critic, sample(1, Some(dir.join("critic")), "c1b"));
+    // `muse eval`: the same images in batches of 5 and of 12; both scored against their
+    // captions beside the real images of the same captions, recorded once in eval.json.
+    let run = dir.join("mamba_xattn_xz");
+    let eval = |batch: usize| {
+        let a = EvalArgs {
+            run: run.clone(),
+            samples: 12,
+            prompts: Prompts::Data,
+            decoding: Decoding { steps: 4, ..Decoding::default() },
+            batch,
+            pick: Default::default(),
+        };
+        muse_train::eval::evaluate(&a, s.as_ref()).unwrap()
+    };
+    let (e5, e12) = (eval(5), eval(12));
+    assert_eq!(e5["alignment"], e12["alignment"]);
+    assert_eq!(e5["alignment"]["overall"]["judged"], 12);
+    let real = e5["real_alignment"]["overall"]["fraction"].as_f64().unwrap();
+    let generated = e5["alignment"]["overall"]["fraction"].as_f64().unwrap();
+    assert!(real >= 0.9 && generated < real, "real {real}, generated {generated}");
+    let recorded = muse_train::eval::recorded(&run).unwrap();
+    assert_eq!(recorded.len(), 1, "a repeated evaluation replaces the first");
+    assert_eq!(recorded[0]["checkpoint_step"], 150);
+    assert!(run.join(recorded[0]["grid"].as_str().unwrap()).is_file());
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -171,6 +197,21 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         assert_eq!(t, &b[k], "{k} differs after resuming");
     }
     assert_eq!(common::losses(&whole.out), common::losses(&half.out), "the metrics of both runs agree step by step");
+    // A chosen checkpoint, raw or averaged weights.
+    let open = |step: Option<u64>, weights: Weights| {
+        TrainedTokenModel::open_at(&whole.out, Pick { step, weights }, s.as_ref()).unwrap()
+    };
+    let ck10 = ck_at(&whole.out, 10);
+    let (raw, avg) = (open(Some(10), Weights::Raw), open(Some(10), Weights::Ema));
+    assert!(!raw.ema && avg.ema && raw.step == 10);
+    for (name, t) in &raw.params {
+        assert_eq!(t, &ck10[name]);
+        assert_eq!(&avg.params[name], &ck10[&format!("ema/{name}")]);
+    }
+    assert_eq!(open(None, Weights::Ema).step, 20);
+    let missing = TrainedTokenModel::open_at(&whole.out, Pick { step: Some(7), ..Pick::default() }, s.as_ref());
+    let e = missing.err().expect("no checkpoint of step 7").to_string();
+    assert!(e.contains("step 7") && e.contains("10, 20"), "{e}");
     // A new run from that checkpoint's weights (--init) with the text encoder frozen: the
     // encoder comes out exactly as loaded, the rest trains on; resuming keeps both settings.
     let init = whole.out.join("checkpoints/step-00000020.safetensors");

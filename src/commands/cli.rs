@@ -38,6 +38,55 @@ impl DeviceArg {
     }
 }
 
+/// Which checkpoint of a run, and which of its weights.
+#[derive(clap::Args, Clone)]
+pub struct PickArg {
+    /// The checkpoint of this step (default: the latest).
+    #[arg(long, value_name = "STEP")]
+    pub checkpoint: Option<u64>,
+    /// `ema` (the weight average where the run kept one, else raw) or `raw`.
+    #[arg(long, value_enum, default_value_t = muse_train::trained::Weights::Ema)]
+    pub weights: muse_train::trained::Weights,
+}
+
+impl PickArg {
+    /// As the training crate takes it.
+    pub fn pick(&self) -> muse_train::trained::Pick {
+        muse_train::trained::Pick { step: self.checkpoint, weights: self.weights }
+    }
+}
+
+/// How MaskGIT decodes (`muse sample`, `muse eval`).
+#[derive(clap::Args, Clone, Copy)]
+pub struct DecodingArg {
+    /// Decoding steps.
+    #[arg(long, default_value_t = 12)]
+    pub steps: usize,
+    /// Classifier-free guidance scale (ramped up linearly over the steps).
+    #[arg(long, default_value_t = 3.0)]
+    pub cfg: f64,
+    /// Sampling temperature of the first step (annealed to 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Scale of the noise that decides which tokens are re-masked (annealed to 0).
+    #[arg(long, default_value_t = 4.5)]
+    pub choice_temperature: f64,
+    /// Draw each token from the K most likely only (0: from all).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub top_k: usize,
+    /// Seed: the same seed gives the same images (image i depends on the seed and i only).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl DecodingArg {
+    /// As the training crate takes it.
+    pub fn decoding(&self) -> muse_train::sample::Decoding {
+        let DecodingArg { steps, cfg, temperature, choice_temperature, top_k, seed } = *self;
+        muse_train::sample::Decoding { steps, cfg, temperature, choice_temperature, top_k, seed }
+    }
+}
+
 #[derive(clap::Args, Clone)]
 pub struct ModelOpts {
     /// Override a config value, e.g. `--set depth=24` (repeatable).

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod eval;
 pub mod graph;
 pub mod inspect;
 pub mod run;

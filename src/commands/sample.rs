@@ -1,7 +1,7 @@
 //! `muse sample`: images from prompts with a trained masked-token model (MaskGIT decoding
 //! with classifier-free guidance), decoded by its image tokenizer.
 
-use super::cli::{fail, write_stdout, DeviceArg};
+use super::cli::{fail, write_stdout, DecodingArg, DeviceArg, PickArg};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,34 +16,26 @@ pub struct Args {
     /// A file with one prompt per line.
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
-    /// Decoding steps.
-    #[arg(long, default_value_t = 12)]
-    pub steps: usize,
-    /// Classifier-free guidance scale (ramped up linearly over the steps).
-    #[arg(long, default_value_t = 3.0)]
-    pub cfg: f64,
-    /// Sampling temperature of the first step (annealed to 0).
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    /// Scale of the noise that decides which tokens are re-masked (annealed to 0).
-    #[arg(long, default_value_t = 4.5)]
-    pub choice_temperature: f64,
-    /// Seed: the same seed gives the same images.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub decoding: DecodingArg,
     /// Output folder (NNN.png, grid.png, prompts.txt).
     #[arg(long, default_value = "samples")]
     pub out: PathBuf,
     /// A trained token critic's run directory: its scores choose which tokens to re-mask.
     #[arg(long, value_name = "RUN_DIR")]
     pub critic: Option<PathBuf>,
+    /// Images decoded at once.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub pick: PickArg,
     #[command(flatten)]
     pub device: DeviceArg,
 }
 
 /// Samples every prompt; writes PNGs, a grid and the prompts with their judgements.
 pub fn main(a: Args) -> ExitCode {
-    let Args { run, prompt, prompts, steps, cfg, temperature, choice_temperature, seed, out, critic, device } = a;
+    let Args { run, prompt, prompts, decoding, out, critic, batch, pick, device } = a;
     let mut all = prompt;
     if let Some(f) = prompts {
         match std::fs::read_to_string(&f) {
@@ -57,13 +49,11 @@ pub fn main(a: Args) -> ExitCode {
     let a = muse_train::sample::SampleArgs {
         run,
         prompts: all,
-        steps,
-        cfg,
-        temperature,
-        choice_temperature,
-        seed,
+        decoding: decoding.decoding(),
         out,
         critic,
+        batch,
+        pick: pick.pick(),
     };
     let device = match device.open(false) {
         Ok(d) => d,

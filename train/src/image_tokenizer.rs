@@ -10,6 +10,7 @@ use crate::eval::align::{judge, Alignment, Prompt};
 use crate::masked::{self, TokenSet};
 use crate::objective::{compile_model, config_int};
 use crate::run::RunDir;
+use crate::trained::Weights;
 use muse_compiler::Model;
 use muse_runtime::device::{Device, Tensors};
 use muse_runtime::HostTensor;
@@ -25,6 +26,8 @@ pub struct ImageTokenizer {
     pub run: PathBuf,
     /// The checkpoint they came from.
     pub checkpoint: String,
+    /// Whether `params` are the checkpoint's weight average.
+    pub ema: bool,
 }
 
 impl ImageTokenizer {
@@ -33,15 +36,15 @@ impl ImageTokenizer {
         let args = TrainArgs::from_run(run)?;
         let model = compile_model(&args.model, &args.sets)?;
         let dir = RunDir::open(run)?;
-        let (tensors, _) =
-            dir.latest()?.ok_or_else(|| Error::RunDir(format!("{}: the run has no checkpoint yet", run.display())))?;
-        let params =
-            model.graph.params.iter().filter_map(|p| Some((p.name.clone(), tensors.get(&p.name)?.clone()))).collect();
+        let (tensors, _) = dir.checkpoint(None)?;
+        // Encoding and decoding alike with the weight average where it was kept.
+        let (params, ema) = Weights::Ema.pick(&model, &tensors)?;
         Ok(ImageTokenizer {
             model,
             params,
             run: run.to_path_buf(),
             checkpoint: dir.checkpoints().last().cloned().unwrap_or_default(),
+            ema,
         })
     }
 
@@ -70,6 +73,7 @@ impl ImageTokenizer {
             data_spec
                 .bytes()
                 .chain(self.checkpoint.bytes())
+                .chain(if self.ema { &b"ema"[..] } else { &b""[..] }.iter().copied())
                 .fold(samples as u64, |h, b| muse_runtime::rng::mix64(h ^ b as u64)),
         );
         let dir = self.run.join("tokens").join(format!("{key:016x}"));

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod fit;
 pub mod image_tokenizer;
 pub mod masked;
+pub mod meter;
 pub mod objective;
 pub mod picture;
 pub mod run;

@@ -160,4 +160,29 @@ impl RunDir {
             Progress { step: field("step")?.as_u64().unwrap_or(0), data_pos: field("data_pos")?.as_u64().unwrap_or(0) };
         Ok(Some((tensors, progress)))
     }
+
+    /// The checkpoint of `step` (`None`: the one `latest.json` names), with the steps there
+    /// are in the error when it is not kept.
+    pub fn checkpoint(&self, step: Option<u64>) -> Result<Checkpoint, Error> {
+        let Some(step) = step else {
+            return self.latest()?.ok_or_else(|| Error::RunDir(format!("{}: no checkpoint yet", self.path.display())));
+        };
+        let name = format!("step-{step:08}.safetensors");
+        let kept = self.checkpoints();
+        if !kept.contains(&name) {
+            let steps: Vec<String> = kept
+                .iter()
+                .filter_map(|n| n.strip_prefix("step-")?.strip_suffix(".safetensors")?.parse::<u64>().ok())
+                .map(|s| s.to_string())
+                .collect();
+            return Err(Error::RunDir(format!(
+                "{}: no checkpoint of step {step}; kept: {}",
+                self.path.display(),
+                if steps.is_empty() { "none".to_string() } else { steps.join(", ") }
+            )));
+        }
+        let tensors = checkpoint::load(&self.path.join("checkpoints").join(name))?;
+        // Where the data stream stood is only in latest.json; sampling does not need it.
+        Ok((tensors, Progress { step, data_pos: 0 }))
+    }
 }

@@ -31,9 +31,52 @@ pub struct TrainedTokenModel {
     pub grid: i64,
     /// Steps its checkpoint was trained for.
     pub step: u64,
+    /// Whether `params` are the checkpoint's weight average.
+    pub ema: bool,
     /// Compiled for `logits`; borrowed mutably by each call (a program holds its buffers).
     program: std::cell::RefCell<Box<dyn Program>>,
     logits: NodeIndex,
+}
+
+/// Which weights of a checkpoint to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Weights {
+    /// The exponential moving average (`--ema`) where the checkpoint has one, else the raw
+    /// weights.
+    #[default]
+    Ema,
+    /// The optimizer's weights.
+    Raw,
+}
+
+impl Weights {
+    /// The model's parameters from a checkpoint's tensors, and whether they are the EMA.
+    pub fn pick(self, model: &Model, tensors: &Tensors) -> Result<(Tensors, bool), Error> {
+        let ema =
+            self == Weights::Ema && model.graph.params.iter().all(|p| tensors.contains_key(&format!("ema/{}", p.name)));
+        let params = model
+            .graph
+            .params
+            .iter()
+            .map(|p| {
+                let key = if ema { format!("ema/{}", p.name) } else { p.name.clone() };
+                tensors
+                    .get(&key)
+                    .map(|t| (p.name.clone(), t.clone()))
+                    .ok_or_else(|| Error::Usage(format!("checkpoint lacks parameter `{}`", p.name)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((params, ema))
+    }
+}
+
+/// Which checkpoint of a run and which of its weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pick {
+    /// The checkpoint of this step (`None`: the latest).
+    pub step: Option<u64>,
+    /// Raw or averaged weights.
+    pub weights: Weights,
 }
 
 /// An integer config value of a model.
@@ -46,8 +89,14 @@ pub fn config_int(m: &Model, key: &str) -> Result<i64, Error> {
 }
 
 impl TrainedTokenModel {
-    /// Opens the run at `dir` (trained with an image tokenizer: config.json names it).
+    /// Opens the run at `dir` (trained with an image tokenizer: config.json names it) at its
+    /// latest checkpoint, with the weight average where it has one.
     pub fn open(dir: &Path, device: &dyn Device) -> Result<TrainedTokenModel, Error> {
+        Self::open_at(dir, Pick::default(), device)
+    }
+
+    /// Opens the run at `dir` with the checkpoint and weights `pick` chooses.
+    pub fn open_at(dir: &Path, pick: Pick, device: &dyn Device) -> Result<TrainedTokenModel, Error> {
         let targs = TrainArgs::from_run(dir)?;
         let run = RunDir::open(dir)?;
         let config = run.config()?;
@@ -59,21 +108,11 @@ impl TrainedTokenModel {
         let sets = token_model_sets(&targs.sets, codebook, grid, Path::new(vq_dir))?;
         let model = compile_model(&targs.model, &sets)?;
         let text = TextTokenizer::load(&dir.join("tokenizer.json"), config_int(&model, "text_len")? as usize)?;
-        let (tensors, progress) =
-            run.latest()?.ok_or_else(|| Error::RunDir(format!("{}: no checkpoint yet", dir.display())))?;
-        let params: Tensors = model
-            .graph
-            .params
-            .iter()
-            .map(|p| {
-                let t = tensors.get(&format!("ema/{}", p.name)).or_else(|| tensors.get(&p.name));
-                t.map(|t| (p.name.clone(), t.clone()))
-                    .ok_or_else(|| Error::Usage(format!("checkpoint lacks parameter `{}`", p.name)))
-            })
-            .collect::<Result<_, _>>()?;
+        let (tensors, progress) = run.checkpoint(pick.step)?;
+        let (params, ema) = pick.weights.pick(&model, &tensors)?;
         let logits = named(&model.graph.outputs, "logits", Error::Model("the model has no `logits` output".into()))?;
         let program = device.compile(&model.graph, &[logits])?.into();
-        Ok(TrainedTokenModel { model, params, text, vq, codebook, grid, step: progress.step, program, logits })
+        Ok(TrainedTokenModel { model, params, text, vq, codebook, grid, step: progress.step, ema, program, logits })
     }
 
     /// The logits for a batch; inputs the logits do not need (targets, masks of the loss)

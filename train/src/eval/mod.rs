@@ -1,5 +1,203 @@
-//! Evaluation: caption alignment on the built-in data set and Frechet distances between
-//! feature sets.
+//! Evaluation: caption alignment on the built-in data set, Frechet distances between
+//! feature sets, and `muse eval`, which samples a trained generator at evaluation scale and
+//! records every metric it can compute in the run's `eval.json`.
 
 pub mod align;
 pub mod frechet;
+
+use crate::config::TrainArgs;
+use crate::data::{self, shapes, Dataset};
+use crate::error::Error;
+use crate::meter::Meter;
+use crate::picture::{grid, save_png, to_rgb8};
+use crate::run::write_atomic;
+use crate::sample::{Decoding, Sampler};
+use crate::trained::Pick;
+use align::{judge, Alignment};
+use muse_runtime::device::Device;
+use muse_runtime::rng::mix64;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Which prompts an evaluation samples.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompts {
+    /// Captions of the run's own data set, drawn from a stream the training never read (the
+    /// built-in set under another seed), with their real images as the reference.
+    Data,
+    /// The built-in set's held-out (colour, shape) pairs, never seen in training.
+    HeldOut,
+    /// One prompt per line of a file, repeated in turn until enough images are made.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Prompts {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Prompts, String> {
+        Ok(match s {
+            "data" => Prompts::Data,
+            "held-out" => Prompts::HeldOut,
+            f => Prompts::File(PathBuf::from(f)),
+        })
+    }
+}
+
+impl std::fmt::Display for Prompts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prompts::Data => write!(f, "data"),
+            Prompts::HeldOut => write!(f, "held-out"),
+            Prompts::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// What `muse eval` was asked for.
+#[derive(Clone, Debug)]
+pub struct EvalArgs {
+    /// The generator's run directory (eval.json goes there).
+    pub run: PathBuf,
+    /// Images to generate.
+    pub samples: usize,
+    /// Which prompts.
+    pub prompts: Prompts,
+    /// How to decode (the seed fixes every image).
+    pub decoding: Decoding,
+    /// Images generated at once.
+    pub batch: usize,
+    /// The checkpoint and weights.
+    pub pick: Pick,
+}
+
+/// Images in an evaluation's grid of samples (the first prompts, the same for every run).
+const GRID: usize = 16;
+
+/// Seed of the built-in data set's evaluation stream, apart from any training seed.
+fn eval_seed(train_seed: u64) -> u64 {
+    mix64(train_seed ^ 0x6576_616c_7561_7465)
+}
+
+/// An evaluation's prompts, and the data set whose images go with them (none for a file).
+type PromptSet = (Vec<String>, Option<Box<dyn Dataset>>);
+
+/// The prompts of an evaluation, and the real images that go with them.
+fn prompts(a: &EvalArgs, targs: &TrainArgs, res: usize) -> Result<PromptSet, Error> {
+    let n = a.samples;
+    match &a.prompts {
+        Prompts::Data => {
+            let d = data::open(&targs.data, res, eval_seed(targs.seed), false)?;
+            let count = d.size().map_or(n, |s| s.min(n));
+            let mut captions = Vec::with_capacity(count);
+            for i in 0..count as u64 {
+                captions.push(d.get(i)?.caption);
+            }
+            Ok((captions, Some(d)))
+        }
+        Prompts::HeldOut => {
+            let d = shapes::Shapes { split: shapes::Split::HeldOut, ..shapes::Shapes::new(res, eval_seed(targs.seed)) };
+            Ok(((0..n as u64).map(|i| d.sample(i).caption).collect(), Some(Box::new(d))))
+        }
+        Prompts::File(f) => {
+            let text = std::fs::read_to_string(f).map_err(Error::io(f))?;
+            let lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            if lines.is_empty() {
+                return Err(Error::Usage(format!("{}: no prompts in the file", f.display())));
+            }
+            Ok(((0..n).map(|i| lines[i % lines.len()].clone()).collect(), None))
+        }
+    }
+}
+
+/// Samples `a.samples` images with fixed seeds, scores them, and records the evaluation in
+/// the run's `eval.json` (replacing an earlier one of the same checkpoint and settings);
+/// returns the evaluation.
+pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
+    if a.samples == 0 || a.batch == 0 {
+        return Err(Error::Usage("--samples and --batch must be at least 1".into()));
+    }
+    let start = std::time::Instant::now();
+    let targs = TrainArgs::from_run(&a.run)?;
+    let mut sampler = Sampler::open(&a.run, a.pick, None, a.decoding.clone(), device)?;
+    let res = sampler.resolution;
+    let (prompts, real) = prompts(a, &targs, res)?;
+    let (step, ema) = (sampler.gen.step, sampler.gen.ema);
+    let tag = format!("step-{step:08}-{}", if ema { "ema" } else { "raw" });
+    let dir = a.run.join("eval").join(&tag);
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    let (mut generated, mut reference) = (Alignment::default(), Alignment::default());
+    let mut shown = Vec::new();
+    let mut listing = String::new();
+    let meter = Meter::new("eval", prompts.len());
+    for (b, batch) in prompts.chunks(a.batch).enumerate() {
+        let first = b * a.batch;
+        let pixels = sampler.images(batch, first as u64)?;
+        for (j, prompt) in batch.iter().enumerate() {
+            let img = &pixels[j * res * res * 3..][..res * res * 3];
+            let verdict = judge(img, res, prompt);
+            generated.add(verdict.as_ref());
+            if shown.len() < GRID {
+                shown.push(to_rgb8(img, res));
+                let said = verdict.map(|v| format!("\t{}", v.describe())).unwrap_or_default();
+                listing.push_str(&format!("{}\t{prompt}{said}\n", first + j));
+            }
+            if let Some(d) = &real {
+                let s = d.get((first + j) as u64)?;
+                reference.add(judge(&s.image, res, &s.caption).as_ref());
+            }
+        }
+        meter.advance(batch.len());
+    }
+    meter.finish();
+    save_png(&grid(&shown, 4, 2), &dir.join("grid.png"))?;
+    write_atomic(&dir.join("prompts.txt"), listing.as_bytes())?;
+    let d = &a.decoding;
+    let evaluation = json!({
+        "checkpoint_step": step,
+        "weights": if ema { "ema" } else { "raw" },
+        "samples": prompts.len(),
+        "prompts": a.prompts.to_string(),
+        "decoding": {
+            "steps": d.steps, "cfg": d.cfg, "temperature": d.temperature,
+            "choice_temperature": d.choice_temperature, "top_k": d.top_k, "seed": d.seed,
+        },
+        "alignment": if generated.judged() > 0 { generated.to_json() } else { Value::Null },
+        "real_alignment": if reference.judged() > 0 { reference.to_json() } else { Value::Null },
+        "fid": Value::Null,
+        "clip_score": Value::Null,
+        "not_computed": {
+            "fid": "Inception-v3 features are not part of muse yet",
+            "clip_score": "CLIP features are not part of muse yet",
+        },
+        "grid": format!("eval/{tag}/grid.png"),
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    if generated.judged() > 0 {
+        eprintln!("generated: {}", generated.summary());
+    }
+    if reference.judged() > 0 {
+        eprintln!("real images of the same captions: {}", reference.summary());
+    }
+    record(&a.run, &evaluation)?;
+    Ok(evaluation)
+}
+
+/// The evaluations recorded in a run's `eval.json` (none when there is no file).
+pub fn recorded(run: &Path) -> Result<Vec<Value>, Error> {
+    let p = run.join("eval.json");
+    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(Vec::new()) };
+    let v: Value = serde_json::from_str(&text).map_err(Error::format(&p))?;
+    Ok(v["evaluations"].as_array().cloned().unwrap_or_default())
+}
+
+/// Adds `evaluation` to the run's `eval.json`, replacing one of the same checkpoint, weights,
+/// prompts, sample count and decoding; kept in order of step.
+fn record(run: &Path, evaluation: &Value) -> Result<(), Error> {
+    let same = |e: &Value| {
+        ["checkpoint_step", "weights", "samples", "prompts", "decoding"].iter().all(|k| e[k] == evaluation[k])
+    };
+    let mut all: Vec<Value> = recorded(run)?.into_iter().filter(|e| !same(e)).collect();
+    all.push(evaluation.clone());
+    all.sort_by_key(|e| e["checkpoint_step"].as_u64().unwrap_or(0));
+    let text = serde_json::to_string_pretty(&json!({ "evaluations": all })).expect("JSON values serialise");
+    write_atomic(&run.join("eval.json"), text.as_bytes())
+}
