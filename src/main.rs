@@ -4,7 +4,7 @@
 mod commands;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use commands::{check, eval, graph, inspect, run, sample, tokenize, train};
+use commands::{check, eval, graph, inspect, run, sample, table, tokenize, train};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -36,6 +36,9 @@ enum Command {
     /// Sample a trained generator at evaluation scale with fixed seeds and score the images
     /// (caption alignment on the built-in data); recorded in the run's eval.json.
     Eval(eval::Args),
+    /// The results table of runs (method, parameters, steps, batch, FID, CLIP, alignment) as
+    /// Markdown, with plots of their losses, alignment against step and samples.
+    Table(table::Args),
     /// Differentiate a model's loss; print the loss and every parameter's gradient norm.
     Grad(run::Args),
 }
@@ -56,5 +59,6 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::main(a),
         Command::Sample(a) => sample::main(a),
         Command::Eval(a) => eval::main(a),
+        Command::Table(a) => table::main(a),
     }
 }

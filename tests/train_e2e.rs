@@ -7,6 +7,7 @@ use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
 use muse_runtime::select;
 use muse_train::config::TrainArgs;
 use muse_train::error::Error;
+use muse_train::eval::table::{markdown, plots, RunSummary};
 use muse_train::eval::{EvalArgs, Prompts};
 use muse_train::objective::train;
 use muse_train::sample::{Decoding, SampleArgs};
@@ -423,6 +424,7 @@ fn every_generator_variant_trains_and_samples() {
     train(&vq(&dir), false, s.as_ref()).unwrap();
     let all = generators();
     assert_eq!(all.len(), 15, "thirteen Mamba variants (mamba_parallel twice) and two Muse transformers");
+    let mut runs = Vec::new();
     for (run, file, extra) in all {
         let mut args = masked(file, &dir, 20);
         args.out = dir.join(&run);
@@ -447,6 +449,40 @@ fn every_generator_variant_trains_and_samples() {
         assert_eq!(files.len(), 3, "{run}");
         let listing = std::fs::read_to_string(args.out.join("samples/prompts.txt")).unwrap();
         assert!(listing.contains("relation"), "{run}: both prompts are judged: {listing}");
+        let e = EvalArgs {
+            run: args.out.clone(),
+            samples: 6,
+            prompts: Prompts::Data,
+            decoding: Decoding { steps: 2, ..Decoding::default() },
+            batch: 6,
+            pick: Default::default(),
+        };
+        muse_train::eval::evaluate(&e, s.as_ref()).unwrap_or_else(|e| panic!("{run}: eval: {e}"));
+        runs.push(args.out.clone());
     }
+    // `muse table` over them: one row each with the compiled model's parameter count, plots
+    // naming every run, a row of samples per run.
+    let summaries: Vec<RunSummary> = runs.iter().map(|r| RunSummary::read(r).unwrap()).collect();
+    let md = markdown(&summaries);
+    assert_eq!(md.lines().filter(|l| l.starts_with("| mamba") || l.starts_with("| muse")).count(), 15, "{md}");
+    for (r, (run, file, extra)) in summaries.iter().zip(generators()) {
+        let mut sets: Vec<(String, String)> = masked(file, &dir, 20).sets;
+        sets.extend(
+            [("codebook", "32"), ("grid", "4")].iter().chain(&extra).map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let sets: Vec<(&str, &str)> = sets.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(r.params, common::compile_model(file, &sets).graph.param_count(), "{run}");
+        assert_eq!(r.name, run);
+        assert!(r.method.starts_with(file), "{}", r.method);
+        assert!(r.step == 20 && r.batch == 16 && r.losses.len() == 20);
+        let row = md.lines().find(|l| l.starts_with(&format!("| {run} |"))).unwrap();
+        assert!(row.contains(&format!("| {} |", r.params)) && row.contains("6 data prompts"), "{row}");
+    }
+    assert!(md.contains("mamba_parallel (") && md.contains("combine=product"), "the variant is in the method");
+    let files = plots(&summaries, &dir.join("table")).unwrap();
+    let loss = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(summaries.iter().all(|r| loss.contains(&r.name)), "every run in the legend");
+    let sheet = image::open(&files[2]).unwrap();
+    assert!(sheet.height() >= 15 * 64, "a row per run: {}", sheet.height());
     std::fs::remove_dir_all(&dir).ok();
 }

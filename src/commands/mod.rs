@@ -7,5 +7,6 @@ pub mod graph;
 pub mod inspect;
 pub mod run;
 pub mod sample;
+pub mod table;
 pub mod tokenize;
 pub mod train;

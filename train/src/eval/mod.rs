@@ -4,6 +4,7 @@
 
 pub mod align;
 pub mod frechet;
+pub mod table;
 
 use crate::config::TrainArgs;
 use crate::data::{self, shapes, Dataset};
@@ -69,7 +70,7 @@ pub struct EvalArgs {
     pub pick: Pick,
 }
 
-/// Images in an evaluation's grid of samples (the first prompts, the same for every run).
+/// Images in an evaluation's row of samples (the first prompts, the same for every run).
 const GRID: usize = 16;
 
 /// Seed of the built-in data set's evaluation stream, apart from any training seed.
@@ -148,7 +149,7 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
         meter.advance(batch.len());
     }
     meter.finish();
-    save_png(&grid(&shown, 4, 2), &dir.join("grid.png"))?;
+    save_png(&grid(&shown, GRID, 2), &dir.join("grid.png"))?;
     write_atomic(&dir.join("prompts.txt"), listing.as_bytes())?;
     let d = &a.decoding;
     let evaluation = json!({
