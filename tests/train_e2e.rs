@@ -398,9 +398,12 @@ fn progressive_run(disc_start: &str) {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A generator run: its name, model file and settings beyond the tiny ones.
+type Variant = (String, &'static str, Vec<(&'static str, &'static str)>);
+
 /// Every generator of `models/` (both combinations of mamba_parallel) as a run name and its
 /// extra settings.
-fn generators() -> Vec<(String, &'static str, Vec<(&'static str, &'static str)>)> {
+fn generators() -> Vec<Variant> {
     let mut v = Vec::new();
     for &name in common::MODELS {
         if matches!(name, "token_critic" | "vq_tokenizer" | "vq_discriminator") {
