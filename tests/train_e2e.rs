@@ -151,9 +151,65 @@ fn masked_token_models_learn_the_built_in_data() {
             decoding: Decoding { steps: 4, ..Decoding::default() },
             batch,
             pick: Default::default(),
+            classifier: None,
         };
         muse_train::eval::evaluate(&a, s.as_ref()).unwrap()
     };
+    // A classifier of caption words on the same images: its loss falls, and the Frechet
+    // distance on its features separates generated images from real ones more than two
+    // disjoint sets of real images.
+    let classifier = TrainArgs {
+        model: model("shapes_classifier"),
+        sets: sets(&[("resolution", "8"), ("channels", "8"), ("groups", "4"), ("features", "16")]),
+        steps: 400,
+        batch: 16,
+        out: dir.join("classifier"),
+        lr: 3e-3,
+        warmup: 5,
+        checkpoint_every: 200,
+        ..TrainArgs::default()
+    };
+    let c = train(&classifier, false, s.as_ref()).unwrap();
+    // Knowing only how often each word occurs scores the mean binary entropy of the words:
+    // the classifier must see more than that in the pixels.
+    let captions: Vec<String> =
+        (0..4000).map(|i| muse_train::data::shapes::Shapes::new(8, 0).draw_caption(i)).collect();
+    let words = muse_train::objective::classifier::label_words(&captions);
+    let base = words
+        .iter()
+        .map(|w| {
+            let p = captions.iter().filter(|c| c.split(' ').any(|x| x == w)).count() as f64 / captions.len() as f64;
+            -(p * p.ln() + (1.0 - p) * (1.0 - p).ln())
+        })
+        .sum::<f64>()
+        / words.len() as f64;
+    let l = common::losses(&classifier.out);
+    let last = l[l.len() - 20..].iter().sum::<f64>() / 20.0;
+    eprintln!("classifier: loss {last:.3} at the end; word frequencies alone {base:.3}");
+    assert!(last < 0.8 * base, "classifier: {} -> {last:.3}; word frequencies alone give {base:.3}", c.first_loss);
+    let mut net = muse_train::eval::features::FeatureNet::open(&classifier.out, s.as_ref()).unwrap();
+    let shapes8 = muse_train::data::shapes::Shapes::new(8, 99);
+    let fd_of = |net: &mut muse_train::eval::features::FeatureNet, from: u64| {
+        let images: Vec<f32> = (from..from + 64).flat_map(|i| shapes8.sample(i).image).collect();
+        let mut m = muse_train::eval::frechet::Moments::new(net.dim);
+        m.add(&net.features(&images, 64).unwrap()).unwrap();
+        m.gaussian().unwrap()
+    };
+    let (real_a, real_b) = (fd_of(&mut net, 0), fd_of(&mut net, 1000));
+    let real_fd = muse_train::eval::frechet::frechet_distance(&real_a, &real_b).unwrap();
+    let with_fd = EvalArgs {
+        run: run.clone(),
+        samples: 64,
+        prompts: Prompts::Data,
+        decoding: Decoding { steps: 4, ..Decoding::default() },
+        batch: 32,
+        pick: Default::default(),
+        classifier: Some(classifier.out.clone()),
+    };
+    let e = muse_train::eval::evaluate(&with_fd, s.as_ref()).unwrap();
+    let fake_fd = e["classifier_fd"]["value"].as_f64().unwrap();
+    assert_eq!(e["classifier_fd"]["images"], 64);
+    assert!(fake_fd > real_fd, "generated {fake_fd} vs real-real {real_fd}");
     let (e5, e12) = (eval(5), eval(12));
     assert_eq!(e5["alignment"], e12["alignment"]);
     assert_eq!(e5["alignment"]["overall"]["judged"], 12);
@@ -161,9 +217,10 @@ fn masked_token_models_learn_the_built_in_data() {
     let generated = e5["alignment"]["overall"]["fraction"].as_f64().unwrap();
     assert!(real >= 0.9 && generated < real, "real {real}, generated {generated}");
     let recorded = muse_train::eval::recorded(&run).unwrap();
-    assert_eq!(recorded.len(), 1, "a repeated evaluation replaces the first");
-    assert_eq!(recorded[0]["checkpoint_step"], 150);
-    assert!(run.join(recorded[0]["grid"].as_str().unwrap()).is_file());
+    assert_eq!(recorded.len(), 2, "a repeated evaluation replaces the first: {recorded:?}");
+    let small = recorded.iter().find(|e| e["samples"] == 12).unwrap();
+    assert_eq!(small["checkpoint_step"], 150);
+    assert!(run.join(small["grid"].as_str().unwrap()).is_file());
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -459,6 +516,7 @@ fn every_generator_variant_trains_and_samples() {
             decoding: Decoding { steps: 2, ..Decoding::default() },
             batch: 6,
             pick: Default::default(),
+            classifier: None,
         };
         muse_train::eval::evaluate(&e, s.as_ref()).unwrap_or_else(|e| panic!("{run}: eval: {e}"));
         runs.push(args.out.clone());

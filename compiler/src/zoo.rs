@@ -20,6 +20,7 @@ pub const MODELS: &[&str] = &[
     "token_critic",
     "vq_tokenizer",
     "vq_discriminator",
+    "shapes_classifier",
 ];
 
 /// Options of a model file that take another path through it than its tiny config: each is
@@ -41,6 +42,9 @@ pub fn tiny(name: &str, grid: &'static str) -> Vec<(&'static str, &'static str)>
             ("disc_channels", "4"),
             ("disc_layers", "1"),
         ];
+    }
+    if name == "shapes_classifier" {
+        return vec![("resolution", "8"), ("classes", "5"), ("channels", "4"), ("groups", "2"), ("features", "6")];
     }
     if name == "vq_discriminator" {
         return vec![("resolution", "8"), ("disc_channels", "4"), ("disc_layers", "1"), ("groups", "2")];

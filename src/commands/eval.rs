@@ -19,6 +19,10 @@ pub struct Args {
     /// or a file with one prompt per line (used in turn).
     #[arg(long, default_value = "data", value_name = "data|held-out|FILE")]
     pub prompts: Prompts,
+    /// A trained classifier run (models/shapes_classifier.muse): the Frechet distance between
+    /// its features of the generated and the real images (not comparable to Inception FID).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub classifier: Option<PathBuf>,
     /// Images generated at once.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -43,6 +47,7 @@ pub fn main(a: Args) -> ExitCode {
         decoding: a.decoding.decoding(),
         batch: a.batch,
         pick: a.pick.pick(),
+        classifier: a.classifier.clone(),
     };
     match evaluate(&args, device.as_ref()) {
         Ok(e) => write_stdout(&format!(

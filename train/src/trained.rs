@@ -6,6 +6,7 @@ use crate::error::{named, Error};
 
 use crate::config::TrainArgs;
 use crate::image_tokenizer::ImageTokenizer;
+use crate::objective::classifier::classifier_sets;
 use crate::objective::{compile_model, token_model_sets};
 use crate::run::RunDir;
 use crate::text::TextTokenizer;
@@ -77,6 +78,25 @@ pub struct Pick {
     pub step: Option<u64>,
     /// Raw or averaged weights.
     pub weights: Weights,
+}
+
+/// The model of a run compiled as it was trained: its settings, with a token model's
+/// codebook and grid from its image tokenizer and a classifier's classes from its words.
+pub fn run_model(dir: &Path) -> Result<(Model, TrainArgs), Error> {
+    let targs = TrainArgs::from_run(dir)?;
+    let config = RunDir::open(dir)?.config()?;
+    let sets = if let Some(t) = config.get("image_tokenizer").filter(|v| !v.is_null()) {
+        let n = |k: &str| {
+            t[k].as_i64()
+                .ok_or_else(|| Error::RunDir(format!("{}: config.json lacks image_tokenizer.{k}", dir.display())))
+        };
+        token_model_sets(&targs.sets, n("codebook")?, n("grid")?, Path::new(t["run"].as_str().unwrap_or("")))?
+    } else if let Some(sets) = classifier_sets(&targs.sets, &config) {
+        sets
+    } else {
+        targs.sets.clone()
+    };
+    Ok((compile_model(&targs.model, &sets)?, targs))
 }
 
 /// An integer config value of a model.

@@ -3,6 +3,7 @@
 //! records every metric it can compute in the run's `eval.json`.
 
 pub mod align;
+pub mod features;
 pub mod frechet;
 pub mod table;
 
@@ -15,6 +16,8 @@ use crate::run::write_atomic;
 use crate::sample::{Decoding, Sampler};
 use crate::trained::Pick;
 use align::{judge, Alignment};
+use features::FeatureNet;
+use frechet::{frechet_distance, Moments};
 use muse_runtime::device::Device;
 use muse_runtime::rng::mix64;
 use serde_json::{json, Value};
@@ -68,6 +71,8 @@ pub struct EvalArgs {
     pub batch: usize,
     /// The checkpoint and weights.
     pub pick: Pick,
+    /// A trained classifier run whose features give a Frechet distance to real images.
+    pub classifier: Option<PathBuf>,
 }
 
 /// Images in an evaluation's row of samples (the first prompts, the same for every run).
@@ -78,7 +83,8 @@ fn eval_seed(train_seed: u64) -> u64 {
     mix64(train_seed ^ 0x6576_616c_7561_7465)
 }
 
-/// An evaluation's prompts, and the data set whose images go with them (none for a file).
+/// An evaluation's prompts, and the data set of the real images (of the same captions, but
+/// for a prompt file).
 type PromptSet = (Vec<String>, Option<Box<dyn Dataset>>);
 
 /// The prompts of an evaluation, and the real images that go with them.
@@ -104,7 +110,9 @@ fn prompts(a: &EvalArgs, targs: &TrainArgs, res: usize) -> Result<PromptSet, Err
             if lines.is_empty() {
                 return Err(Error::Usage(format!("{}: no prompts in the file", f.display())));
             }
-            Ok(((0..n).map(|i| lines[i % lines.len()].clone()).collect(), None))
+            // Real images for the Frechet distance: the run's data, not of these prompts.
+            let d = data::open(&targs.data, res, eval_seed(targs.seed), false)?;
+            Ok(((0..n).map(|i| lines[i % lines.len()].clone()).collect(), Some(d)))
         }
     }
 }
@@ -121,6 +129,22 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
     let mut sampler = Sampler::open(&a.run, a.pick, None, a.decoding.clone(), device)?;
     let res = sampler.resolution;
     let (prompts, real) = prompts(a, &targs, res)?;
+    let other_captions = matches!(a.prompts, Prompts::File(_));
+    let mut net = match &a.classifier {
+        Some(c) => {
+            let net = FeatureNet::open(c, device)?;
+            if net.resolution != res {
+                return Err(Error::Usage(format!(
+                    "--classifier {}: it takes {r}x{r} images, the generator makes {res}x{res}",
+                    c.display(),
+                    r = net.resolution
+                )));
+            }
+            Some(net)
+        }
+        None => None,
+    };
+    let (mut fake_moments, mut real_moments) = net.as_ref().map(|n| (Moments::new(n.dim), Moments::new(n.dim))).unzip();
     let (step, ema) = (sampler.gen.step, sampler.gen.ema);
     let tag = format!("step-{step:08}-{}", if ema { "ema" } else { "raw" });
     let dir = a.run.join("eval").join(&tag);
@@ -141,9 +165,19 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
                 let said = verdict.map(|v| format!("\t{}", v.describe())).unwrap_or_default();
                 listing.push_str(&format!("{}\t{prompt}{said}\n", first + j));
             }
-            if let Some(d) = &real {
+        }
+        if let Some(d) = &real {
+            let mut real_pixels = Vec::with_capacity(pixels.len());
+            for j in 0..batch.len() {
                 let s = d.get((first + j) as u64)?;
-                reference.add(judge(&s.image, res, &s.caption).as_ref());
+                if !other_captions {
+                    reference.add(judge(&s.image, res, &s.caption).as_ref());
+                }
+                real_pixels.extend(s.image);
+            }
+            if let (Some(net), Some(f), Some(r)) = (net.as_mut(), fake_moments.as_mut(), real_moments.as_mut()) {
+                f.add(&net.features(&pixels, batch.len())?)?;
+                r.add(&net.features(&real_pixels, batch.len())?)?;
             }
         }
         meter.advance(batch.len());
@@ -151,6 +185,22 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
     meter.finish();
     save_png(&grid(&shown, GRID, 2), &dir.join("grid.png"))?;
     write_atomic(&dir.join("prompts.txt"), listing.as_bytes())?;
+    let classifier_fd = match (&net, fake_moments, real_moments) {
+        (Some(net), Some(f), Some(r)) => {
+            let fd = frechet_distance(&f.gaussian()?, &r.gaussian()?)?;
+            eprintln!("Frechet distance on the classifier's features: {fd:.4}");
+            json!({
+                "value": fd,
+                "classifier": net.run.display().to_string(),
+                "classifier_step": net.step,
+                "dims": net.dim,
+                "images": f.count(),
+                "real": if other_captions { "the run's data set (other captions)" } else { "the real images of the same captions" },
+                "note": "Frechet distance on muse's shapes classifier features: not comparable to an Inception FID",
+            })
+        }
+        _ => Value::Null,
+    };
     let d = &a.decoding;
     let evaluation = json!({
         "checkpoint_step": step,
@@ -163,6 +213,7 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
         },
         "alignment": if generated.judged() > 0 { generated.to_json() } else { Value::Null },
         "real_alignment": if reference.judged() > 0 { reference.to_json() } else { Value::Null },
+        "classifier_fd": classifier_fd,
         "fid": Value::Null,
         "clip_score": Value::Null,
         "not_computed": {

@@ -3,11 +3,9 @@
 //! `plotters`: loss curves overlaid, alignment against checkpoint step, and the runs'
 //! samples for the same prompts side by side.
 
-use crate::config::TrainArgs;
 use crate::error::Error;
-use crate::objective::{compile_model, token_model_sets};
 use crate::picture::save_png;
-use crate::run::RunDir;
+use crate::trained::run_model;
 use plotters::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -36,21 +34,7 @@ pub struct RunSummary {
 impl RunSummary {
     /// Reads a run directory (its config, latest checkpoint, metrics and evaluations).
     pub fn read(path: &Path) -> Result<RunSummary, Error> {
-        let targs = TrainArgs::from_run(path)?;
-        let run = RunDir::open(path)?;
-        let config = run.config()?;
-        let sets = match config.get("image_tokenizer").filter(|v| !v.is_null()) {
-            Some(t) => {
-                let n = |k: &str| {
-                    t[k].as_i64().ok_or_else(|| {
-                        Error::RunDir(format!("{}: config.json lacks image_tokenizer.{k}", path.display()))
-                    })
-                };
-                token_model_sets(&targs.sets, n("codebook")?, n("grid")?, Path::new(t["run"].as_str().unwrap_or("")))?
-            }
-            None => targs.sets.clone(),
-        };
-        let model = compile_model(&targs.model, &sets)?;
+        let (model, targs) = run_model(path)?;
         let file = targs
             .model
             .file_stem()

@@ -1,10 +1,11 @@
 //! `muse train`'s objectives: [`train`] picks one from the model's inputs (an `image`
-//! input: an image tokenizer; `tokens` and `targets`: a masked-token model; `tokens` and
-//! `is_original`: a token critic), prepares the run directory and hands over to it; each
+//! input: an image tokenizer; `image` and `labels`: a classifier of caption words; `tokens`
+//! and `targets`: a masked-token model; `tokens` and `is_original`: a token critic), prepares the run directory and hands over to it; each
 //! objective is a module of its own. `--resume` rebuilds everything from config.json.
 
 use crate::error::Error;
 
+pub mod classifier;
 mod critic;
 mod masked;
 mod tokenizer;
@@ -143,6 +144,9 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
         "source_hash": format!("{:016x}", source.bytes().fold(0u64, |h, b| muse_runtime::rng::mix64(h ^ b as u64))),
         "config": probe.config.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<Vec<_>>(),
     });
+    if has("image") && has("labels") {
+        return classifier::train(&setup, config);
+    }
     if has("image") {
         config["objective"] = json!("image tokenizer");
         run.write_config(&config)?;
@@ -158,7 +162,7 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
     }
     if !(has("tokens") && has("targets") && has("loss_mask") && has("text_ids") && has("text_mask")) {
         return Err(Error::Usage(format!(
-            "{}: muse train knows image tokenizers (an `image` input) and masked-token models (inputs tokens, targets, loss_mask, text_ids, text_mask) and token critics (tokens, is_original, text_ids, text_mask)",
+            "{}: muse train knows image tokenizers (an `image` input), classifiers (`image` and `labels`), masked-token models (inputs tokens, targets, loss_mask, text_ids, text_mask) and token critics (tokens, is_original, text_ids, text_mask)",
             args.model.display()
         )));
     }
