@@ -106,14 +106,14 @@ fn percent(v: Option<f64>) -> String {
 /// The results table in Markdown: one row per run, and what each column means below it.
 pub fn markdown(runs: &[RunSummary]) -> String {
     let mut t = String::from(
-        "| run | method | parameters | steps | batch | final loss | FID | CLIP | alignment | colour | shape | size | place | relation | count | notes |\n\
-         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
+        "| run | method | parameters | steps | batch | final loss | FID | CLIP | classifier FD | alignment | colour | shape | size | place | relation | count | notes |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
     for r in runs {
         let e = r.evaluation();
         let a = e.map(|e| &e["alignment"]);
         let attr = |k: &str| percent(a.and_then(|a| a["attributes"][k]["fraction"].as_f64()));
-        let metric = |k: &str| e.and_then(|e| e[k].as_f64()).map_or("—".into(), |v| format!("{v:.3}"));
+        let metric = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
         let mut notes = Vec::new();
         if let Some(e) = e {
             notes.push(format!(
@@ -131,15 +131,16 @@ pub fn markdown(runs: &[RunSummary]) -> String {
             notes.push("not evaluated (muse eval)".into());
         }
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.method,
             r.params,
             r.step,
             r.batch,
             r.final_loss().map_or("—".into(), |l| format!("{l:.3}")),
-            metric("fid"),
-            metric("clip_score"),
+            metric(e.and_then(|e| e["fid"].as_f64())),
+            metric(e.and_then(|e| e["clip_score"].as_f64())),
+            metric(e.and_then(|e| e["classifier_fd"]["value"].as_f64())),
             percent(a.and_then(|a| a["overall"]["fraction"].as_f64())),
             attr("colour"),
             attr("shape"),
@@ -154,8 +155,10 @@ pub fn markdown(runs: &[RunSummary]) -> String {
         "\nalignment: the share of generated images right in every attribute their caption asks for \
          (GenEval-style, muse's analyser of the built-in data set); colour ... count: the share right \
          in that attribute among the captions that ask for it. final loss: the mean training loss of \
-         the last tenth of the logged steps. FID and CLIP: not computed where muse has no Inception \
-         or CLIP features (—).\n",
+         the last tenth of the logged steps. classifier FD: the Frechet distance between the features \
+         of the generated and the real images under muse's classifier of the data set's caption words \
+         (`muse eval --classifier`; lower is closer; not comparable to an Inception FID). FID and \
+         CLIP: not computed where muse has no Inception or CLIP features (—).\n",
     );
     t
 }
@@ -247,7 +250,7 @@ fn smooth(losses: &[(u64, f64)], points: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Writes `loss.svg`, `alignment.svg` and `samples.png` (row i: run i's first evaluated
+/// Writes `loss.svg`, `alignment.svg`, `classifier_fd.svg` and `samples.png` (row i: run i's first evaluated
 /// images, the same prompts in every row for runs evaluated alike) into `out`; returns the
 /// files.
 pub fn plots(runs: &[RunSummary], out: &Path) -> Result<Vec<PathBuf>, Error> {
@@ -256,25 +259,38 @@ pub fn plots(runs: &[RunSummary], out: &Path) -> Result<Vec<PathBuf>, Error> {
     let series: Vec<(String, Vec<(f64, f64)>)> =
         runs.iter().map(|r| (r.name.clone(), smooth(&r.losses, 200))).collect();
     line_plot(&loss, "training loss (moving average)", "loss", &series)?;
-    let align = out.join("alignment.svg");
-    let series: Vec<(String, Vec<(f64, f64)>)> = runs
-        .iter()
-        .map(|r| {
-            // The evaluations made like the reported one, one point per checkpoint.
-            let like = r.evaluation();
-            let same = |e: &Value| {
-                like.is_some_and(|l| ["weights", "samples", "prompts", "decoding"].iter().all(|k| e[k] == l[k]))
-            };
-            let pts = r
-                .evals
-                .iter()
-                .filter(|e| same(e))
-                .filter_map(|e| Some((e["checkpoint_step"].as_f64()?, e["alignment"]["overall"]["fraction"].as_f64()?)))
-                .collect();
-            (r.name.clone(), pts)
-        })
-        .collect();
-    line_plot(&align, "caption alignment against checkpoint step", "right in every attribute", &series)?;
+    let mut files = vec![loss];
+    type Metric = fn(&Value) -> Option<f64>;
+    let metrics: [(&str, &str, &str, Metric); 2] = [
+        ("alignment.svg", "caption alignment against checkpoint step", "right in every attribute", |e| {
+            e["alignment"]["overall"]["fraction"].as_f64()
+        }),
+        ("classifier_fd.svg", "classifier Frechet distance against checkpoint step", "Frechet distance", |e| {
+            e["classifier_fd"]["value"].as_f64()
+        }),
+    ];
+    for (name, title, y, value) in metrics {
+        let file = out.join(name);
+        let series: Vec<(String, Vec<(f64, f64)>)> = runs
+            .iter()
+            .map(|r| {
+                // The evaluations made like the reported one, one point per checkpoint.
+                let like = r.evaluation();
+                let same = |e: &Value| {
+                    like.is_some_and(|l| ["weights", "samples", "prompts", "decoding"].iter().all(|k| e[k] == l[k]))
+                };
+                let pts = r
+                    .evals
+                    .iter()
+                    .filter(|e| same(e))
+                    .filter_map(|e| Some((e["checkpoint_step"].as_f64()?, value(e)?)))
+                    .collect();
+                (r.name.clone(), pts)
+            })
+            .collect();
+        line_plot(&file, title, y, &series)?;
+        files.push(file);
+    }
     let mut rows = Vec::new();
     for r in runs {
         let grid = r.evaluation().and_then(|e| e["grid"].as_str()).map(|g| r.path.join(g));
@@ -294,5 +310,6 @@ pub fn plots(runs: &[RunSummary], out: &Path) -> Result<Vec<PathBuf>, Error> {
         y += img.height() as i64 + 4;
     }
     save_png(&sheet, &samples)?;
-    Ok(vec![loss, align, samples])
+    files.push(samples);
+    Ok(files)
 }
