@@ -4,7 +4,7 @@
 mod commands;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use commands::{check, eval, graph, inspect, run, sample, table, tokenize, train};
+use commands::{check, eval, export, graph, inspect, run, sample, table, tokenize, train};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -36,6 +36,8 @@ enum Command {
     /// Sample a trained generator at evaluation scale with fixed seeds and score the images
     /// (caption alignment on the built-in data); recorded in the run's eval.json.
     Eval(eval::Args),
+    /// Write a run's trained parameters as one safetensors file in PyTorch's layouts.
+    Export(export::Args),
     /// The results table of runs (method, parameters, steps, batch, FID, CLIP, alignment) as
     /// Markdown, with plots of their losses, alignment against step and samples.
     Table(table::Args),
@@ -60,5 +62,6 @@ fn main() -> ExitCode {
         Command::Sample(a) => sample::main(a),
         Command::Eval(a) => eval::main(a),
         Command::Table(a) => table::main(a),
+        Command::Export(a) => export::main(a),
     }
 }

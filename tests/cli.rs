@@ -260,3 +260,62 @@ fn resume_takes_the_stored_configuration_and_refuses_other_settings() {
     assert!(!ok && err.contains("--batch") && err.contains("at least 1"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn run_and_grad_read_inputs_from_safetensors_and_save_in_f64() {
+    use muse_runtime::{checkpoint, Data, HostTensor};
+    let dir = std::env::temp_dir().join(format!("muse-cli-io-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.muse");
+    std::fs::write(
+        &file,
+        "model scale {\n  input x: f32[B, 3]\n  input keep: bool[B, 3]\n  param w: [3] ~ ones\n  \
+         output y = x * w * 2.0\n  loss l = sum(where(keep, x * w, 0.0))\n}\n",
+    )
+    .unwrap();
+    // Values no f32 holds: an f64 run must give them back exactly.
+    let x = [0.1, 1.0 / 3.0, -2.7, 1e-9, 7.25, 0.3];
+    let keep = [true, false, true, true, true, false];
+    let inputs = dir.join("in.safetensors");
+    let tensors = [
+        ("x".to_string(), HostTensor::f(&[2, 3], x.to_vec())),
+        ("keep".to_string(), HostTensor::b(&[2, 3], keep.to_vec())),
+        ("unused".to_string(), HostTensor::i(&[1], vec![5])),
+    ];
+    checkpoint::save_as(&inputs, &tensors.into_iter().collect(), checkpoint::FloatWidth::F64).unwrap();
+    let (f, i, o) = (file.to_str().unwrap(), inputs.to_str().unwrap(), dir.join("out.safetensors"));
+    let (code, out, err) =
+        muse(&["run", f, "--inputs", i, "--f64", "--device", "interp", "--save", o.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("batch 2"), "the batch comes from the file: {out}");
+    let saved = checkpoint::load(&o).unwrap();
+    let Data::F(y) = &saved["y"].data else { panic!("y is float") };
+    let want: Vec<f64> = x.iter().map(|v| v * 2.0).collect();
+    assert_eq!(y, &want, "f64 in, f64 out");
+    let raw = std::fs::read(&o).unwrap();
+    assert!(String::from_utf8_lossy(&raw[..200.min(raw.len())]).contains("F64"), "stored as F64");
+    // Gradients under grad/NAME: d l / d w_j = sum of x[b, j] where kept.
+    let (code, _, err) =
+        muse(&["grad", f, "--inputs", i, "--f64", "--device", "interp", "--save", o.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let saved = checkpoint::load(&o).unwrap();
+    let Data::F(g) = &saved["grad/w"].data else { panic!("a float gradient") };
+    let want: Vec<f64> = (0..3).map(|j| (0..2).filter(|b| keep[b * 3 + j]).map(|b| x[b * 3 + j]).sum()).collect();
+    assert_eq!(g, &want);
+    // What is wrong with a file is said.
+    let bad = dir.join("bad.safetensors");
+    checkpoint::save(&bad, &[("x".to_string(), HostTensor::f(&[2, 3], x.to_vec()))].into()).unwrap();
+    let (code, _, err) = muse(&["run", f, "--inputs", bad.to_str().unwrap(), "--device", "interp"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("input `keep` is not in the file (it has: x)"), "{err}");
+    let wrong = [
+        ("x".to_string(), HostTensor::f(&[2, 3], x.to_vec())),
+        ("keep".to_string(), HostTensor::b(&[3, 3], vec![true; 9])),
+    ];
+    checkpoint::save(&bad, &wrong.into_iter().collect()).unwrap();
+    let (code, _, err) = muse(&["run", f, "--inputs", bad.to_str().unwrap(), "--device", "interp"]);
+    assert!(code == 1 && err.contains("`B` is 2 in input"), "{err}");
+    let (code, _, err) = muse(&["run", f, "--inputs", "/nonexistent.safetensors", "--device", "interp"]);
+    assert!(code == 1 && err.contains("--inputs") && err.contains("nonexistent"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

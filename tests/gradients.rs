@@ -258,6 +258,14 @@ fn conv_blocks() {
     case(decls, "  y = group_norm(x, 2)", "B, 5, 5, 4");
     case(decls, "  y = resblock(x, 6, 2)", "B, 5, 5, 6");
     case(decls, "  y = upsample2x(x)", "B, 10, 10, 4");
+    // Rectangular kernels with their own paddings (Inception's 1x7 and 7x1).
+    case(decls, "  y = conv2d(x, 3, 1, padding = 0, kernel_w = 3, padding_w = 1)", "B, 5, 5, 3");
+    case(decls, "  y = conv2d(x, 2, 3, 2, 1, bias = false, kernel_w = 1, padding_w = 0)", "B, 3, 3, 2");
+    case(decls, "  y = max_pool2d(x, 3, 2)", "B, 2, 2, 4");
+    case(decls, "  y = max_pool2d(x, 3, 1, 1)", "B, 5, 5, 4");
+    case(decls, "  y = avg_pool2d(x, 3, 1, 1)", "B, 5, 5, 4");
+    case(decls, "  y = avg_pool2d(x, 3, 1, 1, count_include_pad = false)", "B, 5, 5, 4");
+    case(decls, "  y = batch_norm_eval(x, 0.001)", "B, 5, 5, 4");
 }
 
 #[test]

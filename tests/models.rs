@@ -63,7 +63,7 @@ fn every_model_compiles_with_parameters_and_results() {
 fn every_model_compiles_at_paper_scale() {
     let masked =
         [("depth", "12"), ("dim", "1024"), ("heads", "16"), ("codebook", "8192"), ("grid", "16"), ("text_len", "64")];
-    for name in common::MODELS.iter().filter(|n| !n.starts_with("vq_")) {
+    for name in common::MODELS.iter().filter(|n| !common::IMAGE_MODELS.contains(n)) {
         let m = compile(name, &masked);
         let logits = m.graph.outputs.iter().find(|(n, _)| n == "logits").expect("logits").1;
         let want = if *name == "token_critic" { "f32[B, 256]" } else { "f32[B, 256, 8192]" };

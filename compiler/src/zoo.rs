@@ -23,6 +23,9 @@ pub const MODELS: &[&str] = &[
     "shapes_classifier",
 ];
 
+/// The models of [`MODELS`] over pixels rather than image tokens.
+pub const IMAGE_MODELS: &[&str] = &["vq_tokenizer", "vq_discriminator", "shapes_classifier"];
+
 /// Options of a model file that take another path through it than its tiny config: each is
 /// checked fused against the interpreter too.
 pub const OPTIONS: &[(&str, &str, &str)] = &[("vq_tokenizer", "encoder", "patch")];

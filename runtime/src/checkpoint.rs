@@ -14,7 +14,8 @@ fn file_err(path: &Path, what: impl std::fmt::Display) -> RunError {
     RunError::File(format!("{}: {what}", path.display()))
 }
 
-/// Reads every tensor of a safetensors file. Floats of any width become f32 values;
+/// Reads every tensor of a safetensors file. Floats keep the precision of their width (an
+/// f64 tensor stays f64, for the interpreter's `--f64`; an f32 device rounds as it uploads);
 /// integer types become i32 (an out-of-range value is an error); bool and u8 become bool.
 pub fn load(path: &Path) -> Result<HashMap<String, HostTensor>, RunError> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
@@ -34,9 +35,7 @@ fn decode(v: &TensorView) -> Result<HostTensor, String> {
     let words = |n: usize| b.chunks_exact(n);
     let data = match v.dtype() {
         Dtype::F32 => Data::F(words(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect()),
-        Dtype::F64 => {
-            Data::F(words(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32 as f64).collect())
-        }
+        Dtype::F64 => Data::F(words(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
         Dtype::F16 => Data::F(words(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64).collect()),
         Dtype::BF16 => {
             Data::F(words(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64).collect())
@@ -95,14 +94,29 @@ pub fn load_params(g: &Graph, path: &Path) -> Result<HashMap<String, HostTensor>
     Ok(params)
 }
 
+/// How wide floats are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatWidth {
+    /// f32 (checkpoints, and every value an f32 device computed).
+    F32,
+    /// f64 (what the interpreter computed with `--f64`).
+    F64,
+}
+
 /// Writes tensors (floats as f32) to `path` atomically: a temporary file in the same
 /// folder, flushed to disk, then renamed over `path`.
 pub fn save(path: &Path, tensors: &HashMap<String, HostTensor>) -> Result<(), RunError> {
+    save_as(path, tensors, FloatWidth::F32)
+}
+
+/// Writes tensors with floats of `width` to `path` atomically (see [`save`]).
+pub fn save_as(path: &Path, tensors: &HashMap<String, HostTensor>, width: FloatWidth) -> Result<(), RunError> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let bufs: Vec<(Dtype, Vec<u8>)> = names
         .iter()
         .map(|n| match &tensors[*n].data {
+            Data::F(v) if width == FloatWidth::F64 => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Data::F(v) => (Dtype::F32, v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect()),
             Data::I(v) => (Dtype::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Data::B(v) => (Dtype::BOOL, v.iter().map(|&x| u8::from(x)).collect()),
@@ -144,6 +158,19 @@ mod tests {
         assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
         assert!(f16_to_f32(0x7e00).is_nan());
         assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+    }
+
+    #[test]
+    fn floats_keep_the_width_they_are_saved_in() {
+        let dir = std::env::temp_dir().join(format!("muse-st64-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.safetensors");
+        let t: HashMap<String, HostTensor> = [("x".to_string(), HostTensor::f(&[2], vec![0.1, 1.0 / 3.0]))].into();
+        save_as(&path, &t, FloatWidth::F64).unwrap();
+        assert_eq!(load(&path).unwrap(), t);
+        save(&path, &t).unwrap();
+        assert_eq!(load(&path).unwrap()["x"].to_f64(), vec![0.1f32 as f64, (1.0f32 / 3.0) as f64]);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -95,3 +95,73 @@ pub fn random_inputs(g: &Graph, batch: usize, seed: u64) -> HashMap<String, Host
     }
     out
 }
+
+/// A model's inputs taken by name from `file` (a safetensors file's tensors, for `muse run
+/// --inputs FILE`): each input must be there with its element kind and rank, its known sizes
+/// as declared; the batch (the value of the symbolic sizes) is read off the shapes and must
+/// agree across inputs. Tensors of other names are ignored.
+pub fn file_inputs(
+    g: &Graph,
+    file: &HashMap<String, HostTensor>,
+) -> Result<(HashMap<String, HostTensor>, usize), String> {
+    let mut batch: Option<(i64, String)> = None;
+    let mut out = HashMap::new();
+    for (name, n) in &g.inputs {
+        let ty = g.ty(*n);
+        let t = file.get(name).ok_or_else(|| {
+            let mut have: Vec<&String> = file.keys().collect();
+            have.sort();
+            format!(
+                "input `{name}` is not in the file (it has: {})",
+                have.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let kind_ok = matches!(
+            (ty.dtype, &t.data),
+            (DType::F32, crate::tensor::Data::F(_))
+                | (DType::I32, crate::tensor::Data::I(_))
+                | (DType::Bool, crate::tensor::Data::B(_))
+        );
+        if !kind_ok {
+            return Err(format!("input `{name}` is {} in the model but {} in the file", ty.dtype, t.dtype()));
+        }
+        if t.shape.len() != ty.shape.0.len() {
+            return Err(format!(
+                "input `{name}` has {} axes in the model ({}) but {} in the file ({:?})",
+                ty.shape.0.len(),
+                ty.shape,
+                t.shape.len(),
+                t.shape
+            ));
+        }
+        for (d, &have) in ty.shape.0.iter().zip(&t.shape) {
+            if let [sym] = &d.syms[..] {
+                if d.coeff == 1 {
+                    match &batch {
+                        Some((b, from)) if *b != have as i64 => {
+                            return Err(format!("`{sym}` is {b} in input `{from}` but {have} in input `{name}`"))
+                        }
+                        Some(_) => {}
+                        None => batch = Some((have as i64, name.clone())),
+                    }
+                }
+            }
+        }
+        out.insert(name.clone(), t.clone());
+    }
+    let b = batch.map_or(1, |(b, _)| b);
+    for (name, n) in &g.inputs {
+        let ty = g.ty(*n);
+        let want: Vec<usize> = ty.shape.0.iter().map(|d| d.eval(&|_| Some(b)).unwrap_or(-1) as usize).collect();
+        if out[name].shape != want {
+            return Err(format!(
+                "input `{name}` must be {} = {want:?} at batch {b}, not {:?}",
+                ty.shape, out[name].shape
+            ));
+        }
+    }
+    if b < 1 {
+        return Err("the inputs have a batch of 0".into());
+    }
+    Ok((out, b as usize))
+}

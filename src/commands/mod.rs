@@ -3,6 +3,7 @@
 pub mod check;
 pub mod cli;
 pub mod eval;
+pub mod export;
 pub mod graph;
 pub mod inspect;
 pub mod run;

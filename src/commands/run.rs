@@ -6,7 +6,7 @@ use super::cli::{load, write_stdout, DeviceArg, ModelOpts};
 use muse_compiler::autodiff;
 use muse_compiler::Model;
 use muse_runtime::device::{Program, Tensors};
-use muse_runtime::inputs::random_inputs;
+use muse_runtime::inputs::{file_inputs, random_inputs};
 use muse_runtime::{checkpoint, init_params, HostTensor, Precision, RunOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,10 +26,15 @@ pub struct Args {
 /// Where inputs and parameters come from and how a model runs.
 #[derive(clap::Args, Clone)]
 pub struct RunArgs {
-    /// Where inputs come from (only `random` for now: normal floats, fair-coin masks,
-    /// ids uniform over the range their uses accept).
-    #[arg(long, default_value = "random")]
+    /// Where inputs come from: `random` (normal floats, fair-coin masks, ids uniform over
+    /// the range their uses accept) or a safetensors file holding each input by name (the
+    /// batch is read off its shapes; f64 tensors keep their precision with `--f64`).
+    #[arg(long, default_value = "random", value_name = "random|FILE")]
     pub inputs: String,
+    /// Save the outputs and losses (`muse grad`: the loss and each parameter's gradient as
+    /// `grad/NAME`) to a safetensors file, in f64 with `--f64`.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
     /// Seed of the random inputs and of parameter initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -74,21 +79,32 @@ pub fn main(a: Args, grad: bool) -> ExitCode {
     write_stdout(&text)
 }
 
-/// Inputs, parameters and interpreter settings for `muse run` and `muse grad`.
-fn prepare(g: &muse_compiler::ir::Graph, run: &RunArgs) -> Result<(Tensors, Tensors, RunOptions), String> {
-    if run.inputs != "random" {
-        return Err(format!("--inputs {}: only `random` is supported", run.inputs));
-    }
-    if run.batch == 0 {
-        return Err("--batch must be at least 1".into());
-    }
+/// Inputs, parameters, interpreter settings and the batch for `muse run` and `muse grad`.
+fn prepare(g: &muse_compiler::ir::Graph, run: &RunArgs) -> Result<(Tensors, Tensors, RunOptions, usize), String> {
     let precision = if run.f64 { Precision::F64 } else { Precision::F32 };
     let params = match &run.params {
         Some(p) => checkpoint::load_params(g, p).map_err(|e| e.to_string())?,
         None => init_params(g, run.seed, precision).map_err(|e| e.to_string())?,
     };
-    let inputs = random_inputs(g, run.batch, run.seed);
-    Ok((inputs, params, RunOptions { precision, seed: run.seed }))
+    let (inputs, batch) = if run.inputs == "random" {
+        if run.batch == 0 {
+            return Err("--batch must be at least 1".into());
+        }
+        (random_inputs(g, run.batch, run.seed), run.batch)
+    } else {
+        let file = checkpoint::load(std::path::Path::new(&run.inputs)).map_err(|e| format!("--inputs {e}"))?;
+        file_inputs(g, &file).map_err(|e| format!("--inputs {}: {e}", run.inputs))?
+    };
+    Ok((inputs, params, RunOptions { precision, seed: run.seed }, batch))
+}
+
+/// Writes `tensors` to `--save`, f64 with `--f64`.
+fn save(run: &RunArgs, tensors: &HashMap<String, HostTensor>) -> Result<(), String> {
+    let Some(path) = &run.save else { return Ok(()) };
+    let width = if run.f64 { checkpoint::FloatWidth::F64 } else { checkpoint::FloatWidth::F32 };
+    checkpoint::save_as(path, tensors, width).map_err(|e| format!("--save {e}"))?;
+    eprintln!("saved {} tensors to {}", tensors.len(), path.display());
+    Ok(())
 }
 
 /// Computes `requested` on the chosen device (validating its kernels against the
@@ -99,7 +115,7 @@ fn execute(
     requested: &[muse_compiler::ir::NodeIndex],
     run: &RunArgs,
 ) -> Result<(HashMap<muse_compiler::ir::NodeIndex, HostTensor>, String), String> {
-    let (inputs, params, ro) = prepare(g, run)?;
+    let (inputs, params, ro, batch) = prepare(g, run)?;
     let validate = run.validate || std::env::var_os("MUSE_VALIDATE").is_some_and(|v| v != "0");
     let device = run.device.open(run.f64)?;
     let mut program = device.compile(g, requested).map_err(|e| e.to_string())?;
@@ -120,10 +136,10 @@ fn execute(
     }
     if run.profile {
         program.bind(&inputs, &params).map_err(|e| e.to_string())?;
-        profile(program.as_mut(), run.batch as i64, ro.seed)?;
+        profile(program.as_mut(), batch as i64, ro.seed)?;
     }
     let vals = program.run(&inputs, &params, ro.seed).map_err(|e| e.to_string())?;
-    Ok((vals, format!("device {}, {} launches", device.name(), program.launches())))
+    Ok((vals, format!("batch {batch}, seed {}; device {}, {} launches", ro.seed, device.name(), program.launches())))
 }
 
 /// Times every step of a bound program (after a warm-up run) and lists the slowest.
@@ -196,13 +212,16 @@ fn profile(program: &mut dyn Program, batch: i64, seed: u64) -> Result<(), Strin
 fn run_model(m: &Model, run: &RunArgs) -> Result<String, String> {
     let requested: Vec<_> = m.graph.outputs.iter().chain(&m.graph.losses).map(|x| x.1).collect();
     let (vals, how) = execute(&m.graph, &requested, run)?;
-    let mut out = format!("model {} (batch {}, seed {}; {how})\n", m.name, run.batch, run.seed);
+    let mut out = format!("model {} ({how})\n", m.name);
+    let mut saved = HashMap::new();
     for (kind, list) in [("output", &m.graph.outputs), ("loss", &m.graph.losses)] {
         for (name, n) in list {
             let t = &vals[n];
             out.push_str(&format!("  {kind} {name} {:?} {}: {}\n", t.shape, t.dtype(), t.stats()));
+            saved.insert(name.clone(), t.clone());
         }
     }
+    save(run, &saved)?;
     Ok(out)
 }
 
@@ -215,11 +234,14 @@ fn grad_model(m: &Model, run: &RunArgs) -> Result<String, String> {
     requested.extend(d.params.iter().map(|x| x.1));
     let (vals, how) = execute(&d.graph, &requested, run)?;
     let loss = vals[&d.loss].to_f64()[0];
-    let mut out = format!("model {} (batch {}, seed {}; {how}): loss {loss:.6}\n", m.name, run.batch, run.seed);
+    let mut out = format!("model {} ({how}): loss {loss:.6}\n", m.name);
+    let loss_name = m.graph.losses.iter().map(|l| l.0.as_str()).collect::<Vec<_>>().join("+");
+    let mut saved: HashMap<String, HostTensor> = [(loss_name, vals[&d.loss].clone())].into();
     let width = d.params.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     let mut total = 0.0;
     for (name, n) in &d.params {
         let v = vals[n].to_f64();
+        saved.insert(format!("grad/{name}"), vals[n].clone());
         let sq: f64 = v.iter().map(|x| x * x).sum();
         total += sq;
         out.push_str(&format!("  {name:<width$}  {:.6e}\n", sq.sqrt()));
@@ -228,5 +250,6 @@ fn grad_model(m: &Model, run: &RunArgs) -> Result<String, String> {
     if !d.unreached.is_empty() {
         out.push_str(&format!("  no gradient reaches: {}\n", d.unreached.join(", ")));
     }
+    save(run, &saved)?;
     Ok(out)
 }

@@ -27,7 +27,7 @@ pub fn compile_model(name: &str, sets: &[(&str, &str)]) -> Model {
 }
 
 #[allow(unused_imports)]
-pub use muse_compiler::zoo::{tiny, MODELS, OPTIONS};
+pub use muse_compiler::zoo::{tiny, IMAGE_MODELS, MODELS, OPTIONS};
 
 /// Where a test's compiled kernels go: `MUSE_TEST_KEEP` (kept between runs), else a folder
 /// of its own in the temp folder.

@@ -9,6 +9,10 @@ pub struct Meter(ProgressBar);
 impl Meter {
     /// A bar labelled `what` over `total` items.
     pub fn new(what: &str, total: usize) -> Meter {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Meter(ProgressBar::hidden());
+        }
         let bar = ProgressBar::new(total as u64);
         let style = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
             .expect("a valid template")

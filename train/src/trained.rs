@@ -99,6 +99,25 @@ pub fn run_model(dir: &Path) -> Result<(Model, TrainArgs), Error> {
     Ok((compile_model(&targs.model, &sets)?, targs))
 }
 
+/// Writes the parameters of a run's checkpoint (`pick`) to `out` as one safetensors file,
+/// in the layouts the `.muse` file declares (PyTorch's: linear weights [out, in],
+/// convolutions [out, in, kh, kw]) and without optimizer state; says what it wrote.
+pub fn export(run: &Path, pick: Pick, out: &Path) -> Result<String, Error> {
+    let (model, _) = run_model(run)?;
+    let (tensors, progress) = RunDir::open(run)?.checkpoint(pick.step)?;
+    let (params, ema) = pick.weights.pick(&model, &tensors)?;
+    muse_runtime::checkpoint::save(out, &params)?;
+    Ok(format!(
+        "wrote {}: {} parameter tensors of {} ({} values; {} weights of step {})\n",
+        out.display(),
+        params.len(),
+        model.name,
+        model.graph.param_count(),
+        if ema { "averaged" } else { "raw" },
+        progress.step
+    ))
+}
+
 /// An integer config value of a model.
 pub fn config_int(m: &Model, key: &str) -> Result<i64, Error> {
     m.config
