@@ -152,6 +152,7 @@ fn masked_token_models_learn_the_built_in_data() {
             batch,
             pick: Default::default(),
             classifier: None,
+            fid_weights: None,
         };
         muse_train::eval::evaluate(&a, s.as_ref()).unwrap()
     };
@@ -205,6 +206,7 @@ fn masked_token_models_learn_the_built_in_data() {
         batch: 32,
         pick: Default::default(),
         classifier: Some(classifier.out.clone()),
+        fid_weights: None,
     };
     let e = muse_train::eval::evaluate(&with_fd, s.as_ref()).unwrap();
     let fake_fd = e["classifier_fd"]["value"].as_f64().unwrap();
@@ -527,6 +529,7 @@ fn every_generator_variant_trains_and_samples() {
             batch: 6,
             pick: Default::default(),
             classifier: None,
+            fid_weights: None,
         };
         muse_train::eval::evaluate(&e, s.as_ref()).unwrap_or_else(|e| panic!("{run}: eval: {e}"));
         runs.push(args.out.clone());

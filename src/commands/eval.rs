@@ -23,6 +23,10 @@ pub struct Args {
     /// its features of the generated and the real images (not comparable to Inception FID).
     #[arg(long, value_name = "RUN_DIR")]
     pub classifier: Option<PathBuf>,
+    /// The FID Inception's weights (safetensors with PyTorch's names; scripts/convert_weights.py
+    /// converts pytorch-fid's checkpoint): the FID between generated and real images.
+    #[arg(long, value_name = "FILE")]
+    pub fid_weights: Option<PathBuf>,
     /// Images generated at once.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -48,6 +52,7 @@ pub fn main(a: Args) -> ExitCode {
         batch: a.batch,
         pick: a.pick.pick(),
         classifier: a.classifier.clone(),
+        fid_weights: a.fid_weights.clone(),
     };
     match evaluate(&args, device.as_ref()) {
         Ok(e) => write_stdout(&format!(

@@ -138,7 +138,7 @@ pub fn markdown(runs: &[RunSummary]) -> String {
             r.step,
             r.batch,
             r.final_loss().map_or("—".into(), |l| format!("{l:.3}")),
-            metric(e.and_then(|e| e["fid"].as_f64())),
+            metric(e.and_then(|e| e["fid"]["value"].as_f64())),
             metric(e.and_then(|e| e["clip_score"].as_f64())),
             metric(e.and_then(|e| e["classifier_fd"]["value"].as_f64())),
             percent(a.and_then(|a| a["overall"]["fraction"].as_f64())),
@@ -157,8 +157,9 @@ pub fn markdown(runs: &[RunSummary]) -> String {
          in that attribute among the captions that ask for it. final loss: the mean training loss of \
          the last tenth of the logged steps. classifier FD: the Frechet distance between the features \
          of the generated and the real images under muse's classifier of the data set's caption words \
-         (`muse eval --classifier`; lower is closer; not comparable to an Inception FID). FID and \
-         CLIP: not computed where muse has no Inception or CLIP features (—).\n",
+         (`muse eval --classifier`; lower is closer; not comparable to an Inception FID). FID: \
+         Inception-v3 pool3 features with `muse eval --fid-weights` (pytorch-fid's preprocessing), \
+         else —; CLIP: not computed yet (—).\n",
     );
     t
 }

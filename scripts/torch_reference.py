@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Reference outputs of the feature networks muse writes in .muse, from PyTorch with random
+weights (no download): `inception OUT_DIR` builds pytorch-fid's FID Inception-v3 exactly as
+pytorch_fid.inception.fid_inception_v3 does (torchvision's Inception-v3, 1008 classes, no
+auxiliary head, the FID blocks) but keeps random weights and random BatchNorm statistics,
+and writes
+  weights.safetensors   its state dict (names and layouts as PyTorch has them)
+  inputs.safetensors    `image` [N, 299, 299, 3] channels last in -1..1, and `small` [N, 23,
+                        37, 3] in 0..1 with `resized`, pytorch-fid's preprocessing of it
+                        (bilinear to 299x299, align_corners=False, then 2x - 1)
+  expected.safetensors  `features` [N, 2048]: pool3 of `image`
+Needs torch, torchvision, pytorch-fid and safetensors (README: "Tests against PyTorch").
+"""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+
+def fid_inception_random(seed):
+    import pytorch_fid.inception as pi
+
+    torch.manual_seed(seed)
+    # fid_inception_v3's construction, without its weight download.
+    net = pi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b = pi.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pi.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pi.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pi.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pi.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pi.FIDInceptionE_1(1280)
+    net.Mixed_7c = pi.FIDInceptionE_2(2048)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            # He initialisation keeps the activations' scale through 94 layers.
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0.0, 0.1)
+            m.running_mean.normal_(0.0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    net.fc = torch.nn.Identity()  # pool3 is what precedes it
+    return net.eval()
+
+
+def inception(out):
+    net = fid_inception_random(0)
+    g = torch.Generator().manual_seed(1)
+    n = 2
+    image = torch.rand(n, 3, 299, 299, generator=g) * 2 - 1
+    small = torch.rand(n, 3, 23, 37, generator=g)
+    with torch.no_grad():
+        features = net(image)
+        resized = 2 * F.interpolate(small, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    sd = {k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(sd, os.path.join(out, "weights.safetensors"))
+    nhwc = lambda t: t.permute(0, 2, 3, 1).contiguous()
+    save_file({"image": nhwc(image), "small": nhwc(small), "resized": nhwc(resized)}, os.path.join(out, "inputs.safetensors"))
+    save_file({"features": features.contiguous()}, os.path.join(out, "expected.safetensors"))
+    print(f"inception: {len(sd)} tensors, features mean |f| {features.abs().mean():.4g}")
+
+
+if __name__ == "__main__":
+    what, out = sys.argv[1], sys.argv[2]
+    os.makedirs(out, exist_ok=True)
+    {"inception": inception}[what](out)
