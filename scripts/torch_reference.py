@@ -9,7 +9,11 @@ and writes
                         37, 3] in 0..1 with `resized`, pytorch-fid's preprocessing of it
                         (bilinear to 299x299, align_corners=False, then 2x - 1)
   expected.safetensors  `features` [N, 2048]: pool3 of `image`
-Needs torch, torchvision, pytorch-fid and safetensors (README: "Tests against PyTorch").
+`clip OUT_DIR` does the same for transformers' CLIPModel at ViT-B/32's configuration (both
+towers): weights.safetensors, inputs.safetensors (`image` [N, 224, 224, 3], `text_ids`,
+`text_mask`) and expected.safetensors (`image_embeds`, `text_embeds` before normalisation,
+`cosine` of each pair).
+Needs torch, torchvision, pytorch-fid, transformers and safetensors (scripts/fetch-torch.sh).
 """
 import os
 import sys
@@ -64,7 +68,36 @@ def inception(out):
     print(f"inception: {len(sd)} tensors, features mean |f| {features.abs().mean():.4g}")
 
 
+def clip(out):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    # CLIPConfig's defaults are ViT-B/32's (the image tower 768 wide, 12 layers of 12 heads,
+    # 32x32 patches of 224x224 images; the text tower 512 wide, 12 layers of 8 heads).
+    model = CLIPModel(CLIPConfig()).eval()
+    assert model.config.text_config.eos_token_id == 49407, model.config.text_config.eos_token_id
+    g = torch.Generator().manual_seed(2)
+    n, ctx = 3, 77
+    image = torch.randn(n, 3, 224, 224, generator=g)
+    ids = torch.full((n, ctx), 49407, dtype=torch.long)  # CLIP pads with <|endoftext|>
+    mask = torch.zeros(n, ctx, dtype=torch.long)
+    for i, length in enumerate([5, 12, 30]):
+        ids[i, 0] = 49406  # <|startoftext|>
+        ids[i, 1:length] = torch.randint(0, 49406, (length - 1,), generator=g)
+        mask[i, : length + 1] = 1  # through the end-of-text token
+    with torch.no_grad():
+        image_embeds = model.visual_projection(model.vision_model(pixel_values=image).pooler_output)
+        text_embeds = model.text_projection(model.text_model(input_ids=ids, attention_mask=mask).pooler_output)
+        cosine = torch.nn.functional.cosine_similarity(image_embeds, text_embeds, dim=-1)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    save_file(sd, os.path.join(out, "weights.safetensors"))
+    inputs = {"image": image.permute(0, 2, 3, 1).contiguous(), "text_ids": ids.int(), "text_mask": mask.bool()}
+    save_file(inputs, os.path.join(out, "inputs.safetensors"))
+    save_file({"image_embeds": image_embeds, "text_embeds": text_embeds, "cosine": cosine}, os.path.join(out, "expected.safetensors"))
+    print(f"clip: {len(sd)} tensors, {sum(v.numel() for v in sd.values())} values")
+
+
 if __name__ == "__main__":
     what, out = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
-    {"inception": inception}[what](out)
+    {"inception": inception, "clip": clip}[what](out)

@@ -1,7 +1,8 @@
 //! muse's feature networks against PyTorch itself: scripts/torch_reference.py builds each
-//! network with random weights (pytorch-fid's FID Inception-v3, no download), and muse must
-//! give the same features from the same weights and images. Skipped, saying how to run it,
-//! where no Python with torch, torchvision, pytorch-fid and safetensors is found
+//! network with random weights (pytorch-fid's FID Inception-v3, transformers' CLIP
+//! ViT-B/32; no download), and muse must give the same features from the same weights and
+//! inputs. Skipped, saying how to run it,
+//! where no Python with torch, torchvision, pytorch-fid, transformers and safetensors is found
 //! (scripts/fetch-torch.sh makes one; `MUSE_TORCH_PYTHON` names another);
 //! `MUSE_REQUIRE_TORCH=1` makes that a failure instead.
 
@@ -10,6 +11,8 @@ use muse_runtime::{checkpoint, select, Data};
 use muse_train::eval::features::FeatureNet;
 use muse_train::eval::preprocess::resize_bilinear;
 use std::path::{Path, PathBuf};
+
+mod common;
 use std::process::Command;
 
 /// A Python with PyTorch and the packages the reference script needs (`MUSE_TORCH_PYTHON`,
@@ -24,7 +27,8 @@ fn torch_python() -> Result<String, String> {
         .ok()
         .or_else(|| cache.map(|p| p.display().to_string()))
         .unwrap_or_else(|| "python3".into());
-    let probe = Command::new(&py).args(["-c", "import torch, torchvision, pytorch_fid, safetensors"]).output();
+    let probe =
+        Command::new(&py).args(["-c", "import torch, torchvision, pytorch_fid, transformers, safetensors"]).output();
     match probe {
         Ok(o) if o.status.success() => Ok(py),
         Ok(o) => {
@@ -81,6 +85,27 @@ fn the_fid_inception_gives_pytorch_fids_features() {
         let want = &resized[i * 299 * 299 * 3..(i + 1) * 299 * 299 * 3];
         let worst = r.iter().zip(want).fold(0f32, |m, (a, b)| m.max((2.0 * a - 1.0 - b).abs()));
         assert!(worst < 1e-5, "image {i}: resized differs by {worst}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn clip_gives_transformers_embeddings() {
+    let Some(dir) = reference("clip") else { return };
+    let m = common::compile_model("clip_vit_b32", &[]);
+    assert_eq!(m.graph.param_count(), 151_277_313, "ViT-B/32's parameter count");
+    let params = checkpoint::load_params(&m.graph, &dir.join("weights.safetensors")).unwrap();
+    let inputs = checkpoint::load(&dir.join("inputs.safetensors")).unwrap();
+    let device = select(DeviceKind::Cpu, &DeviceOptions::default()).unwrap().device;
+    let wanted: Vec<_> = m.graph.outputs.iter().map(|o| o.1).collect();
+    let mut program = device.compile(&m.graph, &wanted).unwrap();
+    let out = program.run(&inputs, &params, 0).unwrap();
+    let expected = checkpoint::load(&dir.join("expected.safetensors")).unwrap();
+    for (name, node) in &m.graph.outputs {
+        let (ours, theirs) = (out[node].to_f64(), expected[name].to_f64());
+        let scale = theirs.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let worst = ours.iter().zip(&theirs).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+        assert!(scale > 1e-3 && worst / scale < 1e-4, "{name}: worst {worst} of values up to {scale}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
