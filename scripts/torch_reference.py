@@ -97,7 +97,47 @@ def clip(out):
     print(f"clip: {len(sd)} tensors, {sum(v.numel() for v in sd.values())} values")
 
 
+def clip_io(out):
+    """CLIP's tokenizer (a small vocabulary in CLIP's BPE format: every byte, alone and
+    ending a word, some merges, the two special tokens) as tokenizer.json, the ids and masks
+    transformers' CLIPTokenizer gives some captions padded to 77, and 8-bit images with what
+    CLIPImageProcessorPil (OpenAI's PIL preprocessing: bicubic, centre crop, CLIP's mean
+    and std) makes of them."""
+    import json
+
+    import numpy as np
+    from transformers import CLIPImageProcessorPil, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars]
+    merges = ["r e", "re d</w>", "c i", "ci r", "cir c", "circ l", "circl e</w>", "t h", "th e</w>", "o n</w>",
+              "a b", "ab o", "abo v", "abov e</w>", "l e", "le f", "lef t</w>"]
+    for m in merges:
+        vocab.append(m.replace(" ", ""))
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    with open(os.path.join(out, "vocab.json"), "w") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f)
+    with open(os.path.join(out, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(vocab=os.path.join(out, "vocab.json"), merges=os.path.join(out, "merges.txt"))
+    tok.save_pretrained(os.path.join(out, "tok"))
+    captions = ["a large red circle on the left", "A  Red Circle ABOVE a white square!", "", "x" * 200,
+                "a blue square to the left of a green triangle"]
+    enc = tok(captions, padding="max_length", max_length=77, truncation=True)
+    with open(os.path.join(out, "captions.json"), "w") as f:
+        json.dump({"captions": captions, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, f)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    images[1] = 40  # flat areas and sharp edges, as the built-in data set's
+    images[1, 4:12, 3:9] = [230, 25, 25]
+    pv = CLIPImageProcessorPil()(images=list(images), return_tensors="pt")["pixel_values"]
+    save_file({"images": torch.from_numpy(images.astype(np.int32)), "pixel_values": pv.permute(0, 2, 3, 1).contiguous()},
+              os.path.join(out, "images.safetensors"))
+    print(f"clip_io: {len(vocab)} tokens, {len(captions)} captions, {len(images)} images")
+
+
 if __name__ == "__main__":
     what, out = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
-    {"inception": inception, "clip": clip}[what](out)
+    {"inception": inception, "clip": clip, "clip_io": clip_io}[what](out)

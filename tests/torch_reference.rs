@@ -10,51 +10,9 @@ use muse_runtime::device::{DeviceKind, DeviceOptions};
 use muse_runtime::{checkpoint, select, Data};
 use muse_train::eval::features::FeatureNet;
 use muse_train::eval::preprocess::resize_bilinear;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
-use std::process::Command;
-
-/// A Python with PyTorch and the packages the reference script needs (`MUSE_TORCH_PYTHON`,
-/// else scripts/fetch-torch.sh's, else `python3`), or why there is none.
-fn torch_python() -> Result<String, String> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|c| c.join("muse/torch-2.15.0/bin/python"))
-        .filter(|p| p.is_file());
-    let py = std::env::var("MUSE_TORCH_PYTHON")
-        .ok()
-        .or_else(|| cache.map(|p| p.display().to_string()))
-        .unwrap_or_else(|| "python3".into());
-    let probe =
-        Command::new(&py).args(["-c", "import torch, torchvision, pytorch_fid, transformers, safetensors"]).output();
-    match probe {
-        Ok(o) if o.status.success() => Ok(py),
-        Ok(o) => {
-            Err(format!("{py} lacks a package: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")))
-        }
-        Err(e) => Err(format!("{py}: {e}")),
-    }
-}
-
-/// Runs the reference script for `what` into a fresh folder; `None` when skipped.
-fn reference(what: &str) -> Option<PathBuf> {
-    let py = match torch_python() {
-        Ok(py) => py,
-        Err(why) => {
-            let how = "run scripts/fetch-torch.sh once, or set MUSE_TORCH_PYTHON to a Python that has them";
-            assert!(std::env::var_os("MUSE_REQUIRE_TORCH").is_none(), "MUSE_REQUIRE_TORCH is set but {why}");
-            eprintln!("skipped: {why} ({how})");
-            return None;
-        }
-    };
-    let out = std::env::temp_dir().join(format!("muse-torch-{what}-{}", std::process::id()));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/torch_reference.py");
-    let run = Command::new(&py).arg(&script).arg(what).arg(&out).output().expect("run the reference script");
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    Some(out)
-}
 
 fn floats(file: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
     let t = checkpoint::load(file).unwrap().remove(name).unwrap_or_else(|| panic!("{name} in {}", file.display()));
@@ -64,7 +22,7 @@ fn floats(file: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
 
 #[test]
 fn the_fid_inception_gives_pytorch_fids_features() {
-    let Some(dir) = reference("inception") else { return };
+    let Some(dir) = common::torch::reference("inception") else { return };
     let device = select(DeviceKind::Cpu, &DeviceOptions::default()).unwrap().device;
     let mut net = FeatureNet::inception(&dir.join("weights.safetensors"), device.as_ref()).unwrap();
     assert_eq!((net.resolution, net.dim), (299, 2048));
@@ -91,7 +49,7 @@ fn the_fid_inception_gives_pytorch_fids_features() {
 
 #[test]
 fn clip_gives_transformers_embeddings() {
-    let Some(dir) = reference("clip") else { return };
+    let Some(dir) = common::torch::reference("clip") else { return };
     let m = common::compile_model("clip_vit_b32", &[]);
     assert_eq!(m.graph.param_count(), 151_277_313, "ViT-B/32's parameter count");
     let params = checkpoint::load_params(&m.graph, &dir.join("weights.safetensors")).unwrap();
@@ -107,5 +65,34 @@ fn clip_gives_transformers_embeddings() {
         let worst = ours.iter().zip(&theirs).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
         assert!(scale > 1e-3 && worst / scale < 1e-4, "{name}: worst {worst} of values up to {scale}");
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn clips_tokenizer_and_image_preprocessing_match_transformers() {
+    use muse_train::eval::clip::{for_clip_bytes, ClipTokenizer};
+    let Some(dir) = common::torch::reference("clip_io") else { return };
+    // transformers' CLIPTokenizer, saved as tokenizer.json, against its own ids.
+    let tok = ClipTokenizer::open(&dir.join("tok/tokenizer.json")).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("captions.json")).unwrap()).unwrap();
+    for (i, caption) in want["captions"].as_array().unwrap().iter().enumerate() {
+        let (ids, mask) = tok.encode(caption.as_str().unwrap()).unwrap();
+        let ids_want: Vec<i32> =
+            want["input_ids"][i].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
+        let mask_want: Vec<bool> =
+            want["attention_mask"][i].as_array().unwrap().iter().map(|v| v.as_i64() == Some(1)).collect();
+        assert_eq!(ids, ids_want, "{caption}");
+        assert_eq!(mask, mask_want, "{caption}");
+    }
+    // CLIPImageProcessorPil: PIL bicubic to 224 (bit for bit), CLIP's mean and std.
+    let images = checkpoint::load(&dir.join("images.safetensors")).unwrap();
+    let Data::I(bytes) = &images["images"].data else { panic!("8-bit images as integers") };
+    let bytes: Vec<u8> = bytes.iter().map(|&b| b as u8).collect();
+    let n = images["images"].shape[0];
+    let ours = for_clip_bytes(&bytes, n, 16);
+    let theirs = images["pixel_values"].to_f64();
+    let worst = ours.iter().zip(&theirs).fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+    assert!(worst < 1e-5, "worst {worst} (one 8-bit level is {})", 1.0 / 255.0 / 0.27);
     std::fs::remove_dir_all(&dir).ok();
 }

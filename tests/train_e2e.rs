@@ -153,6 +153,7 @@ fn masked_token_models_learn_the_built_in_data() {
             pick: Default::default(),
             classifier: None,
             fid_weights: None,
+            clip: None,
         };
         muse_train::eval::evaluate(&a, s.as_ref()).unwrap()
     };
@@ -207,6 +208,7 @@ fn masked_token_models_learn_the_built_in_data() {
         pick: Default::default(),
         classifier: Some(classifier.out.clone()),
         fid_weights: None,
+        clip: None,
     };
     let e = muse_train::eval::evaluate(&with_fd, s.as_ref()).unwrap();
     let fake_fd = e["classifier_fd"]["value"].as_f64().unwrap();
@@ -530,6 +532,7 @@ fn every_generator_variant_trains_and_samples() {
             pick: Default::default(),
             classifier: None,
             fid_weights: None,
+            clip: None,
         };
         muse_train::eval::evaluate(&e, s.as_ref()).unwrap_or_else(|e| panic!("{run}: eval: {e}"));
         runs.push(args.out.clone());
@@ -559,4 +562,45 @@ fn every_generator_variant_trains_and_samples() {
     let sheet = image::open(&files[3]).unwrap();
     assert!(sheet.height() >= 15 * 64, "a row per run: {}", sheet.height());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn eval_reports_fid_and_clip_score_with_imported_networks() {
+    // The networks with PyTorch's random weights (the real ones are downloads): what is
+    // checked here is the path through `muse eval`, the networks themselves in
+    // tests/torch_reference.rs.
+    let (Some(inception), Some(clip), Some(io)) =
+        (common::torch::reference("inception"), common::torch::reference("clip"), common::torch::reference("clip_io"))
+    else {
+        return;
+    };
+    let dir = scratch("imported");
+    let s = settings();
+    train(&vq(&dir), false, s.as_ref()).unwrap();
+    train(&masked("mamba_xattn_xz", &dir, 10), false, s.as_ref()).unwrap();
+    let a = EvalArgs {
+        run: dir.join("mamba_xattn_xz"),
+        samples: 6,
+        prompts: Prompts::Data,
+        decoding: Decoding { steps: 2, ..Decoding::default() },
+        batch: 3,
+        pick: Default::default(),
+        classifier: None,
+        fid_weights: Some(inception.join("weights.safetensors")),
+        clip: Some((clip.join("weights.safetensors"), io.join("tok/tokenizer.json"))),
+    };
+    let e = muse_train::eval::evaluate(&a, s.as_ref()).unwrap();
+    let fid = &e["fid"];
+    assert_eq!(fid["images"], 6);
+    assert!(fid["value"].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0), "{fid}");
+    assert!(fid["preprocessing"].as_str().unwrap().contains("pytorch-fid"));
+    let c = &e["clip_score"];
+    let (score, scaled) = (c["value"].as_f64().unwrap(), c["torchmetrics"].as_f64().unwrap());
+    assert!((-1.0..=1.0).contains(&score) && (0.0..=100.0).contains(&scaled), "{c}");
+    assert!(scaled >= 100.0 * score - 1e-9, "max(100 cos, 0) is at least 100 cos on average");
+    assert!(c["real"].as_f64().is_some(), "real images of the same captions are scored too");
+    assert_eq!(e["not_computed"]["fid"], serde_json::Value::Null);
+    for d in [inception, clip, io, dir] {
+        std::fs::remove_dir_all(d).ok();
+    }
 }

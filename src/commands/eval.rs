@@ -27,6 +27,13 @@ pub struct Args {
     /// converts pytorch-fid's checkpoint): the FID between generated and real images.
     #[arg(long, value_name = "FILE")]
     pub fid_weights: Option<PathBuf>,
+    /// CLIP ViT-B/32 weights (safetensors with Hugging Face CLIPModel's names): the CLIP
+    /// score, with --clip-tokenizer.
+    #[arg(long, value_name = "FILE", requires = "clip_tokenizer")]
+    pub clip_weights: Option<PathBuf>,
+    /// CLIP's tokenizer.json (Hugging Face's openai/clip-vit-base-patch32).
+    #[arg(long, value_name = "FILE", requires = "clip_weights")]
+    pub clip_tokenizer: Option<PathBuf>,
     /// Images generated at once.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -53,6 +60,7 @@ pub fn main(a: Args) -> ExitCode {
         pick: a.pick.pick(),
         classifier: a.classifier.clone(),
         fid_weights: a.fid_weights.clone(),
+        clip: a.clip_weights.clone().zip(a.clip_tokenizer.clone()),
     };
     match evaluate(&args, device.as_ref()) {
         Ok(e) => write_stdout(&format!(

@@ -1,6 +1,8 @@
 //! Helpers shared by the cross-crate tests.
 #![allow(dead_code)]
 
+pub mod torch;
+
 use muse_compiler::{compile_source, Model, Options};
 
 /// Compiles source text with one model, panicking with the rendered diagnostic on error.

@@ -3,6 +3,7 @@
 //! records every metric it can compute in the run's `eval.json`.
 
 pub mod align;
+pub mod clip;
 pub mod features;
 pub mod frechet;
 pub mod preprocess;
@@ -17,6 +18,7 @@ use crate::run::write_atomic;
 use crate::sample::{Decoding, Sampler};
 use crate::trained::Pick;
 use align::{judge, Alignment};
+use clip::ClipScorer;
 use features::FeatureNet;
 use frechet::{frechet_distance, Moments};
 use muse_runtime::device::Device;
@@ -76,6 +78,8 @@ pub struct EvalArgs {
     pub classifier: Option<PathBuf>,
     /// FID Inception weights (safetensors, PyTorch's names): the FID to real images.
     pub fid_weights: Option<PathBuf>,
+    /// CLIP ViT-B/32 weights and CLIP's tokenizer.json: the CLIP score.
+    pub clip: Option<(PathBuf, PathBuf)>,
 }
 
 /// Images in an evaluation's row of samples (the first prompts, the same for every run).
@@ -149,6 +153,8 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
     };
     let (mut fake_moments, mut real_moments) = net.as_ref().map(|n| (Moments::new(n.dim), Moments::new(n.dim))).unzip();
     let mut inception = a.fid_weights.as_deref().map(|w| FeatureNet::inception(w, device)).transpose()?;
+    let mut clip = a.clip.as_ref().map(|(w, t)| ClipScorer::open(w, t, device)).transpose()?;
+    let (mut clip_fake, mut clip_real) = (Vec::new(), Vec::new());
     let (mut fid_fake, mut fid_real) = inception.as_ref().map(|n| (Moments::new(n.dim), Moments::new(n.dim))).unzip();
     let (step, ema) = (sampler.gen.step, sampler.gen.ema);
     let tag = format!("step-{step:08}-{}", if ema { "ema" } else { "raw" });
@@ -183,6 +189,12 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
             if let (Some(net), Some(f), Some(r)) = (net.as_mut(), fake_moments.as_mut(), real_moments.as_mut()) {
                 f.add(&net.features(&pixels, batch.len())?)?;
                 r.add(&net.features(&real_pixels, batch.len())?)?;
+            }
+            if let Some(c) = clip.as_mut() {
+                clip_fake.extend(c.cosines(&pixels, res, batch)?);
+                if !other_captions {
+                    clip_real.extend(c.cosines(&real_pixels, res, batch)?);
+                }
             }
             if let (Some(net), Some(f), Some(r)) = (inception.as_mut(), fid_fake.as_mut(), fid_real.as_mut()) {
                 let n = batch.len();
@@ -226,6 +238,20 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
         }
         _ => Value::Null,
     };
+    let clip_score = match &clip {
+        Some(_) => {
+            let (score, torchmetrics) = clip_scores(&clip_fake);
+            eprintln!("CLIP score {score:.4} (torchmetrics' scale: {torchmetrics:.2})");
+            json!({
+                "value": score,
+                "torchmetrics": torchmetrics,
+                "images": clip_fake.len(),
+                "real": if clip_real.is_empty() { Value::Null } else { json!(clip_scores(&clip_real).0) },
+                "note": "mean cosine of CLIP ViT-B/32 image and caption embeddings, unscaled as the research log and the Muse paper; torchmetrics: mean of max(100 cos, 0)",
+            })
+        }
+        None => Value::Null,
+    };
     let d = &a.decoding;
     let evaluation = json!({
         "checkpoint_step": step,
@@ -240,10 +266,10 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
         "real_alignment": if reference.judged() > 0 { reference.to_json() } else { Value::Null },
         "classifier_fd": classifier_fd,
         "fid": fid,
-        "clip_score": Value::Null,
+        "clip_score": clip_score,
         "not_computed": {
             "fid": if a.fid_weights.is_none() { Value::from("no --fid-weights given") } else { Value::Null },
-            "clip_score": "CLIP features are not part of muse yet",
+            "clip_score": if a.clip.is_none() { Value::from("no --clip-weights and --clip-tokenizer given") } else { Value::Null },
         },
         "grid": format!("eval/{tag}/grid.png"),
         "seconds": start.elapsed().as_secs_f64(),
@@ -256,6 +282,13 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
     }
     record(&a.run, &evaluation)?;
     Ok(evaluation)
+}
+
+/// The CLIP score of per-image cosines: their mean (unscaled, as the research log and the
+/// Muse paper report it) and torchmetrics' mean of max(100 cos, 0).
+pub fn clip_scores(cosines: &[f64]) -> (f64, f64) {
+    let n = cosines.len().max(1) as f64;
+    (cosines.iter().sum::<f64>() / n, cosines.iter().map(|c| (100.0 * c).max(0.0)).sum::<f64>() / n)
 }
 
 /// The evaluations recorded in a run's `eval.json` (none when there is no file).
@@ -277,4 +310,19 @@ fn record(run: &Path, evaluation: &Value) -> Result<(), Error> {
     all.sort_by_key(|e| e["checkpoint_step"].as_u64().unwrap_or(0));
     let text = serde_json::to_string_pretty(&json!({ "evaluations": all })).expect("JSON values serialise");
     write_atomic(&run.join("eval.json"), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_scores_unscaled_and_as_torchmetrics() {
+        let (score, torchmetrics) = clip_scores(&[0.3, -0.2, 0.25]);
+        assert!((score - 0.35 / 3.0).abs() < 1e-12);
+        // torchmetrics clips each image's 100 cos at 0 before the mean.
+        assert!((torchmetrics - 55.0 / 3.0).abs() < 1e-9);
+        assert_eq!("held-out".parse::<Prompts>(), Ok(Prompts::HeldOut));
+        assert_eq!("p.txt".parse::<Prompts>(), Ok(Prompts::File("p.txt".into())));
+    }
 }

@@ -139,7 +139,7 @@ pub fn markdown(runs: &[RunSummary]) -> String {
             r.batch,
             r.final_loss().map_or("—".into(), |l| format!("{l:.3}")),
             metric(e.and_then(|e| e["fid"]["value"].as_f64())),
-            metric(e.and_then(|e| e["clip_score"].as_f64())),
+            metric(e.and_then(|e| e["clip_score"]["value"].as_f64())),
             metric(e.and_then(|e| e["classifier_fd"]["value"].as_f64())),
             percent(a.and_then(|a| a["overall"]["fraction"].as_f64())),
             attr("colour"),
@@ -159,7 +159,8 @@ pub fn markdown(runs: &[RunSummary]) -> String {
          of the generated and the real images under muse's classifier of the data set's caption words \
          (`muse eval --classifier`; lower is closer; not comparable to an Inception FID). FID: \
          Inception-v3 pool3 features with `muse eval --fid-weights` (pytorch-fid's preprocessing), \
-         else —; CLIP: not computed yet (—).\n",
+         else —; CLIP: the mean cosine of CLIP ViT-B/32's image and caption embeddings, unscaled, with \
+         `--clip-weights` and `--clip-tokenizer`, else —.\n",
     );
     t
 }
