@@ -4,7 +4,7 @@
 mod commands;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use commands::{check, eval, export, graph, inspect, run, sample, table, tokenize, train};
+use commands::{check, eval, export, fid, graph, inspect, run, sample, table, tokenize, train};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -36,6 +36,8 @@ enum Command {
     /// Sample a trained generator at evaluation scale with fixed seeds and score the images
     /// (caption alignment on the built-in data); recorded in the run's eval.json.
     Eval(eval::Args),
+    /// The FID between two image sets (folders, the built-in data, or .npy features).
+    Fid(fid::Args),
     /// Write a run's trained parameters as one safetensors file in PyTorch's layouts.
     Export(export::Args),
     /// The results table of runs (method, parameters, steps, batch, FID, CLIP, alignment) as
@@ -63,5 +65,6 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::main(a),
         Command::Table(a) => table::main(a),
         Command::Export(a) => export::main(a),
+        Command::Fid(a) => fid::main(a),
     }
 }

@@ -319,3 +319,20 @@ fn run_and_grad_read_inputs_from_safetensors_and_save_in_f64() {
     assert!(code == 1 && err.contains("--inputs") && err.contains("nonexistent"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn fid_of_two_feature_files_is_pytorch_fids() {
+    // The fixtures' reference value (pytorch-fid's formula on the same .npy files).
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/fid/expected.json").unwrap()).unwrap();
+    let want = expected["cases"][0]["fid"].as_f64().unwrap();
+    let (code, out, err) = muse(&["fid", "tests/fixtures/fid/relu_a.npy", "tests/fixtures/fid/relu_b.npy"]);
+    assert_eq!(code, 0, "{err}");
+    let got: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((got - want).abs() < 1e-3 * want, "{got} vs {want}");
+    assert!(out.contains("600 and 500 images"), "{out}");
+    let (code, _, err) = muse(&["fid", "shapes", "tests/fixtures/fid/relu_a.npy"]);
+    assert!(code == 1 && err.contains("--fid-weights"), "{err}");
+    let (code, _, err) = muse(&["fid", "nowhere", "shapes"]);
+    assert!(code == 1 && err.contains("not a folder of images"), "{err}");
+}

@@ -7,6 +7,7 @@ use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
 use muse_runtime::select;
 use muse_train::config::TrainArgs;
 use muse_train::error::Error;
+use muse_train::eval::frechet::frechet_distance;
 use muse_train::eval::table::{markdown, plots, RunSummary};
 use muse_train::eval::{EvalArgs, Prompts};
 use muse_train::objective::train;
@@ -600,6 +601,26 @@ fn eval_reports_fid_and_clip_score_with_imported_networks() {
     assert!(scaled >= 100.0 * score - 1e-9, "max(100 cos, 0) is at least 100 cos on average");
     assert!(c["real"].as_f64().is_some(), "real images of the same captions are scored too");
     assert_eq!(e["not_computed"]["fid"], serde_json::Value::Null);
+    // `muse fid`: a folder of the built-in set's images as PNGs reads as the set itself
+    // (FID ~ 0), and other images of the set are apart.
+    use muse_train::eval::fid::{statistics, ImageSet};
+    let mut net =
+        muse_train::eval::features::FeatureNet::inception(&inception.join("weights.safetensors"), s.as_ref()).unwrap();
+    let stream = muse_train::data::shapes::Shapes::new(16, muse_train::eval::eval_seed(0));
+    let (same, other) = (dir.join("same"), dir.join("other"));
+    for (folder, from) in [(&same, 0u64), (&other, 100)] {
+        std::fs::create_dir_all(folder).unwrap();
+        for i in 0..8 {
+            let img = muse_train::picture::to_rgb8(&stream.sample(from + i).image, 16);
+            muse_train::picture::save_png(&img, &folder.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let g = |set: ImageSet, net: &mut muse_train::eval::features::FeatureNet| statistics(&set, Some(net), 8).unwrap();
+    let builtin = g(ImageSet::Shapes(16), &mut net);
+    let scale = builtin.cov.trace();
+    let fid_same = frechet_distance(&builtin, &g(ImageSet::Folder(same), &mut net)).unwrap();
+    let fid_other = frechet_distance(&builtin, &g(ImageSet::Folder(other), &mut net)).unwrap();
+    assert!(fid_same.abs() < 1e-3 * scale && fid_other > 1e-2 * scale, "{fid_same} {fid_other} (tr {scale})");
     for d in [inception, clip, io, dir] {
         std::fs::remove_dir_all(d).ok();
     }

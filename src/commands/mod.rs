@@ -4,6 +4,7 @@ pub mod check;
 pub mod cli;
 pub mod eval;
 pub mod export;
+pub mod fid;
 pub mod graph;
 pub mod inspect;
 pub mod run;

@@ -5,6 +5,7 @@
 pub mod align;
 pub mod clip;
 pub mod features;
+pub mod fid;
 pub mod frechet;
 pub mod preprocess;
 pub mod table;
@@ -86,7 +87,7 @@ pub struct EvalArgs {
 const GRID: usize = 16;
 
 /// Seed of the built-in data set's evaluation stream, apart from any training seed.
-fn eval_seed(train_seed: u64) -> u64 {
+pub fn eval_seed(train_seed: u64) -> u64 {
     mix64(train_seed ^ 0x6576_616c_7561_7465)
 }
 
