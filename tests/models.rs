@@ -33,7 +33,8 @@ fn models_directory_has_every_variant() {
         })
         .collect();
     found.sort();
-    let mut want: Vec<String> = common::MODELS.iter().map(|s| s.to_string()).collect();
+    let mut want: Vec<String> =
+        common::MODELS.iter().chain(muse_compiler::zoo::FEATURE_NETWORKS).map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(found, want);
 }

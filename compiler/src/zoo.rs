@@ -23,6 +23,10 @@ pub const MODELS: &[&str] = &[
     "shapes_classifier",
 ];
 
+/// Feature networks imported from PyTorch for evaluation (FID, CLIP score): checked against
+/// PyTorch itself at their real sizes (tests/torch_reference.rs), not at tiny configs.
+pub const FEATURE_NETWORKS: &[&str] = &["inception_fid", "clip_vit_b32"];
+
 /// The models of [`MODELS`] over pixels rather than image tokens.
 pub const IMAGE_MODELS: &[&str] = &["vq_tokenizer", "vq_discriminator", "shapes_classifier"];
 
