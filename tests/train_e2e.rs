@@ -566,6 +566,7 @@ fn every_generator_variant_trains_and_samples() {
 }
 
 #[test]
+#[ignore = "17 minutes in a debug build (Inception and CLIP at full size): cargo test --release --test train_e2e -- --ignored"]
 fn eval_reports_fid_and_clip_score_with_imported_networks() {
     // The networks with PyTorch's random weights (the real ones are downloads): what is
     // checked here is the path through `muse eval`, the networks themselves in
