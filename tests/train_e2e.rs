@@ -10,7 +10,7 @@ use muse_train::error::Error;
 use muse_train::eval::frechet::frechet_distance;
 use muse_train::eval::table::{markdown, plots, RunSummary};
 use muse_train::eval::{EvalArgs, Prompts};
-use muse_train::objective::train;
+use muse_train::objective::{train, Start};
 use muse_train::sample::{Decoding, SampleArgs};
 use muse_train::trained::{Pick, TrainedTokenModel, Weights};
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ fn masked(name: &str, dir: &Path, steps: u64) -> TrainArgs {
 fn masked_token_models_learn_the_built_in_data() {
     let dir = scratch("learn");
     let s = settings();
-    let v = train(&vq(&dir), false, s.as_ref()).unwrap();
+    let v = train(&vq(&dir), Start::New, s.as_ref()).unwrap();
     assert!(v.last_loss < v.first_loss, "image tokenizer: {} -> {}", v.first_loss, v.last_loss);
     // Its reconstructions of one-shape images, judged (what `muse tokenize` reports).
     let tokenizer = muse_train::image_tokenizer::ImageTokenizer::open(&dir.join("vq")).unwrap();
@@ -101,7 +101,7 @@ fn masked_token_models_learn_the_built_in_data() {
     assert_eq!(r.judged(), 40);
     assert!(r.one.1 > 10 && r.two.1 > 5 && r.attributes.iter().all(|&(right, n)| right <= n), "{r:?}");
     for name in ["muse_small", "mamba_xattn_xz"] {
-        train(&masked(name, &dir, 150), false, s.as_ref()).unwrap();
+        train(&masked(name, &dir, 150), Start::New, s.as_ref()).unwrap();
         let l = common::losses(&dir.join(name));
         let first = l[..5].iter().sum::<f64>() / 5.0;
         let last = l[l.len() - 10..].iter().sum::<f64>() / 10.0;
@@ -116,7 +116,7 @@ fn masked_token_models_learn_the_built_in_data() {
         steps: 40,
         ..masked("token_critic", &dir, 40)
     };
-    let c = train(&critic, false, s.as_ref()).unwrap();
+    let c = train(&critic, Start::New, s.as_ref()).unwrap();
     assert!(c.last_loss < c.first_loss, "critic: {} -> {}", c.first_loss, c.last_loss);
     // Sampling is a function of the seed, with and without the critic.
     let sample_in = |seed: u64, critic: Option<PathBuf>, out: &str, batch: usize| {
@@ -172,7 +172,7 @@ fn masked_token_models_learn_the_built_in_data() {
         checkpoint_every: 200,
         ..TrainArgs::default()
     };
-    let c = train(&classifier, false, s.as_ref()).unwrap();
+    let c = train(&classifier, Start::New, s.as_ref()).unwrap();
     // Knowing only how often each word occurs scores the mean binary entropy of the words:
     // the classifier must see more than that in the pixels.
     let captions: Vec<String> =
@@ -233,14 +233,14 @@ fn masked_token_models_learn_the_built_in_data() {
 fn a_resumed_run_equals_an_uninterrupted_one() {
     let dir = scratch("resume");
     let s = settings();
-    train(&vq(&dir), false, s.as_ref()).unwrap();
+    train(&vq(&dir), Start::New, s.as_ref()).unwrap();
     // With a weight average, which the checkpoints carry as ema/*.
     let whole = TrainArgs { ema: 0.9, ..masked("mamba_xattn_xz", &dir, 20) };
-    train(&whole, false, s.as_ref()).unwrap();
+    train(&whole, Start::New, s.as_ref()).unwrap();
     let mut half = TrainArgs { out: dir.join("halves"), steps: 10, ..whole.clone() };
-    train(&half, false, s.as_ref()).unwrap();
+    train(&half, Start::New, s.as_ref()).unwrap();
     half.steps = 20;
-    let again = train(&half, false, s.as_ref());
+    let again = train(&half, Start::New, s.as_ref());
     let e = again.unwrap_err();
     assert!(
         matches!(e, Error::RunDir(_)) && e.to_string().contains("--resume"),
@@ -248,7 +248,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     );
     let mut resumed = TrainArgs::from_run(&half.out).unwrap();
     resumed.steps = 20;
-    train(&resumed, true, s.as_ref()).unwrap();
+    train(&resumed, Start::Resume { allow_changed_source: false }, s.as_ref()).unwrap();
     let ck = |run: &Path| muse_runtime::checkpoint::load(&run.join("checkpoints/step-00000020.safetensors")).unwrap();
     let (a, b) = (ck(&whole.out), ck(&half.out));
     let only = |x: &muse_runtime::Tensors, y: &muse_runtime::Tensors| {
@@ -294,11 +294,11 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         out: dir.join("frozen"),
         ..masked("mamba_xattn_xz", &dir, 4)
     };
-    train(&frozen, false, s.as_ref()).unwrap();
+    train(&frozen, Start::New, s.as_ref()).unwrap();
     let mut more = TrainArgs::from_run(&frozen.out).unwrap();
     assert_eq!((more.init.as_deref(), more.freeze.clone()), (Some(init.as_path()), vec!["text".to_string()]));
     more.steps = 8;
-    train(&more, true, s.as_ref()).unwrap();
+    train(&more, Start::Resume { allow_changed_source: false }, s.as_ref()).unwrap();
     let after = ck_at(&frozen.out, 8);
     let texts: Vec<&String> = a.keys().filter(|k| k.starts_with("text_encoder.")).collect();
     assert!(!texts.is_empty());
@@ -308,13 +308,13 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let moved = a.keys().filter(|k| k.starts_with("layers.") && after.get(*k).is_some_and(|t| t != &a[*k])).count();
     assert!(moved > 0, "the rest trains");
     let bad = TrainArgs { freeze: vec!["nothing_here".into()], out: dir.join("bad"), ..frozen.clone() };
-    let e = train(&bad, false, s.as_ref()).unwrap_err();
+    let e = train(&bad, Start::New, s.as_ref()).unwrap_err();
     assert!(matches!(e, Error::Train(_)) && e.to_string().contains("nothing_here"), "{e}");
     let vq_ck = ck_at(&dir.join("vq"), 30);
     let tmp = dir.join("unrelated.safetensors");
     muse_runtime::checkpoint::save(&tmp, &vq_ck).unwrap();
     let unrelated = TrainArgs { init: Some(tmp), out: dir.join("bad2"), ..frozen.clone() };
-    let e = train(&unrelated, false, s.as_ref()).unwrap_err();
+    let e = train(&unrelated, Start::New, s.as_ref()).unwrap_err();
     assert!(matches!(e, Error::Usage(_)) && e.to_string().contains("none of its"), "weights of another model: {e}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -328,7 +328,7 @@ fn a_damaged_checkpoint_is_never_loaded() {
     let dir = scratch("damaged");
     let s = settings();
     let args = vq(&dir);
-    train(&TrainArgs { steps: 10, ..args.clone() }, false, s.as_ref()).unwrap();
+    train(&TrainArgs { steps: 10, ..args.clone() }, Start::New, s.as_ref()).unwrap();
     let run = muse_train::run::RunDir::open(&args.out).unwrap();
     assert!(run.latest().unwrap().is_some());
     // Cut the checkpoint short, as a crash in the middle of writing it would (were it not
@@ -340,7 +340,140 @@ fn a_damaged_checkpoint_is_never_loaded() {
     assert!(matches!(err, Error::RunDir(_)) && err.to_string().contains("damaged"), "{err}");
     let mut resumed = TrainArgs::from_run(&args.out).unwrap();
     resumed.steps = 20;
-    assert!(train(&resumed, true, s.as_ref()).is_err(), "resuming from a damaged checkpoint fails");
+    assert!(
+        train(&resumed, Start::Resume { allow_changed_source: false }, s.as_ref()).is_err(),
+        "resuming from a damaged checkpoint fails"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+const RESUME: Start = Start::Resume { allow_changed_source: false };
+
+/// A copy of a finished run, damaged by `harm`, resumed to `steps`: what it ends with and
+/// the last step of its metrics log.
+fn resumed_after(
+    from: &Path,
+    name: &str,
+    steps: u64,
+    harm: impl Fn(&Path),
+) -> Result<(muse_runtime::Tensors, u64), Error> {
+    let to = from.with_file_name(name);
+    std::fs::create_dir_all(to.join("checkpoints")).unwrap();
+    for rel in ["config.json", "latest.json", "metrics.jsonl"] {
+        std::fs::copy(from.join(rel), to.join(rel)).unwrap();
+    }
+    for e in std::fs::read_dir(from.join("checkpoints")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("checkpoints").join(e.file_name())).unwrap();
+    }
+    harm(&to);
+    let mut args = TrainArgs::from_run(&to).unwrap();
+    args.steps = steps;
+    train(&args, RESUME, settings().as_ref())?;
+    let log = std::fs::read_to_string(to.join("metrics.jsonl")).unwrap();
+    let steps_logged: Vec<u64> =
+        log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert!(steps_logged.windows(2).all(|w| w[1] == w[0] + 1), "{name}: one line per step, in order: {steps_logged:?}");
+    Ok((ck_at(&to, steps), *steps_logged.last().unwrap()))
+}
+
+/// What careless hands do to a run directory (issue: nothing a user does loses a run): each
+/// damaged copy, resumed, ends with exactly the weights of an undamaged resume (training is
+/// deterministic, so a fallback to an older checkpoint recomputes the same steps), or is
+/// refused with a message naming what is wrong.
+#[test]
+fn damaged_run_directories_resume_from_what_verifies_or_refuse() {
+    let dir = scratch("rundir");
+    let s = settings();
+    let args = TrainArgs { steps: 6, checkpoint_every: 2, keep: 3, ..vq(&dir) };
+    train(&args, Start::New, s.as_ref()).unwrap();
+    let run = args.out.clone();
+    let (clean, last) = resumed_after(&run, "clean", 8, |_| {}).unwrap();
+    assert_eq!(last, 8);
+    // latest.json deleted: the newest checkpoint (step 6) takes its place; the new step-8
+    // checkpoint is not pruned for sorting below an old one.
+    let (w, _) = resumed_after(&run, "no-latest", 8, |d| std::fs::remove_file(d.join("latest.json")).unwrap()).unwrap();
+    assert_eq!(w, clean, "no latest.json");
+    let kept: Vec<String> = std::fs::read_dir(dir.join("no-latest/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(kept.contains(&"step-00000008.safetensors".to_string()) && kept.len() == 3, "{kept:?}");
+    // A field of the wrong type is damage, not step 0.
+    let (w, _) = resumed_after(&run, "wrong-type", 8, |d| {
+        let p = d.join("latest.json");
+        let t = std::fs::read_to_string(&p).unwrap().replace("\"step\":6", "\"step\":\"6\"");
+        assert!(t.contains("\"6\""));
+        std::fs::write(&p, t).unwrap();
+    })
+    .unwrap();
+    assert_eq!(w, clean, "latest.json with a string step");
+    // The newest checkpoint damaged in place at the same size: its checksum fails and the one
+    // of step 4 is resumed from; steps 5 and 6 are recomputed exactly.
+    let flip = |d: &Path, step: u64| {
+        let p = d.join(format!("checkpoints/step-{step:08}.safetensors"));
+        let mut b = std::fs::read(&p).unwrap();
+        let at = b.len() - 9;
+        b[at] ^= 0x20;
+        std::fs::write(&p, b).unwrap();
+    };
+    let (w, _) = resumed_after(&run, "flipped", 8, |d| flip(d, 6)).unwrap();
+    assert_eq!(w, clean, "one bit of the latest checkpoint");
+    // Every checkpoint damaged: refused, naming each, never a silent restart from step 0.
+    let e = resumed_after(&run, "all-flipped", 8, |d| [2, 4, 6].iter().for_each(|&k| flip(d, k))).unwrap_err();
+    assert!(matches!(e, Error::RunDir(_)) && e.to_string().matches("damaged").count() >= 3, "{e}");
+    // Temporary files of interrupted writes go.
+    let (_, _) = resumed_after(&run, "stale", 8, |d| {
+        std::fs::write(d.join("checkpoints/.step-00000008.safetensors.tmp-1-0"), vec![0u8; 1000]).unwrap();
+        std::fs::write(d.join(".latest.json.tmp-1-0"), "{").unwrap();
+    })
+    .unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.join("stale/checkpoints"))
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("stale")).unwrap())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The model file changed since: refused, unless allowed; the recorded source is kept and
+    // the new one recorded beside it.
+    let edited = dir.join("edited.muse");
+    std::fs::copy(model("vq_tokenizer"), &edited).unwrap();
+    let e_args = TrainArgs { model: edited.clone(), out: dir.join("edited-run"), ..args.clone() };
+    train(&e_args, Start::New, s.as_ref()).unwrap();
+    let original = std::fs::read_to_string(&edited).unwrap();
+    std::fs::write(&edited, format!("{original}\n# an edit\n")).unwrap();
+    let mut more = TrainArgs::from_run(&e_args.out).unwrap();
+    more.steps = 8;
+    let e = train(&more, RESUME, s.as_ref()).unwrap_err();
+    assert!(e.to_string().contains("changed since") && e.to_string().contains("--allow-changed-source"), "{e}");
+    train(&more, Start::Resume { allow_changed_source: true }, s.as_ref()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e_args.out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["source"].as_str(), Some(original.as_str()), "the recorded source is kept");
+    let change = &config["source_changes"][0];
+    assert!(change["source"].as_str().unwrap().ends_with("# an edit\n") && change["from_step"] == 6, "{change}");
+
+    // A folder of the user's own with a config.json is not a run: refused, left as it was.
+    let foreign = dir.join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("config.json"), "{\"mine\": 1}").unwrap();
+    let e = train(&TrainArgs { out: foreign.clone(), ..args.clone() }, Start::New, s.as_ref()).unwrap_err();
+    assert!(e.to_string().contains("not a muse run"), "{e}");
+    assert_eq!(std::fs::read_to_string(foreign.join("config.json")).unwrap(), "{\"mine\": 1}");
+    // A new run into a run that has checkpoints is refused.
+    let e = train(&args, Start::New, s.as_ref()).unwrap_err();
+    assert!(e.to_string().contains("--resume"), "{e}");
+
+    // While one process trains in a run, another is refused with the holder's PID.
+    let held = muse_train::run::RunDir::for_training(&run, 3, true).unwrap();
+    let mut again = TrainArgs::from_run(&run).unwrap();
+    again.steps = 10;
+    let e = train(&again, RESUME, s.as_ref()).unwrap_err();
+    assert!(e.to_string().contains(&format!("PID {}", std::process::id())), "{e}");
+    drop(held);
+    train(&again, RESUME, s.as_ref()).unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -382,7 +515,7 @@ fn corrupt_images_are_skipped_named_and_counted() {
     assert!(ok.image.iter().all(|v| (-1.0..=1.0).contains(v)));
 
     let args = TrainArgs { data: data.display().to_string(), steps: 6, batch: 4, ..vq(&dir) };
-    train(&args, false, settings().as_ref()).unwrap();
+    train(&args, Start::New, settings().as_ref()).unwrap();
     let last: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(args.out.join("metrics.jsonl")).unwrap().lines().last().unwrap())
             .unwrap();
@@ -427,7 +560,7 @@ fn progressive_run(disc_start: &str) {
         out: dir.join("whole"),
         ..vq(&dir)
     };
-    let w = train(&whole, false, s.as_ref()).unwrap();
+    let w = train(&whole, Start::New, s.as_ref()).unwrap();
     assert!(w.first_loss.is_finite() && w.last_loss.is_finite());
     let recorded = TrainArgs::from_run(&whole.out).unwrap();
     assert_eq!(recorded.stages, stages, "config.json records the stages");
@@ -438,11 +571,11 @@ fn progressive_run(disc_start: &str) {
         stages: vec![stages[0], Stage { until: 8, ..stages[1] }],
         ..whole.clone()
     };
-    train(&half, false, s.as_ref()).unwrap();
+    train(&half, Start::New, s.as_ref()).unwrap();
     let mut resumed = TrainArgs::from_run(&half.out).unwrap();
     resumed.steps = 12;
     resumed.stages.last_mut().unwrap().until = 12;
-    train(&resumed, true, s.as_ref()).unwrap();
+    train(&resumed, Start::Resume { allow_changed_source: false }, s.as_ref()).unwrap();
     let ck = |run: &Path| muse_runtime::checkpoint::load(&run.join("checkpoints/step-00000012.safetensors")).unwrap();
     let (a, b) = (ck(&whole.out), ck(&half.out));
     assert_eq!(a.len(), b.len());
@@ -465,7 +598,7 @@ fn progressive_run(disc_start: &str) {
         steps: 6,
         ..whole.clone()
     };
-    let e = train(&bad, false, s.as_ref()).unwrap_err();
+    let e = train(&bad, Start::New, s.as_ref()).unwrap_err();
     assert!(matches!(e, Error::Usage(_)) && e.to_string().contains("later step"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -496,7 +629,7 @@ fn generators() -> Vec<Variant> {
 fn every_generator_variant_trains_and_samples() {
     let dir = scratch("variants");
     let s = settings();
-    train(&vq(&dir), false, s.as_ref()).unwrap();
+    train(&vq(&dir), Start::New, s.as_ref()).unwrap();
     let all = generators();
     assert_eq!(all.len(), 15, "thirteen Mamba variants (mamba_parallel twice) and two Muse transformers");
     let mut runs = Vec::new();
@@ -504,7 +637,7 @@ fn every_generator_variant_trains_and_samples() {
         let mut args = masked(file, &dir, 20);
         args.out = dir.join(&run);
         args.sets.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let r = train(&args, false, s.as_ref()).unwrap_or_else(|e| panic!("{run}: {e}"));
+        let r = train(&args, Start::New, s.as_ref()).unwrap_or_else(|e| panic!("{run}: {e}"));
         let l = common::losses(&args.out);
         assert_eq!(l.len(), 20, "{run}");
         assert!(l.iter().all(|x| x.is_finite()), "{run}: {l:?}");
@@ -578,8 +711,8 @@ fn eval_reports_fid_and_clip_score_with_imported_networks() {
     };
     let dir = scratch("imported");
     let s = settings();
-    train(&vq(&dir), false, s.as_ref()).unwrap();
-    train(&masked("mamba_xattn_xz", &dir, 10), false, s.as_ref()).unwrap();
+    train(&vq(&dir), Start::New, s.as_ref()).unwrap();
+    train(&masked("mamba_xattn_xz", &dir, 10), Start::New, s.as_ref()).unwrap();
     let a = EvalArgs {
         run: dir.join("mamba_xattn_xz"),
         samples: 6,

@@ -141,7 +141,13 @@ impl Rendered {
             }
             help.push_str(&format!("in the block called at {}", calls.join(", called at ")));
         }
+        let mut message = elide_long_runs(&d.message);
         let (src, label) = match d.loc {
+            Some(l) if lines_around(&sm.get(l.file).text, l.span.start).any(|line| line.len() > MAX_SHOWN_LINE) => {
+                // A snippet of a megabyte-long line helps no one: the place is named instead.
+                message.push_str(&format!(" (at {})", sm.describe(l)));
+                (None, None)
+            }
             Some(l) => {
                 let f = sm.get(l.file);
                 let len = l.span.end.saturating_sub(l.span.start);
@@ -149,8 +155,53 @@ impl Rendered {
             }
             None => (None, None),
         };
-        Rendered { class: d.class, message: d.message.clone(), help: (!help.is_empty()).then_some(help), src, label }
+        let help = elide_long_runs(&help);
+        Rendered { class: d.class, message, help: (!help.is_empty()).then_some(help), src, label }
     }
+}
+
+/// The longest source line a diagnostic shows as a snippet.
+const MAX_SHOWN_LINE: usize = 500;
+/// The longest run of characters without a space a message shows in full.
+const MAX_SHOWN_RUN: usize = 120;
+
+/// The line holding byte `at` of `text` and the lines on either side of it (what a snippet shows).
+fn lines_around(text: &str, at: usize) -> impl Iterator<Item = &str> {
+    let b = text.as_bytes();
+    let at = at.min(b.len());
+    let line_start = |i: usize| b[..i].iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
+    let line_end = |i: usize| b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p);
+    let start = line_start(line_start(at).saturating_sub(1));
+    let end = line_end((line_end(at) + 1).min(b.len()));
+    // Both ends lie at a newline or an end of the text: character boundaries.
+    text.get(start..end).unwrap_or_default().lines()
+}
+
+/// `s` with every run of more than [`MAX_SHOWN_RUN`] characters without a space (a runaway
+/// identifier or string) cut to its ends and its length.
+fn elide_long_runs(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(4096));
+    let mut run: Vec<char> = Vec::new();
+    let flush = |run: &mut Vec<char>, out: &mut String| {
+        if run.len() > MAX_SHOWN_RUN {
+            out.extend(&run[..40]);
+            out.push_str(&format!("...({} characters)...", run.len()));
+            out.extend(&run[run.len() - 10..]);
+        } else {
+            out.extend(run.iter());
+        }
+        run.clear();
+    };
+    for c in s.chars() {
+        if c.is_whitespace() {
+            flush(&mut run, &mut out);
+            out.push(c);
+        } else {
+            run.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 impl fmt::Debug for Rendered {

@@ -2,12 +2,14 @@
 //! diagnostics. Later passes (autodiff, fusion, code generation) live here too.
 
 pub mod autodiff;
+pub mod console;
 pub mod diag;
 pub mod elaborate;
 pub mod fusion;
 pub mod inspect;
 pub mod ir;
 pub mod kernel;
+pub mod limits;
 pub mod loader;
 pub mod render;
 pub mod report;

@@ -77,6 +77,11 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn load(&mut self, origin: Origin, name: String, text: String) -> Result<FileId> {
+        // A byte-order mark (some Windows editors write one) is not part of the program.
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => text,
+        };
         let id = self.prog.sources.add(name.clone(), text.as_str());
         let file = muse_grammar::parse(&text).map_err(|e| {
             Diag::new(DiagClass::Syntax, Loc { file: id, span: e.span }, e.message).with_opt_hint(e.hint)

@@ -26,13 +26,33 @@ pub fn hash128(parts: &[&[u8]]) -> String {
     format!("{h:032x}")
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so that a reader sees the
-/// old file or the new one, never a part.
+/// Writes `bytes` to `path` through a temporary file (hidden, named `.NAME.tmp-PID-N`) that
+/// is synced and renamed over it, so a reader sees the old file or the new one, never a part,
+/// and a crash leaves at most a temporary file (see [`is_temporary`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
-    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).inspect_err(|_| {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself survives a power loss once the folder is synced.
+        if let Ok(d) = std::fs::File::open(dir) {
+            d.sync_all().ok();
+        }
+        Ok(())
+    };
+    write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+/// Whether `name` is a temporary file of [`write_atomic`].
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
 }

@@ -7,7 +7,6 @@ use muse_compiler::ir::Graph;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 fn file_err(path: &Path, what: impl std::fmt::Display) -> RunError {
@@ -17,16 +16,56 @@ fn file_err(path: &Path, what: impl std::fmt::Display) -> RunError {
 /// Reads every tensor of a safetensors file. Floats keep the precision of their width (an
 /// f64 tensor stays f64, for the interpreter's `--f64`; an f32 device rounds as it uploads);
 /// integer types become i32 (an out-of-range value is an error); bool and u8 become bool.
+/// A file muse wrote is verified against the checksum in its metadata first (files of other
+/// tools have none and load as they are).
 pub fn load(path: &Path) -> Result<HashMap<String, HostTensor>, RunError> {
+    load_with_metadata(path).map(|(t, _)| t)
+}
+
+/// [`load`], with the file's metadata (`__metadata__`: string keys and values).
+pub fn load_with_metadata(path: &Path) -> Result<(HashMap<String, HostTensor>, Metadata), RunError> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| file_err(path, format!("not a valid safetensors file ({e})")))?;
+    let metadata: Metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| file_err(path, format!("not a valid safetensors file ({e})")))?;
+    if let Some(want) = metadata.get(CHECKSUM_KEY) {
+        let views: Vec<(String, TensorView)> = st.tensors();
+        let have = checksum(views.iter().map(|(n, v)| (n.as_str(), v.data())));
+        if *want != have {
+            return Err(file_err(
+                path,
+                format!("the tensors' checksum is {have}, but {want} was written: the file is damaged"),
+            ));
+        }
+    }
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let t = decode(&view).map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
     }
-    Ok(out)
+    Ok((out, metadata))
+}
+
+/// A safetensors file's metadata.
+pub type Metadata = std::collections::BTreeMap<String, String>;
+
+/// The metadata key of the checksum muse writes into every file it saves.
+pub const CHECKSUM_KEY: &str = "muse.crc32";
+
+/// CRC-32 of every tensor's name and bytes in name order: independent of where the format
+/// places the tensors in the file.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut sorted: Vec<(&str, &[u8])> = tensors.collect();
+    sorted.sort_by_key(|(n, _)| *n);
+    let mut h = crc32fast::Hasher::new();
+    for (name, data) in sorted {
+        h.update(name.as_bytes());
+        h.update(&(data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    format!("{:08x}", h.finalize())
 }
 
 fn decode(v: &TensorView) -> Result<HostTensor, String> {
@@ -111,6 +150,16 @@ pub fn save(path: &Path, tensors: &HashMap<String, HostTensor>) -> Result<(), Ru
 
 /// Writes tensors with floats of `width` to `path` atomically (see [`save`]).
 pub fn save_as(path: &Path, tensors: &HashMap<String, HostTensor>, width: FloatWidth) -> Result<(), RunError> {
+    save_with(path, tensors, width, &Metadata::new())
+}
+
+/// Writes tensors with `metadata` (and the checksum [`load`] verifies) to `path` atomically.
+pub fn save_with(
+    path: &Path,
+    tensors: &HashMap<String, HostTensor>,
+    width: FloatWidth,
+    metadata: &Metadata,
+) -> Result<(), RunError> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let bufs: Vec<(Dtype, Vec<u8>)> = names
@@ -127,23 +176,10 @@ pub fn save_as(path: &Path, tensors: &HashMap<String, HostTensor>, width: FloatW
         let v = TensorView::new(*dt, tensors[*n].shape.clone(), b).map_err(|e| file_err(path, e))?;
         views.push((n.as_str(), v));
     }
-    let bytes = safetensors::serialize(views, &None).map_err(|e| file_err(path, e))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("checkpoint"),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        file_err(path, e)
-    })
+    let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    meta.insert(CHECKSUM_KEY.into(), checksum(names.iter().zip(&bufs).map(|(n, (_, b))| (n.as_str(), b.as_slice()))));
+    let bytes = safetensors::serialize(views, &Some(meta)).map_err(|e| file_err(path, e))?;
+    crate::cache::write_atomic(path, &bytes).map_err(|e| file_err(path, e))
 }
 
 #[cfg(test)]
@@ -187,6 +223,18 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("not a valid safetensors file"), "{e}");
+        // Damaged in place at the same size: one bit of one tensor's data.
+        save(&path, &t).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 5;
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("checksum") && e.contains("damaged"), "{e}");
+        // A file without muse's checksum (another tool's) loads as it is.
+        let view = TensorView::new(Dtype::F32, vec![1], &[0, 0, 128, 63]).unwrap();
+        std::fs::write(&path, safetensors::serialize([("x", view)], &None).unwrap()).unwrap();
+        assert_eq!(load(&path).unwrap()["x"].to_f64(), vec![1.0]);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -22,7 +22,7 @@ pub fn main(a: Args) -> ExitCode {
     let opts = match options(&opts) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("error: {e}");
+            muse_compiler::note!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -36,7 +36,7 @@ pub fn main(a: Args) -> ExitCode {
     // Written at once, so that a closed pipe (`muse check ... | head -1`) is no error.
     let written = write_stdout(&text);
     if failed > 0 {
-        eprintln!("{failed} of {} file(s) failed", files.len());
+        muse_compiler::note!("{failed} of {} file(s) failed", files.len());
         return ExitCode::FAILURE;
     }
     written

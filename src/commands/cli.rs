@@ -32,7 +32,7 @@ impl DeviceArg {
         let opts = DeviceOptions { f64, bf16: self.dtype == "bf16", ..DeviceOptions::default() };
         let chosen = muse_runtime::select(kind, &opts).map_err(|e| e.to_string())?;
         if let Some(note) = chosen.note {
-            eprintln!("{note}");
+            muse_compiler::note!("{note}");
         }
         Ok(chosen.device)
     }
@@ -117,11 +117,11 @@ pub fn compile(file: &Path, opts: &Options, verbose: bool) -> Result<(Compiled, 
     let c = compile_path(file, opts);
     if verbose {
         if let Some(r) = &c.parse {
-            eprintln!("{}: {r}", file.display());
+            muse_compiler::note!("{}: {r}", file.display());
         }
         for m in c.result.iter().flatten() {
             for r in &m.reports {
-                eprintln!("{}: {r}", m.name);
+                muse_compiler::note!("{}: {r}", m.name);
             }
         }
     }
@@ -131,7 +131,7 @@ pub fn compile(file: &Path, opts: &Options, verbose: bool) -> Result<(Compiled, 
             Ok((c, models))
         }
         Err(d) => {
-            eprintln!("{}", d.render(&c.sources));
+            muse_compiler::note!("{}", d.render(&c.sources));
             Err(())
         }
     }
@@ -154,7 +154,7 @@ pub fn group_digits(n: i64) -> String {
 /// and the exit code is returned.
 pub fn load(file: &Path, o: &ModelOpts) -> Result<(Compiled, Vec<Model>), ExitCode> {
     let opts = options(o).map_err(|e| {
-        eprintln!("error: {e}");
+        muse_compiler::note!("error: {e}");
         ExitCode::from(2)
     })?;
     compile(file, &opts, o.verbose).map_err(|()| ExitCode::FAILURE)
@@ -167,7 +167,7 @@ pub fn write_stdout(text: &str) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: cannot write output: {e}");
+            muse_compiler::note!("error: cannot write output: {e}");
             ExitCode::FAILURE
         }
     }
@@ -175,6 +175,6 @@ pub fn write_stdout(text: &str) -> ExitCode {
 
 /// Prints `e` as an error and fails.
 pub fn fail(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {e}");
+    muse_compiler::note!("error: {e}");
     ExitCode::FAILURE
 }

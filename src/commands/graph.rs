@@ -37,12 +37,12 @@ pub fn main(a: Args) -> ExitCode {
             .then(|| (!m.graph.losses.is_empty()).then(|| autodiff::differentiate(&m.graph, autodiff::Wrt::default())))
             .flatten();
         if (backward || stats) && diff.is_none() {
-            eprintln!("error: model {} has no loss to differentiate", m.name);
+            muse_compiler::note!("error: model {} has no loss to differentiate", m.name);
             return ExitCode::FAILURE;
         }
         if opts.verbose {
             if let Some(d) = &diff {
-                eprintln!("{}: {}", m.name, d.report);
+                muse_compiler::note!("{}: {}", m.name, d.report);
             }
         }
         let g = diff.as_ref().map(|d| &d.graph).unwrap_or(&m.graph);

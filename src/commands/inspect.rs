@@ -54,14 +54,14 @@ pub fn main(a: Args) -> ExitCode {
     let device = match named.open(false) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            muse_compiler::note!("error: {e}");
             return ExitCode::from(2);
         }
     };
     if let Some(lang) = emit.as_deref() {
         if lang != "kernel-ir" && device.language() != Some(lang) {
             let has = device.language().map_or("no code".to_string(), |l| format!("{l} code"));
-            eprintln!(
+            muse_compiler::note!(
                 "error: --emit {lang}: --device {} generates {has}; choose --emit kernel-ir or its language",
                 device.name()
             );
@@ -83,7 +83,7 @@ pub fn main(a: Args) -> ExitCode {
         match inspect_model(m, &c.sources, &args) {
             Ok(t) => text.push_str(&t),
             Err(e) => {
-                eprintln!("error: {e}");
+                muse_compiler::note!("error: {e}");
                 return ExitCode::from(2);
             }
         }
@@ -124,7 +124,7 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
     })?;
     if verbose {
         for r in &reports {
-            eprintln!("{}: {r}", m.name);
+            muse_compiler::note!("{}: {r}", m.name);
         }
     }
     if let Some(k) = only {
@@ -180,7 +180,7 @@ fn inspect_model(m: &Model, sources: &muse_compiler::SourceMap, a: &InspectArgs)
         let title = format!("{} ({})", m.name, if backward { "forward + backward" } else { "forward" });
         let page = muse_compiler::inspect::html(&title, &program, &rows, sources, &source);
         std::fs::write(path, page).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        muse_compiler::note!("wrote {}", path.display());
     }
     if let Some(k) = only {
         rows.retain(|r| r.id == k);
@@ -210,7 +210,7 @@ fn cuda_resources(program: &KernelProgram, bf16: bool) -> HashMap<String, String
     let version = match nvrtc::version() {
         Ok((major, minor)) => format!("NVRTC {major}.{minor}"),
         Err(e) => {
-            eprintln!("note: no registers or spills shown: {e}");
+            muse_compiler::note!("note: no registers or spills shown: {e}");
             return HashMap::new();
         }
     };
@@ -228,7 +228,7 @@ fn cuda_resources(program: &KernelProgram, bf16: bool) -> HashMap<String, String
             })
             .collect(),
         Err(e) => {
-            eprintln!("note: no registers or spills shown: {e}");
+            muse_compiler::note!("note: no registers or spills shown: {e}");
             HashMap::new()
         }
     }

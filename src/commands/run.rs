@@ -71,7 +71,7 @@ pub fn main(a: Args, grad: bool) -> ExitCode {
         match r {
             Ok(t) => text.push_str(&t),
             Err(e) => {
-                eprintln!("error: {}: {e}", file.display());
+                muse_compiler::note!("error: {}: {e}", file.display());
                 return ExitCode::FAILURE;
             }
         }
@@ -82,14 +82,18 @@ pub fn main(a: Args, grad: bool) -> ExitCode {
 /// Inputs, parameters, interpreter settings and the batch for `muse run` and `muse grad`.
 fn prepare(g: &muse_compiler::ir::Graph, run: &RunArgs) -> Result<(Tensors, Tensors, RunOptions, usize), String> {
     let precision = if run.f64 { Precision::F64 } else { Precision::F32 };
+    if run.inputs == "random" {
+        if run.batch == 0 {
+            return Err("--batch must be at least 1".into());
+        }
+        // Before the inputs or parameters are made.
+        muse_runtime::budget::check_batch(g, run.batch).map_err(|e| e.to_string())?;
+    }
     let params = match &run.params {
         Some(p) => checkpoint::load_params(g, p).map_err(|e| e.to_string())?,
         None => init_params(g, run.seed, precision).map_err(|e| e.to_string())?,
     };
     let (inputs, batch) = if run.inputs == "random" {
-        if run.batch == 0 {
-            return Err("--batch must be at least 1".into());
-        }
         (random_inputs(g, run.batch, run.seed), run.batch)
     } else {
         let file = checkpoint::load(std::path::Path::new(&run.inputs)).map_err(|e| format!("--inputs {e}"))?;
@@ -103,7 +107,7 @@ fn save(run: &RunArgs, tensors: &HashMap<String, HostTensor>) -> Result<(), Stri
     let Some(path) = &run.save else { return Ok(()) };
     let width = if run.f64 { checkpoint::FloatWidth::F64 } else { checkpoint::FloatWidth::F32 };
     checkpoint::save_as(path, tensors, width).map_err(|e| format!("--save {e}"))?;
-    eprintln!("saved {} tensors to {}", tensors.len(), path.display());
+    muse_compiler::note!("saved {} tensors to {}", tensors.len(), path.display());
     Ok(())
 }
 
@@ -132,7 +136,11 @@ fn execute(
                 m.error
             ));
         }
-        eprintln!("validate: {} kernels match the interpreter (worst relative error {:.3e})", v.checked, v.worst);
+        muse_compiler::note!(
+            "validate: {} kernels match the interpreter (worst relative error {:.3e})",
+            v.checked,
+            v.worst
+        );
     }
     if run.profile {
         program.bind(&inputs, &params).map_err(|e| e.to_string())?;
@@ -158,7 +166,7 @@ fn profile(program: &mut dyn Program, batch: i64, seed: u64) -> Result<(), Strin
     whole.sort_by(f64::total_cmp);
     let pass = whole[whole.len() / 2];
     let Some(kernels) = program.kernels() else {
-        eprintln!(
+        muse_compiler::note!(
             "profile: the interpreter runs {} ops in {pass:.3} ms (median of {})",
             program.launches(),
             whole.len()
@@ -181,7 +189,7 @@ fn profile(program: &mut dyn Program, batch: i64, seed: u64) -> Result<(), Strin
     }
     by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
     let kinds: Vec<String> = by_kind.iter().map(|(k, t, n)| format!("{k} {t:.1} ms ({n})")).collect();
-    eprintln!(
+    muse_compiler::note!(
         "profile: {} launches, {total:.3} ms in all ({pass:.3} ms the whole pass, median of {}): {}; the slowest:",
         ms.len(),
         whole.len(),
@@ -193,7 +201,7 @@ fn profile(program: &mut dyn Program, batch: i64, seed: u64) -> Result<(), Strin
         let r = &rows[i];
         let ops: Vec<String> =
             r.ops.iter().map(|(k, v)| if *v > 1 { format!("{k}x{v}") } else { k.to_string() }).collect();
-        eprintln!(
+        muse_compiler::note!(
             "  {:>8.3} ms {:>5.1}% {:>6.1} GF/s {:>4} {:<6} {:<11} {:<4} {:<18} {}",
             ms[i],
             100.0 * ms[i] / total.max(1e-12),

@@ -41,7 +41,7 @@ pub fn main(a: Args) -> ExitCode {
         match std::fs::read_to_string(&f) {
             Ok(t) => all.extend(t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from)),
             Err(e) => {
-                eprintln!("error: {}: {e}", f.display());
+                muse_compiler::note!("error: {}: {e}", f.display());
                 return ExitCode::FAILURE;
             }
         }

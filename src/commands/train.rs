@@ -5,6 +5,7 @@ use super::cli::{fail, write_stdout, DeviceArg};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use muse_train::config::TrainArgs;
+use muse_train::objective::Start;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,6 +18,10 @@ pub struct Args {
     /// --steps, to change its length, and --device may be given with it).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// With --resume: continue although the .muse file changed since the run recorded it
+    /// (both sources are kept in config.json).
+    #[arg(long, requires = "resume")]
+    pub allow_changed_source: bool,
     #[command(flatten)]
     pub device: DeviceArg,
     #[command(flatten)]
@@ -53,7 +58,7 @@ fn train_command(a: Args, m: &ArgMatches) -> Result<String, String> {
             // A resumed run is the run its config.json describes; only its length may change.
             let ignored: Vec<&str> = given
                 .iter()
-                .filter(|(id, _)| !matches!(id.as_str(), "resume" | "steps" | "device"))
+                .filter(|(id, _)| !matches!(id.as_str(), "resume" | "steps" | "device" | "allow_changed_source"))
                 .map(|(_, flag)| flag.as_str())
                 .collect();
             if !ignored.is_empty() {
@@ -70,7 +75,7 @@ fn train_command(a: Args, m: &ArgMatches) -> Result<String, String> {
                     last.until = a.config.steps;
                 }
             }
-            (args, true)
+            (args, Start::Resume { allow_changed_source: a.allow_changed_source })
         }
         (Some(run), Some(file)) => {
             return Err(format!(
@@ -79,7 +84,7 @@ fn train_command(a: Args, m: &ArgMatches) -> Result<String, String> {
                 run.display()
             ))
         }
-        (None, Some(model)) => (TrainArgs { model, ..a.config }.finish(steps_given), false),
+        (None, Some(model)) => (TrainArgs { model, ..a.config }.finish(steps_given), Start::New),
         (None, None) => return Err("give a .muse file to train, or --resume RUN_DIR".into()),
     };
     let device = a.device.open(false)?;

@@ -207,7 +207,7 @@ pub fn fit(
                 )));
             }
             skipped_steps += 1;
-            eprintln!("warning: step {step}: non-finite loss {} skipped", stats.loss);
+            muse_compiler::note!("warning: step {step}: non-finite loss {} skipped", stats.loss);
         } else {
             hook.after_step(trainer, &StepDone { step: step + 1, lr, micro: &micro })?;
             if let Some(decay) = cfg.ema {
@@ -247,7 +247,9 @@ pub fn fit(
         }
         run.log(&line)?;
         if terminal {
-            eprint!(
+            // A terminal that went away is no reason to stop training.
+            let _ = write!(
+                std::io::stderr(),
                 "\r  step {:>6}/{} loss {:.4} lr {:.2e} {:.1} items/s   ",
                 step + 1,
                 cfg.steps,
@@ -256,7 +258,7 @@ pub fn fit(
                 window_items as f64 / secs.max(1e-9)
             );
         } else if (step + 1) % 50 == 0 || done || step == start.step {
-            eprintln!(
+            muse_compiler::note!(
                 "  step {}/{} loss {:.4} lr {:.2e} {:.1} items/s",
                 step + 1,
                 cfg.steps,
@@ -279,7 +281,7 @@ pub fn fit(
         }
     }
     if terminal {
-        eprintln!();
+        muse_compiler::note!();
     }
     let elapsed = began.elapsed().as_secs_f64();
     std::io::stderr().flush().ok();

@@ -43,7 +43,7 @@ impl ImageTokenizer {
             model,
             params,
             run: run.to_path_buf(),
-            checkpoint: dir.checkpoints().last().cloned().unwrap_or_default(),
+            checkpoint: dir.checkpoints().pop().map(|(_, name)| name).unwrap_or_default(),
             ema,
         })
     }
@@ -78,11 +78,11 @@ impl ImageTokenizer {
         );
         let dir = self.run.join("tokens").join(format!("{key:016x}"));
         if let Some(t) = TokenSet::load(&dir)? {
-            eprintln!("tokens: {} items from the cache {}", t.len(), dir.display());
+            muse_compiler::note!("tokens: {} items from the cache {}", t.len(), dir.display());
             return Ok(t);
         }
         let count = data.size().map_or(samples, |n| n.min(samples.max(n)));
-        eprintln!("tokenize: encoding {count} images with {} ...", self.run.display());
+        muse_compiler::note!("tokenize: encoding {count} images with {} ...", self.run.display());
         let t = masked::encode(&self.model.graph, &self.params, data, Some(count), 64, device)?;
         t.save(&dir)?;
         Ok(t)

@@ -98,7 +98,7 @@ pub fn encode(
                     caps.push(s.caption);
                 }
                 Err(why) => {
-                    eprintln!("warning: skipping {why}");
+                    muse_compiler::note!("warning: skipping {why}");
                     skipped += 1;
                 }
             }
@@ -118,7 +118,7 @@ pub fn encode(
         return Err(Error::Data("no image of the data set could be read".into()));
     }
     if skipped > 0 {
-        eprintln!("tokenize: {skipped} unreadable images skipped");
+        muse_compiler::note!("tokenize: {skipped} unreadable images skipped");
     }
     let per_item = ids.len() / captions.len();
     Ok(TokenSet { ids, per_item, captions })

@@ -371,7 +371,7 @@ pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, Error
     meter.finish();
     if alignment.judged() > 0 {
         let summary = alignment.summary();
-        eprintln!("{summary}");
+        muse_compiler::note!("{summary}");
         listing.push_str(&format!("# {summary}\n"));
     }
     let cols = (imgs.len() as f64).sqrt().ceil() as usize;

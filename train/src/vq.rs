@@ -74,7 +74,11 @@ impl StepHook for Reseed {
             params.clear();
             params.insert(self.param.clone(), HostTensor::f(&shape, e));
             t.set_params(&params)?;
-            eprintln!("vq: step {step}: re-seeded {} of {k} codes unused in the last {} steps", dead.len(), self.every);
+            muse_compiler::note!(
+                "vq: step {step}: re-seeded {} of {k} codes unused in the last {} steps",
+                dead.len(),
+                self.every
+            );
         }
         self.usage.iter_mut().for_each(|u| *u = 0.0);
         Ok(())

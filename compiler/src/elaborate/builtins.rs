@@ -471,7 +471,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             let user = e.expect_int(a.v(1), a.l(1), "a seed")?;
             let dist = if name == "rand_uniform" { RandomDist::Uniform } else { RandomDist::Normal };
             let seed = fnv1a(format!("{}#{}", e.frame().path, e.graph.node_count()).as_bytes()) ^ user as u64;
-            let n = e.leaf(Op::Random { dist, seed }, TensorType::new(DType::F32, shape), loc);
+            let n = e.leaf(Op::Random { dist, seed }, TensorType::new(DType::F32, shape), loc)?;
             out(e, n)
         }
         "iota" => {
@@ -480,7 +480,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             let Value::DType(dt) = a.v(2) else {
                 return Err(e.err_at(DiagClass::Type, a.l(2), "dtype must be f32 or i32"));
             };
-            let n = e.leaf(Op::Iota { axis: ax }, TensorType::new(*dt, shape), loc);
+            let n = e.leaf(Op::Iota { axis: ax }, TensorType::new(*dt, shape), loc)?;
             out(e, n)
         }
         "full" => {
@@ -489,7 +489,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
             let Value::DType(dt) = a.v(2) else {
                 return Err(e.err_at(DiagClass::Type, a.l(2), "dtype must be f32, i32 or bool"));
             };
-            let n = e.leaf(Op::Const { value }, TensorType::new(*dt, shape), loc);
+            let n = e.leaf(Op::Const { value }, TensorType::new(*dt, shape), loc)?;
             out(e, n)
         }
         "zeros" | "ones" => {
@@ -498,7 +498,7 @@ fn dispatch(e: &mut Elab, name: &str, a: &Args, loc: Loc) -> Result<Value> {
                 Value::None => init_fill(e, value, loc),
                 v => {
                     let shape = Shape(dims_of(e, v, a.l(0))?);
-                    let n = e.leaf(Op::Const { value }, TensorType::new(DType::F32, shape), loc);
+                    let n = e.leaf(Op::Const { value }, TensorType::new(DType::F32, shape), loc)?;
                     out(e, n)
                 }
             }
@@ -588,7 +588,7 @@ fn pair(e: &mut Elab, a: &Args, i: usize, j: usize) -> Result<(NodeIndex, NodeIn
                 if ty.dtype == DType::I32 && matches!(v, Value::Float(_)) {
                     return Err(e.err_at(DiagClass::DType, l, "a float combined with an i32 tensor"));
                 }
-                Ok(e.leaf(Op::Const { value: v.as_f64().expect("number") }, ty, l))
+                e.leaf(Op::Const { value: v.as_f64().expect("number") }, ty, l)
             }
             other => Err(e.err_at(DiagClass::Type, l, format!("expected a tensor or a number, got {}", other.kind()))),
         }
@@ -615,7 +615,7 @@ fn select(e: &mut Elab, a: &Args, loc: Loc) -> Result<Value> {
                 if dtype == DType::I32 && matches!(v, Value::Float(_)) {
                     return Err(e.err_at(DiagClass::DType, a.l(i), "a float branch with an i32 branch"));
                 }
-                Ok(e.leaf(Op::Const { value: v.as_f64().expect("number") }, TensorType::new(dtype, cs.clone()), a.l(i)))
+                e.leaf(Op::Const { value: v.as_f64().expect("number") }, TensorType::new(dtype, cs.clone()), a.l(i))
             }
             other => Err(e.err_at(
                 DiagClass::Type,
@@ -686,7 +686,7 @@ pub(crate) fn init_fill(e: &mut Elab, value: f64, loc: Loc) -> Result<Value> {
             )
             .with_hint("give a shape: zeros([B, 16])"));
     };
-    let n = e.leaf(Op::Const { value }, TensorType::new(DType::F32, shape), loc);
+    let n = e.leaf(Op::Const { value }, TensorType::new(DType::F32, shape), loc)?;
     out(e, n)
 }
 
@@ -699,13 +699,13 @@ pub(crate) fn init_random(e: &mut Elab, dist: RandomDist, offset: f64, scale: f6
     };
     let ty = TensorType::new(DType::F32, shape);
     let seed = e.init_seed.wrapping_add(e.graph.node_count() as u64);
-    let r = e.leaf(Op::Random { dist, seed }, ty.clone(), loc);
-    let s = e.leaf(Op::Const { value: scale }, ty.clone(), loc);
+    let r = e.leaf(Op::Random { dist, seed }, ty.clone(), loc)?;
+    let s = e.leaf(Op::Const { value: scale }, ty.clone(), loc)?;
     let m = e.apply(Op::Binary(BinaryOp::Mul), &[r, s], loc)?;
     if offset == 0.0 {
         return out(e, m);
     }
-    let o = e.leaf(Op::Const { value: offset }, ty, loc);
+    let o = e.leaf(Op::Const { value: offset }, ty, loc)?;
     let n = e.apply(Op::Binary(BinaryOp::Add), &[m, o], loc)?;
     out(e, n)
 }

@@ -225,11 +225,48 @@ impl<'p> Elab<'p> {
                 .with_hint("a `repeat` count or a recursion is probably far larger than intended"));
         }
         let prov = self.prov(loc);
-        self.graph.apply(op, operands, prov).map_err(|e| self.type_err(loc, e))
+        let n = self.graph.apply(op, operands, prov).map_err(|e| self.type_err(loc, e))?;
+        self.check_size(self.graph.ty(n), loc)?;
+        Ok(n)
     }
-    pub(crate) fn leaf(&mut self, op: Op, ty: TensorType, loc: Loc) -> NodeIndex {
+    pub(crate) fn leaf(&mut self, op: Op, ty: TensorType, loc: Loc) -> Result<NodeIndex> {
+        self.check_size(&ty, loc)?;
         let prov = self.prov(loc);
-        self.graph.leaf(op, ty, prov)
+        Ok(self.graph.leaf(op, ty, prov))
+    }
+
+    /// Refuses a tensor with a size below 1, or one that cannot fit the memory budget even
+    /// with every symbolic size (the batch) at 1: later passes and the allocator may assume
+    /// every tensor is non-empty and addressable.
+    fn check_size(&self, ty: &TensorType, loc: Loc) -> Result<()> {
+        if let Some(d) = ty.shape.0.iter().find(|d| d.coeff < 1) {
+            return Err(self
+                .err_at(DiagClass::Shape, loc, format!("this makes a tensor {ty}, with a size of {}", d.coeff))
+                .with_hint("every size must be at least 1: a config value (`--set`) or a size computed from one is 0 or negative"));
+        }
+        let bytes =
+            ty.shape.0.iter().try_fold(ty.dtype.size_bytes() as u128, |acc, d| acc.checked_mul(d.coeff as u128));
+        let budget = crate::limits::memory_budget();
+        match bytes {
+            Some(b) if b <= budget as u128 => Ok(()),
+            _ => {
+                let size =
+                    bytes.map_or_else(|| "more bytes than 128 bits count".to_string(), crate::limits::format_bytes);
+                Err(self
+                    .err_at(
+                        DiagClass::Limit,
+                        loc,
+                        format!(
+                            "this makes a tensor {ty} of {size} (with every symbolic size at 1), more than the memory budget of {}",
+                            crate::limits::format_bytes(budget as u128)
+                        ),
+                    )
+                    .with_hint(format!(
+                        "a size is far larger than intended; the budget is the machine's memory unless {} says otherwise",
+                        crate::limits::MEMORY_LIMIT_VAR
+                    )))
+            }
+        }
     }
     pub(crate) fn tref(&self, node: NodeIndex) -> Value {
         Value::Tensor(TensorRef { graph: self.graph_id, node })
@@ -295,7 +332,7 @@ impl<'p> Elab<'p> {
                 }
                 self.check_new_name(name, &self.graph.inputs.iter().map(|x| x.0.clone()).collect::<Vec<_>>(), "input")?;
                 let loc = self.loc(name.span);
-                let n = self.leaf(Op::Input { name: name.name.clone() }, TensorType::new(dt, Shape(shape)), loc);
+                let n = self.leaf(Op::Input { name: name.name.clone() }, TensorType::new(dt, Shape(shape)), loc)?;
                 self.graph.inputs.push((name.name.clone(), n));
                 let v = self.tref(n);
                 self.frame_mut().vars.insert(name.name.clone(), v);
@@ -682,7 +719,7 @@ impl<'p> Elab<'p> {
         self.param_names.insert(full.clone(), self.loc(name.span));
         let init_graph = self.init_graph(&full, &shape, init, loc)?;
         let ty = TensorType::new(DType::F32, shape);
-        let n = self.leaf(Op::Param { name: full.clone() }, ty.clone(), self.loc(name.span));
+        let n = self.leaf(Op::Param { name: full.clone() }, ty.clone(), self.loc(name.span))?;
         self.graph.params.push(ParamInfo { name: full, node: n, ty, init: init_graph, loc: self.loc(name.span) });
         let v = self.tref(n);
         self.frame_mut().vars.insert(name.name.clone(), v.clone());
@@ -707,7 +744,7 @@ impl<'p> Elab<'p> {
                 Value::Tensor(t) => self.node_of(t, vloc)?,
                 v if v.is_number() => {
                     let x = v.as_f64().expect("number");
-                    self.leaf(Op::Const { value: x }, TensorType::new(DType::F32, shape.clone()), vloc)
+                    self.leaf(Op::Const { value: x }, TensorType::new(DType::F32, shape.clone()), vloc)?
                 }
                 other => {
                     return Err(self

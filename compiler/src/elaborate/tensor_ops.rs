@@ -44,7 +44,7 @@ fn constant_like(e: &mut Elab, v: &Value, dtype: DType, shape: &Shape, loc: Loc)
                 .with_opt_hint(hint));
         }
     };
-    Ok(e.leaf(Op::Const { value }, TensorType::new(dtype, shape.clone()), loc))
+    e.leaf(Op::Const { value }, TensorType::new(dtype, shape.clone()), loc)
 }
 
 /// Turns a tensor or number operand into a node, using `other` to type a constant.
@@ -228,13 +228,37 @@ pub(crate) fn const_binary(e: &mut Elab, op: BinOp, a: Value, b: Value, loc: Loc
                     .with_hint("symbolic sizes such as the batch B can only be multiplied, divided and compared")),
             }
         }
-        (Str(x), Str(y)) if op == BinOp::Add => Ok(Str(format!("{x}{y}"))),
-        (List(x), List(y)) if op == BinOp::Add => Ok(List(x.iter().chain(y).cloned().collect())),
-        (List(x), Int(n)) if op == BinOp::Mul && *n >= 0 && x.len().saturating_mul(*n as usize) <= 1 << 20 => {
+        (Str(x), Str(y)) if op == BinOp::Add => {
+            check_length(e, x.len() + y.len(), "string of", "bytes", loc)?;
+            Ok(Str(format!("{x}{y}")))
+        }
+        (List(x), List(y)) if op == BinOp::Add => {
+            check_length(e, x.len() + y.len(), "list of", "items", loc)?;
+            Ok(List(x.iter().chain(y).cloned().collect()))
+        }
+        (List(x), Int(n)) if op == BinOp::Mul && *n >= 0 => {
+            check_length(e, x.len().saturating_mul(*n as usize), "list of", "items", loc)?;
             Ok(List(x.iter().cloned().cycle().take(x.len() * *n as usize).collect()))
         }
         _ => compare_or_logic(e, op, &a, &b, loc),
     }
+}
+
+/// Most bytes of a compile-time string and items of a compile-time list: values built by
+/// doubling in a `repeat` would otherwise grow until memory runs out.
+const MAX_VALUE_LEN: usize = 1 << 20;
+
+fn check_length(e: &Elab, len: usize, what: &str, unit: &str, loc: Loc) -> Result<()> {
+    if len <= MAX_VALUE_LEN {
+        return Ok(());
+    }
+    Err(e
+        .err_at(
+            DiagClass::Limit,
+            loc,
+            format!("this makes a compile-time {what} {len} {unit}, more than the {MAX_VALUE_LEN} allowed"),
+        )
+        .with_hint("a value grows in a `repeat` or a recursion far beyond what a model needs"))
 }
 
 fn compare_or_logic(e: &mut Elab, op: BinOp, a: &Value, b: &Value, loc: Loc) -> Result<Value> {

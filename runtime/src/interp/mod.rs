@@ -77,6 +77,18 @@ pub enum RunError {
         /// The number of rows.
         rows: usize,
     },
+    /// A tensor, at the sizes bound, would take more than the memory budget.
+    #[error("{what} would be {ty}, {bytes}: more than the memory budget of {budget} (a smaller --batch or model; MUSE_MEMORY_LIMIT sets the budget, by default the machine's memory)")]
+    TooLarge {
+        /// Which tensor.
+        what: String,
+        /// Its type at the bound sizes.
+        ty: String,
+        /// Its size.
+        bytes: String,
+        /// The budget.
+        budget: String,
+    },
     /// A file could not be read or parsed.
     #[error("{0}")]
     File(String),
@@ -152,6 +164,7 @@ pub fn bind_inputs(g: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<Bi
             }
         }
     }
+    crate::budget::check(g, &|s| b.0.get(s).copied())?;
     Ok(b)
 }
 

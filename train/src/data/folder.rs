@@ -60,7 +60,7 @@ impl ImageFolder {
                 }
             }
             if uncaptioned > 0 {
-                eprintln!(
+                muse_compiler::note!(
                     "warning: {uncaptioned} images in {} have no .txt caption beside them and are left out",
                     root.display()
                 );

@@ -82,11 +82,11 @@ impl Loader {
                         Err(why) => {
                             count.fetch_add(1, Ordering::Relaxed);
                             if warned.insert(index) {
-                                eprintln!("warning: skipping {why}");
+                                muse_compiler::note!("warning: skipping {why}");
                             }
                             misses += 1;
                             if data.size().is_some_and(|n| misses > n) {
-                                eprintln!("error: no sample of the data set can be read");
+                                muse_compiler::note!("error: no sample of the data set can be read");
                                 return;
                             }
                         }

@@ -502,7 +502,7 @@ mod tests {
             let d = Shapes { split, ..Shapes::new(res, 5) };
             let a = score(&d, 300, |c| Some(c.to_string()));
             assert_eq!(a.judged(), 300);
-            eprintln!("{res}px {split:?}: {}", a.summary());
+            muse_compiler::note!("{res}px {split:?}: {}", a.summary());
             for attr in Attribute::ALL {
                 if let Some(f) = a.fraction(attr) {
                     assert!(f >= 0.97, "{res}px {split:?}: {} right in {f:.3}; {}", attr.name(), a.summary());

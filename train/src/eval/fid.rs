@@ -122,14 +122,18 @@ pub fn statistics(set: &ImageSet, net: Option<&mut FeatureNet>, limit: usize) ->
                     }
                     Err(e) => {
                         skipped += 1;
-                        eprintln!("warning: {}: skipped ({e})", f.display());
+                        muse_compiler::note!("warning: {}: skipped ({e})", f.display());
                     }
                 }
                 meter.advance(1);
             }
             meter.finish();
             if skipped > 0 {
-                eprintln!("{}: {skipped} of {} files could not be read", dir.display(), files.len().min(limit));
+                muse_compiler::note!(
+                    "{}: {skipped} of {} files could not be read",
+                    dir.display(),
+                    files.len().min(limit)
+                );
             }
         }
         ImageSet::Features(_) => unreachable!("handled above"),

@@ -211,7 +211,7 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
     let classifier_fd = match (&net, fake_moments, real_moments) {
         (Some(net), Some(f), Some(r)) => {
             let fd = frechet_distance(&f.gaussian()?, &r.gaussian()?)?;
-            eprintln!("Frechet distance on the classifier's features: {fd:.4}");
+            muse_compiler::note!("Frechet distance on the classifier's features: {fd:.4}");
             json!({
                 "value": fd,
                 "classifier": net.run.display().to_string(),
@@ -227,7 +227,7 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
     let fid = match (&inception, fid_fake, fid_real) {
         (Some(net), Some(f), Some(r)) => {
             let fid = frechet_distance(&f.gaussian()?, &r.gaussian()?)?;
-            eprintln!("FID (Inception-v3 pool3, {} images each): {fid:.3}", f.count());
+            muse_compiler::note!("FID (Inception-v3 pool3, {} images each): {fid:.3}", f.count());
             json!({
                 "value": fid,
                 "weights": net.run.display().to_string(),
@@ -242,7 +242,7 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
     let clip_score = match &clip {
         Some(_) => {
             let (score, torchmetrics) = clip_scores(&clip_fake);
-            eprintln!("CLIP score {score:.4} (torchmetrics' scale: {torchmetrics:.2})");
+            muse_compiler::note!("CLIP score {score:.4} (torchmetrics' scale: {torchmetrics:.2})");
             json!({
                 "value": score,
                 "torchmetrics": torchmetrics,
@@ -276,10 +276,10 @@ pub fn evaluate(a: &EvalArgs, device: &dyn Device) -> Result<Value, Error> {
         "seconds": start.elapsed().as_secs_f64(),
     });
     if generated.judged() > 0 {
-        eprintln!("generated: {}", generated.summary());
+        muse_compiler::note!("generated: {}", generated.summary());
     }
     if reference.judged() > 0 {
-        eprintln!("real images of the same captions: {}", reference.summary());
+        muse_compiler::note!("real images of the same captions: {}", reference.summary());
     }
     record(&a.run, &evaluation)?;
     Ok(evaluation)

@@ -79,7 +79,7 @@ pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
     let start = if resume { fit::restore(run, &mut trainer, &mut NoHook)? } else { Progress { step: 0, data_pos: 0 } };
     let mut batches =
         LabelledBatches { loader: Loader::start(data, args.seed, start.data_pos, args.batch, 4), res, words };
-    eprintln!(
+    muse_compiler::note!(
         "train {} (classifier of {} caption words, {res}x{res}, batch {}) from step {} to {} in {}",
         model.name,
         batches.words.len(),

@@ -54,7 +54,7 @@ pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
     let (mut trainer, start) = token_trainer(s, &model, &params, &example)?;
     let masked = MaskedBatches::new(tokens, &text, codebook as i32, 0.0, args.batch, args.seed, start.data_pos)?;
     let mut batches = CriticBatches { masked, generator: probe.generator, seed: args.seed };
-    eprintln!(
+    muse_compiler::note!(
         "train {} (token critic of {}) from step {} to {} in {}",
         model.name,
         gen_dir.display(),

@@ -59,7 +59,7 @@ pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
     let per_item = tokens.per_item;
     let mut batches =
         MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;
-    eprintln!(
+    muse_compiler::note!(
         "train {} (masked tokens, codebook {codebook}, grid {grid}) from step {} to {} in {}",
         model.name,
         start.step,

@@ -18,7 +18,7 @@ use muse_runtime::device::{Device, Tensors};
 use muse_runtime::optim::{AdamW, Schedule};
 use muse_runtime::train::{TrainOptions, Trainer};
 use muse_runtime::{init_params, Precision};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::Path;
 
 /// Compiles one model of a file with overrides; the diagnostic rendered on error.
@@ -70,7 +70,7 @@ fn initial_params(model: &Model, args: &TrainArgs) -> Result<Tensors, Error> {
             model.graph.params.first().map_or("", |p| p.name.as_str())
         )));
     }
-    eprintln!("init: {loaded} of {} parameters from {}", params.len(), path.display());
+    muse_compiler::note!("init: {loaded} of {} parameters from {}", params.len(), path.display());
     Ok(params)
 }
 
@@ -107,8 +107,22 @@ pub fn token_model_sets(
     Ok(out)
 }
 
-/// Trains (or, with `resume`, continues) a run.
-pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summary, Error> {
+/// Whether a run starts or continues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new run.
+    New,
+    /// The run in `--out` continues; a `.muse` source that changed since it was recorded is
+    /// refused unless allowed (then both are recorded).
+    Resume {
+        /// `--allow-changed-source`.
+        allow_changed_source: bool,
+    },
+}
+
+/// Trains (or continues) a run.
+pub fn train(args: &TrainArgs, start: Start, device: &dyn Device) -> Result<Summary, Error> {
+    let resume = start != Start::New;
     // Paths are recorded absolute, so runs can be resumed and used from any directory.
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     // A progressive run's model is the last stage's: what `muse tokenize` and sampling use.
@@ -129,14 +143,7 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
     };
     let probe = compile_model(&args.model, &args.sets)?;
     let has = |n: &str| probe.graph.inputs.iter().any(|(k, _)| k == n);
-    let run = RunDir::create(&args.out, args.keep)?;
-    if !resume && run.path.join("latest.json").exists() {
-        return Err(Error::RunDir(format!(
-            "{} already holds a run: pass --resume {} to continue it, or choose another --out",
-            run.path.display(),
-            run.path.display()
-        )));
-    }
+    let run = RunDir::for_training(&args.out, args.keep, resume)?;
     let setup = Setup { args, resume, device, run: &run };
     let source = std::fs::read_to_string(&args.model).map_err(Error::io(&args.model))?;
     let mut config = json!({
@@ -144,6 +151,9 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
         "source_hash": format!("{:016x}", source.bytes().fold(0u64, |h, b| muse_runtime::rng::mix64(h ^ b as u64))),
         "config": probe.config.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<Vec<_>>(),
     });
+    if let Start::Resume { allow_changed_source } = start {
+        config = keep_recorded_source(&run, config, allow_changed_source)?;
+    }
     if has("image") && has("labels") {
         return classifier::train(&setup, config);
     }
@@ -167,6 +177,39 @@ pub fn train(args: &TrainArgs, resume: bool, device: &dyn Device) -> Result<Summ
         )));
     }
     masked::train(&setup, config)
+}
+
+/// A resumed run's config keeps the source it was started from: a `.muse` file changed
+/// since is refused, or with `allow` recorded beside it (hash, text and the step it took over
+/// at) under `source_changes`.
+fn keep_recorded_source(run: &RunDir, mut config: Value, allow: bool) -> Result<Value, Error> {
+    let old = run.config()?;
+    let (Some(old_hash), Some(old_source)) = (old["source_hash"].as_str(), old["source"].as_str()) else {
+        return Err(Error::Format { path: run.path.join("config.json"), why: "no recorded source".into() });
+    };
+    let mut changes = old.get("source_changes").cloned().unwrap_or_else(|| json!([]));
+    let newest = changes.as_array().and_then(|c| c.last()).and_then(|c| c["source_hash"].as_str()).unwrap_or(old_hash);
+    let hash = config["source_hash"].as_str().unwrap_or_default().to_string();
+    if hash != newest {
+        let model = config["args"]["model"].as_str().unwrap_or_default().to_string();
+        if !allow {
+            return Err(Error::RunDir(format!(
+                "{model} changed since {} recorded it (source hash {newest}, now {hash}): resume with the recorded source restored, or pass --allow-changed-source to continue with the new one (both are kept in config.json)",
+                run.path.display()
+            )));
+        }
+        let step = run.checkpoints().pop().map(|(s, _)| s);
+        muse_compiler::note!("{model} changed since the run recorded it; continuing with it (recorded in config.json)");
+        if let Some(list) = changes.as_array_mut() {
+            list.push(json!({ "from_step": step, "source_hash": hash, "source": config["source"] }));
+        }
+    }
+    config["source"] = json!(old_source);
+    config["source_hash"] = json!(old_hash);
+    if changes.as_array().is_some_and(|c| !c.is_empty()) {
+        config["source_changes"] = changes;
+    }
+    Ok(config)
 }
 
 /// What every objective is handed: the run's configuration, whether it resumes, the device

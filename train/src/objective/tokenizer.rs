@@ -54,7 +54,7 @@ pub(super) fn train(s: &Setup, probe: &Model) -> Result<Summary, Error> {
     let discriminator = if adversarial { Some(discriminator_file(args)?) } else { None };
     let disc_start = if adversarial { config_int(probe, "disc_start").unwrap_or(0).max(0) as u64 } else { 0 };
     if adversarial && disc_start >= args.steps {
-        eprintln!(
+        muse_compiler::note!(
             "warning: disc_start = {disc_start} is not before the run's end ({}): no adversarial step",
             args.steps
         );
@@ -136,7 +136,7 @@ pub(super) fn train(s: &Setup, probe: &Model) -> Result<Summary, Error> {
         let data: Arc<dyn Dataset> = Arc::from(data::open(&args.data, stage.resolution, args.seed, args.flip)?);
         let loader = Loader::start(data, args.seed, start.data_pos, stage.batch, 4);
         let mut batches = ImageBatches { loader, res: stage.resolution, input: "image".into() };
-        eprintln!(
+        muse_compiler::note!(
             "train {} (image tokenizer{}, {r}x{r}, batch {} x {}) from step {} to {} in {}",
             probe.name,
             match (adversarial, seg.adversary) {
