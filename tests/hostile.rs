@@ -137,3 +137,136 @@ fn training_outlives_a_closed_stderr() {
     assert!(latest.contains("\"step\":60"), "{latest}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// A small model of several kernels (a product, a row reduction, pointwise work).
+const SMALL: &str = "import \"std/nn.muse\"\nmodel m {\n  input x: f32[B, 16]\n  param w: [16, 8]\n  h = softmax(x @ w)\n  output y = h * h + 1.0\n}\n";
+
+fn kernel_files(cache: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cache)
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "so")).collect())
+        .unwrap_or_default()
+}
+
+/// `muse run` of the small model through `cache`: its printed statistics.
+fn run_small(dir: &Path, cache: &Path) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_muse"))
+        .args(["run", dir.join("small.muse").to_str().unwrap(), "--device", "cpu", "--validate"])
+        .env("MUSE_CACHE_DIR", cache)
+        .env("MUSE_CFLAGS", "-O1 -march=native -fopenmp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        code => Err(format!("exit {code:?}: {err}")),
+    }
+}
+
+/// Something done to a file.
+type Harm = fn(&Path);
+
+/// Damaged kernel cache entries (cut short, changed at the same size, empty) are found by
+/// their checksum and compiled again, never loaded (which was SIGBUS, SIGSEGV, or an error
+/// forever).
+#[test]
+fn damaged_kernel_cache_entries_are_rebuilt() {
+    let d = scratch("cache");
+    std::fs::write(d.join("small.muse"), SMALL).unwrap();
+    let cache = d.join("kernels");
+    let want = run_small(&d, &cache).unwrap();
+    let harms: [(&str, Harm); 3] = [
+        ("cut to 1000 bytes", |p| {
+            let b = std::fs::read(p).unwrap();
+            std::fs::write(p, &b[..1000]).unwrap()
+        }),
+        ("changed at the same size", |p| {
+            let mut b = std::fs::read(p).unwrap();
+            let n = b.len();
+            b[n / 3..n / 2].fill(0xcc);
+            std::fs::write(p, b).unwrap()
+        }),
+        ("empty", |p| std::fs::write(p, b"").unwrap()),
+    ];
+    for (what, harm) in harms {
+        let libs = kernel_files(&cache);
+        assert!(!libs.is_empty());
+        libs.iter().for_each(|p| harm(p));
+        assert_eq!(run_small(&d, &cache).as_deref(), Ok(want.as_str()), "{what}");
+        for p in kernel_files(&cache) {
+            assert!(matches!(muse_runtime::cache::read_verified(&p), Ok(Some(_))), "{what}: {} rebuilt", p.display());
+        }
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Four processes compile into one empty cache while a fifth writer damages every entry it
+/// finds: each process gives the result of a private cache, and the cache ends valid.
+#[test]
+fn concurrent_compiles_survive_a_cache_being_damaged() {
+    let d = scratch("cache-race");
+    std::fs::write(d.join("small.muse"), SMALL).unwrap();
+    let want = run_small(&d, &d.join("private")).unwrap();
+    let cache = d.join("shared");
+    std::fs::create_dir_all(&cache).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let vandal = {
+        let (stop, cache) = (stop.clone(), cache.clone());
+        std::thread::spawn(move || {
+            let mut harmed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for p in kernel_files(&cache) {
+                    if let Ok(b) = std::fs::read(&p) {
+                        if b.len() > 1000 {
+                            // In place (not a new file): what a failing disk or a stray writer does.
+                            let f = std::fs::OpenOptions::new().write(true).open(&p);
+                            if f.and_then(|f| f.set_len(1000)).is_ok() {
+                                harmed += 1;
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            harmed
+        })
+    };
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (d, cache) = (d.clone(), cache.clone());
+            std::thread::spawn(move || run_small(&d, &cache))
+        })
+        .collect();
+    for r in runs {
+        assert_eq!(r.join().unwrap().as_deref(), Ok(want.as_str()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let harmed = vandal.join().unwrap();
+    assert!(harmed > 0, "the vandal found entries to damage");
+    // Whatever it left is found and mended by the next run.
+    assert_eq!(run_small(&d, &cache).as_deref(), Ok(want.as_str()));
+    for p in kernel_files(&cache) {
+        assert!(matches!(muse_runtime::cache::read_verified(&p), Ok(Some(_))), "{} valid", p.display());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// An empty MUSE_CACHE_DIR means the default cache, not the current folder.
+#[test]
+fn an_empty_cache_variable_is_unset() {
+    let d = scratch("empty-var");
+    std::fs::write(d.join("small.muse"), SMALL).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_muse"))
+        .args(["run", "small.muse", "--device", "cpu"])
+        .current_dir(&d)
+        .env("MUSE_CACHE_DIR", "")
+        .env("XDG_CACHE_HOME", d.join("xdg"))
+        .env("MUSE_CFLAGS", "-O1 -march=native -fopenmp")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let here: Vec<String> =
+        std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(here.len(), 2, "only small.muse and xdg/: {here:?}");
+    assert!(!kernel_files(&d.join("xdg/muse/kernels")).is_empty());
+    std::fs::remove_dir_all(&d).ok();
+}

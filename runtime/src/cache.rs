@@ -3,14 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-/// `$MUSE_CACHE_DIR`, else `$XDG_CACHE_HOME/muse/kernels`, else `~/.cache/muse/kernels`.
+/// `$MUSE_CACHE_DIR`, else `$XDG_CACHE_HOME/muse/kernels`, else `~/.cache/muse/kernels` (an
+/// empty variable counts as unset, not as the current folder).
 pub fn default_cache_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("MUSE_CACHE_DIR") {
-        return PathBuf::from(d);
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty()).map(PathBuf::from);
+    if let Some(d) = var("MUSE_CACHE_DIR") {
+        return d;
     }
-    let base = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache")).unwrap_or_else(|_| std::env::temp_dir())
-    });
+    let base =
+        var("XDG_CACHE_HOME").unwrap_or_else(|| var("HOME").map_or_else(std::env::temp_dir, |h| h.join(".cache")));
     base.join("muse").join("kernels")
 }
 
@@ -55,4 +56,65 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Whether `name` is a temporary file of [`write_atomic`].
 pub fn is_temporary(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp-")
+}
+
+/// A cache entry's file beside its checksum file `PATH.crc` ("LENGTH CRC32"): the checksum
+/// is written after the entry, so an entry without one, or with one that does not match, is
+/// incomplete or damaged.
+fn checksum_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".crc");
+    PathBuf::from(p)
+}
+
+fn checksum_line(bytes: &[u8]) -> String {
+    format!("{} {:08x}\n", bytes.len(), crc32fast::hash(bytes))
+}
+
+/// Writes a cache entry and then its checksum, each atomically.
+pub fn write_verified(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic(path, bytes)?;
+    write_atomic(&checksum_path(path), checksum_line(bytes).as_bytes())
+}
+
+/// A cache entry's bytes when it is whole: `Ok(None)` when there is none, `Err(why)` when
+/// it is there but damaged or incomplete (the caller builds it again).
+pub fn read_verified(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot be read ({e})")),
+    };
+    let want = std::fs::read_to_string(checksum_path(path)).map_err(|_| "has no checksum file".to_string())?;
+    let have = checksum_line(&bytes);
+    if want != have {
+        return Err(format!("is damaged ({} bytes, checksum {}; written: {})", bytes.len(), &have.trim(), want.trim()));
+    }
+    Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_verify_until_damaged() {
+        let dir = std::env::temp_dir().join(format!("muse-cache-verify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("k.so");
+        assert_eq!(read_verified(&p), Ok(None));
+        write_verified(&p, b"0123456789").unwrap();
+        assert_eq!(read_verified(&p), Ok(Some(b"0123456789".to_vec())));
+        std::fs::write(&p, b"0123456780").unwrap();
+        assert!(read_verified(&p).unwrap_err().contains("damaged"));
+        std::fs::write(&p, b"").unwrap();
+        assert!(read_verified(&p).unwrap_err().contains("damaged"));
+        write_verified(&p, b"0123456789").unwrap();
+        std::fs::remove_file(checksum_path(&p)).unwrap();
+        assert!(read_verified(&p).unwrap_err().contains("no checksum"));
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(!names.iter().any(|n| is_temporary(n)), "{names:?}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

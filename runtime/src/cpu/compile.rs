@@ -224,10 +224,14 @@ pub fn compile(units: &[String], settings: &CompilerSettings) -> Result<Arc<Libr
     let version = compiler_version(&settings.cc);
     let mut parts: Vec<&[u8]> = units.iter().map(|u| u.as_bytes()).collect();
     let flags = settings.flags.join(" ");
+    // What `-march=native` means on this CPU: a cache shared between machines must not hand
+    // one code the other cannot run.
+    let target = target_macros(&settings.cc, &settings.flags);
     parts.extend([
         settings.cc.as_bytes(),
         flags.as_bytes(),
         version.as_bytes(),
+        target.as_bytes(),
         std::env::consts::ARCH.as_bytes(),
         std::env::consts::OS.as_bytes(),
     ]);
@@ -244,12 +248,16 @@ pub fn compile(units: &[String], settings: &CompilerSettings) -> Result<Arc<Libr
         source_path: None,
     })?;
     let so_path = dir.join(format!("{key}.so"));
-    let cached = so_path.exists();
-    if !cached {
-        build(units, settings, dir, &key, &so_path)?;
-    }
-    // SAFETY: the library is generated C with no initialisers that could misbehave.
-    let lib = unsafe { libloading::Library::new(&so_path) }.map_err(|e| CompileError {
+    let found = crate::cache::read_verified(&so_path).unwrap_or_else(|why| {
+        muse_compiler::note!("kernel cache: {} {why}; compiling it again", so_path.display());
+        None
+    });
+    let cached = found.is_some();
+    let bytes = match found {
+        Some(b) => b,
+        None => build(units, settings, dir, &key, &so_path)?,
+    };
+    let lib = load_private_copy(&bytes, dir, &key).map_err(|e| CompileError {
         message: format!("cannot load {}: {e}", so_path.display()),
         source_path: Some(dir.join(format!("{key}-0.c"))),
     })?;
@@ -258,13 +266,52 @@ pub fn compile(units: &[String], settings: &CompilerSettings) -> Result<Arc<Libr
     Ok(lib)
 }
 
+/// Loads verified library bytes from a file of this process's own, unlinked once loaded:
+/// the mapping can then not be truncated or overwritten under the running code by anyone
+/// writing to the shared cache entry (which would be SIGBUS or SIGSEGV, not an error).
+fn load_private_copy(bytes: &[u8], dir: &Path, key: &str) -> Result<libloading::Library, String> {
+    let private = dir.join(format!(".{key}.so.tmp-load-{}", unique_suffix()));
+    std::fs::write(&private, bytes).map_err(|e| format!("cannot write {}: {e}", private.display()))?;
+    // SAFETY: the library is generated C with no initialisers that could misbehave, and its
+    // bytes are those compiled for this key (checksum verified).
+    let lib = unsafe { libloading::Library::new(&private) }.map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&private);
+    lib
+}
+
+/// The compiler's predefined macros under these flags (`-E -dM`): they name the instruction
+/// set extensions `-march=native` turns on here. Asked once per compiler and flags.
+fn target_macros(cc: &str, flags: &[String]) -> String {
+    static CACHE: OnceLock<Mutex<std::collections::HashMap<String, String>>> = OnceLock::new();
+    let map = CACHE.get_or_init(Default::default);
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    m.entry(format!("{cc} {}", flags.join(" ")))
+        .or_insert_with(|| {
+            Command::new(cc)
+                .args(flags)
+                .args(["-E", "-dM", "-x", "c", "-"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .map(|o| {
+                    let mut lines: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap_or("").lines().collect();
+                    lines.sort_unstable();
+                    lines.join("\n")
+                })
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+/// Compiles and links the units; installs the library in the cache (checksum verified) and
+/// returns its bytes.
 fn build(
     units: &[String],
     settings: &CompilerSettings,
     dir: &Path,
     key: &str,
     so_path: &Path,
-) -> Result<(), CompileError> {
+) -> Result<Vec<u8>, CompileError> {
     // Unique per build, not just per process: two threads may build the same library.
     let pid = unique_suffix();
     let run_err = |e: std::io::Error, src: &Path| CompileError {
@@ -315,10 +362,17 @@ fn build(
             source_path: Some(first),
         });
     }
-    std::fs::rename(&tmp, so_path).map_err(|e| CompileError {
-        message: format!("cannot move the compiled kernels into the cache: {e}"),
+    let bytes = std::fs::read(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let bytes = bytes.map_err(|e| CompileError {
+        message: format!("cannot read the linked kernels {}: {e}", tmp.display()),
+        source_path: Some(first.clone()),
+    })?;
+    crate::cache::write_verified(so_path, &bytes).map_err(|e| CompileError {
+        message: format!("cannot write the compiled kernels into the cache {}: {e}", dir.display()),
         source_path: Some(first),
-    })
+    })?;
+    Ok(bytes)
 }
 
 fn wait(child: std::process::Child, src: &Path, settings: &CompilerSettings) -> Result<(), CompileError> {

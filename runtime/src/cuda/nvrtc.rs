@@ -169,10 +169,12 @@ pub fn compile_cached(source: &str, name: &str, opts: &Options, dir: &std::path:
     let nvrtc = format!("nvrtc {major}.{minor}");
     let key = crate::cache::hash128(&[source.as_bytes(), flags.as_bytes(), nvrtc.as_bytes()]);
     let (cubin_path, log_path) = (dir.join(format!("{key}.cubin")), dir.join(format!("{key}.cubin.log")));
-    if let (Ok(cubin), Ok(log)) = (std::fs::read(&cubin_path), std::fs::read_to_string(&log_path)) {
-        if !cubin.is_empty() {
-            return Ok(Compiled { cubin, log, cached: true });
-        }
+    let found = crate::cache::read_verified(&cubin_path).unwrap_or_else(|why| {
+        muse_compiler::note!("kernel cache: {} {why}; compiling it again", cubin_path.display());
+        None
+    });
+    if let (Some(cubin), Ok(log)) = (found, std::fs::read_to_string(&log_path)) {
+        return Ok(Compiled { cubin, log, cached: true });
     }
     let c = compile(source, name, opts)?;
     let write = |p: &std::path::Path, b: &[u8]| {
@@ -181,7 +183,8 @@ pub fn compile_cached(source: &str, name: &str, opts: &Options, dir: &std::path:
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the kernel cache {}: {e}", dir.display())))?;
     // The log first: a cubin without its log is never taken for a whole entry.
     write(&log_path, c.log.as_bytes())?;
-    write(&cubin_path, &c.cubin)?;
+    crate::cache::write_verified(&cubin_path, &c.cubin)
+        .map_err(|e| fail(format!("cannot write {}: {e}", cubin_path.display())))?;
     Ok(c)
 }
 
