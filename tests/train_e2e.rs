@@ -14,6 +14,7 @@ use muse_train::objective::{train, Start};
 use muse_train::sample::{Decoding, SampleArgs};
 use muse_train::trained::{Pick, TrainedTokenModel, Weights};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The CPU device with quick compiles and a kernel cache of this test process.
 fn settings() -> Box<dyn Device + Send + Sync> {
@@ -496,20 +497,30 @@ fn corrupt_images_are_skipped_named_and_counted() {
     std::fs::write(data.join("garbage.png"), b"this is not a png at all").unwrap();
     let good = std::fs::read(data.join("ok0.png")).unwrap();
     std::fs::write(data.join("cut.png"), &good[..good.len() / 2]).unwrap();
+    // A FIFO named like an image (reading it blocked training forever), and images whose
+    // headers alone must refuse them: 20,000,000 x 1 (a resize to the model's resolution
+    // would ask for 15 GB) and 20,000 x 20,000.
+    let fifo = Command::new("mkfifo").arg(data.join("fifo.png")).status().unwrap();
+    assert!(fifo.success());
+    std::fs::write(data.join("long.png"), png_header_only(20_000_000, 1)).unwrap();
+    std::fs::write(data.join("huge.png"), png_header_only(20_000, 20_000)).unwrap();
     meta.push_str(
         "{\"file_name\": \"garbage.png\", \"text\": \"broken\"}\n{\"file_name\": \"cut.png\", \"text\": \"cut\"}\n",
     );
+    for name in ["fifo.png", "long.png", "huge.png"] {
+        meta.push_str(&format!("{{\"file_name\": \"{name}\", \"text\": \"bad\"}}\n"));
+    }
     std::fs::write(data.join("metadata.jsonl"), meta).unwrap();
 
     let folder = muse_train::data::folder::ImageFolder::open(&data, 8, false).unwrap();
     use muse_train::data::Dataset;
-    assert_eq!(folder.size(), Some(8));
-    let errors: Vec<String> = (0..8).filter_map(|i| folder.get(i).err().map(|e| e.to_string())).collect();
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(
-        errors.iter().any(|e| e.contains("garbage.png")) && errors.iter().any(|e| e.contains("cut.png")),
-        "{errors:?}"
-    );
+    assert_eq!(folder.size(), Some(11));
+    let errors: Vec<String> = (0..11).filter_map(|i| folder.get(i).err().map(|e| e.to_string())).collect();
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    let said = |file: &str, why: &str| errors.iter().any(|e| e.contains(file) && e.contains(why));
+    assert!(said("garbage.png", "decode") && said("cut.png", "decode"), "{errors:?}");
+    assert!(said("fifo.png", "not a regular file"), "{errors:?}");
+    assert!(said("long.png", "20000000 x 1") && said("huge.png", "more than the 100000000"), "{errors:?}");
     let ok = folder.get(0).unwrap();
     assert_eq!(ok.image.len(), 8 * 8 * 3);
     assert!(ok.image.iter().all(|v| (-1.0..=1.0).contains(v)));
@@ -519,9 +530,62 @@ fn corrupt_images_are_skipped_named_and_counted() {
     let last: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(args.out.join("metrics.jsonl")).unwrap().lines().last().unwrap())
             .unwrap();
-    // 6 steps of 4 images pass over the 8 entries three times; each pass skips both bad ones.
-    assert!(last["skipped_items"].as_u64().unwrap() >= 4, "{last}");
+    // 6 steps of 4 images pass over the 6 good entries four times; each pass skips the bad ones.
+    assert!(last["skipped_items"].as_u64().unwrap() >= 10, "{last}");
+    // Each skipped image listed once, with why, where the closing summary says.
+    let listed = std::fs::read_to_string(args.out.join(muse_train::run::SKIPPED)).unwrap();
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+
+    // metadata.jsonl may not point outside its folder, and a line that is not UTF-8 is named.
+    for (line, why) in [
+        ("{\"file_name\": \"../outside.png\", \"text\": \"x\"}", "leaves the data folder"),
+        ("{\"file_name\": \"/etc/passwd\", \"text\": \"x\"}", "leaves the data folder"),
+    ] {
+        std::fs::write(
+            data.join("metadata.jsonl"),
+            format!("{{\"file_name\": \"ok0.png\", \"text\": \"a\"}}\n{line}\n"),
+        )
+        .unwrap();
+        let e = muse_train::data::folder::ImageFolder::open(&data, 8, false).err().unwrap().to_string();
+        assert!(e.contains("metadata.jsonl:2") && e.contains(why), "{e}");
+    }
+    let mut bytes =
+        b"{\"file_name\": \"ok0.png\", \"text\": \"a\"}\n{\"file_name\": \"ok2.png\", \"text\": \"caf".to_vec();
+    bytes.extend([0xe9, b'"', b'}', b'\n']);
+    std::fs::write(data.join("metadata.jsonl"), bytes).unwrap();
+    let e = muse_train::data::folder::ImageFolder::open(&data, 8, false).err().unwrap().to_string();
+    assert!(e.contains("metadata.jsonl:2") && e.contains("not UTF-8"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A PNG of `w` x `h` pixels whose header is whole and whose pixel data is missing: what a
+/// decoder reads first, and all a size check may read.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        let body: Vec<u8> = kind.iter().chain(data).copied().collect();
+        out.extend(&body);
+        out.extend(crc(&body).to_be_bytes());
+        out
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(chunk(b"IEND", &[]));
+    png
 }
 
 /// A progressive-resolution tokenizer run with a PatchGAN discriminator (8x8, then 16x16

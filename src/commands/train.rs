@@ -97,8 +97,14 @@ fn train_command(a: Args, m: &ArgMatches) -> Result<String, String> {
             args.out.display()
         ));
     }
+    let unreadable = match s.unreadable {
+        0 => String::new(),
+        n => {
+            format!(", {n} unreadable images skipped (listed in {})", args.out.join(muse_train::run::SKIPPED).display())
+        }
+    };
     Ok(format!(
-        "trained {}: loss {:.4} -> {:.4}, {:.1} images/s, {:.1}% of the time waiting for data, {} steps skipped; run in {}\n",
+        "trained {}: loss {:.4} -> {:.4}, {:.1} images/s, {:.1}% of the time waiting for data, {} steps skipped{unreadable}; run in {}\n",
         args.model.display(),
         s.first_loss,
         s.last_loss,

@@ -46,6 +46,10 @@ pub trait Batches {
     fn skipped(&self) -> usize {
         0
     }
+    /// Each item skipped as unreadable so far, once, with why.
+    fn unreadable(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The step a [`StepHook`] runs after.
@@ -140,6 +144,8 @@ pub struct Summary {
     pub items_per_s: f64,
     /// Where in the data the run stopped (the next stage or resumption starts there).
     pub data_pos: u64,
+    /// Items skipped as unreadable in this invocation, each listed in the run's skipped.txt.
+    pub unreadable: usize,
 }
 
 /// The EMA tensors of a checkpoint are saved as `ema/NAME`.
@@ -285,7 +291,12 @@ pub fn fit(
     }
     let elapsed = began.elapsed().as_secs_f64();
     std::io::stderr().flush().ok();
+    let unreadable = batches.unreadable();
+    if !unreadable.is_empty() {
+        run.list_skipped(&unreadable)?;
+    }
     Ok(Summary {
+        unreadable: unreadable.len(),
         first_loss,
         last_loss,
         skipped_steps,

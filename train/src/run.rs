@@ -40,6 +40,9 @@ pub struct Progress {
     pub data_pos: u64,
 }
 
+/// Where the items a run could not read are listed.
+pub const SKIPPED: &str = "skipped.txt";
+
 /// The lock file: locked exclusively by the training process, holding its PID.
 const LOCK: &str = ".lock";
 
@@ -116,6 +119,20 @@ impl RunDir {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(Error::io(&p))?;
         // One write per line, so a line is never interleaved with another writer's.
         f.write_all(format!("{line}\n").as_bytes()).map_err(Error::io(&p))
+    }
+
+    /// Adds items that could not be read to `skipped.txt` (one per line, each once).
+    pub fn list_skipped(&self, items: &[String]) -> Result<(), Error> {
+        let p = self.path.join(SKIPPED);
+        let mut lines: Vec<String> =
+            std::fs::read_to_string(&p).unwrap_or_default().lines().map(str::to_string).collect();
+        for i in items {
+            let line = i.replace('\n', " ");
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        write_atomic(&p, format!("{}\n", lines.join("\n")).as_bytes())
     }
 
     /// Drops metrics lines of steps after `step` (a resumed run rewrites them), and lines

@@ -30,9 +30,19 @@ impl ImageFolder {
         let meta = root.join("metadata.jsonl");
         let mut entries = Vec::new();
         if meta.is_file() {
-            let text = std::fs::read_to_string(&meta).map_err(|e| Error::Data(format!("{}: {e}", meta.display())))?;
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let bytes = std::fs::read(&meta).map_err(|e| Error::Data(format!("{}: {e}", meta.display())))?;
+            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
                 let at = || Error::Data(format!("{}:{}", meta.display(), i + 1));
+                let line = std::str::from_utf8(line).map_err(|e| {
+                    Error::Data(format!(
+                        "{}: not UTF-8 text (byte {} of the line); save the file as UTF-8",
+                        at(),
+                        e.valid_up_to() + 1
+                    ))
+                })?;
+                if line.trim().is_empty() {
+                    continue;
+                }
                 let v: serde_json::Value = serde_json::from_str(line)
                     .map_err(|e| Error::Data(format!("{}: not a JSON object ({e})", at())))?;
                 let file = v
@@ -43,6 +53,13 @@ impl ImageFolder {
                     .iter()
                     .find_map(|k| v.get(*k).and_then(|t| t.as_str()))
                     .ok_or_else(|| Error::Data(format!("{}: no \"text\" (the caption)", at())))?;
+                if !stays_inside(file) {
+                    return Err(Error::Data(format!(
+                        "{}: \"file_name\" {file:?} leaves the data folder; give a path inside {}",
+                        at(),
+                        root.display()
+                    )));
+                }
                 entries.push((root.join(file), caption.to_string()));
             }
         } else {
@@ -54,8 +71,14 @@ impl ImageFolder {
             files.sort();
             let mut uncaptioned = 0;
             for f in files {
-                match std::fs::read_to_string(f.with_extension("txt")) {
+                let txt = f.with_extension("txt");
+                match std::fs::read_to_string(&txt) {
                     Ok(c) => entries.push((f, c.trim().to_string())),
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => muse_compiler::note!(
+                        "warning: {}: the caption is not UTF-8 text; {} is left out (save the caption as UTF-8)",
+                        txt.display(),
+                        f.display()
+                    ),
                     Err(_) => uncaptioned += 1,
                 }
             }
@@ -81,15 +104,59 @@ impl ImageFolder {
     }
 }
 
+/// Whether a relative path from `metadata.jsonl` names a file inside the folder: no root, no
+/// drive, no `..`.
+fn stays_inside(file: &str) -> bool {
+    use std::path::Component;
+    !file.is_empty() && Path::new(file).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// Most pixels of an image muse decodes (a 10000 x 10000 photograph).
+pub const MAX_PIXELS: u64 = 100_000_000;
+/// Most a longer side may exceed the shorter one: beyond it, resizing the shorter side to
+/// the model's resolution makes the longer one absurd (a 20,000,000 x 1 image).
+pub const MAX_ASPECT: u64 = 32;
+
+/// Decodes an image file, refusing from its header alone (before anything of its size is
+/// allocated) a file that is not a regular file (a FIFO would block forever), one of more
+/// than [`MAX_PIXELS`] pixels and one longer than [`MAX_ASPECT`] times its width or the
+/// reverse.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage, Error> {
+    let bad = |why: String| Error::Data(format!("{}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file (a folder, FIFO, socket or device); only image files are read".into()));
+    }
+    let reader = || -> Result<_, Error> {
+        image::ImageReader::open(path)
+            .map_err(|e| bad(e.to_string()))?
+            .with_guessed_format()
+            .map_err(|e| bad(e.to_string()))
+    };
+    let (w, h) = reader()?.into_dimensions().map_err(|e| bad(format!("cannot decode ({e})")))?;
+    let (w, h) = (w as u64, h as u64);
+    if w == 0 || h == 0 {
+        return Err(bad("empty image".into()));
+    }
+    if w * h > MAX_PIXELS {
+        return Err(bad(format!("{w} x {h} pixels, more than the {MAX_PIXELS} muse decodes; shrink it first")));
+    }
+    if w.max(h) > MAX_ASPECT * w.min(h) {
+        return Err(bad(format!(
+            "{w} x {h} pixels: one side is more than {MAX_ASPECT} times the other; crop it first"
+        )));
+    }
+    let mut r = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w as u32);
+    limits.max_image_height = Some(h as u32);
+    r.limits(limits);
+    r.decode().map_err(|e| bad(format!("cannot decode ({e})")))
+}
+
 /// Decodes, resizes (shorter side to `res`), centre-crops and converts to -1..1.
 pub fn load_image(path: &Path, res: usize, flip: bool) -> Result<Vec<f32>, Error> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?
-        .with_guessed_format()
-        .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?
-        .decode()
-        .map_err(|e| Error::Data(format!("{}: cannot decode ({e})", path.display())))?
-        .to_rgb8();
+    let img = open_image(path)?.to_rgb8();
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
         return Err(Error::Data(format!("{}: empty image", path.display())));

@@ -24,6 +24,7 @@ pub struct Batch {
 pub struct Loader {
     rx: Receiver<Batch>,
     skipped: Arc<AtomicUsize>,
+    unreadable: Arc<std::sync::Mutex<Vec<String>>>,
     waited: Duration,
     _worker: std::thread::JoinHandle<()>,
 }
@@ -65,6 +66,8 @@ impl Loader {
         let (tx, rx) = sync_channel(depth.max(1));
         let skipped = Arc::new(AtomicUsize::new(0));
         let count = skipped.clone();
+        let unreadable = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let list = unreadable.clone();
         let worker = std::thread::spawn(move || {
             let mut pos = start;
             let mut warned = std::collections::HashSet::new();
@@ -83,6 +86,7 @@ impl Loader {
                             count.fetch_add(1, Ordering::Relaxed);
                             if warned.insert(index) {
                                 muse_compiler::note!("warning: skipping {why}");
+                                list.lock().unwrap_or_else(|e| e.into_inner()).push(why.to_string());
                             }
                             misses += 1;
                             if data.size().is_some_and(|n| misses > n) {
@@ -97,7 +101,7 @@ impl Loader {
                 }
             }
         });
-        Loader { rx, skipped, waited: Duration::ZERO, _worker: worker }
+        Loader { rx, skipped, unreadable, waited: Duration::ZERO, _worker: worker }
     }
 
     /// The next batch (waiting for it if decoding is behind); `None` if no sample can be read.
@@ -116,6 +120,11 @@ impl Loader {
     /// Samples skipped because they could not be read.
     pub fn skipped(&self) -> usize {
         self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Each sample skipped so far, once, with why.
+    pub fn unreadable(&self) -> Vec<String> {
+        self.unreadable.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

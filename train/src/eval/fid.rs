@@ -110,7 +110,7 @@ pub fn statistics(set: &ImageSet, net: Option<&mut FeatureNet>, limit: usize) ->
             let files = image_files(dir)?;
             let (mut skipped, meter) = (0, Meter::new("fid", files.len().min(limit)));
             for f in files.iter().take(limit) {
-                match image::open(f) {
+                match crate::data::folder::open_image(f) {
                     Ok(img) => {
                         let rgb = img.to_rgb8();
                         let (w, h) = (rgb.width() as usize, rgb.height() as usize);

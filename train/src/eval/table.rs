@@ -296,7 +296,7 @@ pub fn plots(runs: &[RunSummary], out: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut rows = Vec::new();
     for r in runs {
         let grid = r.evaluation().and_then(|e| e["grid"].as_str()).map(|g| r.path.join(g));
-        let img = match grid.map(image::open) {
+        let img = match grid.map(|g| crate::data::folder::open_image(&g)) {
             Some(Ok(img)) => img.to_rgb8(),
             // An empty row keeps the rows in table order.
             _ => image::RgbImage::from_pixel(8, 8, image::Rgb([96, 96, 96])),

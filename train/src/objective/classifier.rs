@@ -118,6 +118,9 @@ impl Batches for LabelledBatches {
     fn skipped(&self) -> usize {
         self.loader.skipped()
     }
+    fn unreadable(&self) -> Vec<String> {
+        self.loader.unreadable()
+    }
 }
 
 #[cfg(test)]

@@ -156,9 +156,12 @@ pub(super) fn train(s: &Setup, probe: &Model) -> Result<Summary, Error> {
         let s = fit::fit(run, &mut trainer, &mut batches, &cfg, start, &mut hooks)?;
         start = Progress { step: stage.until.max(from), data_pos: s.data_pos };
         summary = Some(match summary {
-            Some(first) => {
-                Summary { first_loss: first.first_loss, skipped_steps: first.skipped_steps + s.skipped_steps, ..s }
-            }
+            Some(first) => Summary {
+                first_loss: first.first_loss,
+                skipped_steps: first.skipped_steps + s.skipped_steps,
+                unreadable: first.unreadable + s.unreadable,
+                ..s
+            },
             None => s,
         });
         k += 1;
@@ -315,5 +318,8 @@ impl Batches for ImageBatches {
     }
     fn skipped(&self) -> usize {
         self.loader.skipped()
+    }
+    fn unreadable(&self) -> Vec<String> {
+        self.loader.unreadable()
     }
 }
