@@ -270,3 +270,45 @@ fn an_empty_cache_variable_is_unset() {
     assert!(!kernel_files(&d.join("xdg/muse/kernels")).is_empty());
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Every numeric flag is range-checked, and the message says the range.
+#[test]
+fn flags_out_of_range_are_refused_with_the_range() {
+    let d = scratch("flags");
+    let out = d.join("run");
+    let out = out.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "models/vq_tokenizer.muse", "--out", out];
+        a.extend(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (train(&["--lr=-1"]), "above 0"),
+        (train(&["--lr", "nan"]), "not a finite number"),
+        (train(&["--batch", "0"]), "at least 1"),
+        (train(&["--steps", "0"]), "at least 1"),
+        (train(&["--ema", "1"]), "below 1"),
+        (train(&["--text-dropout", "2"]), "from 0 to 1"),
+        (train(&["--weight-decay=-0.1"]), "at least 0"),
+        (train(&["--keep", "0"]), "at least 1"),
+        (["sample", "x", "--cfg", "nan"].map(String::from).to_vec(), "not a finite number"),
+        (["sample", "x", "--temperature=-1"].map(String::from).to_vec(), "at least 0"),
+        (["sample", "x", "--steps", "0"].map(String::from).to_vec(), "at least 1"),
+        (["eval", "x", "--batch", "0"].map(String::from).to_vec(), "at least 1"),
+        (["run", "models/muse_small.muse", "--batch", "0"].map(String::from).to_vec(), "at least 1"),
+        (["inspect", "models/muse_small.muse", "--batch", "0"].map(String::from).to_vec(), "1.."),
+    ];
+    for (args, why) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&d, &args, &[why]);
+    }
+    assert!(!Path::new(out).exists(), "nothing ran");
+    // A generator's run given as the image tokenizer is named as such.
+    let fake = d.join("generator-run");
+    std::fs::create_dir_all(&fake).unwrap();
+    let config = serde_json::json!({"args": {"model": "models/muse_small.muse"}, "source_hash": "0"});
+    std::fs::write(fake.join("config.json"), config.to_string()).unwrap();
+    let args = ["train", "models/muse_small.muse", "--tokenizer", fake.to_str().unwrap(), "--out", out];
+    refused(&d, &args, &["not of an image tokenizer"]);
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -3,6 +3,7 @@
 
 use muse_compiler::{compile_path, Compiled, Model, Options};
 use muse_runtime::device::{Device, DeviceKind, DeviceOptions};
+use muse_train::ranges;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -60,16 +61,16 @@ impl PickArg {
 #[derive(clap::Args, Clone, Copy)]
 pub struct DecodingArg {
     /// Decoding steps.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = ranges::at_least_one)]
     pub steps: usize,
     /// Classifier-free guidance scale (ramped up linearly over the steps).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = ranges::any_finite)]
     pub cfg: f64,
     /// Sampling temperature of the first step (annealed to 0).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = ranges::non_negative)]
     pub temperature: f64,
     /// Scale of the noise that decides which tokens are re-masked (annealed to 0).
-    #[arg(long, default_value_t = 4.5)]
+    #[arg(long, default_value_t = 4.5, value_parser = ranges::non_negative)]
     pub choice_temperature: f64,
     /// Draw each token from the K most likely only (0: from all).
     #[arg(long, value_name = "K", default_value_t = 0)]

@@ -12,7 +12,7 @@ pub struct Args {
     /// The masked-token model's run directory.
     pub run: PathBuf,
     /// Images to generate.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = muse_train::ranges::at_least_one)]
     pub samples: usize,
     /// `data` (captions of the run's data set from a stream training never read, scored
     /// beside their real images), `held-out` (the built-in set's unseen colour-shape pairs),
@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "clip_weights")]
     pub clip_tokenizer: Option<PathBuf>,
     /// Images generated at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = muse_train::ranges::at_least_one)]
     pub batch: usize,
     #[command(flatten)]
     pub decoding: DecodingArg,

@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub fid_weights: Option<PathBuf>,
     /// Images read from each set at most.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = muse_train::ranges::at_least_one)]
     pub samples: usize,
     #[command(flatten)]
     pub device: DeviceArg,

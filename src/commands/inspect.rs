@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, value_name = "LANG")]
     pub emit: Option<String>,
     /// Batch size for the byte and FLOP counts.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
     pub batch: i64,
     /// Also write one self-contained HTML page with the kernels drawn as a graph.
     #[arg(long, value_name = "OUT.html")]

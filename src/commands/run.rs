@@ -39,7 +39,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Batch size (the value of every symbolic size).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = muse_train::ranges::at_least_one)]
     pub batch: usize,
     /// Load parameters from a safetensors file instead of initialising them.
     #[arg(long, value_name = "FILE")]
@@ -83,9 +83,6 @@ pub fn main(a: Args, grad: bool) -> ExitCode {
 fn prepare(g: &muse_compiler::ir::Graph, run: &RunArgs) -> Result<(Tensors, Tensors, RunOptions, usize), String> {
     let precision = if run.f64 { Precision::F64 } else { Precision::F32 };
     if run.inputs == "random" {
-        if run.batch == 0 {
-            return Err("--batch must be at least 1".into());
-        }
         // Before the inputs or parameters are made.
         muse_runtime::budget::check_batch(g, run.batch).map_err(|e| e.to_string())?;
     }

@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, value_name = "RUN_DIR")]
     pub critic: Option<PathBuf>,
     /// Images decoded at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = muse_train::ranges::at_least_one)]
     pub batch: usize,
     #[command(flatten)]
     pub pick: PickArg,

@@ -14,7 +14,7 @@ pub struct Args {
     #[arg(long, default_value = "shapes")]
     pub data: String,
     /// Items to encode from an unlimited data set (a folder is encoded whole).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = muse_train::ranges::at_least_one)]
     pub samples: usize,
     #[command(flatten)]
     pub device: DeviceArg,

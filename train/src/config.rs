@@ -3,6 +3,7 @@
 //! default lives in [`TrainArgs::default`].
 
 use crate::error::Error;
+use crate::ranges;
 
 use crate::run::RunDir;
 use serde::{Deserialize, Serialize};
@@ -23,13 +24,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainArgs::default().data)]
     pub data: String,
     /// Optimizer steps of the whole run (with --stage: where the last stage ends, unless given).
-    #[arg(long, default_value_t = TrainArgs::default().steps)]
+    #[arg(long, default_value_t = TrainArgs::default().steps, value_parser = ranges::at_least_one_u64)]
     pub steps: u64,
     /// Images per micro-batch.
-    #[arg(long, default_value_t = TrainArgs::default().batch, value_parser = at_least_one)]
+    #[arg(long, default_value_t = TrainArgs::default().batch, value_parser = ranges::at_least_one)]
     pub batch: usize,
     /// Micro-batches per optimizer step (gradient accumulation).
-    #[arg(long, default_value_t = TrainArgs::default().accumulate, value_parser = at_least_one)]
+    #[arg(long, default_value_t = TrainArgs::default().accumulate, value_parser = ranges::at_least_one)]
     pub accumulate: usize,
     /// The run directory (config, tokenizers, checkpoints, metrics.jsonl).
     #[arg(long, default_value_os_t = TrainArgs::default().out)]
@@ -39,16 +40,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainArgs::default().seed)]
     pub seed: u64,
     /// Peak learning rate (AdamW, betas 0.9/0.96).
-    #[arg(long, default_value_t = TrainArgs::default().lr)]
+    #[arg(long, default_value_t = TrainArgs::default().lr, value_parser = ranges::positive)]
     pub lr: f64,
     /// Linear warmup steps before the cosine decay.
     #[arg(long, default_value_t = TrainArgs::default().warmup)]
     pub warmup: u64,
     /// Decoupled weight decay.
-    #[arg(long, default_value_t = TrainArgs::default().weight_decay)]
+    #[arg(long, default_value_t = TrainArgs::default().weight_decay, value_parser = ranges::non_negative)]
     pub weight_decay: f64,
     /// Clip gradients to this global norm (0: no clipping).
-    #[arg(long, default_value_t = TrainArgs::default().clip)]
+    #[arg(long, default_value_t = TrainArgs::default().clip, value_parser = ranges::non_negative)]
     pub clip: f64,
     /// A trained image tokenizer's run directory (masked-token models).
     #[arg(long, value_name = "RUN_DIR")]
@@ -60,22 +61,22 @@ pub struct TrainArgs {
     #[arg(long, value_name = "RUN_DIR")]
     pub generator: Option<PathBuf>,
     /// Items of the built-in data set to encode into tokens for masked-token training.
-    #[arg(long, default_value_t = TrainArgs::default().samples)]
+    #[arg(long, default_value_t = TrainArgs::default().samples, value_parser = ranges::at_least_one)]
     pub samples: usize,
     /// Save a checkpoint every this many steps (and at the end).
-    #[arg(long, default_value_t = TrainArgs::default().checkpoint_every)]
+    #[arg(long, default_value_t = TrainArgs::default().checkpoint_every, value_parser = ranges::at_least_one_u64)]
     pub checkpoint_every: u64,
     /// Checkpoints kept.
-    #[arg(long, default_value_t = TrainArgs::default().keep)]
+    #[arg(long, default_value_t = TrainArgs::default().keep, value_parser = ranges::at_least_one)]
     pub keep: usize,
     /// Skip steps whose loss is NaN or infinite instead of stopping.
     #[arg(long)]
     pub skip_nonfinite: bool,
     /// Keep an exponential moving average of the weights with this decay (0: none).
-    #[arg(long, default_value_t = TrainArgs::default().ema)]
+    #[arg(long, default_value_t = TrainArgs::default().ema, value_parser = ranges::decay)]
     pub ema: f64,
     /// Probability of training a sample without its caption (classifier-free guidance).
-    #[arg(long, default_value_t = TrainArgs::default().text_dropout)]
+    #[arg(long, default_value_t = TrainArgs::default().text_dropout, value_parser = ranges::probability)]
     pub text_dropout: f64,
     /// Random horizontal flips of folder images.
     #[arg(long)]
@@ -134,15 +135,6 @@ impl Default for TrainArgs {
             freeze: vec![],
             discriminator: None,
         }
-    }
-}
-
-/// A count that must be at least 1.
-fn at_least_one(s: &str) -> Result<usize, Error> {
-    match s.parse::<usize>() {
-        Ok(0) => Err(Error::Usage("must be at least 1".into())),
-        Ok(v) => Ok(v),
-        Err(_) => Err(Error::Usage(format!("`{s}` is not a whole number"))),
     }
 }
 

@@ -35,6 +35,17 @@ impl ImageTokenizer {
     pub fn open(run: &Path) -> Result<ImageTokenizer, Error> {
         let args = TrainArgs::from_run(run)?;
         let model = compile_model(&args.model, &args.sets)?;
+        // Said first: a generator's run given as the tokenizer would otherwise fail later on
+        // a missing config value or output.
+        let has = |n: &str| model.graph.outputs.iter().any(|(k, _)| k == n);
+        if !model.graph.inputs.iter().any(|(k, _)| k == "image") || !has("codes") {
+            return Err(Error::Usage(format!(
+                "{} is a run of {} ({}), not of an image tokenizer: --tokenizer takes the run of a model with an `image` input and a `codes` output, such as models/vq_tokenizer.muse",
+                run.display(),
+                model.name,
+                args.model.display()
+            )));
+        }
         let dir = RunDir::open(run)?;
         let (tensors, _) = dir.checkpoint(None)?;
         // Encoding and decoding alike with the weight average where it was kept.

@@ -13,6 +13,7 @@ pub mod masked;
 pub mod meter;
 pub mod objective;
 pub mod picture;
+pub mod ranges;
 pub mod run;
 pub mod sample;
 pub mod text;

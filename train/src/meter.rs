@@ -11,7 +11,7 @@ impl Meter {
     pub fn new(what: &str, total: usize) -> Meter {
         use std::io::IsTerminal;
         if !std::io::stderr().is_terminal() {
-            return Meter(ProgressBar::hidden());
+            return Meter::hidden();
         }
         let bar = ProgressBar::new(total as u64);
         let style = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -20,6 +20,11 @@ impl Meter {
         bar.set_style(style);
         bar.set_prefix(what.to_string());
         Meter(bar)
+    }
+
+    /// A bar that draws nothing.
+    pub fn hidden() -> Meter {
+        Meter(ProgressBar::hidden())
     }
 
     /// `n` more items done.

@@ -133,6 +133,8 @@ pub struct Sampler {
     pub resolution: usize,
     /// How it decodes.
     pub decoding: Decoding,
+    /// Advanced once per decoding step (hidden unless asked for).
+    progress: Meter,
 }
 
 impl Sampler {
@@ -175,7 +177,18 @@ impl Sampler {
             })
             .collect::<Result<_, _>>()?;
         let resolution = (gen.grid << config_int(&gen.vq.model, "levels")?) as usize;
-        Ok(Sampler { gen, critic, decoder, decoder_params, image, resolution, decoding })
+        Ok(Sampler { gen, critic, decoder, decoder_params, image, resolution, decoding, progress: Meter::hidden() })
+    }
+
+    /// Shows a progress bar over `total` decoding steps (of every batch) on a terminal: a run
+    /// of many steps moves it step by step, not only when a batch is done.
+    pub fn show_progress(&mut self, what: &str, total: usize) {
+        self.progress = Meter::new(what, total);
+    }
+
+    /// Removes the progress bar.
+    pub fn finish_progress(&self) {
+        self.progress.finish();
     }
 
     /// Token ids for `prompts`, image `first + i` for prompt `i` (the seed's draws for an
@@ -203,6 +216,7 @@ impl Sampler {
         let counter = |row: usize, pos: usize| (first + row as u64) * n as u64 + pos as u64;
         let mut x = vec![mask_id; p * n];
         for s in 0..d.steps {
+            self.progress.advance(1);
             let frac = (s + 1) as f64 / d.steps as f64;
             let mut inputs = Tensors::new();
             let both: Vec<i32> = x.iter().chain(x.iter()).copied().collect();
@@ -347,7 +361,7 @@ pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, Error
     let mut imgs = Vec::new();
     // Prompts in the built-in data set's caption forms are judged against the pixels.
     let mut alignment = Alignment::default();
-    let meter = Meter::new("sample", a.prompts.len());
+    sampler.show_progress("sample", a.prompts.len().div_ceil(a.batch) * d.steps);
     for (b, batch) in a.prompts.chunks(a.batch).enumerate() {
         let first = b * a.batch;
         let flat = sampler.images(batch, first as u64)?;
@@ -366,9 +380,8 @@ pub fn sample(a: &SampleArgs, device: &dyn Device) -> Result<Vec<PathBuf>, Error
                 imgs.push(img);
             }
         }
-        meter.advance(batch.len());
     }
-    meter.finish();
+    sampler.finish_progress();
     if alignment.judged() > 0 {
         let summary = alignment.summary();
         muse_compiler::note!("{summary}");
