@@ -312,3 +312,52 @@ fn flags_out_of_range_are_refused_with_the_range() {
     refused(&d, &args, &["not of an image tokenizer"]);
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Two `muse train` processes on one `--out`: the second is refused with the first's PID
+/// and writes nothing; the first's run is whole.
+#[test]
+fn a_second_trainer_on_one_run_directory_is_refused() {
+    let d = scratch("two-trainers");
+    let out = d.join("run");
+    let args = |steps: &str| {
+        let mut a: Vec<String> = ["train", "models/vq_tokenizer.muse", "--batch", "2", "--device", "cpu"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for s in ["resolution=8", "channels=4", "levels=1", "codebook=8", "code_dim=4", "groups=2"] {
+            a.extend(["--set".to_string(), s.to_string()]);
+        }
+        a.extend(["--steps".into(), steps.into(), "--checkpoint-every".into(), "50".into()]);
+        a.extend(["--out".into(), out.to_str().unwrap().into()]);
+        a
+    };
+    let mut first = Command::new(env!("CARGO_BIN_EXE_muse"))
+        .args(args("1000000"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MUSE_CACHE_DIR", d.join("kernels"))
+        .env("MUSE_CFLAGS", "-O1 -march=native -fopenmp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the first holds the lock and has written a checkpoint.
+    let started = std::time::Instant::now();
+    while !out.join("latest.json").exists() {
+        assert!(started.elapsed().as_secs() < 120, "the first trainer never checkpointed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    let second: Vec<String> = args("10");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let err = refused(&d, &second, &["in use", &format!("PID {}", first.id())]);
+    let mut resume = vec!["train", "--resume", out.to_str().unwrap()];
+    refused(&d, &resume, &["in use"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(out.join("config.json")).unwrap(), config, "{err}");
+    // Once the first is gone its run resumes.
+    resume.extend(["--steps", "60"]);
+    let (code, err) = muse_in(&d, &resume);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -451,7 +451,8 @@ fn grow_row(
             }
         }
     }
-    order.sort();
+    // Topological order: a later phase may read an earlier one (node indices need not be).
+    order.sort_by_key(|n| pos[n]);
     order
 }
 
@@ -569,7 +570,7 @@ fn grow_scan(
     // Elementwise work on the full shape after a reduction cannot run per step: drop
     // members that need a reduction but have the scan's shape.
     order.retain(|m| !(after.contains(m) && g.ty(*m).shape == sh));
-    order.sort();
+    order.sort_by_key(|n| pos[n]);
     order
 }
 

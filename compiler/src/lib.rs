@@ -34,6 +34,9 @@ pub struct Options {
     pub overrides: Vec<(String, String)>,
     /// Elaborate only the model with this name.
     pub model: Option<String>,
+    /// The memory budget every tensor is checked against, in bytes (default:
+    /// [`limits::memory_budget`]).
+    pub memory_budget: Option<u64>,
 }
 
 /// What compiling a file produced: its models, or the first error; the sources either way.
@@ -124,5 +127,5 @@ fn elaborate_all(p: &Program, opts: &Options) -> Result<Vec<Model>, Box<Diag>> {
         return Err(Diag::bare(DiagClass::Invalid, format!("{} defines no model", p.sources.get(root).name))
             .with_hint("a file to check or run needs a `model Name { ... }`"));
     }
-    chosen.into_iter().map(|m| elaborate::elaborate_model(p, m, root, &opts.overrides)).collect()
+    chosen.into_iter().map(|m| elaborate::elaborate_model(p, m, root, opts)).collect()
 }

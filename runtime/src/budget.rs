@@ -18,7 +18,8 @@ pub fn check_batch(g: &Graph, batch: usize) -> Result<(), RunError> {
     check(g, &|_| Some(b))
 }
 
-fn check_within(g: &Graph, lookup: &dyn Fn(&str) -> Option<i64>, budget: u64) -> Result<(), RunError> {
+/// [`check`] against `budget` bytes instead of the process's budget.
+pub fn check_within(g: &Graph, lookup: &dyn Fn(&str) -> Option<i64>, budget: u64) -> Result<(), RunError> {
     let too_large = |what: String, n: NodeIndex, bytes: Option<u128>| {
         let shape: Vec<String> =
             g.ty(n).shape.0.iter().map(|d| d.eval(lookup).map_or_else(|| d.to_string(), |v| v.to_string())).collect();

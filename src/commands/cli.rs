@@ -110,7 +110,7 @@ pub fn options(o: &ModelOpts) -> Result<Options, String> {
         };
         overrides.push((k.trim().to_string(), v.trim().to_string()));
     }
-    Ok(Options { overrides, model: o.model.clone() })
+    Ok(Options { overrides, model: o.model.clone(), ..Options::default() })
 }
 
 /// Compiles `file`, printing each pass's report with `-v`; on failure the diagnostics are printed.

@@ -16,7 +16,8 @@ pub fn compile_one(name: &str, src: &str) -> Model {
 
 /// Compiles a model file of `models/` with config overrides.
 pub fn compile_model(name: &str, sets: &[(&str, &str)]) -> Model {
-    let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
+    let opts =
+        Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Options::default() };
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(format!("{name}.muse"));
     let c = muse_compiler::compile_path(&path, &opts);
     match c.result {

@@ -138,6 +138,19 @@ impl Default for TrainArgs {
     }
 }
 
+/// Which field of stored `args` does not have its type, and why: serde's own message says
+/// what was expected but not where.
+fn field_error(args: &serde_json::Value) -> Option<String> {
+    let fields = args.as_object()?;
+    let defaults = serde_json::to_value(TrainArgs::default()).ok()?;
+    fields.iter().find_map(|(k, v)| {
+        let mut one = defaults.clone();
+        one[k.as_str()] = v.clone();
+        let e = serde_json::from_value::<TrainArgs>(one).err()?;
+        Some(format!("field \"{k}\" is {v}: {e}"))
+    })
+}
+
 /// `KEY=VALUE` of `--set`.
 fn parse_set(s: &str) -> Result<(String, String), Error> {
     let (k, v) =
@@ -253,12 +266,34 @@ impl TrainArgs {
         let c = RunDir::open(run)?.config()?;
         let mut args: TrainArgs = serde_json::from_value(c["args"].clone()).map_err(|e| Error::Format {
             path: run.join("config.json"),
-            why: format!("`args` does not describe a run: {e}"),
+            why: format!(
+                "`args` does not describe a run: {}",
+                field_error(&c["args"]).unwrap_or_else(|| e.to_string())
+            ),
         })?;
         if args.model.as_os_str().is_empty() {
             return Err(Error::Format { path: run.join("config.json"), why: "no model".into() });
         }
         args.out = run.to_path_buf();
         Ok(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_field_of_the_wrong_type_is_named() {
+        let dir = std::env::temp_dir().join(format!("muse-config-field-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = serde_json::json!({"args": {"model": "m.muse", "lr": 0.01, "steps": "8"}, "source_hash": "0"});
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let e = TrainArgs::from_run(&dir).unwrap_err().to_string();
+        assert!(e.contains("field \"steps\" is \"8\"") && e.contains("config.json"), "{e}");
+        let config = serde_json::json!({"args": {"model": "m.muse", "steps": 8}, "source_hash": "0"});
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        assert_eq!(TrainArgs::from_run(&dir).unwrap().steps, 8);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

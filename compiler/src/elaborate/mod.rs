@@ -95,17 +95,14 @@ pub(crate) struct Elab<'p> {
     label_counts: HashMap<String, usize>,
     overrides: &'p [(String, String)],
     used_overrides: Vec<bool>,
+    memory_budget: u64,
     config: Vec<(String, ConfigValue)>,
     saw_config: bool,
 }
 
-/// Elaborates one model of a loaded program with `--set` overrides applied.
-pub fn elaborate_model(
-    prog: &Program,
-    model: &ast::ModelDef,
-    file: FileId,
-    overrides: &[(String, String)],
-) -> Result<Model> {
+/// Elaborates one model of a loaded program with the options' `--set` overrides applied.
+pub fn elaborate_model(prog: &Program, model: &ast::ModelDef, file: FileId, opts: &crate::Options) -> Result<Model> {
+    let overrides = &opts.overrides;
     let timer = PassTimer::start("elaborate", 0);
     let mut blocks: HashMap<&str, (FileId, &BlockDef)> = HashMap::new();
     for (fid, f) in &prog.files {
@@ -146,6 +143,7 @@ pub fn elaborate_model(
         label_counts: HashMap::new(),
         overrides,
         used_overrides: vec![false; overrides.len()],
+        memory_budget: opts.memory_budget.unwrap_or_else(crate::limits::memory_budget),
         config: vec![],
         saw_config: false,
     };
@@ -246,7 +244,7 @@ impl<'p> Elab<'p> {
         }
         let bytes =
             ty.shape.0.iter().try_fold(ty.dtype.size_bytes() as u128, |acc, d| acc.checked_mul(d.coeff as u128));
-        let budget = crate::limits::memory_budget();
+        let budget = self.memory_budget;
         match bytes {
             Some(b) if b <= budget as u128 => Ok(()),
             _ => {

@@ -16,6 +16,8 @@ pub struct ImageFolder {
     entries: Vec<(PathBuf, String)>,
     resolution: usize,
     flip: bool,
+    /// What was left out and why (also printed as warnings).
+    pub warnings: Vec<String>,
 }
 
 fn is_image(p: &Path) -> bool {
@@ -29,6 +31,7 @@ impl ImageFolder {
     pub fn open(root: &Path, resolution: usize, flip: bool) -> Result<ImageFolder, Error> {
         let meta = root.join("metadata.jsonl");
         let mut entries = Vec::new();
+        let mut warnings = Vec::new();
         if meta.is_file() {
             let bytes = std::fs::read(&meta).map_err(|e| Error::Data(format!("{}: {e}", meta.display())))?;
             for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -74,19 +77,19 @@ impl ImageFolder {
                 let txt = f.with_extension("txt");
                 match std::fs::read_to_string(&txt) {
                     Ok(c) => entries.push((f, c.trim().to_string())),
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => muse_compiler::note!(
-                        "warning: {}: the caption is not UTF-8 text; {} is left out (save the caption as UTF-8)",
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => warnings.push(format!(
+                        "{}: the caption is not UTF-8 text; {} is left out (save the caption as UTF-8)",
                         txt.display(),
                         f.display()
-                    ),
+                    )),
                     Err(_) => uncaptioned += 1,
                 }
             }
             if uncaptioned > 0 {
-                muse_compiler::note!(
-                    "warning: {uncaptioned} images in {} have no .txt caption beside them and are left out",
+                warnings.push(format!(
+                    "{uncaptioned} images in {} have no .txt caption beside them and are left out",
                     root.display()
-                );
+                ));
             }
         }
         if entries.is_empty() {
@@ -95,7 +98,10 @@ impl ImageFolder {
                 root.display()
             )));
         }
-        Ok(ImageFolder { root: root.to_path_buf(), entries, resolution, flip })
+        for w in &warnings {
+            muse_compiler::note!("warning: {w}");
+        }
+        Ok(ImageFolder { root: root.to_path_buf(), entries, resolution, flip, warnings })
     }
 
     /// The folder.
@@ -193,5 +199,28 @@ impl Dataset for ImageFolder {
     }
     fn captions(&self) -> Vec<String> {
         self.entries.iter().map(|e| e.1.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_that_are_not_utf8_are_named_and_left_out() {
+        let dir = std::env::temp_dir().join(format!("muse-folder-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["a", "b", "c"] {
+            image::RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9])).save(dir.join(format!("{name}.png"))).unwrap();
+        }
+        std::fs::write(dir.join("a.txt"), "a red square").unwrap();
+        std::fs::write(dir.join("b.txt"), b"caf\xe9").unwrap();
+        // c.png has no caption at all.
+        let f = ImageFolder::open(&dir, 4, false).unwrap();
+        assert_eq!(f.captions(), vec!["a red square".to_string()]);
+        assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
+        assert!(f.warnings[0].contains("b.txt: the caption is not UTF-8"), "{:?}", f.warnings);
+        assert!(f.warnings[1].starts_with("1 images"), "{:?}", f.warnings);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

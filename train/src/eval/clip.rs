@@ -155,7 +155,7 @@ impl ClipScorer {
     pub fn open(weights: &Path, tokenizer: &Path, device: &dyn Device) -> Result<ClipScorer, Error> {
         let tokenizer = ClipTokenizer::open(tokenizer)?;
         // The text tower pools at the tokenizer's own end-of-text id.
-        let opts = Options { overrides: vec![("eot".into(), tokenizer.eot.to_string())], model: None };
+        let opts = Options { overrides: vec![("eot".into(), tokenizer.eot.to_string())], ..Options::default() };
         let c = compile_source("clip_vit_b32.muse", CLIP_SOURCE, &opts);
         let model = c.result.map(|mut m| m.remove(0)).map_err(|d| Error::Model(d.render(&c.sources)))?;
         let params = muse_runtime::checkpoint::load_params(&model.graph, weights)

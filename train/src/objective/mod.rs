@@ -23,7 +23,7 @@ use std::path::Path;
 
 /// Compiles one model of a file with overrides; the diagnostic rendered on error.
 pub fn compile_model(path: &Path, sets: &[(String, String)]) -> Result<Model, Error> {
-    let c = compile_path(path, &Options { overrides: sets.to_vec(), model: None });
+    let c = compile_path(path, &Options { overrides: sets.to_vec(), ..Options::default() });
     match c.result {
         Ok(mut m) if m.len() == 1 => Ok(m.remove(0)),
         Ok(m) => Err(Error::Model(format!("{}: {} models in the file; train one per file", path.display(), m.len()))),
