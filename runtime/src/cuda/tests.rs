@@ -157,6 +157,7 @@ fn the_cuda_simulation_fails_broken_kernels() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
         model: None,
+        memory_budget: None,
     };
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mamba_xattn_xz.muse");
     let c = muse_compiler::compile_path(&path, &opts);
