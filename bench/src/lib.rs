@@ -16,7 +16,8 @@ pub fn models_dir() -> PathBuf {
 
 /// Model file `name` of `models/` with config overrides `sets`.
 pub fn model_file(name: &str, sets: &[(&str, &str)]) -> Model {
-    let opts = Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), model: None };
+    let opts =
+        Options { overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Options::default() };
     let c = compile_path(&models_dir().join(format!("{name}.muse")), &opts);
     c.result.unwrap_or_else(|d| panic!("{name}: {}", d.render(&c.sources))).remove(0)
 }
