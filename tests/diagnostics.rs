@@ -249,7 +249,7 @@ fn block_argument_of_wrong_kind() {
 
 #[test]
 fn unknown_config_key() {
-    let opts = Options { overrides: vec![("dpth".into(), "3".into())], model: None };
+    let opts = Options { overrides: vec![("dpth".into(), "3".into())], ..Options::default() };
     expect_with(
         "model $m {\n  config { depth = 2 }\n  input x: f32[B, 4]\n  output o = x\n}\n",
         DiagClass::UnknownConfigKey,
@@ -260,7 +260,7 @@ fn unknown_config_key() {
 
 #[test]
 fn config_override_of_wrong_type() {
-    let opts = Options { overrides: vec![("depth".into(), "two".into())], model: None };
+    let opts = Options { overrides: vec![("depth".into(), "two".into())], ..Options::default() };
     expect_with(
         "model m {\n  config { $depth = 2 }\n  input x: f32[B, 4]\n  output o = x\n}\n",
         DiagClass::Type,

@@ -38,7 +38,7 @@ fn main() {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
-        model: None,
+        ..Options::default()
     };
     println!("{:<44} {:>9} {:>10} {:>8}", "model", "min ms", "median ms", "nodes");
     let (min, med, nodes) = time(&models.join("muse_base.muse"), &paper, runs);
