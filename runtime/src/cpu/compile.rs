@@ -281,7 +281,7 @@ fn load_private_copy(bytes: &[u8], dir: &Path, key: &str) -> Result<libloading::
 
 /// The compiler's predefined macros under these flags (`-E -dM`): they name the instruction
 /// set extensions `-march=native` turns on here. Asked once per compiler and flags.
-fn target_macros(cc: &str, flags: &[String]) -> String {
+pub(crate) fn target_macros(cc: &str, flags: &[String]) -> String {
     static CACHE: OnceLock<Mutex<std::collections::HashMap<String, String>>> = OnceLock::new();
     let map = CACHE.get_or_init(Default::default);
     let mut m = map.lock().unwrap_or_else(|e| e.into_inner());

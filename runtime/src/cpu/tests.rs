@@ -160,3 +160,24 @@ pub(crate) fn check_generator(prelude: String, settings: CompilerSettings) {
     assert_eq!(checked, 4 * 2 * at.len());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The kernel cache key holds what `-march=native` means on this CPU: the compiler's
+/// predefined macros name the instruction set extensions the CPU has, so two machines
+/// sharing a cache get different entries.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_cache_key_names_this_cpus_features() {
+    let native = compile::target_macros("cc", &["-march=native".to_string()]);
+    assert!(native.contains("__x86_64__"), "{native}");
+    for (feature, mac) in [("avx2", "__AVX2__"), ("avx512f", "__AVX512F__"), ("fma", "__FMA__")] {
+        let has = match feature {
+            "avx2" => std::is_x86_feature_detected!("avx2"),
+            "avx512f" => std::is_x86_feature_detected!("avx512f"),
+            _ => std::is_x86_feature_detected!("fma"),
+        };
+        assert_eq!(native.contains(&format!("#define {mac} 1")), has, "{feature}");
+    }
+    let baseline = compile::target_macros("cc", &["-march=x86-64".to_string()]);
+    let v3 = compile::target_macros("cc", &["-march=x86-64-v3".to_string()]);
+    assert!(!baseline.contains("__AVX2__") && v3.contains("__AVX2__"));
+}
