@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod dist;
 pub mod inputs;
 pub mod interp;
 pub mod layout;

@@ -4,11 +4,13 @@
 //! Only the loss (and outputs a caller asks for) come back each step.
 
 use crate::device::{AdamStep, Device, DeviceError, Grads, Optimizer, Program, Slot, Tensors};
+use crate::dist::{Collective, Solo};
 use crate::interp::RunError;
 use crate::optim::{self, AdamW};
 use crate::tensor::HostTensor;
 use muse_compiler::autodiff::{self, Gradients};
 use muse_compiler::ir::{Graph, NodeIndex};
+use std::sync::Arc;
 
 /// What went wrong building a trainer.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,8 @@ pub struct StepStats {
     pub lr: f64,
     /// False when the loss or the gradients were not finite: nothing was changed.
     pub applied: bool,
+    /// Seconds spent summing the loss and the gradients over data-parallel ranks (0 alone).
+    pub reduce_secs: f64,
 }
 
 /// What a trainer computes besides the loss and the gradients, and what it leaves alone.
@@ -80,6 +84,8 @@ pub struct Trainer {
     outputs: Vec<(String, NodeIndex)>,
     /// The model's named losses, whose sum is trained.
     parts: Vec<(String, NodeIndex)>,
+    /// The data-parallel ranks this trainer steps with (one process: [`Solo`]).
+    collective: Arc<dyn Collective + Send + Sync>,
 }
 
 impl Trainer {
@@ -138,7 +144,8 @@ impl Trainer {
             .filter(|(k, _)| !model.params.iter().any(|p| &p.name == *k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        Ok(Trainer { grads, program, trained, extra, opt, steps_taken: 0, outputs: outs, parts })
+        let collective = Arc::new(Solo);
+        Ok(Trainer { grads, program, trained, extra, opt, steps_taken: 0, outputs: outs, parts, collective })
     }
 
     /// Names of the parameters the optimizer updates, in optimizer-state order.
@@ -161,32 +168,74 @@ impl Trainer {
         self.program.optimizer()
     }
 
+    /// Steps together with the ranks of `c` from now on: see [`Trainer::step_shard`].
+    pub fn set_collective(&mut self, c: Arc<dyn Collective + Send + Sync>) {
+        self.collective = c;
+    }
+
+    /// The ranks this trainer steps with.
+    pub fn collective(&self) -> Arc<dyn Collective + Send + Sync> {
+        self.collective.clone()
+    }
+
     /// One optimizer step over one or more micro-batches (their gradients are averaged),
     /// at learning rate `lr`; `seed` keys the random ops of the pass (dropout, ...).
     pub fn step(&mut self, micro: &[&Tensors], lr: f64, seed: u64) -> Result<StepStats, RunError> {
+        let indexed: Vec<(usize, &Tensors)> = micro.iter().copied().enumerate().collect();
+        self.step_shard(&indexed, micro.len(), lr, seed)
+    }
+
+    /// This rank's share of one step of `total` micro-batches: each of `micro` with its index
+    /// among all of them (which keys its random ops, `seed + index`). The losses and
+    /// gradients of every rank are summed and averaged over `total`, so every rank applies
+    /// the same update, the one a single process taking all `total` micro-batches would.
+    pub fn step_shard(
+        &mut self,
+        micro: &[(usize, &Tensors)],
+        total: usize,
+        lr: f64,
+        seed: u64,
+    ) -> Result<StepStats, RunError> {
         assert!(!micro.is_empty(), "a step needs at least one micro-batch");
         let mut loss = 0.0;
-        let grads = if micro.len() > 1 { Grads::Accumulated } else { Grads::Pass };
-        for (i, inputs) in micro.iter().enumerate() {
-            self.run_pass(inputs, seed.wrapping_add(i as u64))?;
+        let mut grads = if micro.len() > 1 { Grads::Accumulated } else { Grads::Pass };
+        for (i, (index, inputs)) in micro.iter().enumerate() {
+            self.run_pass(inputs, seed.wrapping_add(*index as u64))?;
             loss += self.program.scalar(self.grads.loss)?;
             if grads == Grads::Accumulated {
                 self.optimizer()?.accumulate(i == 0);
             }
         }
-        let k = micro.len() as f64;
+        let k = total as f64;
+        let c = self.collective.clone();
+        let reduce_start = std::time::Instant::now();
+        if c.size() > 1 {
+            let mut l = [loss];
+            c.sum_f64(&mut l).map_err(|e| RunError::Program(e.to_string()))?;
+            loss = l[0];
+            let mut failed = None;
+            grads = self.optimizer()?.combine_gradients(grads, &mut |g| {
+                if let Err(e) = c.sum_f32(g) {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(RunError::Program(e.to_string()));
+            }
+        }
+        let reduce_secs = if c.size() > 1 { reduce_start.elapsed().as_secs_f64() } else { 0.0 };
         loss /= k;
         let (cfg, t) = (self.opt.clone(), self.steps_taken + 1);
         let mut opt = self.optimizer()?;
         let grad_norm = opt.gradient_norm(grads) / k;
         if !loss.is_finite() || !grad_norm.is_finite() {
-            return Ok(StepStats { loss, grad_norm, lr, applied: false });
+            return Ok(StepStats { loss, grad_norm, lr, applied: false, reduce_secs });
         }
         let grad_scale = optim::clip_factor(grad_norm, cfg.clip_norm) / k;
         opt.adamw(&AdamStep { cfg, lr, t, grad_scale }, grads);
         drop(opt);
         self.steps_taken = t;
-        Ok(StepStats { loss, grad_norm, lr, applied: true })
+        Ok(StepStats { loss, grad_norm, lr, applied: true, reduce_secs })
     }
 
     /// Forward and backward over one batch, leaving loss and gradients in the buffers.

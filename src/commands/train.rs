@@ -30,7 +30,10 @@ pub struct Args {
 
 /// Trains, or continues a run; `m` tells which flags the user gave.
 pub fn main(a: Args, m: &ArgMatches) -> ExitCode {
+    // Under mpirun, rank 0 speaks for the run.
+    let quiet = muse_runtime::dist::mpi::launched_rank().is_some_and(|r| r > 0);
     match train_command(a, m) {
+        Ok(_) if quiet => ExitCode::SUCCESS,
         Ok(t) => write_stdout(&t),
         Err(e) => fail(e),
     }

@@ -182,7 +182,20 @@ pub fn fit(
     hook: &mut dyn StepHook,
 ) -> Result<Summary, Error> {
     let peak = trainer.opt.lr;
-    let terminal = std::io::stderr().is_terminal();
+    // Data-parallel ranks share each step's micro-batches: micro-batch j is rank j % N's.
+    let ranks = trainer.collective();
+    let (rank, n_ranks) = (ranks.rank(), ranks.size());
+    if n_ranks > 1 {
+        let same = muse_runtime::dist::agree(ranks.as_ref(), start.step).map_err(|e| Error::Usage(e.to_string()))?;
+        if !same {
+            return Err(Error::RunDir(format!(
+                "{}: the ranks would resume at different steps (this one at {}): their run directories differ",
+                run.path.display(),
+                start.step
+            )));
+        }
+    }
+    let terminal = run.writer && std::io::stderr().is_terminal();
     let began = Instant::now();
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     let mut skipped_steps = 0;
@@ -192,15 +205,19 @@ pub fn fit(
     let mut window_items = 0usize;
     let mut items = 0usize;
     for step in start.step..cfg.steps {
-        let mut micro = Vec::with_capacity(cfg.accumulate);
-        for _ in 0..cfg.accumulate.max(1) {
+        let (mut micro, mut index) = (Vec::new(), Vec::new());
+        for j in 0..cfg.accumulate.max(1) {
+            // Every rank reads every micro-batch, so each stands where the stream does.
             let (t, pos) = batches.next()?;
-            micro.push(t);
             data_pos = pos;
+            if j % n_ranks == rank {
+                micro.push(t);
+                index.push(j);
+            }
         }
         let lr = peak * cfg.schedule.factor(step);
-        let refs: Vec<&Tensors> = micro.iter().collect();
-        let stats = trainer.step(&refs, lr, cfg.seed ^ step.wrapping_mul(0x9e37_79b9))?;
+        let refs: Vec<(usize, &Tensors)> = index.iter().copied().zip(micro.iter()).collect();
+        let stats = trainer.step_shard(&refs, cfg.accumulate.max(1), lr, cfg.seed ^ step.wrapping_mul(0x9e37_79b9))?;
         if !stats.applied {
             if !cfg.skip_nonfinite {
                 let good = last_saved.map_or("none yet".to_string(), |s| {
@@ -238,6 +255,10 @@ pub fn fit(
             "wait_fraction": wait, "skipped_items": batches.skipped(), "applied": stats.applied,
         });
         if let Some(m) = line.as_object_mut() {
+            if n_ranks > 1 {
+                m.insert("ranks".into(), n_ranks.into());
+                m.insert("allreduce_s".into(), stats.reduce_secs.into());
+            }
             let parts = trainer.loss_parts();
             if !parts.is_empty() {
                 m.insert(
@@ -263,7 +284,7 @@ pub fn fit(
                 lr,
                 window_items as f64 / secs.max(1e-9)
             );
-        } else if (step + 1) % 50 == 0 || done || step == start.step {
+        } else if run.writer && ((step + 1) % 50 == 0 || done || step == start.step) {
             muse_compiler::note!(
                 "  step {}/{} loss {:.4} lr {:.2e} {:.1} items/s",
                 step + 1,
@@ -275,7 +296,7 @@ pub fn fit(
         }
         window = Instant::now();
         window_items = 0;
-        if (step + 1) % cfg.checkpoint_every.max(1) == 0 || done {
+        if run.writer && ((step + 1) % cfg.checkpoint_every.max(1) == 0 || done) {
             let mut tensors = trainer.params()?;
             tensors.extend(trainer.optimizer_state()?);
             tensors.extend(hook.state()?);

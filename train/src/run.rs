@@ -26,6 +26,9 @@ pub struct RunDir {
     _lock: Option<File>,
     /// Whether the note on a fallback from latest.json was printed (it is said once).
     noted: std::cell::Cell<bool>,
+    /// Whether this process writes the run (rank 0 of a data-parallel run, or the only one);
+    /// the other ranks read it and write nothing.
+    pub writer: bool,
 }
 
 /// A checkpoint's tensors (parameters, optimizer state, EMA) and where training stood.
@@ -62,7 +65,13 @@ impl RunDir {
         }
         std::fs::create_dir_all(path.join("checkpoints")).map_err(Error::io(&path.join("checkpoints")))?;
         let lock = lock(path)?;
-        let run = RunDir { path: path.to_path_buf(), keep: keep.max(1), _lock: Some(lock), noted: Default::default() };
+        let run = RunDir {
+            path: path.to_path_buf(),
+            keep: keep.max(1),
+            _lock: Some(lock),
+            noted: Default::default(),
+            writer: true,
+        };
         if !resume && !run.checkpoints().is_empty() {
             return Err(Error::RunDir(format!(
                 "{} already holds a run: pass --resume {} to continue it, or choose another --out",
@@ -77,12 +86,18 @@ impl RunDir {
         Ok(run)
     }
 
+    /// The run directory as a data-parallel rank other than 0 sees it: read (a resumed run's
+    /// checkpoint), never written, not locked; it need not exist yet.
+    pub fn follower(path: &Path) -> RunDir {
+        RunDir { path: path.to_path_buf(), keep: 1, _lock: None, noted: std::cell::Cell::new(true), writer: false }
+    }
+
     /// Opens an existing run (for `--resume`, sampling, tokenizing).
     pub fn open(path: &Path) -> Result<RunDir, Error> {
         if !path.join("config.json").is_file() {
             return Err(Error::RunDir(format!("{}: not a muse run directory (no config.json)", path.display())));
         }
-        Ok(RunDir { path: path.to_path_buf(), keep: 3, _lock: None, noted: Default::default() })
+        Ok(RunDir { path: path.to_path_buf(), keep: 3, _lock: None, noted: Default::default(), writer: true })
     }
 
     /// Removes temporary files of interrupted atomic writes (only safe under the lock).
@@ -109,12 +124,18 @@ impl RunDir {
 
     /// Writes the resolved config.
     pub fn write_config(&self, config: &serde_json::Value) -> Result<(), Error> {
+        if !self.writer {
+            return Ok(());
+        }
         let text = serde_json::to_string_pretty(config).expect("JSON values serialise");
         write_atomic(&self.path.join("config.json"), text.as_bytes())
     }
 
     /// Appends one line to metrics.jsonl.
     pub fn log(&self, line: &serde_json::Value) -> Result<(), Error> {
+        if !self.writer {
+            return Ok(());
+        }
         let p = self.path.join("metrics.jsonl");
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(Error::io(&p))?;
         // One write per line, so a line is never interleaved with another writer's.
@@ -123,6 +144,9 @@ impl RunDir {
 
     /// Adds items that could not be read to `skipped.txt` (one per line, each once).
     pub fn list_skipped(&self, items: &[String]) -> Result<(), Error> {
+        if !self.writer {
+            return Ok(());
+        }
         let p = self.path.join(SKIPPED);
         let mut lines: Vec<String> =
             std::fs::read_to_string(&p).unwrap_or_default().lines().map(str::to_string).collect();
@@ -138,6 +162,9 @@ impl RunDir {
     /// Drops metrics lines of steps after `step` (a resumed run rewrites them), and lines
     /// that do not parse (torn by a crash).
     pub fn truncate_log(&self, step: u64) -> Result<(), Error> {
+        if !self.writer {
+            return Ok(());
+        }
         let p = self.path.join("metrics.jsonl");
         let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
         let kept: String = text
@@ -161,6 +188,9 @@ impl RunDir {
     pub fn save(&self, tensors: &HashMap<String, HostTensor>, progress: &Progress) -> Result<PathBuf, Error> {
         let name = checkpoint_name(progress.step);
         let file = self.path.join("checkpoints").join(&name);
+        if !self.writer {
+            return Ok(file);
+        }
         let meta: Metadata = [
             (STEP_KEY.to_string(), progress.step.to_string()),
             (DATA_POS_KEY.to_string(), progress.data_pos.to_string()),

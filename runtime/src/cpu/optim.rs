@@ -139,6 +139,17 @@ impl Optimizer for Step<'_> {
         self.state.partial.iter().map(|&x| x as f64).sum::<f64>().sqrt()
     }
 
+    fn combine_gradients(&mut self, which: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Grads {
+        let n = self.state.len();
+        let (_, g) = self.params_and(which);
+        if n > 0 && !g.is_null() {
+            // SAFETY: `g` is the gradient arena (or the accumulators) of `n` floats, and
+            // nothing else reads or writes it during the call.
+            combine(unsafe { std::slice::from_raw_parts_mut(g, n) });
+        }
+        which
+    }
+
     fn adamw(&mut self, step: &AdamStep, which: Grads) {
         let n = self.state.len();
         let (p, g) = self.params_and(which);

@@ -240,6 +240,30 @@ impl<G: Gpu> Step<'_, G> {
         }
         Ok(())
     }
+    /// Through host memory: the gradients down, combined, and up again (bf16 gradients
+    /// widened to f32 and rounded back to nearest even).
+    fn try_combine(&mut self, which: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Result<(), GpuError> {
+        let n = self.state.len();
+        let (_, g, bf16) = self.params_and(which)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; n * if bf16 { 2 } else { ELEM }];
+        self.state.gpu.download(g, &mut bytes)?;
+        let mut values: Vec<f32> = if bf16 {
+            bytes.chunks_exact(2).map(|c| super::gpu::bf16_value(u16::from_le_bytes([c[0], c[1]]))).collect()
+        } else {
+            f32s(&bytes)
+        };
+        combine(&mut values);
+        let bytes: Vec<u8> = if bf16 {
+            values.iter().flat_map(|&x| super::gpu::bf16_bits(x).to_le_bytes()).collect()
+        } else {
+            values.iter().flat_map(|x| x.to_le_bytes()).collect()
+        };
+        self.state.gpu.upload(g, &bytes)
+    }
+
     fn try_start_ema(&mut self) -> Result<(), GpuError> {
         let n = self.state.len();
         let (p, _) = self.arenas()?;
@@ -271,6 +295,12 @@ impl<G: Gpu> Optimizer for Step<'_, G> {
     fn adamw(&mut self, step: &AdamStep, which: Grads) {
         let r = self.try_adamw(step, which);
         self.keep(r);
+    }
+
+    fn combine_gradients(&mut self, which: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Grads {
+        let r = self.try_combine(which, combine);
+        self.keep(r);
+        which
     }
 
     fn start_ema(&mut self) {

@@ -77,6 +77,23 @@ impl<B: HostBuffers + ?Sized> Optimizer for HostStep<'_, B> {
         }
     }
 
+    fn combine_gradients(&mut self, grads: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Grads {
+        // The last pass's gradients are borrowed from the buffers: combined in the
+        // accumulators instead.
+        if grads == Grads::Pass || self.state.acc.is_empty() {
+            self.accumulate(true);
+        }
+        let mut flat: Vec<f32> = self.state.acc.iter().flatten().copied().collect();
+        combine(&mut flat);
+        let mut at = 0;
+        for a in &mut self.state.acc {
+            let len = a.len();
+            a.copy_from_slice(&flat[at..at + len]);
+            at += len;
+        }
+        Grads::Accumulated
+    }
+
     fn adamw(&mut self, step: &AdamStep, grads: Grads) {
         let (mut params, direct): (Vec<&mut [f32]>, Vec<Cow<[f32]>>) =
             self.buffers.params_and_grads(&self.state.pairs).into_iter().unzip();

@@ -207,6 +207,12 @@ pub trait Optimizer {
     fn accumulate(&mut self, first: bool);
     /// The Euclidean norm of all gradients together (f64; the same whatever the threads).
     fn gradient_norm(&mut self, grads: Grads) -> f64;
+    /// Hands the gradients `grads` names to `combine` (in host memory, every trained
+    /// parameter's one after another in the pairs' order) and keeps what it leaves there: the
+    /// sum over data-parallel ranks. Returns the gradients that now hold the result (a
+    /// device whose last pass's gradients cannot be written in place copies them into the
+    /// accumulators first).
+    fn combine_gradients(&mut self, grads: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Grads;
     /// AdamW over every parameter at once.
     fn adamw(&mut self, step: &AdamStep, grads: Grads);
     /// Starts the moving average at the parameters' present values.

@@ -47,7 +47,7 @@ pub fn classifier_sets(sets: &[(String, String)], config: &Value) -> Option<Vec<
 
 /// Trains the classifier on `--data` (its resolution is the model's).
 pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
-    let Setup { args, resume, device, run } = *s;
+    let Setup { args, resume, device, run, .. } = *s;
     let probe = compile_model(&args.model, &args.sets)?;
     let image = probe.graph.inputs.iter().find(|x| x.0 == "image").map(|x| x.1);
     let res = image
@@ -73,6 +73,7 @@ pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
     let example = batches.next()?.0;
     let options = train_options(args, &[], &[]);
     let mut trainer = Trainer::with_options(&model.graph, &model.name, &params, &example, s.opt(), device, &options)?;
+    trainer.set_collective(s.ranks.clone());
     if args.ema > 0.0 {
         trainer.start_ema()?;
     }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 /// Trains a token critic on a trained generator's fills (`--generator RUN`).
 pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
-    let Setup { args, resume: _, device, run } = *s;
+    let Setup { args, resume: _, device, run, .. } = *s;
     let (_opt, fit_cfg) = (s.opt(), |tokens_per_item| s.fit(tokens_per_item));
     let gen_dir = args.generator.as_ref().ok_or_else(|| {
         Error::Usage("a token critic needs --generator RUN_DIR (a trained masked-token model)".into())

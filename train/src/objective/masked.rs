@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 /// Trains a masked-token model on the ids a trained image tokenizer (`--tokenizer RUN`)
 /// gives the data set, with Muse's cosine masking and classifier-free guidance dropout.
 pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
-    let Setup { args, resume, device, run } = *s;
+    let Setup { args, resume, device, run, .. } = *s;
     let (_opt, fit_cfg) = (s.opt(), |tokens_per_item| s.fit(tokens_per_item));
     let vq_dir = args.tokenizer.as_ref().ok_or_else(|| {
         Error::Usage("a masked-token model needs --tokenizer RUN_DIR (a trained image tokenizer)".into())
@@ -46,7 +46,9 @@ pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
             text.vocab_size()
         )));
     }
-    text.save(&tok_path)?;
+    if run.writer {
+        text.save(&tok_path)?;
+    }
     config["objective"] = json!("masked tokens");
     config["image_tokenizer"] =
         json!({ "run": vq_dir, "checkpoint": vq.checkpoint, "codebook": codebook, "grid": grid });
@@ -59,12 +61,14 @@ pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
     let per_item = tokens.per_item;
     let mut batches =
         MaskedBatches::new(tokens, &text, codebook as i32, args.text_dropout, args.batch, args.seed, start.data_pos)?;
-    muse_compiler::note!(
-        "train {} (masked tokens, codebook {codebook}, grid {grid}) from step {} to {} in {}",
-        model.name,
-        start.step,
-        args.steps,
-        run.path.display()
-    );
+    if run.writer {
+        muse_compiler::note!(
+            "train {} (masked tokens, codebook {codebook}, grid {grid}) from step {} to {} in {}",
+            model.name,
+            start.step,
+            args.steps,
+            run.path.display()
+        );
+    }
     fit::fit(run, &mut trainer, &mut batches, &fit_cfg(per_item), start, &mut NoHook)
 }

@@ -15,11 +15,13 @@ use crate::fit::{self, FitConfig, NoHook, Summary};
 use crate::run::{Progress, RunDir};
 use muse_compiler::{compile_path, Model, Options};
 use muse_runtime::device::{Device, Tensors};
+use muse_runtime::dist::Collective;
 use muse_runtime::optim::{AdamW, Schedule};
 use muse_runtime::train::{TrainOptions, Trainer};
 use muse_runtime::{init_params, Precision};
 use serde_json::{json, Value};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Compiles one model of a file with overrides; the diagnostic rendered on error.
 pub fn compile_model(path: &Path, sets: &[(String, String)]) -> Result<Model, Error> {
@@ -143,8 +145,33 @@ pub fn train(args: &TrainArgs, start: Start, device: &dyn Device) -> Result<Summ
     };
     let probe = compile_model(&args.model, &args.sets)?;
     let has = |n: &str| probe.graph.inputs.iter().any(|(k, _)| k == n);
-    let run = RunDir::for_training(&args.out, args.keep, resume)?;
-    let setup = Setup { args, resume, device, run: &run };
+    let ranks = muse_runtime::dist::from_environment().map_err(|e| Error::Usage(e.to_string()))?;
+    if ranks.size() > 1 {
+        let n = ranks.size();
+        if !args.accumulate.is_multiple_of(n) {
+            return Err(Error::Usage(format!(
+                "{n} ranks share each step's --accumulate {} micro-batches: give a multiple of {n} (the global batch is --batch x --accumulate, the same for any number of ranks)",
+                args.accumulate
+            )));
+        }
+        let parallel = (has("tokens") && has("targets")) || (has("image") && has("labels"));
+        if !parallel {
+            return Err(Error::Usage(format!(
+                "{}: data-parallel training covers masked-token models and classifiers; image tokenizers (per-process codebook statistics and discriminator) and token critics train in one process",
+                args.model.display()
+            )));
+        }
+    }
+    // Under `mpirun`, rank 0 writes the run and the others only read it.
+    let run = if ranks.rank() == 0 {
+        RunDir::for_training(&args.out, args.keep, resume)?
+    } else {
+        if resume {
+            RunDir::open(&args.out)?;
+        }
+        RunDir::follower(&args.out)
+    };
+    let setup = Setup { args, resume, device, run: &run, ranks };
     let source = std::fs::read_to_string(&args.model).map_err(Error::io(&args.model))?;
     let mut config = json!({
         "args": serde_json::to_value(args).map_err(|e| Error::Usage(format!("the run configuration cannot be stored as JSON: {e} (a path that is not UTF-8?)")))?, "model_name": probe.name, "source": source,
@@ -219,6 +246,8 @@ struct Setup<'a> {
     resume: bool,
     device: &'a dyn Device,
     run: &'a RunDir,
+    /// The data-parallel ranks of this run (one process alone: a single rank).
+    ranks: Arc<dyn Collective + Send + Sync>,
 }
 
 impl Setup<'_> {
@@ -253,10 +282,11 @@ impl Setup<'_> {
 /// The trainer of a token model (a masked-token model or a critic), with its weight average
 /// when asked, and where it starts: step 0, or the run's latest checkpoint.
 fn token_trainer(s: &Setup, model: &Model, params: &Tensors, example: &Tensors) -> Result<(Trainer, Progress), Error> {
-    let Setup { args, resume, device, run } = *s;
+    let Setup { args, resume, device, run, .. } = *s;
     let opt = s.opt();
     let options = train_options(args, &[], &[]);
     let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, device, &options)?;
+    trainer.set_collective(s.ranks.clone());
     if args.ema > 0.0 {
         trainer.start_ema()?;
     }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 /// continues with the previous stage's parameters, AdamW moments, weight average and
 /// codebook statistics.
 pub(super) fn train(s: &Setup, probe: &Model) -> Result<Summary, Error> {
-    let Setup { args, resume, device, run } = *s;
+    let Setup { args, resume, device, run, .. } = *s;
     let (opt, fit_cfg) = (s.opt(), |tokens_per_item| s.fit(tokens_per_item));
     let model_res = probe.graph.ty(probe.graph.inputs.iter().find(|x| x.0 == "image").expect("has").1).shape.0[1]
         .as_known()
