@@ -310,6 +310,12 @@ fn flags_out_of_range_are_refused_with_the_range() {
     std::fs::write(fake.join("config.json"), config.to_string()).unwrap();
     let args = ["train", "models/muse_small.muse", "--tokenizer", fake.to_str().unwrap(), "--out", out];
     refused(&d, &args, &["not of an image tokenizer"]);
+    // A run file the objective would not read is refused, not ignored.
+    let args = ["train", "models/vq_tokenizer.muse", "--tokenizer", fake.to_str().unwrap(), "--out", out];
+    refused(&d, &args, &["an image tokenizer, which does not use --tokenizer"]);
+    let args = ["train", "models/muse_small.muse", "--generator", fake.to_str().unwrap(), "--out", out];
+    refused(&d, &args, &["a masked-token model, which does not use --generator"]);
+    assert!(!Path::new(out).join("config.json").exists(), "no run was started");
     std::fs::remove_dir_all(&d).ok();
 }
 

@@ -145,6 +145,9 @@ pub fn train(args: &TrainArgs, start: Start, device: &dyn Device) -> Result<Summ
     };
     let probe = compile_model(&args.model, &args.sets)?;
     let has = |n: &str| probe.graph.inputs.iter().any(|(k, _)| k == n);
+    if !resume {
+        refuse_stray_flags(args, &has)?;
+    }
     let ranks = muse_runtime::dist::from_environment().map_err(|e| Error::Usage(e.to_string()))?;
     if ranks.size() > 1 {
         let n = ranks.size();
@@ -204,6 +207,37 @@ pub fn train(args: &TrainArgs, start: Start, device: &dyn Device) -> Result<Summ
         )));
     }
     masked::train(&setup, config)
+}
+
+/// Refuses the run files a new run was given that its objective would not read (a
+/// `--tokenizer` for an image tokenizer, a `--generator` for a masked-token model, ...):
+/// silently ignored, they would hide a mistaken command.
+fn refuse_stray_flags(args: &TrainArgs, has: &dyn Fn(&str) -> bool) -> Result<(), Error> {
+    let (objective, reads): (&str, &[&str]) = if has("image") && has("labels") {
+        ("a classifier", &[])
+    } else if has("image") {
+        ("an image tokenizer", &["--discriminator"])
+    } else if has("is_original") {
+        ("a token critic", &["--generator"])
+    } else {
+        ("a masked-token model", &["--tokenizer", "--text-tokenizer"])
+    };
+    let given = [
+        ("--tokenizer", args.tokenizer.is_some()),
+        ("--generator", args.generator.is_some()),
+        ("--text-tokenizer", args.text_tokenizer.is_some()),
+        ("--discriminator", args.discriminator.is_some()),
+    ];
+    let stray: Vec<&str> = given.iter().filter(|(f, g)| *g && !reads.contains(f)).map(|(f, _)| *f).collect();
+    if stray.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{} is {objective}, which does not use {}: leave {} out",
+        args.model.display(),
+        stray.join(" or "),
+        if stray.len() == 1 { "it" } else { "them" }
+    )))
 }
 
 /// A resumed run's config keeps the source it was started from: a `.muse` file changed
