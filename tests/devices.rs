@@ -9,6 +9,7 @@ mod common;
 
 use muse_compiler::autodiff::{differentiate, Wrt};
 use muse_runtime::device::{AdamStep, Grads, Slot, Tensors};
+use muse_runtime::dist::{Collective, DistError, Mirror};
 use muse_runtime::inputs::random_inputs;
 use muse_runtime::optim::{self, AdamState, AdamW};
 use muse_runtime::{init_params, Precision};
@@ -268,4 +269,94 @@ fn only_the_cpu_backend_and_the_chooser_name_the_cpu_backend() {
     // The check itself sees a use when there is one.
     assert!(names("use muse_runtime::cpu::CpuProgram;", "cpu::") && names("x: CompilerSettings,", "CompilerSettings"));
     assert!(!names("MyCpuProgramX", "CpuProgram") && !names("prepared", "Prepared"));
+}
+
+/// Counts the sums a collective is asked for, summing as [`Mirror`] does.
+struct Counting(Mirror, std::sync::atomic::AtomicUsize);
+
+impl Collective for Counting {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+    fn sum_f32(&self, data: &mut [f32]) -> Result<(), DistError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.sum_f32(data)
+    }
+    fn sum_f64(&self, data: &mut [f64]) -> Result<(), DistError> {
+        self.0.sum_f64(data)
+    }
+    fn sum_bf16(&self, data: &mut [u16]) -> Result<(), DistError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.sum_bf16(data)
+    }
+    fn broadcast(&self, data: &mut [u8], root: usize) -> Result<(), DistError> {
+        self.0.broadcast(data, root)
+    }
+}
+
+/// Data parallelism on every device through its own verbs: a step of two ranks that hold
+/// the same micro-batch ([`Mirror`]: every sum doubles) must equal one process stepping over
+/// that micro-batch twice. A gradient summed before its last write, summed twice, never
+/// summed, or overwritten after its sum (a copy into the gradient arena) breaks the
+/// equality by a factor of two. On the CUDA runtime the sum runs in buckets of 1 KiB during
+/// the backward pass (many sums, each when its gradients are final); bf16 on the wire
+/// rounds each gradient to bf16 before it is doubled.
+#[test]
+fn summing_gradients_over_ranks_equals_one_process_on_every_device() {
+    use muse_runtime::dist::{Mirror, Wire};
+    use muse_runtime::train::Trainer;
+    use std::sync::Arc;
+    // Two parameters with one gradient (`w + v`): it is computed once, in `w`'s place in
+    // the gradient arena, and copied to `v`'s after the pass (the bucket after the copies).
+    let copied = "model copies {\n  input x: f32[6]\n  param w: [6] ~ normal(0.5)\n  param v: [6] ~ normal(0.5)\n  loss l = sum(tanh((w + v) * x) * x)\n}\n";
+    let models = [
+        ("mamba_xattn_xz", common::compile_model("mamba_xattn_xz", &common::tiny("mamba_xattn_xz", "2"))),
+        ("muse_small", common::compile_model("muse_small", &common::tiny("muse_small", "2"))),
+        ("copies", common::compile_one("copies.muse", copied)),
+    ];
+    for (name, m) in &models {
+        let params = init_params(&m.graph, 5, Precision::F32).unwrap();
+        let batch = random_inputs(&m.graph, 2, 31);
+        for device in ["cpu", "interp", "cuda-sim", "cuda-sim --dtype bf16"] {
+            let bf16 = device.ends_with("bf16");
+            let dev = common::device_with(device.split(' ').next().unwrap(), "ranks", bf16);
+            let cfg = AdamW { lr: 1e-2, clip_norm: Some(1.0), ..AdamW::default() };
+            let trainer = || Trainer::new(&m.graph, name, &params, &batch, cfg.clone(), &*dev).unwrap();
+            let (mut alone, mut mirrored, mut narrow) = (trainer(), trainer(), trainer());
+            let sums = Arc::new(Counting(Mirror(2), Default::default()));
+            mirrored.set_collective(sums.clone(), Wire::F32, 1024);
+            narrow.set_collective(Arc::new(Mirror(2)), Wire::Bf16, 1024);
+            let (mut la, mut lm) = (vec![], vec![]);
+            for step in 0..3 {
+                la.push(alone.step_shard(&[(0, &batch), (0, &batch)], 2, 1e-2, step).unwrap().loss);
+                lm.push(mirrored.step_shard(&[(0, &batch)], 2, 1e-2, step).unwrap().loss);
+                narrow.step_shard(&[(0, &batch)], 2, 1e-2, step).unwrap();
+            }
+            let what = format!("{name} on {device}");
+            assert_close(&format!("{what}: losses"), &la, &lm);
+            let calls = sums.1.load(std::sync::atomic::Ordering::Relaxed);
+            if device.starts_with("cuda-sim") && *name != "copies" {
+                assert!(calls >= 3 * 4, "{what}: {calls} sums in 3 steps: the buckets did not split");
+            } else if !device.starts_with("cuda-sim") {
+                assert_eq!(calls, 3, "{what}: one sum of every gradient per step");
+            }
+            let (pa, pm, pn) = (alone.params().unwrap(), mirrored.params().unwrap(), narrow.params().unwrap());
+            let mut rounded = 0.0f64;
+            for (k, a) in &pa {
+                let (a, b, c) = (a.to_f64(), pm[k].to_f64(), pn[k].to_f64());
+                let scale = a.iter().fold(1e-3f64, |s, x| s.max(x.abs()));
+                let worst = a.iter().zip(&b).fold(0.0f64, |w, (x, y)| w.max((x - y).abs()));
+                assert!(worst <= 1e-6 * scale, "{what}: {k} differs by {worst} at scale {scale}");
+                let off = a.iter().zip(&c).fold(0.0f64, |w, (x, y)| w.max((x - y).abs()));
+                assert!(off <= 2e-2 * scale, "{what}: bf16 on the wire moved {k} by {off} at scale {scale}");
+                rounded = rounded.max(off);
+            }
+            if !bf16 {
+                assert!(rounded > 0.0, "{what}: bf16 on the wire changed nothing");
+            }
+        }
+    }
 }

@@ -161,6 +161,27 @@ fn two_ranks_train_as_one_process_and_resume_across_rank_counts() {
     assert_eq!(last["ranks"], 2);
     assert!(last["allreduce_s"].as_f64().unwrap() > 0.0);
     assert_same_run(&one, &two, 20);
+    // bf16 on the wire: the same first loss (no update yet), then close to f32's, not equal.
+    let narrow = dir.join("narrow");
+    let mut args = vec!["train", "--reduce-dtype", "bf16"];
+    args.extend(GENERATOR);
+    args.extend(["--tokenizer", vq.to_str().unwrap(), "--steps", "20", "--out", narrow.to_str().unwrap()]);
+    succeed(muse(2, &dir, &args));
+    let (wide, thin) = (losses(&two), losses(&narrow));
+    assert_eq!(wide[0], thin[0]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(narrow.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["args"]["reduce_dtype"], "bf16", "{config}");
+    let (wa, wb) = (weights(&two, 20), weights(&narrow, 20));
+    let mut moved = 0.0f64;
+    for (k, t) in &wa {
+        let (x, y) = (t.to_f64(), wb[k].to_f64());
+        let scale = x.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+        let worst = x.iter().zip(&y).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(worst <= 5e-2 * scale, "{k}: bf16 on the wire moved it by {worst} at scale {scale}");
+        moved = moved.max(worst);
+    }
+    assert!(moved > 0.0, "--reduce-dtype bf16 changed nothing");
     // A two-rank checkpoint resumed by one process, and a one-process checkpoint by two.
     let (two_then_one, one_then_two) = (dir.join("two-then-one"), dir.join("one-then-two"));
     succeed({
@@ -239,4 +260,72 @@ fn a_rank_that_dies_ends_the_run_promptly_and_it_resumes() {
     let steps: Vec<u64> = losses(&run).iter().map(|x| x.0).collect();
     assert_eq!(steps, (1..=at + 5).collect::<Vec<_>>());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The MPI binding's collectives against their definitions, on two ranks: this test binary
+/// runs itself under `mpirun` (the test below, ignored unless launched so).
+#[test]
+fn mpi_collectives_match_their_definitions() {
+    if !mpirun_present() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let o = Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe"])
+        .arg(exe)
+        .args(["--exact", "mpi_collectives_on_each_rank", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("MUSE_MPI_CHILD", "1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{said}");
+    assert_eq!(said.matches("1 passed").count(), 2, "both ranks ran the checks: {said}");
+    if std::env::var_os("MUSE_REQUIRE_NCCL").is_some() {
+        assert_eq!(said.matches("bootstrapped over MPI").count(), 2, "MUSE_REQUIRE_NCCL: {said}");
+    }
+}
+
+#[test]
+#[ignore = "run on two ranks by mpi_collectives_match_their_definitions"]
+fn mpi_collectives_on_each_rank() {
+    use muse_runtime::tensor::{bf16_bits, bf16_value};
+    if std::env::var_os("MUSE_MPI_CHILD").is_none() {
+        return;
+    }
+    let c = muse_runtime::dist::from_environment().unwrap();
+    assert_eq!(c.size(), 2);
+    let values = |r: usize| -> Vec<f32> { (0..3000).map(|i| ((i * 7 + r * 13) % 101) as f32 * 0.37 - 11.3).collect() };
+    let (a, b) = (values(0), values(1));
+    // f32 and f64: one addition of the two ranks' values (the same in either order).
+    let mut mine = values(c.rank());
+    c.sum_f32(&mut mine).unwrap();
+    assert!(mine.iter().zip(a.iter().zip(&b)).all(|(s, (x, y))| *s == x + y));
+    let mut wide: Vec<f64> = values(c.rank()).iter().map(|&x| x as f64 / 3.0).collect();
+    c.sum_f64(&mut wide).unwrap();
+    assert!(wide.iter().zip(a.iter().zip(&b)).all(|(s, (x, y))| *s == *x as f64 / 3.0 + *y as f64 / 3.0));
+    // bf16: every partial sum rounded to nearest even, element by element (the type is two
+    // bytes, so no element is split).
+    let bits = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| bf16_bits(x * 1.001)).collect() };
+    let mut narrow = bits(&values(c.rank()));
+    c.sum_bf16(&mut narrow).unwrap();
+    let want: Vec<u16> =
+        bits(&a).iter().zip(bits(&b)).map(|(&x, y)| bf16_bits(bf16_value(x) + bf16_value(y))).collect();
+    assert_eq!(narrow, want);
+    assert!(want.iter().zip(a.iter().zip(&b)).any(|(w, (x, y))| bf16_value(*w) != (x * 1.001 + y * 1.001)));
+    // Broadcast from rank 1.
+    let mut bytes: Vec<u8> = if c.rank() == 1 { (0..=255).collect() } else { vec![0; 256] };
+    c.broadcast(&mut bytes, 1).unwrap();
+    assert_eq!(bytes, (0..=255).collect::<Vec<u8>>());
+    // NCCL's bootstrap where NCCL is installed: both ranks hold rank 0's unique id.
+    match muse_runtime::cuda::nccl::Nccl::get() {
+        Ok(nccl) => {
+            let id = nccl.shared_id(&*c).unwrap();
+            let hash = id.internal.iter().fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u8 as u64)) >> 12;
+            assert!(hash != 0 && muse_runtime::dist::agree(&*c, hash).unwrap(), "ranks hold different NCCL ids");
+            println!("NCCL {} bootstrapped over MPI", nccl.version_string());
+        }
+        Err(e) => println!("NCCL's bootstrap not checked: {e}"),
+    }
 }

@@ -4,6 +4,7 @@
 //! memory planner, the optimizer, the training step, counter-based random numbers and
 //! safetensors files (see docs/design.md).
 
+pub mod buckets;
 pub mod budget;
 pub mod cache;
 pub mod checkpoint;

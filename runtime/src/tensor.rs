@@ -119,3 +119,18 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
     }
     s
 }
+
+/// f32 to bf16 bits as CUDA's `__float2bfloat16` does it: round to nearest, ties to even; a
+/// NaN stays a NaN.
+pub fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 bits to f32 (exact).
+pub fn bf16_value(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}

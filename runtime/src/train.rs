@@ -4,7 +4,7 @@
 //! Only the loss (and outputs a caller asks for) come back each step.
 
 use crate::device::{AdamStep, Device, DeviceError, Grads, Optimizer, Program, Slot, Tensors};
-use crate::dist::{Collective, Solo};
+use crate::dist::{self, Collective, Reduction, Solo, Wire};
 use crate::interp::RunError;
 use crate::optim::{self, AdamW};
 use crate::tensor::HostTensor;
@@ -40,7 +40,9 @@ pub struct StepStats {
     pub lr: f64,
     /// False when the loss or the gradients were not finite: nothing was changed.
     pub applied: bool,
-    /// Seconds spent summing the loss and the gradients over data-parallel ranks (0 alone).
+    /// Seconds the step waited, after its backward pass, for the sums of the loss and the
+    /// gradients over data-parallel ranks (0 alone; a device that overlaps the gradients'
+    /// sum with the backward pass hides most of it there).
     pub reduce_secs: f64,
 }
 
@@ -86,6 +88,10 @@ pub struct Trainer {
     parts: Vec<(String, NodeIndex)>,
     /// The data-parallel ranks this trainer steps with (one process: [`Solo`]).
     collective: Arc<dyn Collective + Send + Sync>,
+    /// The element type gradients travel in between ranks.
+    wire: Wire,
+    /// The bucket size where the device sums gradients during the backward pass.
+    bucket_bytes: usize,
 }
 
 impl Trainer {
@@ -145,7 +151,19 @@ impl Trainer {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let collective = Arc::new(Solo);
-        Ok(Trainer { grads, program, trained, extra, opt, steps_taken: 0, outputs: outs, parts, collective })
+        Ok(Trainer {
+            grads,
+            program,
+            trained,
+            extra,
+            opt,
+            steps_taken: 0,
+            outputs: outs,
+            parts,
+            collective,
+            wire: Wire::F32,
+            bucket_bytes: dist::BUCKET_BYTES,
+        })
     }
 
     /// Names of the parameters the optimizer updates, in optimizer-state order.
@@ -168,9 +186,13 @@ impl Trainer {
         self.program.optimizer()
     }
 
-    /// Steps together with the ranks of `c` from now on: see [`Trainer::step_shard`].
-    pub fn set_collective(&mut self, c: Arc<dyn Collective + Send + Sync>) {
+    /// Steps together with the ranks of `c` from now on, gradients travelling as `wire`
+    /// in buckets of about `bucket_bytes` (where the device overlaps them with the backward
+    /// pass): see [`Trainer::step_shard`].
+    pub fn set_collective(&mut self, c: Arc<dyn Collective + Send + Sync>, wire: Wire, bucket_bytes: usize) {
         self.collective = c;
+        self.wire = wire;
+        self.bucket_bytes = bucket_bytes.max(1);
     }
 
     /// The ranks this trainer steps with.
@@ -197,33 +219,39 @@ impl Trainer {
         seed: u64,
     ) -> Result<StepStats, RunError> {
         assert!(!micro.is_empty(), "a step needs at least one micro-batch");
+        let c = self.collective.clone();
+        let reduce = Reduction { ranks: &*c, wire: self.wire, bucket_bytes: self.bucket_bytes };
+        let shared = c.size() > 1;
         let mut loss = 0.0;
         let mut grads = if micro.len() > 1 { Grads::Accumulated } else { Grads::Pass };
+        // This rank's only pass of the step: a device may sum its gradients over the ranks
+        // while the backward pass still runs.
+        let mut reduced = false;
         for (i, (index, inputs)) in micro.iter().enumerate() {
-            self.run_pass(inputs, seed.wrapping_add(*index as u64))?;
+            self.write_inputs(inputs)?;
+            let seed = seed.wrapping_add(*index as u64);
+            if shared && grads == Grads::Pass {
+                reduced = self.program.execute_reducing(seed, &reduce)?;
+            } else {
+                self.program.execute(seed)?;
+            }
             loss += self.program.scalar(self.grads.loss)?;
             if grads == Grads::Accumulated {
                 self.optimizer()?.accumulate(i == 0);
             }
         }
         let k = total as f64;
-        let c = self.collective.clone();
         let reduce_start = std::time::Instant::now();
-        if c.size() > 1 {
+        if shared {
+            let failed = |e: dist::DistError| RunError::Program(e.to_string());
             let mut l = [loss];
-            c.sum_f64(&mut l).map_err(|e| RunError::Program(e.to_string()))?;
+            c.sum_f64(&mut l).map_err(failed)?;
             loss = l[0];
-            let mut failed = None;
-            grads = self.optimizer()?.combine_gradients(grads, &mut |g| {
-                if let Err(e) = c.sum_f32(g) {
-                    failed = Some(e);
-                }
-            });
-            if let Some(e) = failed {
-                return Err(RunError::Program(e.to_string()));
+            if !reduced {
+                grads = self.optimizer()?.combine_gradients(grads, &reduce).map_err(failed)?;
             }
         }
-        let reduce_secs = if c.size() > 1 { reduce_start.elapsed().as_secs_f64() } else { 0.0 };
+        let reduce_secs = if shared { reduce_start.elapsed().as_secs_f64() } else { 0.0 };
         loss /= k;
         let (cfg, t) = (self.opt.clone(), self.steps_taken + 1);
         let mut opt = self.optimizer()?;
@@ -238,19 +266,20 @@ impl Trainer {
         Ok(StepStats { loss, grad_norm, lr, applied: true, reduce_secs })
     }
 
-    /// Forward and backward over one batch, leaving loss and gradients in the buffers.
-    fn run_pass(&mut self, inputs: &Tensors, seed: u64) -> Result<(), RunError> {
+    /// Uploads one batch's inputs.
+    fn write_inputs(&mut self, inputs: &Tensors) -> Result<(), RunError> {
         for (name, _) in &self.grads.graph.inputs {
             let t = inputs.get(name).ok_or_else(|| RunError::MissingInput(name.clone()))?;
             self.program.write_input(name, t)?;
         }
-        self.program.execute(seed)
+        Ok(())
     }
 
     /// The loss and every gradient for one batch, without changing anything (for tests and
     /// gradient checks).
     pub fn gradients(&mut self, inputs: &Tensors, seed: u64) -> Result<(f64, Tensors), RunError> {
-        self.run_pass(inputs, seed)?;
+        self.write_inputs(inputs)?;
+        self.program.execute(seed)?;
         let loss = self.program.scalar(self.grads.loss)?;
         let grads = self
             .trained

@@ -102,6 +102,36 @@ pub struct TrainArgs {
     /// vq_discriminator.muse beside the tokenizer's file).
     #[arg(long, value_name = "FILE")]
     pub discriminator: Option<PathBuf>,
+    /// Under `mpirun`: the element type gradients travel in between ranks (bf16: half the
+    /// bytes, every partial sum rounded to bf16).
+    #[arg(long, value_enum, default_value_t = TrainArgs::default().reduce_dtype)]
+    pub reduce_dtype: ReduceDtype,
+    /// Under `mpirun` on GPUs: MiB of gradients summed together as soon as they are final,
+    /// overlapping the rest of the backward pass.
+    #[arg(long, value_name = "MIB", default_value_t = TrainArgs::default().bucket_mb, value_parser = ranges::positive)]
+    pub bucket_mb: f64,
+}
+
+/// The element type gradients travel in between data-parallel ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceDtype {
+    /// f32: the sum equals one process's to rounding.
+    #[default]
+    F32,
+    /// bf16: half the bytes.
+    Bf16,
+}
+
+impl TrainArgs {
+    /// How the gradients are summed over ranks: the wire type and the bucket in bytes.
+    pub fn reduction(&self) -> (muse_runtime::dist::Wire, usize) {
+        let wire = match self.reduce_dtype {
+            ReduceDtype::F32 => muse_runtime::dist::Wire::F32,
+            ReduceDtype::Bf16 => muse_runtime::dist::Wire::Bf16,
+        };
+        (wire, (self.bucket_mb * (1 << 20) as f64).round().max(1.0) as usize)
+    }
 }
 
 impl Default for TrainArgs {
@@ -134,6 +164,8 @@ impl Default for TrainArgs {
             init: None,
             freeze: vec![],
             discriminator: None,
+            reduce_dtype: ReduceDtype::F32,
+            bucket_mb: 25.0,
         }
     }
 }

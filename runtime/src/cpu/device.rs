@@ -147,11 +147,13 @@ impl Program for Bound {
     fn execute(&mut self, seed: u64) -> Result<(), RunError> {
         let prep = self.prep.as_mut().ok_or_else(unbound)?;
         self.program.launch(prep, seed, None);
+        prep.gather_gradients();
         Ok(())
     }
     fn execute_observed(&mut self, seed: u64, observe: &mut Observer) -> Result<(), RunError> {
         let prep = self.prep.as_mut().ok_or_else(unbound)?;
         self.program.launch(prep, seed, Some(observe));
+        prep.gather_gradients();
         Ok(())
     }
     fn read(&self, n: NodeIndex) -> Result<HostTensor, RunError> {

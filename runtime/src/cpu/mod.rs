@@ -171,7 +171,8 @@ impl Prepared {
 
     /// Copies the trained gradients the program did not compute in the gradient arena (a
     /// gradient that is a parameter or an input itself, or shares another's buffer) to
-    /// their places there.
+    /// their places there: once after each execution (a later copy would undo what the
+    /// optimizer's verbs did to them there, such as the sum over ranks).
     pub(crate) fn gather_gradients(&mut self) {
         if self.layout.grad_copies.is_empty() {
             return;

@@ -6,6 +6,7 @@
 use super::compile::{self, CompileError, CompilerSettings};
 use super::Prepared;
 use crate::device::{AdamStep, Grads, Optimizer, Slot};
+use crate::dist::{self, DistError, Reduction};
 use muse_compiler::kernel::optim;
 use muse_compiler::render::c;
 use std::ffi::c_void;
@@ -97,7 +98,6 @@ impl Step<'_> {
     /// The trained parameters and their gradients, as the program holds them now.
     fn arenas(&mut self) -> (*mut f32, *mut f32) {
         assert_eq!(self.prep.layout.trained_len, self.state.len(), "the program was bound for this optimizer");
-        self.prep.gather_gradients();
         self.prep.trained_arenas().unwrap_or((std::ptr::null_mut(), std::ptr::null_mut()))
     }
     /// The trained parameters and the gradients `which` names.
@@ -139,15 +139,15 @@ impl Optimizer for Step<'_> {
         self.state.partial.iter().map(|&x| x as f64).sum::<f64>().sqrt()
     }
 
-    fn combine_gradients(&mut self, which: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Grads {
+    fn combine_gradients(&mut self, which: Grads, reduce: &Reduction) -> Result<Grads, DistError> {
         let n = self.state.len();
         let (_, g) = self.params_and(which);
         if n > 0 && !g.is_null() {
             // SAFETY: `g` is the gradient arena (or the accumulators) of `n` floats, and
             // nothing else reads or writes it during the call.
-            combine(unsafe { std::slice::from_raw_parts_mut(g, n) });
+            dist::sum_host(unsafe { std::slice::from_raw_parts_mut(g, n) }, reduce)?;
         }
-        which
+        Ok(which)
     }
 
     fn adamw(&mut self, step: &AdamStep, which: Grads) {

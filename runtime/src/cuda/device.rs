@@ -5,7 +5,9 @@
 use super::gpu::Gpu;
 use super::optim;
 use super::program::{run_error, GpuProgram, Resident};
+use crate::buckets;
 use crate::device::{step_name, unbound, Device, DeviceError, Observer, Optimizer, Program, Tensors};
+use crate::dist::Reduction;
 use crate::interp::RunError;
 use crate::tensor::{Data, HostTensor};
 use muse_compiler::ir::{Graph, NodeIndex};
@@ -68,6 +70,7 @@ impl<G: Gpu> Device for CudaDevice<G> {
             resident: None,
             trained: Vec::new(),
             state: None,
+            buckets: None,
         }))
     }
 }
@@ -82,6 +85,8 @@ struct Bound<G: Gpu> {
     trained: Vec<(String, NodeIndex)>,
     /// The optimizer's kernels (once attached) and state (once bound).
     state: Option<Attached<G>>,
+    /// The gradient buckets of the binding, for the bucket size in elements they were cut for.
+    buckets: Option<(usize, Vec<buckets::Bucket>)>,
 }
 
 /// An attached optimizer's kernels and, once bound, its state.
@@ -126,6 +131,7 @@ impl<G: Gpu> Program for Bound<G> {
     fn bind(&mut self, inputs: &Tensors, params: &Tensors) -> Result<(), RunError> {
         // The old buffers go first: a GPU may not hold two bindings.
         self.resident = None;
+        self.buckets = None;
         let resident = self.program.bind(&self.graph, inputs, params, &self.trained)?;
         if let Some((kernels, state)) = self.state.as_mut() {
             *state = None;
@@ -174,6 +180,37 @@ impl<G: Gpu> Program for Bound<G> {
         self.optimizer_failure()?;
         let r = self.resident.as_ref().ok_or_else(unbound)?;
         self.program.execute(&self.graph, r, seed, None).map_err(run_error)
+    }
+    fn execute_reducing(&mut self, seed: u64, reduce: &Reduction) -> Result<bool, RunError> {
+        self.optimizer_failure()?;
+        let r = self.resident.as_ref().ok_or_else(unbound)?;
+        let state = self.state.as_mut().and_then(|s| s.1.as_mut());
+        let (Some(grads), Some(state)) = (r.grad_arena, state) else {
+            self.program.execute(&self.graph, r, seed, None).map_err(run_error)?;
+            return Ok(false);
+        };
+        // Bucket sizes count bytes on the wire (bf16 gradients travel as bf16).
+        let bytes = if r.bf16 { 2 } else { reduce.wire.bytes() };
+        let elems = (reduce.bucket_bytes / bytes).max(1);
+        if self.buckets.as_ref().is_none_or(|b| b.0 != elems) {
+            self.buckets = Some((elems, buckets::plan(&self.program.program, &r.layout, &self.trained, elems)));
+        }
+        let plan = &self.buckets.as_ref().expect("planned above").1;
+        let (end, bf16) = (self.program.program.steps.len(), r.bf16);
+        let mut next = 0;
+        self.program
+            .execute_with(&self.graph, r, seed, None, &mut |i| {
+                while let Some(b) = plan.get(next).filter(|b| b.after <= i) {
+                    state.reduce(grads, (b.offset, b.len), bf16, reduce)?;
+                    next += 1;
+                }
+                if i == end {
+                    state.finish_reductions()?;
+                }
+                Ok(())
+            })
+            .map_err(run_error)?;
+        Ok(true)
     }
     fn execute_observed(&mut self, seed: u64, observe: &mut Observer) -> Result<(), RunError> {
         self.optimizer_failure()?;

@@ -5,7 +5,8 @@
 //! first call into it (cudarc panics on a missing one).
 
 use super::gpu::{Batch, DevPtr, GemmCall, Gpu, GpuError};
-use super::{libs, nvrtc};
+use super::{libs, nccl, nvrtc};
+use crate::dist::Collective;
 use cudarc::cublas::sys as blas;
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
 use muse_compiler::render::cuda::{Launch, Target, GPU, MAX_SIZES};
@@ -24,6 +25,14 @@ pub struct CudaGpu {
     name: String,
     modules: Mutex<Vec<sys::CUmodule>>,
     cache_dir: PathBuf,
+    /// NCCL's communicator and the stream it reduces on, made at the first reduction.
+    reducer: Mutex<Option<Reducer>>,
+}
+
+/// Data-parallel reductions: NCCL over the ranks, on a stream beside the kernels'.
+struct Reducer {
+    comm: nccl::Comm,
+    stream: Arc<CudaStream>,
 }
 
 // SAFETY: the cuBLAS handle and modules are used only through `&self` methods that bind the
@@ -59,7 +68,16 @@ impl CudaGpu {
         unsafe { cudarc::cublas::result::set_stream(handle, stream.cu_stream() as _) }
             .map_err(|e| format!("cuBLAS stream: {e:?}"))?;
         let arch = (major * 10 + minor) as u32;
-        Ok(CudaGpu { ctx, stream, handle, arch, name, modules: Mutex::new(Vec::new()), cache_dir })
+        Ok(CudaGpu {
+            ctx,
+            stream,
+            handle,
+            arch,
+            name,
+            modules: Mutex::new(Vec::new()),
+            cache_dir,
+            reducer: Mutex::new(None),
+        })
     }
 
     fn bind(&self) -> Result<(), GpuError> {
@@ -75,6 +93,11 @@ impl Drop for CudaGpu {
     fn drop(&mut self) {
         if self.bind().is_err() {
             return;
+        }
+        // The communicator goes first, its stream drained, while the context lives.
+        if let Some(r) = self.reducer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = r.stream.synchronize();
+            drop(r);
         }
         // SAFETY: the handle and modules were created here and are not used after this; the
         // stream is drained first.
@@ -351,6 +374,40 @@ impl Gpu for CudaGpu {
     fn synchronize(&self) -> Result<(), GpuError> {
         self.bind()?;
         self.stream.synchronize().map_err(driver("synchronize"))
+    }
+
+    fn all_reduce(&self, ranks: &dyn Collective, p: DevPtr, count: usize, bf16: bool) -> Result<(), GpuError> {
+        self.bind()?;
+        let mut guard = self.reducer.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|r| (r.comm.rank, r.comm.size) != (ranks.rank(), ranks.size())) {
+            *guard = None;
+        }
+        if guard.is_none() {
+            let comm = nccl::Comm::join(ranks).map_err(GpuError)?;
+            let stream = self.stream.fork().map_err(driver("a stream for NCCL"))?;
+            *guard = Some(Reducer { comm, stream });
+        }
+        let r = guard.as_ref().expect("made above");
+        r.stream.join(&self.stream).map_err(driver("ordering a reduction after the kernels"))?;
+        // SAFETY: `p` holds `count` elements of the runtime's device memory on this context;
+        // the stream is the reducer's own, live while it is.
+        let done = unsafe { r.comm.all_reduce(p, count, bf16, r.stream.cu_stream() as *mut c_void) };
+        if let Err(e) = done {
+            // The other ranks would wait for this one: abort the communicator.
+            if let Some(r) = guard.take() {
+                r.comm.abort();
+            }
+            return Err(GpuError(e));
+        }
+        Ok(())
+    }
+
+    fn join_reductions(&self) -> Result<(), GpuError> {
+        self.bind()?;
+        match self.reducer.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(r) => self.stream.join(&r.stream).map_err(driver("waiting for the reductions")),
+            None => Ok(()),
+        }
     }
 }
 

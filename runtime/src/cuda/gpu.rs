@@ -5,6 +5,7 @@
 //! onto cuBLAS, the optimizer on the device) is one code path, so the tests that run the
 //! simulation on machines with no GPU run the GPU runtime's own code.
 
+use crate::dist::Collective;
 use muse_compiler::render::cuda::{Launch, Target, MAX_SIZES};
 
 /// An address in device memory (a `CUdeviceptr`; in the simulation, a host address).
@@ -73,20 +74,7 @@ pub struct GemmCall {
     pub bf16: bool,
 }
 
-/// f32 to bf16 as CUDA's `__float2bfloat16` does it: round to nearest, ties to even; a NaN
-/// stays a NaN.
-pub fn bf16_bits(x: f32) -> u16 {
-    let u = x.to_bits();
-    if u & 0x7fff_ffff > 0x7f80_0000 {
-        return ((u >> 16) | 0x40) as u16;
-    }
-    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-
-/// bf16 to f32 (exact).
-pub fn bf16_value(b: u16) -> f32 {
-    f32::from_bits(u32::from(b) << 16)
-}
+pub use crate::tensor::{bf16_bits, bf16_value};
 
 /// A GPU as the runtime uses it. Memory is addressed by [`DevPtr`]; every verb is ordered
 /// after the ones before it (one stream); [`Gpu::download`] waits for them.
@@ -125,6 +113,37 @@ pub trait Gpu: Send + Sync + 'static {
     fn gemm(&self, g: &GemmCall) -> Result<(), GpuError>;
     /// Waits for all work so far (timings).
     fn synchronize(&self) -> Result<(), GpuError>;
+    /// Sums `count` elements at `p` (bf16 when `bf16`, else f32) over the ranks of `ranks`,
+    /// in place. It starts after the work issued so far; work issued later does not wait
+    /// for it until [`Gpu::join_reductions`] (a GPU reduces on a stream of its own, so the
+    /// sum overlaps the kernels after it).
+    fn all_reduce(&self, ranks: &dyn Collective, p: DevPtr, count: usize, bf16: bool) -> Result<(), GpuError>;
+    /// Makes the work issued from now on wait for every reduction issued before.
+    fn join_reductions(&self) -> Result<(), GpuError>;
+}
+
+/// [`Gpu::all_reduce`] through host memory, at once: the values down, summed by `ranks`,
+/// and up again.
+pub fn all_reduce_on_host<G: Gpu + ?Sized>(
+    gpu: &G,
+    ranks: &dyn Collective,
+    p: DevPtr,
+    count: usize,
+    bf16: bool,
+) -> Result<(), GpuError> {
+    let mut bytes = vec![0u8; count * if bf16 { 2 } else { 4 }];
+    gpu.download(p, &mut bytes)?;
+    let failed = |e: crate::dist::DistError| GpuError(format!("summing over ranks: {e}"));
+    let bytes: Vec<u8> = if bf16 {
+        let mut v: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        ranks.sum_bf16(&mut v).map_err(failed)?;
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    } else {
+        let mut v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        ranks.sum_f32(&mut v).map_err(failed)?;
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    };
+    gpu.upload(p, &bytes)
 }
 
 /// How cuBLAS can read the logical matrix `M` (p x q, element `(i, j)` at `i * sp + j * sq`

@@ -114,6 +114,36 @@ fn cudarc_finds(name: &str, file: &Path, handle: usize) -> Result<(), String> {
     Err(format!("{name} was loaded from {} but cannot be found by name", file.display()))
 }
 
+/// NCCL's library file: `libnccl.so.2` (or `libnccl.so`) in the first folder of
+/// [`search_path`] that has one (PyPI's wheel unpacks to `nvidia/nccl/lib`, which
+/// `scripts/fetch-cuda.sh` fills beside the others), else the name as the system's
+/// loader resolves it (a distribution's libnccl2).
+pub fn nccl() -> Result<PathBuf, String> {
+    let mut dirs = search_path();
+    let wheels = dirs.iter().position(|d| *d == cuda_home().join("nvidia/cu13/lib")).unwrap_or(0);
+    dirs.insert(wheels, cuda_home().join("nvidia/nccl/lib"));
+    for dir in &dirs {
+        for name in ["libnccl.so.2", "libnccl.so"] {
+            if dir.join(name).is_file() {
+                return Ok(dir.join(name));
+            }
+        }
+    }
+    for name in ["libnccl.so.2", "libnccl.so"] {
+        use libloading::os::unix::{Library, RTLD_NOW};
+        // SAFETY: resolves a name; NCCL's initialisers only (it is kept loaded by the caller).
+        if unsafe { Library::open(Some(name), RTLD_NOW) }.is_ok() {
+            return Ok(PathBuf::from(name));
+        }
+    }
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(format!(
+        "NCCL (libnccl.so.2) not found in {} nor by the system's loader; {}",
+        searched.join(", "),
+        super::nccl::GET_NCCL
+    ))
+}
+
 /// How to get NVRTC, for messages.
 pub const GET_NVRTC: &str =
     "run scripts/fetch-cuda.sh (it fetches PyPI's nvidia-cuda-nvrtc into ~/.cache/muse), or set MUSE_CUDA_LIBS to a folder with libnvrtc.so";

@@ -8,6 +8,7 @@ pub mod device;
 pub mod driver;
 pub mod gpu;
 pub mod libs;
+pub mod nccl;
 pub mod nvrtc;
 pub mod optim;
 pub mod program;

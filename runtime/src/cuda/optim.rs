@@ -13,6 +13,7 @@
 use super::gpu::{DevPtr, Gpu, GpuError};
 use super::program::{at, esize, f32s, run_kernel, DevBuf, Resident, ELEM};
 use crate::device::{AdamStep, Grads, Optimizer, Slot};
+use crate::dist::{DistError, Reduction, Wire};
 use muse_compiler::ir::DType;
 use muse_compiler::kernel::{optim, Kernel};
 use muse_compiler::render::cuda::{self, Storage};
@@ -85,6 +86,11 @@ pub(crate) struct State<G: Gpu> {
     /// f32 master weights of the trained parameters, when the program stores bf16.
     master: Option<DevBuf<G>>,
     kernels: Arc<Kernels<G>>,
+    /// The gradients rounded to bf16 for the wire (f32 gradients, `--reduce-dtype bf16`).
+    wire: Option<DevBuf<G>>,
+    /// Stretches (gradients, offset, length) of reductions through `wire` still to be
+    /// widened back into their f32 gradients.
+    pending: Vec<(DevPtr, usize, usize)>,
     /// The first failure of a verb (the verbs return no errors; the next execution does).
     pub(crate) error: Option<GpuError>,
 }
@@ -110,6 +116,8 @@ impl<G: Gpu> State<G> {
             gpu: gpu.clone(),
             lens,
             kernels,
+            wire: None,
+            pending: Vec::new(),
             error: None,
         };
         if resident.bf16 {
@@ -149,6 +157,45 @@ impl<G: Gpu> State<G> {
         let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.gpu.upload(at(master.ptr, off as i64, ELEM), &bytes)
     }
+    /// Starts the sum over the ranks of `r` of the `len` gradients at element `off` of `g`
+    /// (bf16 when `bf16`): bf16 gradients travel as they are, f32 ones as f32 or rounded
+    /// into the wire buffer when the wire is bf16 (widened back by
+    /// [`State::finish_reductions`]). The kernels issued after it do not wait for it.
+    pub(crate) fn reduce(
+        &mut self,
+        g: DevPtr,
+        (off, len): (usize, usize),
+        bf16: bool,
+        r: &Reduction,
+    ) -> Result<(), GpuError> {
+        if len == 0 {
+            return Ok(());
+        }
+        if bf16 || r.wire == Wire::F32 {
+            let p = at(g, off as i64, esize(DType::F32, bf16));
+            return self.gpu.all_reduce(r.ranks, p, len, bf16);
+        }
+        if self.wire.is_none() {
+            self.wire = Some(DevBuf::zeroed(&self.gpu, self.len() * 2)?);
+        }
+        let w = at(self.wire.as_ref().expect("allocated above").ptr, off as i64, 2);
+        self.launch("opt_copy", 0b01, &[w, at(g, off as i64, ELEM)], &[len as i64])?;
+        self.gpu.all_reduce(r.ranks, w, len, true)?;
+        self.pending.push((g, off, len));
+        Ok(())
+    }
+
+    /// Makes the work from now on wait for every reduction started, and widens what
+    /// travelled as bf16 back into the f32 gradients.
+    pub(crate) fn finish_reductions(&mut self) -> Result<(), GpuError> {
+        self.gpu.join_reductions()?;
+        let Some(w) = self.wire.as_ref().map(|w| w.ptr) else { return Ok(()) };
+        for (g, off, len) in std::mem::take(&mut self.pending) {
+            self.launch("opt_copy", 0b10, &[at(g, off as i64, ELEM), at(w, off as i64, 2)], &[len as i64])?;
+        }
+        Ok(())
+    }
+
     /// The buffer of `slot`, if kept.
     fn slot(&self, slot: Slot) -> Option<DevPtr> {
         match slot {
@@ -180,7 +227,6 @@ impl<G: Gpu> Step<'_, G> {
     /// last execution, as the binding holds them now.
     fn arenas(&mut self) -> Result<(DevPtr, DevPtr), GpuError> {
         assert_eq!(self.resident.layout.trained_len, self.state.len(), "the program was bound for this optimizer");
-        self.resident.gather_gradients()?;
         let g = self.resident.grad_arena.ok_or_else(|| GpuError("the program keeps no gradients".into()))?;
         let p = self.state.master.as_ref().map_or(self.resident.param_arena, |m| m.ptr);
         Ok((p, g))
@@ -240,28 +286,11 @@ impl<G: Gpu> Step<'_, G> {
         }
         Ok(())
     }
-    /// Through host memory: the gradients down, combined, and up again (bf16 gradients
-    /// widened to f32 and rounded back to nearest even).
-    fn try_combine(&mut self, which: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Result<(), GpuError> {
+    fn try_combine(&mut self, which: Grads, reduce: &Reduction) -> Result<(), GpuError> {
         let n = self.state.len();
         let (_, g, bf16) = self.params_and(which)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut bytes = vec![0u8; n * if bf16 { 2 } else { ELEM }];
-        self.state.gpu.download(g, &mut bytes)?;
-        let mut values: Vec<f32> = if bf16 {
-            bytes.chunks_exact(2).map(|c| super::gpu::bf16_value(u16::from_le_bytes([c[0], c[1]]))).collect()
-        } else {
-            f32s(&bytes)
-        };
-        combine(&mut values);
-        let bytes: Vec<u8> = if bf16 {
-            values.iter().flat_map(|&x| super::gpu::bf16_bits(x).to_le_bytes()).collect()
-        } else {
-            values.iter().flat_map(|x| x.to_le_bytes()).collect()
-        };
-        self.state.gpu.upload(g, &bytes)
+        self.state.reduce(g, (0, n), bf16, reduce)?;
+        self.state.finish_reductions()
     }
 
     fn try_start_ema(&mut self) -> Result<(), GpuError> {
@@ -297,10 +326,9 @@ impl<G: Gpu> Optimizer for Step<'_, G> {
         self.keep(r);
     }
 
-    fn combine_gradients(&mut self, which: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Grads {
-        let r = self.try_combine(which, combine);
-        self.keep(r);
-        which
+    fn combine_gradients(&mut self, which: Grads, reduce: &Reduction) -> Result<Grads, DistError> {
+        self.try_combine(which, reduce).map_err(|e| DistError(e.0))?;
+        Ok(which)
     }
 
     fn start_ema(&mut self) {

@@ -242,10 +242,25 @@ impl<G: Gpu> GpuProgram<G> {
         g: &Graph,
         r: &Resident<G>,
         seed: u64,
+        observe: Option<&mut dyn FnMut(usize, NodeIndex, HostTensor) -> bool>,
+    ) -> Result<(), GpuError> {
+        self.execute_with(g, r, seed, observe, &mut |_| Ok(()))
+    }
+
+    /// As [`GpuProgram::execute`], calling `after(i)` once step `i` is issued, and
+    /// `after(steps)` once the trained gradients computed outside the gradient arena are
+    /// copied there, before the final wait.
+    pub fn execute_with(
+        &self,
+        g: &Graph,
+        r: &Resident<G>,
+        seed: u64,
         mut observe: Option<&mut dyn FnMut(usize, NodeIndex, HostTensor) -> bool>,
+        after: &mut dyn FnMut(usize) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
         for i in 0..self.program.steps.len() {
             self.run_step(i, r, seed)?;
+            after(i)?;
             if let Some(observe) = observe.as_mut() {
                 for out in self.program.steps[i].writes() {
                     if !observe(i, out, r.read(g, out)?.expect("a step's output is stored")) {
@@ -254,6 +269,10 @@ impl<G: Gpu> GpuProgram<G> {
                 }
             }
         }
+        // Once per pass: a later copy would undo what the optimizer's verbs do there (the
+        // sum over ranks).
+        r.gather_gradients()?;
+        after(self.program.steps.len())?;
         self.gpu.synchronize()
     }
 
@@ -483,7 +502,7 @@ impl<G: Gpu> Resident<G> {
     }
 
     /// Copies the trained gradients the program did not compute in the gradient arena to
-    /// their places there (device to device).
+    /// their places there (device to device), once after each execution.
     pub(crate) fn gather_gradients(&self) -> Result<(), GpuError> {
         let Some(arena) = self.grad_arena else { return Ok(()) };
         let fsize = esize(DType::F32, self.bf16);

@@ -8,6 +8,7 @@
 
 use super::gpu::{bf16_bits, bf16_value, Batch, DevPtr, GemmCall, Gpu, GpuError, Operand};
 use crate::cpu::compile::{self, CompilerSettings, Library, SimFn};
+use crate::dist::Collective;
 use muse_compiler::render::cuda::{Launch, Target, MAX_SIZES, SIM};
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -211,6 +212,15 @@ impl Gpu for SimGpu {
     }
 
     fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(())
+    }
+
+    fn all_reduce(&self, ranks: &dyn Collective, p: DevPtr, count: usize, bf16: bool) -> Result<(), GpuError> {
+        self.check(p, count * if bf16 { 2 } else { 4 }, "all-reduce")?;
+        super::gpu::all_reduce_on_host(self, ranks, p, count, bf16)
+    }
+
+    fn join_reductions(&self) -> Result<(), GpuError> {
         Ok(())
     }
 }

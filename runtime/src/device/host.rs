@@ -5,6 +5,7 @@
 //! generated optimizer.
 
 use super::{AdamStep, Grads, Optimizer, Slot};
+use crate::dist::{self, DistError, Reduction};
 use crate::optim::{self, AdamState};
 use muse_compiler::ir::NodeIndex;
 use rayon::prelude::*;
@@ -77,21 +78,21 @@ impl<B: HostBuffers + ?Sized> Optimizer for HostStep<'_, B> {
         }
     }
 
-    fn combine_gradients(&mut self, grads: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Grads {
+    fn combine_gradients(&mut self, grads: Grads, reduce: &Reduction) -> Result<Grads, DistError> {
         // The last pass's gradients are borrowed from the buffers: combined in the
         // accumulators instead.
         if grads == Grads::Pass || self.state.acc.is_empty() {
             self.accumulate(true);
         }
         let mut flat: Vec<f32> = self.state.acc.iter().flatten().copied().collect();
-        combine(&mut flat);
+        dist::sum_host(&mut flat, reduce)?;
         let mut at = 0;
         for a in &mut self.state.acc {
             let len = a.len();
             a.copy_from_slice(&flat[at..at + len]);
             at += len;
         }
-        Grads::Accumulated
+        Ok(Grads::Accumulated)
     }
 
     fn adamw(&mut self, step: &AdamStep, grads: Grads) {

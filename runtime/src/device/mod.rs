@@ -13,6 +13,7 @@
 pub mod host;
 pub mod kind;
 
+use crate::dist::{DistError, Reduction};
 use crate::interp::RunError;
 use crate::optim::AdamW;
 use crate::tensor::HostTensor;
@@ -93,6 +94,15 @@ pub trait Program {
     fn read_param(&self, name: &str) -> Option<HostTensor>;
     /// Runs every step once over the bound buffers; `seed` keys the random ops.
     fn execute(&mut self, seed: u64) -> Result<(), RunError>;
+    /// As [`Program::execute`], and sums the trained gradients over the ranks of `reduce`
+    /// while the backward pass still runs, where the device overlaps the two (buckets of
+    /// gradients summed as soon as they are final). Returns whether it did; when not, the
+    /// caller sums them after ([`Optimizer::combine_gradients`]).
+    fn execute_reducing(&mut self, seed: u64, reduce: &Reduction) -> Result<bool, RunError> {
+        let _ = reduce;
+        self.execute(seed)?;
+        Ok(false)
+    }
     /// As [`Program::execute`], showing `observe` every value a step writes.
     fn execute_observed(&mut self, seed: u64, observe: &mut Observer) -> Result<(), RunError>;
     /// A requested (or, on a fusing device, stored) value of the last execution.
@@ -207,12 +217,11 @@ pub trait Optimizer {
     fn accumulate(&mut self, first: bool);
     /// The Euclidean norm of all gradients together (f64; the same whatever the threads).
     fn gradient_norm(&mut self, grads: Grads) -> f64;
-    /// Hands the gradients `grads` names to `combine` (in host memory, every trained
-    /// parameter's one after another in the pairs' order) and keeps what it leaves there: the
-    /// sum over data-parallel ranks. Returns the gradients that now hold the result (a
-    /// device whose last pass's gradients cannot be written in place copies them into the
-    /// accumulators first).
-    fn combine_gradients(&mut self, grads: Grads, combine: &mut dyn FnMut(&mut [f32])) -> Grads;
+    /// Sums the gradients `grads` names over the ranks of `reduce` (every trained
+    /// parameter's, one after another in the pairs' order, in the wire's element type).
+    /// Returns the gradients that now hold the sum (a device whose last pass's gradients
+    /// cannot be written in place copies them into the accumulators first).
+    fn combine_gradients(&mut self, grads: Grads, reduce: &Reduction) -> Result<Grads, DistError>;
     /// AdamW over every parameter at once.
     fn adamw(&mut self, step: &AdamStep, grads: Grads);
     /// Starts the moving average at the parameters' present values.

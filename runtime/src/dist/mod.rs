@@ -5,6 +5,8 @@
 
 pub mod mpi;
 
+use crate::tensor::{bf16_bits, bf16_value};
+
 /// Why a collective failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -20,8 +22,65 @@ pub trait Collective: Send {
     fn sum_f32(&self, data: &mut [f32]) -> Result<(), DistError>;
     /// As [`Collective::sum_f32`] for f64 values (losses, norms, counters).
     fn sum_f64(&self, data: &mut [f64]) -> Result<(), DistError>;
+    /// As [`Collective::sum_f32`] for bf16 values (their bits): each partial sum is rounded
+    /// to bf16, so half the bytes travel.
+    fn sum_bf16(&self, data: &mut [u16]) -> Result<(), DistError>;
     /// Rank `root`'s bytes in every rank's `data` (all pass buffers of the same length).
     fn broadcast(&self, data: &mut [u8], root: usize) -> Result<(), DistError>;
+}
+
+/// The element type gradients travel in between ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Wire {
+    /// f32: the sum equals one process's to rounding (the default).
+    #[default]
+    F32,
+    /// bf16: half the bytes; every partial sum is rounded to bf16 (8 bits of mantissa).
+    Bf16,
+}
+
+impl Wire {
+    /// Bytes per element on the wire.
+    pub fn bytes(self) -> usize {
+        match self {
+            Wire::F32 => 4,
+            Wire::Bf16 => 2,
+        }
+    }
+}
+
+/// How a training step sums its gradients over the ranks.
+#[derive(Clone, Copy)]
+pub struct Reduction<'a> {
+    /// The ranks.
+    pub ranks: &'a dyn Collective,
+    /// The element type on the wire.
+    pub wire: Wire,
+    /// The size of a bucket: where a device overlaps the reduction with the backward pass,
+    /// each group of gradients of about this many bytes is summed as soon as it is final.
+    pub bucket_bytes: usize,
+}
+
+/// PyTorch DDP's default bucket (25 MiB).
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+/// Sums `values` (host memory) over the ranks of `r` in its wire type, in place.
+pub fn sum_host(values: &mut [f32], r: &Reduction) -> Result<(), DistError> {
+    match r.wire {
+        Wire::F32 => r.ranks.sum_f32(values),
+        Wire::Bf16 => {
+            let mut bits: Vec<u16> = values.iter().map(|&x| bf16_bits(x)).collect();
+            r.ranks.sum_bf16(&mut bits)?;
+            values.iter_mut().zip(bits).for_each(|(v, b)| *v = bf16_value(b));
+            Ok(())
+        }
+    }
+}
+
+/// bf16 sums `acc[i] += x[i]` elementwise, each rounded to bf16: what every rank's
+/// reduction of bf16 gradients computes.
+pub fn add_bf16(acc: &mut [u16], x: &[u16]) {
+    acc.iter_mut().zip(x).for_each(|(a, &b)| *a = bf16_bits(bf16_value(*a) + bf16_value(b)));
 }
 
 /// One process: every collective is the identity.
@@ -38,6 +97,43 @@ impl Collective for Solo {
         Ok(())
     }
     fn sum_f64(&self, _: &mut [f64]) -> Result<(), DistError> {
+        Ok(())
+    }
+    fn sum_bf16(&self, _: &mut [u16]) -> Result<(), DistError> {
+        Ok(())
+    }
+    fn broadcast(&self, _: &mut [u8], _: usize) -> Result<(), DistError> {
+        Ok(())
+    }
+}
+
+/// `n` ranks that all hold the same values, in one process: a sum multiplies by `n`. For
+/// tests: a step with `Mirror(n)` must equal one process stepping over `n` copies of its
+/// micro-batches, which shows a gradient summed before it was final, or twice, or not at all.
+pub struct Mirror(pub usize);
+
+impl Collective for Mirror {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        self.0
+    }
+    fn sum_f32(&self, data: &mut [f32]) -> Result<(), DistError> {
+        data.iter_mut().for_each(|x| *x *= self.0 as f32);
+        Ok(())
+    }
+    fn sum_f64(&self, data: &mut [f64]) -> Result<(), DistError> {
+        data.iter_mut().for_each(|x| *x *= self.0 as f64);
+        Ok(())
+    }
+    fn sum_bf16(&self, data: &mut [u16]) -> Result<(), DistError> {
+        for x in data.iter_mut() {
+            let one = [*x];
+            for _ in 1..self.0 {
+                add_bf16(std::slice::from_mut(x), &one);
+            }
+        }
         Ok(())
     }
     fn broadcast(&self, _: &mut [u8], _: usize) -> Result<(), DistError> {

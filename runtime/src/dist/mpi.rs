@@ -34,6 +34,22 @@ type AllreduceFn = unsafe extern "C" fn(*const c_void, *mut c_void, c_int, Handl
 type BcastFn = unsafe extern "C" fn(*mut c_void, c_int, Handle, c_int, Handle) -> c_int;
 type FinalizeFn = unsafe extern "C" fn() -> c_int;
 type FlagFn = unsafe extern "C" fn(*mut c_int) -> c_int;
+type UserFn = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_int, *mut Handle);
+type OpCreateFn = unsafe extern "C" fn(UserFn, c_int, *mut Handle) -> c_int;
+type ContiguousFn = unsafe extern "C" fn(c_int, Handle, *mut Handle) -> c_int;
+type CommitFn = unsafe extern "C" fn(*mut Handle) -> c_int;
+
+/// MPI's user function for bf16 sums: `inout[i] = bf16(in[i] + inout[i])`.
+unsafe extern "C" fn bf16_sum(input: *mut c_void, inout: *mut c_void, len: *mut c_int, _: *mut Handle) {
+    // SAFETY: MPI passes two buffers of `*len` elements of the 2-byte type the op was
+    // called with (a bf16 each).
+    unsafe {
+        let n = (*len).max(0) as usize;
+        let x = std::slice::from_raw_parts(input as *const u16, n);
+        let acc = std::slice::from_raw_parts_mut(inout as *mut u16, n);
+        super::add_bf16(acc, x);
+    }
+}
 
 /// The ranks of an `mpirun` launch.
 pub struct Mpi {
@@ -45,6 +61,9 @@ pub struct Mpi {
     double: Handle,
     byte: Handle,
     sum: Handle,
+    /// A contiguous type of two bytes and the user-defined op that sums them as bf16.
+    bf16: Handle,
+    bf16_sum: Handle,
     /// MPI_IN_PLACE: `(void *) 1` in Open MPI, `(void *) -1` in MPICH.
     in_place: usize,
     allreduce: AllreduceFn,
@@ -102,6 +121,9 @@ impl Mpi {
             let allreduce: AllreduceFn = std::mem::transmute::<*const (), AllreduceFn>(func("MPI_Allreduce")?);
             let bcast: BcastFn = std::mem::transmute::<*const (), BcastFn>(func("MPI_Bcast")?);
             let finalize: FinalizeFn = std::mem::transmute::<*const (), FinalizeFn>(func("MPI_Finalize")?);
+            let op_create: OpCreateFn = std::mem::transmute::<*const (), OpCreateFn>(func("MPI_Op_create")?);
+            let contiguous: ContiguousFn = std::mem::transmute::<*const (), ContiguousFn>(func("MPI_Type_contiguous")?);
+            let commit: CommitFn = std::mem::transmute::<*const (), CommitFn>(func("MPI_Type_commit")?);
             // Open MPI: handles are its predefined objects' addresses; MPICH's ABI: integers.
             let (world, float, double, byte, sum, in_place) = match sym("ompi_mpi_comm_world") {
                 Ok(world) => (
@@ -131,8 +153,26 @@ impl Mpi {
             if code != 0 {
                 return Err(fail("MPI_Comm_size", code));
             }
+            // bf16 travels as a committed 2-byte type (so no reduction splits an element)
+            // reduced by a commutative user op. MPICH's handles are ints: the rest of the
+            // zeroed word stays zero on a little-endian machine.
+            let (mut bf16, mut bf16_op): (Handle, Handle) = (0, 0);
+            let code = contiguous(2, byte, &mut bf16);
+            if code != 0 {
+                return Err(fail("MPI_Type_contiguous", code));
+            }
+            let code = commit(&mut bf16);
+            if code != 0 {
+                return Err(fail("MPI_Type_commit", code));
+            }
+            let code = op_create(bf16_sum, 1, &mut bf16_op);
+            if code != 0 {
+                return Err(fail("MPI_Op_create", code));
+            }
             Ok(Mpi {
                 _lib: lib,
+                bf16,
+                bf16_sum: bf16_op,
                 rank: rank as usize,
                 size: size as usize,
                 world,
@@ -148,17 +188,22 @@ impl Mpi {
         }
     }
 
-    fn sum_raw(&self, data: *mut c_void, len: usize, ty: Handle) -> Result<(), DistError> {
+    /// Sums `len` elements of type `ty` (`width` bytes each) at `data` by `op`, in place.
+    fn sum_raw(
+        &self,
+        data: *mut c_void,
+        len: usize,
+        (ty, width, op): (Handle, usize, Handle),
+    ) -> Result<(), DistError> {
         // MPI counts are C ints: long buffers go in pieces.
         const PIECE: usize = 1 << 28;
-        let width = if ty == self.double { 8 } else { 4 };
         let mut done = 0;
         while done < len {
             let n = (len - done).min(PIECE);
             // SAFETY: `data` holds `len` elements of the type.
             let code = unsafe {
                 let at = (data as *mut u8).add(done * width) as *mut c_void;
-                (self.allreduce)(self.in_place as *const c_void, at, n as c_int, ty, self.sum, self.world)
+                (self.allreduce)(self.in_place as *const c_void, at, n as c_int, ty, op, self.world)
             };
             if code != 0 {
                 return Err(fail("MPI_Allreduce", code));
@@ -177,10 +222,13 @@ impl Collective for Mpi {
         self.size
     }
     fn sum_f32(&self, data: &mut [f32]) -> Result<(), DistError> {
-        self.sum_raw(data.as_mut_ptr() as *mut c_void, data.len(), self.float)
+        self.sum_raw(data.as_mut_ptr() as *mut c_void, data.len(), (self.float, 4, self.sum))
     }
     fn sum_f64(&self, data: &mut [f64]) -> Result<(), DistError> {
-        self.sum_raw(data.as_mut_ptr() as *mut c_void, data.len(), self.double)
+        self.sum_raw(data.as_mut_ptr() as *mut c_void, data.len(), (self.double, 8, self.sum))
+    }
+    fn sum_bf16(&self, data: &mut [u16]) -> Result<(), DistError> {
+        self.sum_raw(data.as_mut_ptr() as *mut c_void, data.len(), (self.bf16, 2, self.bf16_sum))
     }
     fn broadcast(&self, data: &mut [u8], root: usize) -> Result<(), DistError> {
         let n = c_int::try_from(data.len()).map_err(|_| DistError("MPI: broadcast of more than 2 GB".into()))?;

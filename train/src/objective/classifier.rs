@@ -73,7 +73,8 @@ pub(super) fn train(s: &Setup, mut config: Value) -> Result<Summary, Error> {
     let example = batches.next()?.0;
     let options = train_options(args, &[], &[]);
     let mut trainer = Trainer::with_options(&model.graph, &model.name, &params, &example, s.opt(), device, &options)?;
-    trainer.set_collective(s.ranks.clone());
+    let (wire, bucket) = s.args.reduction();
+    trainer.set_collective(s.ranks.clone(), wire, bucket);
     if args.ema > 0.0 {
         trainer.start_ema()?;
     }

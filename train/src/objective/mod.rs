@@ -320,7 +320,8 @@ fn token_trainer(s: &Setup, model: &Model, params: &Tensors, example: &Tensors) 
     let opt = s.opt();
     let options = train_options(args, &[], &[]);
     let mut trainer = Trainer::with_options(&model.graph, &model.name, params, example, opt, device, &options)?;
-    trainer.set_collective(s.ranks.clone());
+    let (wire, bucket) = s.args.reduction();
+    trainer.set_collective(s.ranks.clone(), wire, bucket);
     if args.ema > 0.0 {
         trainer.start_ema()?;
     }
