@@ -14,7 +14,8 @@
 # Steps: (1) every model's forward and backward on the GPU against the CPU backend at the
 # tests' tiny configs and (2) at each model's own config (f32 within 1e-3; with bf16
 # storage, forward values within 2e-2 and gradients within 1 in relative L2); (3) training
-# steps with the optimizer on the GPU against the CPU; (4) one training step under
+# steps with the optimizer on the GPU against the CPU; (3b) the data-parallel sums through
+# NCCL with one rank, in buckets during the backward pass; (4) one training step under
 # compute-sanitizer memcheck and (5) racecheck; (6) each kernel of the Mamba block,
 # layernorm and softmax against its memory floor; (7) the benchmarks of bench/ on the GPU
 # against PyTorch eager, torch.compile and JAX on the same GPU, and (8) the training steps
@@ -58,7 +59,7 @@ if [ -z "${MUSE_CUDA_LIBS:-}" ] && command -v python3 >/dev/null; then
 import glob, os, site
 roots = site.getsitepackages() + [site.getusersitepackages()]
 dirs = sorted({d for r in roots for d in glob.glob(os.path.join(r, "nvidia", "*", "lib"))
-               if glob.glob(os.path.join(d, "libnvrtc.so*")) or glob.glob(os.path.join(d, "libcublas.so*"))})
+               if any(glob.glob(os.path.join(d, f"lib{n}.so*")) for n in ("nvrtc", "cublas", "nccl"))})
 print(":".join(dirs))
 PY
   )
@@ -118,6 +119,7 @@ sanitize() {
   local tool=$1
   compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 "$bin/gpu_check" train cuda 1
 }
+step "3b data-parallel sums with one rank (NCCL on a GPU), $dev" any "$bin/gpu_check" reduce "$dev"
 step "4 compute-sanitizer memcheck, one training step" gpu sanitize memcheck
 step "5 compute-sanitizer racecheck, one training step" gpu sanitize racecheck
 step "6 kernels against their memory floor, $dev" any "$bin/gpu_check" kernels "$dev"

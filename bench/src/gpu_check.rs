@@ -13,6 +13,11 @@
 //!   layernorm and a softmax, timed on DEVICE against its memory floor (bytes it must move
 //!   at the H200's measured 4.3 TB/s).
 //!
+//! - `gpu_check reduce DEVICE`: data parallelism's device half with one rank (NCCL with one
+//!   rank on a GPU; the host sum on the simulation): a training pass whose gradients are
+//!   summed in buckets while its backward pass runs, f32 and bf16 on the wire and one bucket
+//!   for all, must leave exactly the gradients of a plain pass (bf16: each rounded to bf16).
+//!
 //! Every result is also one JSON line `{"check", "case", "value", "limit", "ok", "note"}` on
 //! stdout, which the script turns into its table. Exits 1 when a check fails.
 
@@ -193,6 +198,63 @@ fn train(dev: &str, steps: usize) -> bool {
     a && b
 }
 
+/// One rank's reductions over a pass of a small mamba_xattn_xz on `dev`: the gradients a
+/// pass leaves, then the same pass summed over the one rank in buckets during the backward
+/// pass, which must change nothing (f32 on the wire) or round each gradient to bf16.
+fn reduce(dev: &str) -> bool {
+    use muse_runtime::dist::{Reduction, Solo, Wire};
+    use muse_runtime::tensor::{bf16_bits, bf16_value};
+    if dev == "cuda" {
+        match muse_runtime::cuda::nccl::Nccl::get() {
+            Ok(n) => println!("NCCL {} from {}", n.version_string(), n.file.display()),
+            Err(e) => return report("reduce", "NCCL loads", f64::INFINITY, 0.0, &e),
+        }
+    }
+    let m = model_file("mamba_xattn_xz", &[("dim", "32"), ("depth", "2"), ("d_state", "4"), ("grid", "4")]);
+    let d = differentiate(&m.graph, Wrt::default());
+    let mut req = vec![d.loss];
+    req.extend(d.params.iter().map(|x| x.1));
+    let params = init_params(&m.graph, 3, Precision::F32).expect("initialises");
+    let batch = random_inputs(&m.graph, 4, 7);
+    let mut ok = true;
+    for (wire, bucket) in [(Wire::F32, 4096), (Wire::Bf16, 4096), (Wire::F32, 1 << 30)] {
+        let case = format!("one rank, {wire:?} wire, {bucket} B buckets");
+        let run = || -> Result<(f64, bool), String> {
+            let dev = device(dev);
+            let mut p = dev.compile(&d.graph, &req).map_err(|e| e.to_string())?;
+            p.attach_optimizer(&d.params).map_err(|e| e.to_string())?;
+            p.bind(&batch, &params).map_err(|e| e.to_string())?;
+            let grads = |p: &dyn muse_runtime::device::Program| -> Result<Vec<Vec<f64>>, String> {
+                d.params.iter().map(|(_, g)| p.read(*g).map(|t| t.to_f64()).map_err(|e| e.to_string())).collect()
+            };
+            p.execute(1).map_err(|e| e.to_string())?;
+            let plain = grads(&*p)?;
+            let reduction = Reduction { ranks: &Solo, wire, bucket_bytes: bucket };
+            let overlapped = p.execute_reducing(1, &reduction).map_err(|e| e.to_string())?;
+            let summed = grads(&*p)?;
+            let want = |x: f64| match wire {
+                Wire::F32 => x,
+                Wire::Bf16 => bf16_value(bf16_bits(x as f32)) as f64,
+            };
+            let worst = plain
+                .iter()
+                .flatten()
+                .zip(summed.iter().flatten())
+                .map(|(&a, &b)| (want(a) - b).abs() / a.abs().max(1e-30))
+                .fold(0.0, f64::max);
+            Ok((worst, overlapped))
+        };
+        ok &= match run() {
+            Ok((worst, overlapped)) => {
+                let how = if overlapped { "summed during the backward pass" } else { "summed after the pass" };
+                report("reduce", &case, worst, 0.0, how)
+            }
+            Err(e) => report("reduce", &case, f64::INFINITY, 0.0, &e),
+        };
+    }
+    ok
+}
+
 /// Each kernel of a few programs timed on `dev` against its memory floor. On a GPU: the
 /// benchmarks' shapes; on the simulation, small ones (its times say nothing of a GPU).
 fn kernels(dev: &str) -> bool {
@@ -255,8 +317,9 @@ fn main() {
         "models" => models(&arg(2, "cuda"), &arg(3, "tiny"), &arg(4, "f32")),
         "train" => train(&arg(2, "cuda"), arg(3, "5").parse().expect("a step count")),
         "kernels" => kernels(&arg(2, "cuda")),
+        "reduce" => reduce(&arg(2, "cuda")),
         _ => {
-            eprintln!("usage: gpu_check models DEVICE [tiny|bench] [f32|bf16] | train DEVICE STEPS | kernels DEVICE");
+            eprintln!("usage: gpu_check models DEVICE [tiny|bench] [f32|bf16] | train DEVICE STEPS | kernels DEVICE | reduce DEVICE");
             std::process::exit(2)
         }
     };
