@@ -209,6 +209,69 @@ fn two_ranks_train_as_one_process_and_resume_across_rank_counts() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The image tokenizer with its discriminator (from step 20) and dead-code re-seeding (at
+/// step 50), and a token critic of a generator, each on two ranks against one process:
+/// the same losses and weights (the re-seeding counts the codes of the step's last
+/// micro-batch, whichever rank ran it; that rank sends its images and reconstructions to
+/// the others, and every rank takes the same discriminator step).
+#[test]
+fn tokenizer_and_critic_train_on_two_ranks_as_one_process() {
+    if !mpirun_present() {
+        return;
+    }
+    let dir = scratch("objectives");
+    let sets = [
+        "resolution=8",
+        "channels=8",
+        "levels=1",
+        "codebook=32",
+        "code_dim=8",
+        "groups=2",
+        "adversarial=0.1",
+        "disc_start=20",
+        "disc_layers=1",
+        "disc_channels=8",
+    ];
+    let vq = |ranks: usize, out: &Path| {
+        let mut args = vec!["train", "models/vq_tokenizer.muse", "--steps", "60", "--batch", "4", "--accumulate", "2"];
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        args.extend(["--lr", "3e-3", "--warmup", "5", "--checkpoint-every", "30", "--device", "cpu"]);
+        args.extend(["--out", out.to_str().unwrap()]);
+        succeed(muse(ranks, &dir, &args))
+    };
+    let (one, two) = (dir.join("vq-one"), dir.join("vq-two"));
+    let said = String::from_utf8_lossy(&vq(1, &one).stderr).to_string();
+    assert!(said.contains("re-seeded"), "the run re-seeds dead codes: {said}");
+    vq(2, &two);
+    assert_same_run(&one, &two, 60);
+    let last: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(two.join("metrics.jsonl")).unwrap().lines().last().unwrap())
+            .unwrap();
+    assert!(last["disc_loss"].is_number() && last["ranks"] == 2, "{last}");
+    // A critic of a generator of that tokenizer.
+    let generator = dir.join("gen");
+    let mut args = vec!["train"];
+    args.extend(GENERATOR);
+    args.extend(["--tokenizer", one.to_str().unwrap(), "--steps", "5", "--out", generator.to_str().unwrap()]);
+    succeed(muse(1, &dir, &args));
+    let critic = |ranks: usize, out: &Path| {
+        let mut args = vec!["train", "models/token_critic.muse", "--generator", generator.to_str().unwrap()];
+        for s in ["dim=32", "depth=1", "heads=2", "text_depth=1", "text_vocab=64", "text_len=12"] {
+            args.extend(["--set", s]);
+        }
+        args.extend(["--samples", "256", "--batch", "4", "--accumulate", "2", "--steps", "10", "--warmup", "2"]);
+        args.extend(["--checkpoint-every", "10", "--device", "cpu", "--out", out.to_str().unwrap()]);
+        succeed(muse(ranks, &dir, &args))
+    };
+    let (c1, c2) = (dir.join("critic-one"), dir.join("critic-two"));
+    critic(1, &c1);
+    critic(2, &c2);
+    assert_same_run(&c1, &c2, 10);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The PID of the process of rank `rank` whose command line mentions `run`.
 fn rank_pid(run: &Path, rank: usize) -> Option<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");

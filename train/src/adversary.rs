@@ -37,7 +37,9 @@ fn mean(t: &HostTensor) -> f64 {
 
 impl StepHook for Adversary {
     fn after_step(&mut self, g: &mut Trainer, done: &StepDone) -> Result<(), Error> {
-        // The last micro-batch: the reconstructions the tokenizer's program still holds.
+        // The step's last micro-batch: the reconstructions the tokenizer's program still
+        // holds. Under data parallelism its rank sends both to the others, and every rank
+        // takes the same discriminator step (one micro-batch, as one process takes it).
         let real = done
             .micro
             .last()
@@ -46,7 +48,18 @@ impl StepHook for Adversary {
         let fake = g
             .output("recon")
             .ok_or_else(|| Error::Usage("the tokenizer computes no `recon` for its discriminator".into()))?;
-        let inputs: Tensors = [("real".to_string(), real.clone()), ("fake".to_string(), fake)].into();
+        let (mut real, mut fake) = (real.clone(), fake);
+        let ranks = g.collective();
+        if ranks.size() > 1 {
+            for t in [&mut real, &mut fake] {
+                // Images are f32 on every device: the f32 bytes carry them exactly.
+                let mut bytes: Vec<u8> = t.to_f64().iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+                ranks.broadcast(&mut bytes, done.last_owner).map_err(|e| Error::Usage(e.to_string()))?;
+                let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64);
+                *t = HostTensor::f(&t.shape.clone(), values.collect());
+            }
+        }
+        let inputs: Tensors = [("real".to_string(), real), ("fake".to_string(), fake)].into();
         let stats = self.trainer.step(&[&inputs], done.lr, done.step)?;
         if !stats.applied {
             return Err(Error::Usage(format!(

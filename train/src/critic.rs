@@ -55,4 +55,9 @@ impl Batches for CriticBatches {
         out.insert("text_mask".into(), t["text_mask"].clone());
         Ok((out, pos))
     }
+
+    fn skip(&mut self) -> Result<u64, Error> {
+        // The fills are keyed by the data position: another rank's need no generator pass.
+        self.masked.next().map(|(_, pos)| pos)
+    }
 }

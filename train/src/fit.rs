@@ -38,6 +38,12 @@ pub struct FitConfig {
 pub trait Batches {
     /// The inputs of the next micro-batch and the data position after it.
     fn next(&mut self) -> Result<(Tensors, u64), Error>;
+    /// Moves past the next micro-batch without making it (another data-parallel rank's):
+    /// the data position after it. Sources whose batches cost work of their own (a
+    /// generator's fills) skip that work.
+    fn skip(&mut self) -> Result<u64, Error> {
+        self.next().map(|(_, pos)| pos)
+    }
     /// Time spent waiting for data so far.
     fn waited(&self) -> Duration {
         Duration::ZERO
@@ -58,8 +64,11 @@ pub struct StepDone<'a> {
     pub step: u64,
     /// The learning rate of the step.
     pub lr: f64,
-    /// The step's micro-batches.
+    /// This rank's micro-batches of the step.
     pub micro: &'a [Tensors],
+    /// The rank that ran the step's last micro-batch (whose outputs a hook may read from
+    /// its trainer; 0 in one process).
+    pub last_owner: usize,
 }
 
 /// Work an objective does after each applied step (the VQ codebook's dead-code re-seeding,
@@ -207,12 +216,14 @@ pub fn fit(
     for step in start.step..cfg.steps {
         let (mut micro, mut index) = (Vec::new(), Vec::new());
         for j in 0..cfg.accumulate.max(1) {
-            // Every rank reads every micro-batch, so each stands where the stream does.
-            let (t, pos) = batches.next()?;
-            data_pos = pos;
+            // Every rank moves past every micro-batch, so each stands where the stream does.
             if j % n_ranks == rank {
+                let (t, pos) = batches.next()?;
+                data_pos = pos;
                 micro.push(t);
                 index.push(j);
+            } else {
+                data_pos = batches.skip()?;
             }
         }
         let lr = peak * cfg.schedule.factor(step);
@@ -232,7 +243,8 @@ pub fn fit(
             skipped_steps += 1;
             muse_compiler::note!("warning: step {step}: non-finite loss {} skipped", stats.loss);
         } else {
-            hook.after_step(trainer, &StepDone { step: step + 1, lr, micro: &micro })?;
+            let last_owner = (cfg.accumulate.max(1) - 1) % n_ranks;
+            hook.after_step(trainer, &StepDone { step: step + 1, lr, micro: &micro, last_owner })?;
             if let Some(decay) = cfg.ema {
                 trainer.update_ema(decay)?;
             }

@@ -35,14 +35,24 @@ impl Reseed {
 impl StepHook for Reseed {
     fn after_step(&mut self, t: &mut Trainer, done: &StepDone) -> Result<(), Error> {
         let step = done.step;
-        let codes =
-            t.output("codes").ok_or_else(|| Error::Model("the image tokenizer has no `codes` output".into()))?;
-        let Data::I(ids) = &codes.data else { return Err(Error::Usage("`codes` is not integer".into())) };
-        for &i in ids {
-            if let Some(u) = self.usage.get_mut(i as usize) {
-                *u += 1.0;
+        // The codes of the step's last micro-batch (what one process's trainer holds); under
+        // data parallelism its rank's counts, summed so that every rank keeps the same.
+        let ranks = t.collective();
+        let mut counts = vec![0.0; self.usage.len()];
+        if ranks.rank() == done.last_owner {
+            let codes =
+                t.output("codes").ok_or_else(|| Error::Model("the image tokenizer has no `codes` output".into()))?;
+            let Data::I(ids) = &codes.data else { return Err(Error::Usage("`codes` is not integer".into())) };
+            for &i in ids {
+                if let Some(u) = counts.get_mut(i as usize) {
+                    *u += 1.0;
+                }
             }
         }
+        if ranks.size() > 1 {
+            ranks.sum_f64(&mut counts).map_err(|e| Error::Usage(e.to_string()))?;
+        }
+        self.usage.iter_mut().zip(counts).for_each(|(u, c)| *u += c);
         if !step.is_multiple_of(self.every.max(1)) {
             return Ok(());
         }

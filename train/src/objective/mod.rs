@@ -151,17 +151,11 @@ pub fn train(args: &TrainArgs, start: Start, device: &dyn Device) -> Result<Summ
     let ranks = muse_runtime::dist::from_environment().map_err(|e| Error::Usage(e.to_string()))?;
     if ranks.size() > 1 {
         let n = ranks.size();
-        if !args.accumulate.is_multiple_of(n) {
+        // Stages (image tokenizers) give their own accumulation, checked there.
+        if args.stages.is_empty() && !args.accumulate.is_multiple_of(n) {
             return Err(Error::Usage(format!(
                 "{n} ranks share each step's --accumulate {} micro-batches: give a multiple of {n} (the global batch is --batch x --accumulate, the same for any number of ranks)",
                 args.accumulate
-            )));
-        }
-        let parallel = (has("tokens") && has("targets")) || (has("image") && has("labels"));
-        if !parallel {
-            return Err(Error::Usage(format!(
-                "{}: data-parallel training covers masked-token models and classifiers; image tokenizers (per-process codebook statistics and discriminator) and token critics train in one process",
-                args.model.display()
             )));
         }
     }

@@ -34,6 +34,13 @@ pub(super) fn train(s: &Setup, probe: &Model) -> Result<Summary, Error> {
     } else {
         args.stages.clone()
     };
+    let n = s.ranks.size();
+    if let Some(bad) = stages.iter().find(|st| !st.accumulate.is_multiple_of(n)) {
+        return Err(Error::Usage(format!(
+            "--stage {}:{}: {n} ranks share each step's {} micro-batches: give a multiple of {n}",
+            bad.resolution, bad.until, bad.accumulate
+        )));
+    }
     if stages.windows(2).any(|w| w[1].until <= w[0].until) {
         return Err(Error::Usage("--stage: each stage must end at a later step than the one before".into()));
     }
@@ -87,6 +94,8 @@ pub(super) fn train(s: &Setup, probe: &Model) -> Result<Summary, Error> {
         let options = train_options(args, &outputs, if seg.adversary { &["disc"] } else { &[] });
         let example: Tensors = [("image".to_string(), image(&seg.stage))].into();
         let mut t = Trainer::with_options(&m.graph, &m.name, params, &example, opt.clone(), device, &options)?;
+        let (wire, bucket) = args.reduction();
+        t.set_collective(s.ranks.clone(), wire, bucket);
         if args.ema > 0.0 {
             t.start_ema()?;
         }
