@@ -250,6 +250,21 @@ fn tokenizer_and_critic_train_on_two_ranks_as_one_process() {
         serde_json::from_str(std::fs::read_to_string(two.join("metrics.jsonl")).unwrap().lines().last().unwrap())
             .unwrap();
     assert!(last["disc_loss"].is_number() && last["ranks"] == 2, "{last}");
+    // The named losses are the step's (every micro-batch of every rank), as one process's.
+    let lines = |run: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    for (a, b) in lines(&one).iter().zip(lines(&two)) {
+        let (pa, pb) = (a["losses"].as_object().unwrap(), b["losses"].as_object().unwrap());
+        assert_eq!(pa.len(), pb.len());
+        let total: f64 = pa.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((total - a["loss"].as_f64().unwrap()).abs() <= 1e-6 * total.abs().max(1.0), "{a}");
+        for (k, v) in pa {
+            let (x, y) = (v.as_f64().unwrap(), pb[k].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "step {}: {k} {x} vs {y}", a["step"]);
+        }
+    }
     // A critic of a generator of that tokenizer.
     let generator = dir.join("gen");
     let mut args = vec!["train"];

@@ -86,6 +86,8 @@ pub struct Trainer {
     outputs: Vec<(String, NodeIndex)>,
     /// The model's named losses, whose sum is trained.
     parts: Vec<(String, NodeIndex)>,
+    /// Each named loss of the last step, averaged over its micro-batches and ranks.
+    step_parts: Vec<f64>,
     /// The data-parallel ranks this trainer steps with (one process: [`Solo`]).
     collective: Arc<dyn Collective + Send + Sync>,
     /// The element type gradients travel in between ranks.
@@ -159,6 +161,7 @@ impl Trainer {
             opt,
             steps_taken: 0,
             outputs: outs,
+            step_parts: vec![f64::NAN; parts.len()],
             parts,
             collective,
             wire: Wire::F32,
@@ -223,6 +226,7 @@ impl Trainer {
         let reduce = Reduction { ranks: &*c, wire: self.wire, bucket_bytes: self.bucket_bytes };
         let shared = c.size() > 1;
         let mut loss = 0.0;
+        let mut parts = vec![0.0; self.parts.len()];
         let mut grads = if micro.len() > 1 { Grads::Accumulated } else { Grads::Pass };
         // This rank's only pass of the step: a device may sum its gradients over the ranks
         // while the backward pass still runs.
@@ -236,6 +240,9 @@ impl Trainer {
                 self.program.execute(seed)?;
             }
             loss += self.program.scalar(self.grads.loss)?;
+            for (sum, (_, node)) in parts.iter_mut().zip(&self.parts) {
+                *sum += self.program.scalar(*node)?;
+            }
             if grads == Grads::Accumulated {
                 self.optimizer()?.accumulate(i == 0);
             }
@@ -244,15 +251,17 @@ impl Trainer {
         let reduce_start = std::time::Instant::now();
         if shared {
             let failed = |e: dist::DistError| RunError::Program(e.to_string());
-            let mut l = [loss];
+            let mut l: Vec<f64> = std::iter::once(loss).chain(parts.iter().copied()).collect();
             c.sum_f64(&mut l).map_err(failed)?;
             loss = l[0];
+            parts.copy_from_slice(&l[1..]);
             if !reduced {
                 grads = self.optimizer()?.combine_gradients(grads, &reduce).map_err(failed)?;
             }
         }
         let reduce_secs = if shared { reduce_start.elapsed().as_secs_f64() } else { 0.0 };
         loss /= k;
+        self.step_parts = parts.iter().map(|p| p / k).collect();
         let (cfg, t) = (self.opt.clone(), self.steps_taken + 1);
         let mut opt = self.optimizer()?;
         let grad_norm = opt.gradient_norm(grads) / k;
@@ -294,9 +303,10 @@ impl Trainer {
         self.outputs.iter().find(|(n, _)| n == name).and_then(|(_, node)| self.program.read(*node).ok())
     }
 
-    /// Each named loss of the last pass when the model has several (their sum is the loss).
+    /// Each named loss of the last step when the model has several (their sum is the
+    /// loss), averaged as the loss is: over the step's micro-batches and every rank's.
     pub fn loss_parts(&self) -> Vec<(String, f64)> {
-        self.parts.iter().map(|(n, node)| (n.clone(), self.program.scalar(*node).unwrap_or(f64::NAN))).collect()
+        self.parts.iter().zip(&self.step_parts).map(|((n, _), &v)| (n.clone(), v)).collect()
     }
 
     /// Sets parameters from `params`; tensors named like no parameter are kept as given.
