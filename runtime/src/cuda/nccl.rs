@@ -226,6 +226,13 @@ mod tests {
                 let (a, b) = (n.shared_id(&Solo).expect("an id"), n.unique_id().expect("an id"));
                 assert_ne!(a.internal, [0; 128]);
                 assert_ne!(a.internal, b.internal, "each id is fresh");
+                // With no GPU, joining a communicator is NCCL's error as a message (the id
+                // passed by value, as `ncclCommInitRank` takes it), not a crash.
+                // SAFETY: only checks whether the driver library loads.
+                if !unsafe { cudarc::driver::sys::is_culib_present() } {
+                    let e = Comm::join(&Solo).err().expect("no GPU, no communicator");
+                    assert!(e.contains("ncclCommInitRank (rank 0 of 1)"), "{e}");
+                }
             }
             Err(e) => {
                 assert!(e.contains("MUSE_CUDA_LIBS") || e.contains("NCCL"), "{e}");
