@@ -7,12 +7,19 @@
 # alignment plots, samples); runs go to runs/table/. Re-running continues where it stopped.
 #
 #   bash examples/table.sh [STEPS] [OUT_DIR]      (default 2000 steps of batch 8)
+#
+# MUSE=path/to/muse uses that binary instead of building target/release/muse (a long table
+# run from its own worktree need not wait for, or compete with, a second release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps="${1:-2000}"
 out="${2:-runs/table}"
-cargo build --release --quiet
-muse=target/release/muse
+if [ -n "${MUSE:-}" ]; then
+  muse="$MUSE"
+else
+  cargo build --release --quiet
+  muse=target/release/muse
+fi
 start=$(date +%s)
 
 train() {
