@@ -95,6 +95,8 @@ commit=$(git rev-parse --short HEAD)
   echo
   echo "![alignment against step](results/alignment.svg)"
   echo
+  echo "![classifier FD against step](results/classifier_fd.svg)"
+  echo
   echo "![samples: one row per run, in table order](results/samples.png)"
   echo
   if [ -f docs/results-notes.md ]; then cat docs/results-notes.md; fi
